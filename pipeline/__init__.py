@@ -1,0 +1,1 @@
+"""viewstream pipeline stage."""

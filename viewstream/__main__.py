@@ -1,0 +1,5 @@
+import sys
+
+from viewstream.cli import main
+
+sys.exit(main())
