@@ -1,0 +1,140 @@
+"""Training checkpoints: everything a resumed run needs to be the same run.
+
+A checkpoint is a directory with two files:
+
+- ``state.pt``: tensors and plain containers only (method state incl. queues, centers, EMA
+  weights; optimizer state; RNG state; data position), written with ``torch.save`` and read back
+  with ``weights_only=True`` so that loading a checkpoint never runs pickled code;
+- ``meta.json``: the validated training config and the progress (step, epoch, batch), readable
+  without torch, so tools can tell what a checkpoint is before loading it.
+
+Checkpoints live wherever Ray Train persists them (a folder or ``s3://``); ``resolve_checkpoint``
+turns a run folder, a checkpoint folder or an ``s3://`` URI into a local checkpoint folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from viewstream.errors import UsageError
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands: `step` optimizer steps done; the next batch is (`epoch`, `batch`)."""
+
+    step: int
+    epoch: int
+    batch: int
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    method_state: dict[str, Any],
+    optimizer_state: dict[str, Any],
+    progress: Progress,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint into `directory` (created if missing) and return its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "method": method_state,
+        "optimizer": optimizer_state,
+        "torch_rng": torch.get_rng_state(),
+        "progress": {"step": progress.step, "epoch": progress.epoch, "batch": progress.batch},
+        "extra": extra or {},
+    }
+    tmp = directory / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, directory / STATE_FILE)
+    meta = {"progress": state["progress"], "config": config, "format": 1}
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return directory
+
+
+def load_state(directory: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint's state safely (weights_only: tensors and containers, no code)."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise UsageError(f"{directory} is not a viewstream checkpoint (no {STATE_FILE})")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint's meta.json (config and progress) without torch."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise UsageError(f"{directory} is not a viewstream checkpoint (no {META_FILE})")
+    return json.loads(path.read_text())
+
+
+def progress_of(state: dict[str, Any]) -> Progress:
+    p = state["progress"]
+    return Progress(step=int(p["step"]), epoch=int(p["epoch"]), batch=int(p["batch"]))
+
+
+_CHECKPOINT_DIR = re.compile(r"checkpoint_")
+
+
+def latest_checkpoint_dir(run_dir: Path) -> Path | None:
+    """The newest checkpoint folder below a local run folder, by training step."""
+    best: tuple[int, Path] | None = None
+    for meta in run_dir.rglob(META_FILE):
+        if not (meta.parent / STATE_FILE).is_file():
+            continue
+        step = int(json.loads(meta.read_text())["progress"]["step"])
+        if best is None or step > best[0]:
+            best = (step, meta.parent)
+    return best[1] if best else None
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A local checkpoint folder for `path`: a checkpoint folder, a run folder, or s3://...
+
+    For a run folder, the checkpoint with the most steps is taken. S3 checkpoints are
+    downloaded to a temporary folder.
+    """
+    if path.startswith("s3://"):
+        local = Path(tempfile.mkdtemp(prefix="viewstream-ckpt-"))
+        _download_s3_prefix(path, local)
+        path = str(local)
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"checkpoint path {path!r} does not exist")
+    if (p / STATE_FILE).is_file():
+        return p
+    found = latest_checkpoint_dir(p) if p.is_dir() else None
+    if found is None:
+        raise UsageError(f"no viewstream checkpoint (folder with {STATE_FILE} and {META_FILE}) under {path!r}")
+    return found
+
+
+def _download_s3_prefix(uri: str, local: Path) -> None:
+    import pyarrow.fs as pafs
+
+    from trainers.storage import s3_filesystem
+
+    fs, prefix = s3_filesystem(uri)
+    selector = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
+    infos = [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+    if not infos:
+        raise UsageError(f"nothing stored under {uri!r}")
+    for info in infos:
+        target = local / os.path.relpath(info.path, prefix)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
