@@ -114,7 +114,7 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] 
     out = {}
     for k in ks:
         hit = (order[:, : min(k, scores.shape[1])] == labels).any(dim=1)
-        out[k] = hit.float().mean().item() if len(hit) else 0.0
+        out[k] = hit.double().mean().item() if len(hit) else 0.0
     return out
 
 
