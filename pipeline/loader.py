@@ -1,0 +1,178 @@
+"""`ViewLoader`: one rank's stream of `ViewBatch`es from a dataset folder or s3:// prefix.
+
+It composes the parts: the exact epoch plan (`epochs`), a background producer that reads,
+checks and draws ahead (`producer`, `samples`, `params`), and the DALI graph (`dali_graph`).
+Resuming is `iter_epoch(position.epoch, position.batch)`: the plan, the photos and every
+random number are functions of (seed, epoch, sample), so the batches are bit-identical to an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from sharding.dataset import load_manifest, read_index
+from sharding.storage import Storage
+from pipeline.batch import ViewBatch
+from pipeline.dali_graph import build_view_pipeline, feed_arrays
+from pipeline.epochs import DataPosition, batches_per_epoch, plan_rank_epoch
+from pipeline.producer import BatchProducer, PreparedBatch
+from pipeline.samples import ReadStats, SampleRef, read_samples
+from pipeline.spec import ViewSpec
+from viewstream.errors import UsageError
+
+log = logging.getLogger(__name__)
+DEVICES = ("cpu", "cuda")
+
+
+class ViewLoader:
+    """Batches of views for one rank of a data-parallel run (see ARCHITECTURE.md section 2).
+
+    `dataset` is a dataset root (folder or s3:// prefix, `endpoint_url` for non-AWS S3).
+    `device` "cpu" runs DALI without a GPU; "cuda" decodes on the GPU (nvJPEG, ``mixed``).
+    `shuffle_block` bounds how many samples are held in memory for shuffling within a rank.
+    """
+
+    def __init__(self, dataset: str, spec: ViewSpec, batch_size: int, *, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, device: str = "cpu", num_threads: int = 2,
+                 drop_last: bool = False, shuffle_block: int = 1024, prefetch: int = 2,
+                 endpoint_url: Optional[str] = None, device_id: Optional[int] = None):
+        if device not in DEVICES:
+            raise UsageError(f"device={device!r}: expected one of {list(DEVICES)}")
+        if num_threads < 1:
+            raise UsageError(f"num_threads={num_threads}: expected an integer >= 1")
+        if prefetch < 1:
+            raise UsageError(f"prefetch={prefetch}: expected an integer >= 1")
+        self.dataset, self.spec, self.batch_size = dataset, spec, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.device, self.num_threads, self.drop_last = device, num_threads, drop_last
+        self.shuffle_block, self.prefetch = shuffle_block, prefetch
+        self.device_id = device_id if device_id is not None else (
+            torch.cuda.current_device() if device == "cuda" else 0)
+        self.storage = Storage(endpoint_url)
+        self.manifest = load_manifest(dataset, self.storage)
+        index = read_index(dataset, self.storage)
+        self._shards = np.asarray(index.column("shard").to_pylist(), dtype=object)
+        self._keys = index.column("key").to_pylist()
+        self._groups = index.column("group_id").to_pylist()
+        self._exts = [tuple(e) for e in index.column("view_exts").to_pylist()]
+        raw_labels = index.column("label").to_pylist()
+        self.label_vocabulary = sorted({l for l in raw_labels if l is not None})
+        lookup = {l: i for i, l in enumerate(self.label_vocabulary)}
+        self._labels = np.array([lookup.get(l, -1) for l in raw_labels], dtype=np.int64)
+        self.stats = ReadStats()
+        # validate rank/batch arguments once, where they enter
+        plan_rank_epoch(self._shards[:0], seed=seed, epoch=0, rank=rank, world_size=world_size,
+                        batch_size=batch_size, drop_last=drop_last, shuffle_block=shuffle_block)
+        self._pipe = None
+        self._producer: Optional[BatchProducer] = None
+        self._pending: deque[PreparedBatch] = deque()
+
+    @property
+    def num_samples(self) -> int:
+        return len(self._keys)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches every rank yields per epoch (equal across ranks and epochs)."""
+        return batches_per_epoch(self.num_samples, self.batch_size, self.world_size, self.drop_last)
+
+    def plan(self, epoch: int):
+        """This rank's exact plan for `epoch` (rows, batch sizes); see `pipeline.epochs`."""
+        return plan_rank_epoch(self._shards, seed=self.seed, epoch=epoch, rank=self.rank,
+                               world_size=self.world_size, batch_size=self.batch_size,
+                               drop_last=self.drop_last, shuffle_block=self.shuffle_block)
+
+    def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[ViewBatch]:
+        """Batches `start_batch..` of `epoch` for this rank; resuming gives identical batches."""
+        if epoch < 0 or not 0 <= start_batch <= self.batches_per_epoch:
+            raise UsageError(f"epoch={epoch}, start_batch={start_batch}: expected epoch >= 0 and "
+                             f"0 <= start_batch <= {self.batches_per_epoch}")
+        plan = self.plan(epoch)
+        producer = BatchProducer(plan, start_batch, self.spec, seed=self.seed, epoch=epoch,
+                                 refs=self._refs, read=self._read, feed=feed_arrays,
+                                 stats=self.stats, depth=self.prefetch + 2)
+        self._producer, self._pending = producer, deque()
+        finished = False
+        try:
+            pipe = self._pipeline()
+            while True:
+                try:
+                    outputs = pipe.run()
+                except StopIteration:
+                    break
+                while self._pending[0].feed is None:
+                    yield self._empty_batch(self._pending.popleft(), epoch)
+                yield self._batch(self._pending.popleft(), outputs, epoch)
+            pipe.reset()
+            for item in self._pending:  # empty batches after the last full one
+                yield self._empty_batch(item, epoch)
+            finished = True
+        finally:
+            producer.close()
+            self._producer = None
+            if not finished:  # DALI has batches of this epoch in flight: start afresh next time
+                self._pipe = None
+
+    # ---- internals -------------------------------------------------------------------------
+    def _refs(self, rows: np.ndarray) -> list[SampleRef]:
+        return [SampleRef(int(r), self._shards[r], self._keys[r], self._exts[r]) for r in rows]
+
+    def _read(self, refs: list[SampleRef]):
+        return read_samples(self.storage, self.dataset, refs, self.stats)
+
+    def _next_feed(self) -> tuple:
+        """The DALI source callback: the next non-empty batch (empty ones are only noted)."""
+        while True:
+            item = self._producer.get() if self._producer else None
+            if item is None:
+                raise StopIteration
+            self._pending.append(item)
+            if item.feed is not None:
+                return item.feed
+
+    def _pipeline(self):
+        if self._pipe is None:
+            self._pipe = build_view_pipeline(
+                self.spec, self._next_feed, device=self.device, batch_size=self.batch_size,
+                num_threads=self.num_threads, prefetch=self.prefetch, device_id=self.device_id)
+        return self._pipe
+
+    def _position_after(self, epoch: int, batch: int) -> DataPosition:
+        if batch + 1 >= self.batches_per_epoch:
+            return DataPosition(epoch + 1, 0)
+        return DataPosition(epoch, batch + 1)
+
+    def _meta(self, item: PreparedBatch, epoch: int, views: list[torch.Tensor]) -> ViewBatch:
+        rows = np.asarray(item.rows, dtype=np.int64)
+        labels = torch.from_numpy(self._labels[rows]) if self.label_vocabulary else None
+        return ViewBatch(
+            views=views, keys=[self._keys[r] for r in item.rows],
+            group_ids=[self._groups[r] for r in item.rows], labels=labels,
+            label_vocabulary=self.label_vocabulary,
+            view_sources=torch.from_numpy(item.view_sources), rows=torch.from_numpy(rows),
+            epoch=epoch, batch=item.batch, position=self._position_after(epoch, item.batch))
+
+    def _batch(self, item: PreparedBatch, outputs, epoch: int) -> ViewBatch:
+        return self._meta(item, epoch, [_to_torch(out, self.device) for out in outputs])
+
+    def _empty_batch(self, item: PreparedBatch, epoch: int) -> ViewBatch:
+        views = [torch.empty((0, 3, v.size, v.size), dtype=torch.float32, device=self.device)
+                 for v in self.spec.views]
+        return self._meta(item, epoch, views)
+
+
+def _to_torch(tensor_list, device: str) -> torch.Tensor:
+    """A DALI output batch as a torch tensor on `device` (copied: DALI reuses its buffers)."""
+    if device == "cpu":
+        return torch.from_numpy(tensor_list.as_array())
+    from nvidia.dali.plugin.pytorch import feed_ndarray  # GPU path: not run on this machine
+
+    dense = tensor_list.as_tensor()
+    out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
+    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
+    return out
