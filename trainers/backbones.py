@@ -1,0 +1,159 @@
+"""Feature extractors by name: torchvision ResNets, timm ViTs, a small ConvNet for CPU demos.
+
+Every backbone maps (N, 3, H, W) images to (N, feature_dim) features and exposes
+`feature_dim`; heads are the methods' business. A registry maps names to builders.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import timm
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
+
+from viewstream.errors import UsageError
+
+__all__ = ["BackboneConfig", "BACKBONES", "build_backbone", "register_backbone"]
+
+
+class BackboneConfig(BaseModel):
+    """Which feature extractor to build, and its size options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "resnet18"
+    width: float = Field(1.0, gt=0, description="channel multiplier (ResNets, ConvNet)")
+    small_images: bool = Field(False, description="3x3 stride-1 stem, no max-pool: for 28-64 px inputs")
+    zero_init_residual: bool = False
+    image_size: int = Field(224, ge=8, description="ViT: size of the global crops (positions interpolate)")
+    patch_size: int | None = Field(None, ge=1, description="ViT: patch size (default per model)")
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+
+
+class _WidthResNet(tv_resnet.ResNet):
+    """torchvision's ResNet with every stage's channels scaled by `width`."""
+
+    def __init__(self, block, layers, width: float, **kwargs) -> None:
+        self._width = width
+        self._stem_done = False
+        super().__init__(block, layers, **kwargs)
+        stem = self._scaled(64)
+        self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = self._norm_layer(stem)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+
+    def _scaled(self, channels: int) -> int:
+        return max(1, int(round(channels * self._width)))
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+        if not self._stem_done:  # first stage: its input is the (scaled) stem
+            self.inplanes = self._scaled(64)
+            self._stem_done = True
+        return super()._make_layer(block, self._scaled(planes), blocks, stride, dilate)
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet without its classifier, optionally with a small-image stem."""
+
+    def __init__(self, depth: int, config: BackboneConfig) -> None:
+        super().__init__()
+        block, layers = {18: (tv_resnet.BasicBlock, [2, 2, 2, 2]), 50: (tv_resnet.Bottleneck, [3, 4, 6, 3])}[depth]
+        net = _WidthResNet(block, layers, config.width, zero_init_residual=config.zero_init_residual)
+        if config.small_images:
+            # CIFAR-style stem (as solo-learn/SimCLR do for 32 px): keeps spatial detail.
+            net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+            net.maxpool = nn.Identity()
+        self.feature_dim = net._scaled(512) * block.expansion
+        net.fc = nn.Identity()  # torchvision sized it for width 1; the features are feature_dim
+        self.net = net
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+
+class ViTBackbone(nn.Module):
+    """A timm VisionTransformer returning the class token (dynamic image size for multi-crop)."""
+
+    def __init__(self, model_name: str, config: BackboneConfig, **overrides) -> None:
+        super().__init__()
+        kwargs = dict(
+            pretrained=False,
+            num_classes=0,
+            img_size=config.image_size,
+            dynamic_img_size=True,
+            drop_path_rate=config.drop_path_rate,
+            **overrides,
+        )
+        if config.patch_size is not None:
+            kwargs["patch_size"] = config.patch_size
+        self.net = timm.create_model(model_name, **kwargs)
+        self.feature_dim = self.net.num_features
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to this module) that take no weight decay (timm's list)."""
+        return {f"net.{n}" for n in self.net.no_weight_decay()}
+
+
+class ConvNetBackbone(nn.Module):
+    """Four conv-BN-ReLU blocks and global pooling: fast enough for CPU tests and demos."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        widths = [max(1, int(round(c * config.width))) for c in (32, 64, 128, 256)]
+        layers: list[nn.Module] = []
+        in_channels = 3
+        for i, out_channels in enumerate(widths):
+            layers += [
+                nn.Conv2d(in_channels, out_channels, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+            ]
+            in_channels = out_channels
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.net = nn.Sequential(*layers)
+        self.feature_dim = in_channels
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+
+BACKBONES: dict[str, Callable[[BackboneConfig], nn.Module]] = {}
+
+
+def register_backbone(name: str, builder: Callable[[BackboneConfig], nn.Module]) -> None:
+    """Make `name` buildable by :func:`build_backbone`."""
+    BACKBONES[name] = builder
+
+
+register_backbone("resnet18", lambda c: ResNetBackbone(18, c))
+register_backbone("resnet50", lambda c: ResNetBackbone(50, c))
+register_backbone("vit_small", lambda c: ViTBackbone("vit_small_patch16_224", c))
+register_backbone(
+    "vit_tiny",  # 2 blocks of width 64: a ViT small enough for CPU tests
+    lambda c: ViTBackbone("vit_tiny_patch16_224", c, embed_dim=64, depth=2, num_heads=2, **({} if c.patch_size else {"patch_size": 4})),
+)
+register_backbone("convnet", ConvNetBackbone)
+
+
+def build_backbone(config: BackboneConfig | dict | str) -> nn.Module:
+    """Build the backbone `config` names; raise UsageError for unknown names."""
+    if isinstance(config, str):
+        config = BackboneConfig(name=config)
+    elif isinstance(config, dict):
+        config = BackboneConfig(**config)
+    if config.name not in BACKBONES:
+        raise UsageError(f"unknown backbone {config.name!r}; expected one of: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[config.name](config)
+
+
+@torch.no_grad()
+def _smoke() -> None:  # pragma: no cover - manual check
+    for name in BACKBONES:
+        b = build_backbone(BackboneConfig(name=name, image_size=32, small_images=True, width=0.25))
+        print(name, b(torch.randn(2, 3, 32, 32)).shape, b.feature_dim)

@@ -1,0 +1,197 @@
+"""Self-supervised losses, functional and distributed-exact.
+
+Each loss is the mean over this rank's samples of the per-sample term the original paper's code
+uses; anything that needs other ranks' samples (negatives, Sinkhorn sums, centers) goes through
+:mod:`trainers.distributed`, so N ranks x batch B equals 1 rank x batch N*B. Names and argument
+order are public API.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainers import distributed
+
+__all__ = ["nt_xent", "info_nce", "moco_v3", "sinkhorn", "swav", "dino", "dino_center_update", "negative_cosine"]
+
+
+def _check_temperature(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
+    """SimCLR's NT-Xent (Chen et al. 2020, https://arxiv.org/abs/2002.05709).
+
+    For each of the 2B local anchors, cross-entropy of cos(anchor, positive)/t against all other
+    2NB-1 embeddings of all ranks (gathered with gradient); mean over the 2B anchors.
+    """
+    _check_temperature("temperature", temperature)
+    z1 = F.normalize(z1, dim=1)
+    z2 = F.normalize(z2, dim=1)
+    local = torch.cat([z1, z2], dim=0)  # 2B x D: view 1 then view 2
+    batch = z1.shape[0]
+    all_z1 = distributed.gather_with_grad(z1)
+    all_z2 = distributed.gather_with_grad(z2)
+    candidates = torch.cat([all_z1, all_z2], dim=0)  # 2NB x D: all view-1, then all view-2
+    total = all_z1.shape[0]
+    logits = local @ candidates.T / temperature
+    rows = torch.arange(batch, device=z1.device) + distributed.rank() * batch
+    self_index = torch.cat([rows, rows + total])
+    positive_index = torch.cat([rows + total, rows])
+    logits = logits.masked_fill(
+        F.one_hot(self_index, num_classes=2 * total).bool(), float("-inf")
+    )
+    return F.cross_entropy(logits, positive_index)
+
+
+def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
+    """MoCo v2's InfoNCE (He et al. 2020, https://arxiv.org/abs/1911.05722).
+
+    Logits [q.k+, q.queue] / t with label 0; `queue` (K x D) holds l2-normalised keys of
+    earlier batches and gets no gradient. Mean over local queries.
+    """
+    _check_temperature("temperature", temperature)
+    q = F.normalize(q, dim=1)
+    k = F.normalize(k, dim=1)
+    positive = (q * k).sum(dim=1, keepdim=True)
+    negative = q @ queue.detach().T
+    logits = torch.cat([positive, negative], dim=1) / temperature
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, labels)
+
+
+def _moco_v3_contrast(q: Tensor, k: Tensor, temperature: float) -> Tensor:
+    q = F.normalize(q, dim=1)
+    k = distributed.gather_with_grad(F.normalize(k, dim=1))
+    logits = q @ k.T / temperature
+    labels = torch.arange(q.shape[0], device=q.device) + distributed.rank() * q.shape[0]
+    return F.cross_entropy(logits, labels) * (2 * temperature)
+
+
+def moco_v3(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, temperature: float = 0.2) -> Tensor:
+    """MoCo v3's symmetric loss (Chen et al. 2021, https://arxiv.org/abs/2104.02057).
+
+    ctr(q1, k2) + ctr(q2, k1), where ctr is cross-entropy of q against the keys of ALL ranks
+    (gathered) with the matching key as label, scaled by 2t as in the paper's code.
+    """
+    _check_temperature("temperature", temperature)
+    return _moco_v3_contrast(q1, k2, temperature) + _moco_v3_contrast(q2, k1, temperature)
+
+
+@torch.no_grad()
+def sinkhorn(scores: Tensor, iterations: int = 3, epsilon: float = 0.05) -> Tensor:
+    """SwAV's distributed Sinkhorn-Knopp (Caron et al. 2020, https://arxiv.org/abs/2006.09882).
+
+    `scores` (B x K) are this rank's rows; row and total sums are all-reduced so the
+    equipartition constraint holds over the global batch. Returns soft codes (B x K) whose rows
+    sum to 1. The global max is subtracted before exp (cancels in the normalisation) so low
+    epsilon cannot overflow.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    _check_temperature("epsilon", epsilon)
+    scores = scores.detach().float() / epsilon
+    scores = scores - distributed.all_reduce_max(scores.max())
+    q = torch.exp(scores).T  # K x B
+    prototypes = q.shape[0]
+    total_samples = q.shape[1] * distributed.world_size()
+    q /= distributed.all_reduce_sum(q.sum())
+    for _ in range(iterations):
+        q /= distributed.all_reduce_sum(q.sum(dim=1, keepdim=True))
+        q /= prototypes
+        q /= q.sum(dim=0, keepdim=True)
+        q /= total_samples
+    q *= total_samples
+    return q.T
+
+
+def swav(
+    global_scores: Sequence[Tensor],
+    local_scores: Sequence[Tensor],
+    temperature: float = 0.1,
+    iterations: int = 3,
+    epsilon: float = 0.05,
+    queue_scores: Sequence[Tensor] | None = None,
+) -> Tensor:
+    """SwAV's swapped prediction over prototype scores (cosine similarities, B x K per crop).
+
+    Codes come from each global crop (Sinkhorn, no gradient, optionally with this rank's share
+    of the queue's scores prepended as in the paper); every other crop predicts them with a
+    softmax at `temperature`. Averaged over the other crops, then over the global crops.
+    """
+    _check_temperature("temperature", temperature)
+    crops = list(global_scores) + list(local_scores)
+    if len(global_scores) < 1 or len(crops) < 2:
+        raise ValueError(f"swav needs >= 1 global crop and >= 2 crops, got {len(global_scores)} + {len(local_scores)}")
+    if queue_scores is not None and len(queue_scores) != len(global_scores):
+        raise ValueError(f"queue_scores needs one entry per global crop ({len(global_scores)}), got {len(queue_scores)}")
+    log_probs = [F.log_softmax(c / temperature, dim=1) for c in crops]
+    total = global_scores[0].new_zeros(())
+    for i, scores in enumerate(global_scores):
+        batch = scores.shape[0]
+        with torch.no_grad():
+            block = scores.detach()
+            if queue_scores is not None:
+                block = torch.cat([queue_scores[i].detach(), block], dim=0)
+            codes = sinkhorn(block, iterations, epsilon)[-batch:].to(scores.dtype)
+        subloss = global_scores[0].new_zeros(())
+        for v, lp in enumerate(log_probs):
+            if v != i:
+                subloss = subloss - (codes * lp).sum(dim=1).mean()
+        total = total + subloss / (len(crops) - 1)
+    return total / len(global_scores)
+
+
+def dino(
+    student_out: Sequence[Tensor],
+    teacher_out: Sequence[Tensor],
+    center: Tensor,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.04,
+) -> Tensor:
+    """DINO's cross-entropy (Caron et al. 2021, https://arxiv.org/abs/2104.14294).
+
+    `student_out`: logits per crop, global crops first; `teacher_out`: logits of the global crops.
+    Teacher targets are softmax((t - center)/teacher_temp) without gradient; each pair of
+    DIFFERENT crops contributes the mean over samples of H(teacher, student); the result is
+    the mean over pairs.
+    """
+    _check_temperature("student_temp", student_temp)
+    _check_temperature("teacher_temp", teacher_temp)
+    if len(teacher_out) < 1 or len(student_out) < 2:
+        raise ValueError(f"dino needs >= 1 teacher crop and >= 2 student crops, got {len(teacher_out)}, {len(student_out)}")
+    student_log_probs = [F.log_softmax(s / student_temp, dim=-1) for s in student_out]
+    targets = [F.softmax((t.detach() - center) / teacher_temp, dim=-1) for t in teacher_out]
+    total = student_out[0].new_zeros(())
+    terms = 0
+    for iq, target in enumerate(targets):
+        for v, log_prob in enumerate(student_log_probs):
+            if v == iq:
+                continue
+            total = total + torch.sum(-target * log_prob, dim=-1).mean()
+            terms += 1
+    return total / terms
+
+
+@torch.no_grad()
+def dino_center_update(teacher_out: Sequence[Tensor], center: Tensor, momentum: float = 0.9) -> Tensor:
+    """DINO's EMA of the teacher's mean output over ALL ranks' samples; returns the new center."""
+    stacked = torch.cat([t.detach() for t in teacher_out], dim=0)
+    batch_sum = distributed.all_reduce_sum(stacked.sum(dim=0, keepdim=True))
+    batch_center = batch_sum / (stacked.shape[0] * distributed.world_size())
+    return center * momentum + batch_center * (1 - momentum)
+
+
+def negative_cosine(p: Tensor, z: Tensor, *, stop_gradient: bool = True) -> Tensor:
+    """-cos(p, z) averaged over samples (SimSiam, https://arxiv.org/abs/2011.10566; BYOL).
+
+    z is detached (the stop-gradient that prevents collapse); `stop_gradient=False` exists only
+    to reproduce the collapse experiment.
+    """
+    if stop_gradient:
+        z = z.detach()
+    return -(F.normalize(p, dim=1) * F.normalize(z, dim=1)).sum(dim=1).mean()

@@ -1,0 +1,25 @@
+"""SSL methods on one base (see base.py for the runner's interface); registry by name."""
+from trainers.methods.base import (
+    METHODS,
+    Method,
+    MethodConfig,
+    build_method,
+    ema_update,
+    frozen_copy,
+    parse_method_config,
+    register_method,
+)
+from trainers.methods.byol import BYOL, BYOLConfig
+from trainers.methods.dino import DINO, DINOConfig
+from trainers.methods.moco_v2 import MoCoV2, MoCoV2Config
+from trainers.methods.moco_v3 import MoCoV3, MoCoV3Config
+from trainers.methods.simclr import SimCLR, SimCLRConfig
+from trainers.methods.simsiam import SimSiam, SimSiamConfig
+from trainers.methods.swav import SwAV, SwAVConfig
+
+__all__ = [
+    "METHODS", "Method", "MethodConfig", "build_method", "parse_method_config", "register_method",
+    "ema_update", "frozen_copy",
+    "BYOL", "BYOLConfig", "DINO", "DINOConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV3Config",
+    "SimCLR", "SimCLRConfig", "SimSiam", "SimSiamConfig", "SwAV", "SwAVConfig",
+]

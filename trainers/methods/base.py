@@ -1,0 +1,231 @@
+"""The contract between a self-supervised method and the runner that trains it.
+
+A runner drives any method the same way (one step, every rank)::
+
+    method = build_method(config, seed=seed)            # registry by config.name, SyncBN inside
+    optimizer = build_optimizer(opt_cfg, method.parameter_groups(opt_cfg.weight_decay), global_batch)
+    for step in range(start, total_steps):
+        views = batch.views                             # global crops first, then local crops
+        loss, logs = method.training_step(views, step)  # loss: this rank's local mean
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(method)                       # trainers.distributed, instead of DDP
+        optimizer.step()
+        method.on_after_optimizer_step(step, total_steps)  # EMA teachers/targets
+
+`method.state_dict()` holds everything a resume needs besides the optimizer and data position
+(weights, EMA copies, queues and their pointers, centers, BN statistics): state is replicated
+on every rank, so rank 0's copy is complete. Schedules are pure functions of `step`.
+Methods reach other ranks only through :mod:`trainers.distributed`.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import Tensor, nn
+
+from trainers.backbones import BACKBONES, BackboneConfig, build_backbone
+from trainers.distributed import convert_sync_batchnorm
+from viewstream.errors import UsageError
+
+__all__ = [
+    "MethodConfig",
+    "Method",
+    "METHODS",
+    "register_method",
+    "parse_method_config",
+    "build_method",
+    "ema_update",
+    "frozen_copy",
+]
+
+
+class MethodConfig(BaseModel):
+    """What every method needs; each method subclasses it with its own fields and defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    supports_local_views: ClassVar[bool] = False
+
+    name: str
+    backbone: BackboneConfig = BackboneConfig()
+    num_global_views: int = Field(2, ge=2, le=2, description="global crops per sample (methods use 2)")
+    num_local_views: int = Field(0, ge=0, description="small crops per sample (multi-crop: SwAV, DINO)")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="samples per step over all ranks; lets construction check queue sizes"
+    )
+
+    @model_validator(mode="after")
+    def _check_common(self) -> "MethodConfig":
+        if self.num_local_views and not self.supports_local_views:
+            raise ValueError(
+                f"num_local_views={self.num_local_views}: method {self.name!r} has no multi-crop; "
+                "use 0 (multi-crop methods: swav, dino)"
+            )
+        if self.backbone.name not in BACKBONES:
+            raise ValueError(f"backbone.name={self.backbone.name!r} is unknown; expected one of: {', '.join(sorted(BACKBONES))}")
+        return self
+
+
+class Method(nn.Module):
+    """Backbone + heads + loss + per-step state updates of one SSL method (see module doc)."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]]
+
+    def __init__(self, config: MethodConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = build_backbone(config.backbone)
+
+    # ----------------------------------------------------------------- the runner's interface
+    @property
+    def feature_dim(self) -> int:
+        """Width of the backbone features (what kNN, linear probes and export see)."""
+        return self.backbone.feature_dim
+
+    @property
+    def num_global_views(self) -> int:
+        return self.config.num_global_views
+
+    @property
+    def num_local_views(self) -> int:
+        return self.config.num_local_views
+
+    @property
+    def eval_backbone(self) -> nn.Module:
+        """The feature extractor to evaluate and export (DINO overrides: its teacher)."""
+        return self.backbone
+
+    def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+        """Loss (this rank's local mean, to backpropagate) and scalars to log for one step.
+
+        `views`: `num_global_views` tensors (B, 3, H, W), then `num_local_views` smaller ones.
+        Updates that the paper makes in the forward pass (queues, centers) happen here.
+        """
+        raise NotImplementedError
+
+    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Updates after `optimizer.step()` of `step` (EMA copies); a no-op by default."""
+
+    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Two optimizer groups: decayed weights, and biases/norms/tokens with weight_decay=0.
+
+        LARS (timm) skips the trust ratio for the zero-decay group, so biases and norms are
+        excluded from both weight decay and LARS adaptation. Frozen (EMA) parameters are left out.
+        """
+        no_decay_names = {f"backbone.{n}" for n in getattr(self.backbone, "no_weight_decay", lambda: set())()}
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            if param.ndim <= 1 or name.endswith(".bias") or name in no_decay_names:
+                no_decay.append(param)
+            else:
+                decay.append(param)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    # ------------------------------------------------------------------ helpers for methods
+    def check_views(self, views: list[Tensor]) -> None:
+        """Raise UsageError unless `views` has the expected crops with one batch size."""
+        expected = self.num_global_views + self.num_local_views
+        if len(views) != expected:
+            raise UsageError(
+                f"{self.name} expects {self.num_global_views} global + {self.num_local_views} local views, "
+                f"got {len(views)} views"
+            )
+        batch = views[0].shape[0]
+        for i, v in enumerate(views):
+            if v.dim() != 4 or v.shape[0] != batch or v.shape[1] != 3:
+                raise UsageError(f"view {i} has shape {tuple(v.shape)}; expected ({batch}, 3, H, W)")
+
+    @staticmethod
+    def encode_multicrop(encoder: nn.Module, views: list[Tensor]) -> Tensor:
+        """encoder(crops) with consecutive same-size crops in ONE forward (as DINO/SwAV do).
+
+        Returns the features of all crops concatenated in view order (crop-major).
+        """
+        outputs, start = [], 0
+        while start < len(views):
+            end = start
+            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+                end += 1
+            outputs.append(encoder(torch.cat(views[start:end], dim=0)))
+            start = end
+        return torch.cat(outputs, dim=0)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of `module` that gets no gradient: the EMA target/teacher/key encoder."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target = momentum * target + (1 - momentum) * online, parameter by parameter.
+
+    Buffers (BN statistics) are not averaged: the target keeps its own, as in the papers.
+    """
+    target_params = list(target.parameters())
+    online_params = list(online.parameters())
+    if len(target_params) != len(online_params):
+        raise RuntimeError("EMA target and online network have different parameters")
+    torch._foreach_mul_(target_params, momentum)
+    torch._foreach_add_(target_params, [p.detach() for p in online_params], alpha=1.0 - momentum)
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make `cls` buildable by its `name`."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def _one_line(error: ValidationError, prefix: str) -> UsageError:
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(x) for x in item["loc"]) or "config"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        parts.append(f"{field}{shown}: {item['msg']}")
+    return UsageError(f"{prefix}: " + "; ".join(parts))
+
+
+def parse_method_config(data: MethodConfig | dict[str, Any]) -> MethodConfig:
+    """Validate `data` with the config class of the method it names; UsageError if bad."""
+    if isinstance(data, MethodConfig):
+        data = data.model_dump()
+    if not isinstance(data, dict) or "name" not in data:
+        raise UsageError(f"method config needs a 'name' (one of: {', '.join(sorted(METHODS))}), got {data!r}")
+    name = data["name"]
+    if name not in METHODS:
+        raise UsageError(f"unknown method {name!r}; expected one of: {', '.join(sorted(METHODS))}")
+    try:
+        return METHODS[name].config_class(**data)
+    except ValidationError as error:
+        raise _one_line(error, f"invalid {name} config") from None
+
+
+def build_method(config: MethodConfig | dict[str, Any], seed: int | None = None) -> Method:
+    """Build the method `config` names, with BatchNorms converted to SyncBatchNorm.
+
+    With `seed`, initialisation is a function of the seed alone (global RNG untouched), so
+    every rank builds identical weights.
+    """
+    config = parse_method_config(config)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        method = METHODS[config.name](config)
+    return convert_sync_batchnorm(method)

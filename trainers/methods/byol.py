@@ -1,0 +1,48 @@
+"""BYOL (Grill et al. 2020): online network + predictor regresses an EMA target's projections."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from trainers.heads import mlp
+from trainers.losses import negative_cosine
+from trainers.methods.base import Method, MethodConfig, ema_update, frozen_copy, register_method
+from trainers.schedules import ema_momentum
+
+
+class BYOLConfig(MethodConfig):
+    name: Literal["byol"] = "byol"
+    projection_hidden_dim: int = Field(4096, ge=1)
+    projection_dim: int = Field(256, ge=1)
+    prediction_hidden_dim: int = Field(4096, ge=1)
+    ema_momentum: float = Field(0.996, ge=0, le=1, description="base of the cosine schedule to 1")
+
+
+@register_method
+class BYOL(Method):
+    name = "byol"
+    config_class = BYOLConfig
+
+    def __init__(self, config: BYOLConfig) -> None:
+        super().__init__(config)
+        self.projector = mlp([self.feature_dim, config.projection_hidden_dim, config.projection_dim])
+        self.predictor = mlp([config.projection_dim, config.prediction_hidden_dim, config.projection_dim])
+        self.target_backbone = frozen_copy(self.backbone)
+        self.target_projector = frozen_copy(self.projector)
+
+    def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+        self.check_views(views)
+        p1, p2 = (self.predictor(self.projector(self.backbone(v))) for v in views)
+        with torch.no_grad():
+            z1, z2 = (self.target_projector(self.target_backbone(v)) for v in views)
+        # sum over both directions of ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z)
+        loss = (2 + 2 * negative_cosine(p1, z2)) + (2 + 2 * negative_cosine(p2, z1))
+        return loss, {"loss": loss.item()}
+
+    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+        ema_update(nn.ModuleList([self.target_backbone, self.target_projector]),
+                   nn.ModuleList([self.backbone, self.projector]),
+                   ema_momentum(self.config.ema_momentum, step, total_steps))

@@ -1,0 +1,69 @@
+"""DINO (Caron et al. 2021): self-distillation with an EMA teacher, centering, multi-crop.
+
+The teacher sees the global crops, the student all crops; the center is an EMA of the
+teacher's mean output over ALL ranks (all-reduced); the teacher temperature warms up linearly.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from trainers.heads import DINOHead
+from trainers.losses import dino, dino_center_update
+from trainers.methods.base import Method, MethodConfig, ema_update, frozen_copy, register_method
+from trainers.schedules import ema_momentum, teacher_temperature
+
+
+class DINOConfig(MethodConfig):
+    supports_local_views = True
+
+    name: Literal["dino"] = "dino"
+    out_dim: int = Field(65536, ge=1, description="prototypes of the last layer")
+    hidden_dim: int = Field(2048, ge=1)
+    bottleneck_dim: int = Field(256, ge=1)
+    student_temperature: float = Field(0.1, gt=0)
+    teacher_temperature: float = Field(0.04, gt=0)
+    warmup_teacher_temperature: float = Field(0.04, gt=0)
+    teacher_temperature_warmup_steps: int = Field(0, ge=0)
+    center_momentum: float = Field(0.9, ge=0, le=1)
+    ema_momentum: float = Field(0.996, ge=0, le=1, description="base of the cosine schedule to 1")
+    freeze_last_layer_steps: int = Field(0, ge=0)
+
+
+@register_method
+class DINO(Method):
+    name = "dino"
+    config_class = DINOConfig
+
+    def __init__(self, config: DINOConfig) -> None:
+        super().__init__(config)
+        self.head = DINOHead(self.feature_dim, config.out_dim, config.hidden_dim, config.bottleneck_dim)
+        self.teacher_backbone = frozen_copy(self.backbone)
+        self.teacher_head = frozen_copy(self.head)
+        self.register_buffer("center", torch.zeros(1, config.out_dim))
+
+    @property
+    def eval_backbone(self) -> torch.nn.Module:
+        return self.teacher_backbone
+
+    def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+        self.check_views(views)
+        cfg = self.config
+        n_global = cfg.num_global_views
+        with torch.no_grad():
+            teacher_out = self.teacher_head(self.encode_multicrop(self.teacher_backbone, views[:n_global])).chunk(n_global)
+        features = self.encode_multicrop(self.backbone, views)
+        student_out = self.head(features, freeze_last_layer=step < cfg.freeze_last_layer_steps).chunk(len(views))
+        temp = teacher_temperature(cfg.warmup_teacher_temperature, cfg.teacher_temperature,
+                                   cfg.teacher_temperature_warmup_steps, step)
+        loss = dino(student_out, teacher_out, self.center, cfg.student_temperature, temp)
+        self.center.copy_(dino_center_update(teacher_out, self.center, cfg.center_momentum))
+        return loss, {"loss": loss.item(), "teacher_temperature": temp}
+
+    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+        ema_update(torch.nn.ModuleList([self.teacher_backbone, self.teacher_head]),
+                   torch.nn.ModuleList([self.backbone, self.head]),
+                   ema_momentum(self.config.ema_momentum, step, total_steps))

@@ -1,0 +1,76 @@
+"""MoCo v2 (He et al. 2020; Chen et al. 2020): query encoder, momentum key encoder, key queue.
+
+The queue holds the keys of earlier global batches in all-gathered rank order, so it is
+identical on every rank and equal to single-process training. BN is synchronised (our
+SyncBatchNorm) instead of MoCo's shuffling BN.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from trainers import distributed
+from trainers.heads import mlp
+from trainers.losses import info_nce
+from trainers.methods.base import Method, MethodConfig, ema_update, frozen_copy, register_method
+from viewstream.errors import UsageError
+
+
+class MoCoV2Config(MethodConfig):
+    name: Literal["moco_v2"] = "moco_v2"
+    temperature: float = Field(0.2, gt=0)
+    queue_size: int = Field(65536, ge=1)
+    projection_hidden_dim: int = Field(2048, ge=1)
+    projection_dim: int = Field(128, ge=1)
+    ema_momentum: float = Field(0.999, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _queue_divisible(self) -> "MoCoV2Config":
+        if self.global_batch_size and self.queue_size % self.global_batch_size:
+            raise ValueError(
+                f"queue_size={self.queue_size} is not divisible by global_batch_size={self.global_batch_size}"
+            )
+        return self
+
+
+@register_method
+class MoCoV2(Method):
+    name = "moco_v2"
+    config_class = MoCoV2Config
+
+    def __init__(self, config: MoCoV2Config) -> None:
+        super().__init__(config)
+        self.projector = mlp([self.feature_dim, config.projection_hidden_dim, config.projection_dim], batch_norm=False)
+        self.key_backbone = frozen_copy(self.backbone)
+        self.key_projector = frozen_copy(self.projector)
+        self.register_buffer("queue", F.normalize(torch.randn(config.queue_size, config.projection_dim), dim=1))
+        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+
+    def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+        self.check_views(views)
+        q = self.projector(self.backbone(views[0]))
+        with torch.no_grad():
+            k = F.normalize(self.key_projector(self.key_backbone(views[1])), dim=1)
+        # clone: the queue is updated in place below, after the loss captured it (as MoCo does)
+        loss = info_nce(q, k, self.queue.clone(), self.config.temperature)
+        self._enqueue(distributed.gather(k))
+        return loss, {"loss": loss.item()}
+
+    @torch.no_grad()
+    def _enqueue(self, keys: Tensor) -> None:
+        size = self.queue.shape[0]
+        if size % keys.shape[0]:
+            raise UsageError(f"moco_v2 queue_size={size} is not divisible by the global batch {keys.shape[0]}")
+        start = int(self.queue_pointer)
+        self.queue[start : start + keys.shape[0]] = keys
+        self.queue_pointer.fill_((start + keys.shape[0]) % size)
+
+    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+        # The paper updates the key encoder at the start of the next forward; doing it here
+        # gives the same weights (the step-0 update is a no-op on the initial copy).
+        ema_update(nn.ModuleList([self.key_backbone, self.key_projector]),
+                   nn.ModuleList([self.backbone, self.projector]), self.config.ema_momentum)

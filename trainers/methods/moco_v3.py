@@ -1,0 +1,56 @@
+"""MoCo v3 (Chen et al. 2021): symmetric contrastive loss against momentum keys of all ranks."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from trainers.heads import mlp
+from trainers.losses import moco_v3
+from trainers.methods.base import Method, MethodConfig, ema_update, frozen_copy, register_method
+from trainers.schedules import ema_momentum
+
+
+class MoCoV3Config(MethodConfig):
+    name: Literal["moco_v3"] = "moco_v3"
+    temperature: float = Field(0.2, gt=0, description="paper: 0.2 for ViT, 1.0 for ResNet")
+    projection_hidden_dim: int = Field(4096, ge=1)
+    projection_dim: int = Field(256, ge=1)
+    projection_layers: int | None = Field(None, ge=2, le=3, description="default: 3 for ViT, 2 for ResNet")
+    prediction_hidden_dim: int = Field(4096, ge=1)
+    ema_momentum: float = Field(0.99, ge=0, le=1, description="base of the cosine schedule to 1")
+
+
+def _moco_v3_mlp(dims: list[int]) -> nn.Sequential:
+    return mlp(dims, last_batch_norm=True, last_batch_norm_affine=False, bias=False)
+
+
+@register_method
+class MoCoV3(Method):
+    name = "moco_v3"
+    config_class = MoCoV3Config
+
+    def __init__(self, config: MoCoV3Config) -> None:
+        super().__init__(config)
+        layers = config.projection_layers or (3 if config.backbone.name.startswith("vit") else 2)
+        hidden = [config.projection_hidden_dim] * (layers - 1)
+        self.projector = _moco_v3_mlp([self.feature_dim, *hidden, config.projection_dim])
+        self.predictor = _moco_v3_mlp([config.projection_dim, config.prediction_hidden_dim, config.projection_dim])
+        self.momentum_backbone = frozen_copy(self.backbone)
+        self.momentum_projector = frozen_copy(self.projector)
+
+    def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+        self.check_views(views)
+        q1, q2 = (self.predictor(self.projector(self.backbone(v))) for v in views)
+        with torch.no_grad():
+            k1, k2 = (self.momentum_projector(self.momentum_backbone(v)) for v in views)
+        loss = moco_v3(q1, q2, k1, k2, self.config.temperature)
+        return loss, {"loss": loss.item()}
+
+    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+        # The paper updates at the start of step s+1 with m(s+1); same weights, done here.
+        m = ema_momentum(self.config.ema_momentum, step + 1, total_steps)
+        ema_update(nn.ModuleList([self.momentum_backbone, self.momentum_projector]),
+                   nn.ModuleList([self.backbone, self.projector]), m)

@@ -1,0 +1,39 @@
+"""SimSiam (Chen & He 2021): predictor + stop-gradient, no negatives, no momentum encoder."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from torch import Tensor
+
+from trainers.heads import mlp
+from trainers.losses import negative_cosine
+from trainers.methods.base import Method, MethodConfig, register_method
+
+
+class SimSiamConfig(MethodConfig):
+    name: Literal["simsiam"] = "simsiam"
+    projection_dim: int = Field(2048, ge=1)
+    prediction_hidden_dim: int = Field(512, ge=1)
+    stop_gradient: bool = Field(True, description="False only to reproduce the paper's collapse")
+
+
+@register_method
+class SimSiam(Method):
+    name = "simsiam"
+    config_class = SimSiamConfig
+
+    def __init__(self, config: SimSiamConfig) -> None:
+        super().__init__(config)
+        d = config.projection_dim
+        # 3 layers, BN on every output, the last without affine (the paper's code).
+        self.projector = mlp([self.feature_dim, d, d, d], last_batch_norm=True, last_batch_norm_affine=False)
+        self.predictor = mlp([d, config.prediction_hidden_dim, d])
+
+    def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+        self.check_views(views)
+        z1, z2 = (self.projector(self.backbone(v)) for v in views)
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        sg = self.config.stop_gradient
+        loss = 0.5 * (negative_cosine(p1, z2, stop_gradient=sg) + negative_cosine(p2, z1, stop_gradient=sg))
+        return loss, {"loss": loss.item()}
