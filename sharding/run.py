@@ -34,6 +34,7 @@ from sharding.format import (
     MANIFEST_FILE,
     QUARANTINE_FILE,
     QUARANTINE_SCHEMA,
+    SHARDS_DIR,
 )
 from sharding.inputs import discover_inputs
 from sharding.plan import ShardTask, plan_shards
@@ -122,6 +123,7 @@ def shard_dataset(
     source = source if is_s3(source) else os.path.abspath(source)
     output = output.rstrip("/") if is_s3(output) else os.path.abspath(output)
     check_output(output, storage)
+    storage.remove_unfinished_writes(output, ("", SHARDS_DIR, PARTS_DIR))  # debris of a killed run; never listed anywhere
     records = discover_inputs(source, storage, config.group_by, config.label_from)
     tasks = plan_shards(records, config.name, config.shard_bytes, config.shard_samples)
     options = config.build_options()

@@ -20,6 +20,7 @@ from viewstream.errors import UsageError
 S3_SCHEME = "s3://"
 # S3 multipart parts must be >= 5 MiB (except the last); 8 MiB is boto3's own default.
 MULTIPART_PART_BYTES = 8 * 1024 * 1024
+TEMP_PREFIX = ".tmp-"  # local atomic writes go to {folder}/.tmp-XXXX-{name} until renamed
 
 
 def is_s3(uri: str) -> bool:
@@ -195,7 +196,7 @@ class Storage:
             return
         folder = os.path.dirname(os.path.abspath(uri))
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(uri))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix="-" + os.path.basename(uri))
         try:
             with os.fdopen(fd, "wb") as f:
                 yield f
@@ -212,6 +213,27 @@ class Storage:
         """Atomically write `data` to `uri`."""
         with self.open_atomic_write(uri) as f:
             f.write(data)
+
+    def remove_unfinished_writes(self, root: str, folders: tuple[str, ...] = ("",)) -> int:
+        """Remove what killed atomic writes left in `folders` of `root`: local temporary files,
+        S3 incomplete multipart uploads. Only for an output no other process is writing to."""
+        removed = 0
+        if is_s3(root):
+            bucket, prefix = split_s3(root)
+            uploads = self.s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+            for upload in uploads:
+                self.s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                removed += 1
+            return removed
+        for folder in folders:
+            path = os.path.join(root, folder)
+            names = os.listdir(path) if os.path.isdir(path) else []
+            for name in names:
+                if name.startswith(TEMP_PREFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(path, name))
+                        removed += 1
+        return removed
 
     def delete(self, uri: str) -> None:
         """Remove `uri` if it exists."""
