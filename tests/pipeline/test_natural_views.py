@@ -1,0 +1,87 @@
+"""Acceptance 3 of issue 3: natural views (two different photos of a group per epoch)."""
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import Augmentation, ViewConfig, ViewLoader, ViewSpec
+from sharding.dataset import read_index, shard_uri
+
+from tests.pipeline.conftest import build_dataset
+
+
+@pytest.fixture(scope="module")
+def multi_photo_dataset(tmp_path_factory) -> str:
+    """12 groups of 2-4 photos plus, from the shared corpus generator, some groups of one."""
+    return build_dataset(tmp_path_factory, "multi", num_groups=12, shard_samples=5,
+                         min_views=1, max_views=4, seed=3)
+
+
+def photo_counts(dataset: str) -> dict[str, int]:
+    index = read_index(dataset)
+    return dict(zip(index.column("key").to_pylist(), index.column("num_views").to_pylist()))
+
+
+def test_global_views_come_from_different_photos_and_pairs_change(multi_photo_dataset):
+    counts = photo_counts(multi_photo_dataset)
+    assert any(c >= 2 for c in counts.values()) and any(c == 1 for c in counts.values())
+    loader = ViewLoader(multi_photo_dataset, ViewSpec.simclr(size=32), 4, seed=11)
+    pairs_by_epoch = []
+    for epoch in range(4):
+        pairs = {}
+        for batch in loader.iter_epoch(epoch):
+            for key, sources in zip(batch.keys, batch.view_sources.tolist()):
+                n = counts[key]
+                assert all(0 <= s < n for s in sources)
+                if n >= 2:
+                    assert sources[0] != sources[1], f"{key}: both global views from photo {sources[0]}"
+                else:
+                    assert sources == [0, 0]
+                pairs[key] = tuple(sources)
+        pairs_by_epoch.append(pairs)
+    multi = [k for k, c in counts.items() if c >= 2]
+    changed = sum(len({pairs_by_epoch[e][k] for e in range(4)}) > 1 for k in multi)
+    assert changed >= len(multi) // 2, "pairs are not redrawn across epochs"
+
+
+def test_group_of_one_gives_two_different_augmentations(multi_photo_dataset):
+    counts = photo_counts(multi_photo_dataset)
+    loader = ViewLoader(multi_photo_dataset, ViewSpec.simclr(size=32), 16, seed=2)
+    batch = next(loader.iter_epoch(0))
+    singles = [i for i, k in enumerate(batch.keys) if counts[k] == 1]
+    assert singles
+    for i in singles:
+        assert not torch.equal(batch.views[0][i], batch.views[1][i])
+
+
+def test_views_show_the_photo_the_batch_names(multi_photo_dataset):
+    """Each global view's pixels match the photo `view_sources` names, not its group mates."""
+    plain = Augmentation(center_crop=True, crop_fraction=1.0, flip_p=0, jitter_p=0, grayscale_p=0,
+                         blur_p=0)
+    spec = ViewSpec(views=[ViewConfig(size=32, augment=plain)] * 2, mean=(0, 0, 0), std=(1, 1, 1))
+    index = read_index(multi_photo_dataset)
+    shard_of = dict(zip(index.column("key").to_pylist(), index.column("shard").to_pylist()))
+    photos: dict[str, dict[int, np.ndarray]] = {}
+    for shard in sorted(set(shard_of.values())):
+        with tarfile.open(shard_uri(multi_photo_dataset, shard)) as tar:
+            for info in tar:
+                key, view, ext = (info.name.split(".") + [""])[:3]
+                if ext in ("jpg", "png"):
+                    image = Image.open(io.BytesIO(tar.extractfile(info).read())).convert("RGB")
+                    photos.setdefault(key, {})[int(view)] = np.asarray(image, dtype=np.float32) / 255
+    loader = ViewLoader(multi_photo_dataset, spec, 6, seed=4)
+    checked = 0
+    for batch in loader.iter_epoch(1):
+        for i, key in enumerate(batch.keys):
+            for v in range(2):
+                got = batch.views[v][i].permute(1, 2, 0).numpy()
+                errors = {p: np.abs(img - got).mean() for p, img in photos[key].items()}
+                named = int(batch.view_sources[i, v])
+                assert errors[named] == min(errors.values()) and errors[named] < 0.02
+                checked += 1
+    assert checked == 2 * len(index)
