@@ -96,22 +96,28 @@ class RayExecutor:
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         ray = self._ray
-        remote_fn = ray.remote(num_cpus=1, max_retries=2)(fn)
+        remote_call = ray.remote(num_cpus=1, max_retries=2)(_call)
+        fn_ref = ray.put(fn)  # shipped once, not once per task
         limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         queue = iter(tasks)
-        pending = [remote_fn.remote(t) for _, t in zip(range(limit), queue)]
+        pending = [remote_call.remote(fn_ref, t) for _, t in zip(range(limit), queue)]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
                 yield ray.get(ref)
                 nxt = next(queue, None)
                 if nxt is not None:
-                    pending.append(remote_fn.remote(nxt))
+                    pending.append(remote_call.remote(fn_ref, nxt))
 
     def close(self) -> None:
         if self._started_here and self._ray.is_initialized():
             self._ray.shutdown()
             self._started_here = False
+
+
+def _call(fn: Callable[[T], R], task: T) -> R:
+    """Ray task body: `ray.remote` wants a plain function, `fn` may be a functools.partial."""
+    return fn(task)
 
 
 def make_executor(workers: int = 1, ray: bool = False, ray_address: str | None = None) -> Executor:

@@ -1,0 +1,36 @@
+"""Acceptance 2: byte-identical output for --workers 1, --workers 2 and --ray (local Ray, 2 CPUs,
+127.0.0.1, inside a loopback-only network namespace)."""
+from __future__ import annotations
+
+import pytest
+
+from sharding.run import shard_dataset
+
+from tests.sharding.conftest import run_cli, tree_digest
+
+OPTIONS = dict(group_by="dir", label_from="parent", shard_samples=5)
+
+
+@pytest.fixture(scope="module")
+def reference(view_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("w1")
+    shard_dataset(str(view_corpus), str(out), workers=1, progress=False, **OPTIONS)
+    digest = tree_digest(out)
+    assert sum(name.endswith(".tar") for name in digest) >= 4
+    return digest
+
+
+def test_two_local_workers_identical(view_corpus, tmp_path, reference):
+    summary = shard_dataset(str(view_corpus), str(tmp_path), workers=2, progress=False, **OPTIONS)
+    assert summary.num_shards_built == summary.num_shards
+    assert tree_digest(tmp_path) == reference
+
+
+@pytest.mark.integration
+def test_ray_identical(view_corpus, tmp_path, reference):
+    result = run_cli(
+        "shard", str(view_corpus), str(tmp_path), "--group-by", "dir", "--label-from", "parent",
+        "--shard-samples", "5", "--ray", "--ray-cpus", "2", "--no-progress", loopback_only=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert tree_digest(tmp_path) == reference
