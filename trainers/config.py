@@ -1,0 +1,157 @@
+"""`viewstream train` configuration: one pydantic model, validated before any worker starts.
+
+A YAML file names the dataset, view recipe, method, optimizer and schedules, global batch,
+epochs, workers, storage and checkpoint cadence; ``--set a.b=c`` changes any field. Every
+check that can fail without a cluster happens here (`TrainConfig.validated`), so a bad config
+costs nothing and the error names the field.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+from pipeline import RECIPES, ViewSpec
+from trainers.config_loading import load_yaml_config, validate
+from trainers.methods import MethodConfig, parse_method_config
+from trainers.optim import OptimizerConfig
+from viewstream.errors import UsageError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """The training shards and how to make views of them."""
+
+    dataset: str = Field(description="dataset folder or s3://bucket/prefix written by `viewstream shard`")
+    recipe: str = Field("simclr", description=f"view recipe: one of {sorted(RECIPES)}")
+    recipe_options: dict[str, Any] = Field(
+        default_factory=dict, description="arguments of the recipe (size, global_size, local_size, num_local, ...)"
+    )
+    num_threads: PositiveInt = Field(1, description="DALI threads per worker")
+    prefetch: PositiveInt = 2
+    endpoint_url: Optional[str] = Field(None, description="S3 endpoint (default: AWS_ENDPOINT_URL)")
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, value: str) -> str:
+        if value not in RECIPES or value == "eval":
+            raise ValueError(f"unknown training recipe {value!r}; expected one of {sorted(set(RECIPES) - {'eval'})}")
+        return value
+
+    def view_spec(self) -> ViewSpec:
+        return ViewSpec.from_recipe(self.recipe, **self.recipe_options)
+
+
+class MonitorConfig(_Strict):
+    """Online kNN on a held-out labelled split during training (frozen features, rank 0)."""
+
+    train_dataset: str = Field(description="labelled shards whose features form the kNN memory bank")
+    test_dataset: str = Field(description="labelled shards to classify")
+    every_epochs: PositiveInt = 1
+    k: PositiveInt = 20
+    temperature: float = Field(0.07, gt=0)
+    image_size: PositiveInt = 32
+    crop_fraction: float = Field(1.0, gt=0, le=1)
+    batch_size: PositiveInt = 256
+
+
+class ScalingSettings(_Strict):
+    """How many Ray Train workers and what each gets."""
+
+    num_workers: PositiveInt = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+
+class FaultDrill(_Strict):
+    """Recovery drill: worker `rank` fails once at `step` (raise, or SIGKILL itself).
+
+    `marker` is a file created when the fault fires, so the restarted attempt runs clean.
+    """
+
+    step: PositiveInt
+    rank: int = Field(0, ge=0)
+    kind: Literal["raise", "sigkill"] = "raise"
+    marker: str
+
+
+class RunSettings(_Strict):
+    """Where the run lives and how it survives failures."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
+    storage: str = Field("runs", description="folder or s3://bucket/prefix for checkpoints")
+    out_dir: Optional[str] = Field(None, description="local folder for metrics, TensorBoard, plots (default: runs/<name>)")
+    checkpoint_every_steps: PositiveInt = 100
+    keep_checkpoints: PositiveInt = 2
+    max_failures: int = Field(0, ge=-1, description="restarts from the latest checkpoint; -1 = unlimited")
+    log_every_steps: PositiveInt = 10
+    address: Optional[str] = Field(None, description="Ray cluster address; None starts a local Ray on 127.0.0.1")
+    fault: Optional[FaultDrill] = None
+
+    def output_dir(self) -> Path:
+        if self.out_dir:
+            return Path(self.out_dir)
+        if not self.storage.startswith("s3://"):
+            return Path(self.storage) / self.name
+        return Path("runs") / self.name
+
+
+class TrainConfig(_Strict):
+    """Everything `viewstream train` needs (see configs/ for examples)."""
+
+    seed: int = 0
+    data: DataConfig
+    method: dict[str, Any] = Field(description="method config: name plus that method's fields")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    batch_size: PositiveInt = Field(256, description="global batch over all workers")
+    epochs: PositiveInt = 10
+    max_steps: Optional[PositiveInt] = Field(None, description="stop after this many steps (before `epochs` ends)")
+    grad_clip: Optional[float] = Field(None, gt=0)
+    scaling: ScalingSettings = ScalingSettings()
+    run: RunSettings = RunSettings()
+    monitor: Optional[MonitorConfig] = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.batch_size % self.scaling.num_workers:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not divisible by scaling.num_workers={self.scaling.num_workers}"
+            )
+        return self
+
+    # ---- derived, validated pieces --------------------------------------------------------
+    def view_spec(self) -> ViewSpec:
+        try:
+            return self.data.view_spec()
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"data.recipe_options: {err}".splitlines()[0]) from None
+
+    def method_config(self) -> MethodConfig:
+        """The method's own validated config, with view counts and batch taken from here."""
+        spec = self.view_spec()
+        data = dict(self.method)
+        requested_local = data.get("num_local_views")
+        if requested_local is not None and requested_local != spec.num_local:
+            raise UsageError(
+                f"method.num_local_views={requested_local} but data.recipe {self.data.recipe!r} makes "
+                f"{spec.num_local} local views"
+            )
+        data["num_local_views"] = spec.num_local
+        data.setdefault("global_batch_size", self.batch_size)
+        if spec.num_global != 2:
+            raise UsageError(f"data.recipe {self.data.recipe!r} makes {spec.num_global} global views; methods need 2")
+        return parse_method_config(data)
+
+    def per_worker_batch(self) -> int:
+        return self.batch_size // self.scaling.num_workers
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
+        """Read, override and validate a config; UsageError (one line) if anything is off."""
+        config = validate(cls, load_yaml_config(path, overrides))
+        config.method_config()  # method fields, view counts, queue sizes: fail now, not on a worker
+        return config

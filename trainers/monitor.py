@@ -1,0 +1,39 @@
+"""Online kNN during training: how good are the features right now, on held-out labels?
+
+Rank 0 embeds a labelled train split (the memory bank) and a test split with the eval view
+recipe and scores weighted kNN (cosine, temperature 0.07), as DINO and solo-learn do.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from pipeline import ViewLoader, ViewSpec
+from trainers.config import MonitorConfig
+from trainers.eval.features import extract_features
+from trainers.eval.knn import knn_evaluate
+from viewstream.errors import UsageError
+
+
+class OnlineKnn:
+    """Callable: backbone -> kNN top-1 on the configured held-out split."""
+
+    def __init__(self, config: MonitorConfig, device: str = "cpu", endpoint_url: Optional[str] = None) -> None:
+        self.config = config
+        spec = ViewSpec.eval(size=config.image_size, crop_fraction=config.crop_fraction)
+        make = lambda ds: ViewLoader(ds, spec, config.batch_size, device=device, num_threads=1,
+                                     endpoint_url=endpoint_url)
+        self.train_loader, self.test_loader = make(config.train_dataset), make(config.test_dataset)
+        for name, loader in (("train_dataset", self.train_loader), ("test_dataset", self.test_loader)):
+            if not loader.label_vocabulary:
+                raise UsageError(f"monitor.{name}: the shards have no labels; kNN needs labelled shards")
+
+    @torch.no_grad()
+    def __call__(self, backbone: nn.Module) -> float:
+        train = extract_features(backbone, self.train_loader.iter_epoch(0))
+        test = extract_features(backbone, self.test_loader.iter_epoch(0))
+        result = knn_evaluate(train.features, train.labels, test.features, test.labels,
+                              ks=(self.config.k,), temperature=self.config.temperature)
+        return result[self.config.k].top1

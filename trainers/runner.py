@@ -1,0 +1,128 @@
+"""The driver of `viewstream train`: check everything, place workers on Ray, report.
+
+Every check that can fail without workers runs first (config fields, dataset present, storage
+usable, the cluster big enough), so a bad run fails in seconds with an error naming the field.
+Then a Ray Train `TorchTrainer` runs `train_loop_per_worker` on each worker; rerunning with the
+same `run.name` and `run.storage` resumes from the latest checkpoint (Ray Train restores a run
+by its storage path and name), and `run.max_failures` restarts failed workers from it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from sharding.dataset import load_manifest
+from sharding.storage import Storage
+from trainers.config import TrainConfig
+from trainers.storage import storage_for
+from viewstream.errors import UsageError
+
+
+@dataclass
+class TrainResult:
+    """What a finished run tells its caller."""
+
+    metrics: dict[str, Any]
+    checkpoint: Optional[str]
+    out_dir: Path
+
+    def summary(self) -> str:
+        m = self.metrics
+        lines = [
+            f"steps            {m.get('step')} of {m.get('total_steps')} (resumed from step {m.get('resumed_from_step', 0)})",
+            f"final loss       {m.get('loss', float('nan')):.4f}",
+            f"samples/s        {m.get('samples_per_s', 0):.1f}",
+            f"waiting for data {100 * m.get('data_wait_fraction', 0):.1f}% of step time",
+            f"checkpoint       {self.checkpoint}",
+            f"metrics          {self.out_dir / 'metrics.jsonl'} (TensorBoard: {self.out_dir / 'tensorboard'})",
+        ]
+        return "\n".join(lines)
+
+
+def check_inputs(config: TrainConfig) -> None:
+    """Fail fast on inputs that don't exist: the datasets and a local storage folder."""
+    storage = Storage(config.data.endpoint_url)
+    datasets = [("data.dataset", config.data.dataset)]
+    if config.monitor:
+        datasets += [("monitor.train_dataset", config.monitor.train_dataset),
+                     ("monitor.test_dataset", config.monitor.test_dataset)]
+    for field, root in datasets:
+        try:
+            load_manifest(root, storage)
+        except UsageError as err:
+            raise UsageError(f"{field}: {err}") from None
+    if not config.run.storage.startswith("s3://"):
+        try:
+            Path(config.run.storage).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"run.storage={config.run.storage!r} is not writable: {err.strerror}") from None
+
+
+def connect_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
+    """Join `address`, or start a local Ray bound to 127.0.0.1 (dashboard off)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, _node_ip_address="127.0.0.1",
+                 include_dashboard=False, configure_logging=False)
+
+
+def check_cluster(config: TrainConfig) -> None:
+    """The cluster must be able to place every worker at once (else Ray would wait forever)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    s = config.scaling
+    cpus_needed, cpus_have = s.num_workers * s.cpus_per_worker, resources.get("CPU", 0)
+    if cpus_needed > cpus_have:
+        raise UsageError(
+            f"scaling.num_workers={s.num_workers} x cpus_per_worker={s.cpus_per_worker} needs "
+            f"{cpus_needed:g} CPUs; the Ray cluster has {cpus_have:g}"
+        )
+    if s.use_gpu and s.num_workers > resources.get("GPU", 0):
+        raise UsageError(
+            f"scaling.use_gpu with num_workers={s.num_workers} needs {s.num_workers} GPUs; "
+            f"the Ray cluster has {resources.get('GPU', 0):g}"
+        )
+
+
+def run_training(config: TrainConfig, address: Optional[str] = None) -> TrainResult:
+    """Train `config` on Ray Train (resuming the run if it has checkpoints) and return the result."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from trainers.train_loop import train_loop_per_worker
+
+    config.method_config()
+    check_inputs(config)
+    connect_ray(address or config.run.address, num_cpus=None)
+    check_cluster(config)
+
+    storage_path, filesystem = storage_for(config.run.storage)
+    s = config.scaling
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.model_dump(mode="json")},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=config.run.name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
+        ),
+    )
+    result = trainer.fit()
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    if checkpoint and config.run.storage.startswith("s3://"):
+        checkpoint = "s3://" + checkpoint.lstrip("/")
+    return TrainResult(dict(result.metrics or {}), checkpoint, config.run.output_dir())
