@@ -1,0 +1,141 @@
+"""Acceptance 3: a run SIGKILLed at several points, then rerun, equals an uninterrupted run byte
+for byte, and manifest.json never lists a shard that is not complete.
+
+Each killed run is a child process that SIGKILLs itself at an exact point (patched in the child
+only: mid-tar, after a shard's tar and .idx but before its part record, half-way through a
+manifest write, just before the final tables), plus one killed from outside at a moment in the
+middle of shard building while the parent keeps checking the manifest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sharding.run import shard_dataset
+
+from tests.sharding.conftest import REPO, tree_digest
+
+OPTIONS = dict(group_by="dir", label_from="parent", shard_samples=2, max_side=32)
+
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    import sharding.run, sharding.build, sharding.tar_writer, sharding.storage
+    sharding.run.MANIFEST_INTERVAL_S = 0.0   # rewrite the manifest after every shard
+    point, arg = sys.argv[3], sys.argv[4]
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    calls = {"n": 0}
+    if point == "mid_tar":
+        original = sharding.tar_writer.TarWriter.write_sample
+        def write_sample(self, key, members):
+            calls["n"] += 1
+            if calls["n"] == int(arg):
+                self._write(b"partial header")   # some bytes reach the temporary file
+                self._sink.flush()
+                die()
+            return original(self, key, members)
+        sharding.tar_writer.TarWriter.write_sample = write_sample
+    elif point in ("before_part", "mid_manifest", "before_tables"):
+        original = sharding.storage.Storage.write_bytes
+        def write_bytes(self, uri, data):
+            if point == "before_part" and uri.endswith("/_parts/" + arg):
+                die()
+            if point == "before_tables" and uri.endswith("/index.parquet"):
+                die()
+            if point == "mid_manifest" and uri.endswith("/manifest.json"):
+                calls["n"] += 1
+                if calls["n"] == int(arg):
+                    with self.open_atomic_write(uri) as f:
+                        f.write(data[: len(data) // 2]); f.flush(); die()
+            return original(self, uri, data)
+        sharding.storage.Storage.write_bytes = write_bytes
+    elif point == "slow":
+        original = sharding.run.build_shard
+        def slow(*a, **k):
+            time.sleep(float(arg)); return original(*a, **k)
+        sharding.run.build_shard = slow
+    sharding.run.shard_dataset(sys.argv[1], sys.argv[2], progress=False,
+                               group_by="dir", label_from="parent", shard_samples=2, max_side=32)
+    """
+)
+
+
+def start_child(corpus: Path, out: Path, point: str, arg: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(corpus), str(out), point, arg],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def assert_manifest_lists_only_finished(out: Path, reference: dict[str, str]) -> int:
+    """Every shard the manifest lists is fully there, with the final bytes; returns how many."""
+    path = out / "manifest.json"
+    if not path.exists():
+        return 0
+    manifest = json.loads(path.read_bytes())  # atomic writes: never a torn manifest
+    for shard in manifest["shards"]:
+        tar = out / "shards" / shard["name"]
+        assert hashlib.sha256(tar.read_bytes()).hexdigest() == shard["sha256"] == reference[f"shards/{shard['name']}"]
+        assert (out / "shards" / shard["idx"]).exists()
+        assert (out / "_parts" / shard["name"].replace(".tar", ".json")).exists()
+    return len(manifest["shards"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(view_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    summary = shard_dataset(str(view_corpus), str(out), progress=False, **OPTIONS)
+    assert summary.num_reencoded > 0 and summary.num_shards >= 10
+    digests = tree_digest(out)
+    return {name: digest for name, digest in digests.items()}
+
+
+@pytest.mark.integration
+def test_killed_at_exact_points_then_rerun_is_identical(view_corpus, tmp_path, uninterrupted):
+    out = tmp_path / "ds"
+    listed = []
+    for point, arg in [("mid_tar", "1"), ("mid_tar", "9"), ("before_part", "data-000006.json"),
+                       ("mid_manifest", "3"), ("before_tables", "")]:
+        child = start_child(view_corpus, out, point, arg)
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == -signal.SIGKILL, (point, err.decode()[-2000:])
+        listed.append(assert_manifest_lists_only_finished(out, uninterrupted))
+        if point == "mid_tar":
+            assert list((out / "shards").glob(".tmp-*")), "the kill left a partial temporary tar"
+            if arg == "1":  # killed inside the very first shard: nothing published yet
+                assert not (out / "shards" / "data-000000.tar").exists()
+        manifest = out / "manifest.json"
+        assert not manifest.exists() or not json.loads(manifest.read_bytes())["complete"]
+    # Progress was kept between kills: later kills found more finished shards.
+    assert listed[0] == 0 and listed[-1] > listed[1] > 0
+    summary = shard_dataset(str(view_corpus), str(out), progress=False, **OPTIONS)
+    assert summary.num_shards_skipped == summary.num_shards  # everything was already built
+    assert tree_digest(out) == uninterrupted  # includes: no temporary files left
+
+
+@pytest.mark.integration
+def test_killed_from_outside_while_building(view_corpus, tmp_path, uninterrupted):
+    out = tmp_path / "ds"
+    child = start_child(view_corpus, out, "slow", "0.1")
+    seen_listed = 0
+    deadline = time.monotonic() + 120
+    try:
+        while seen_listed < 3 and time.monotonic() < deadline and child.poll() is None:
+            seen_listed = max(seen_listed, assert_manifest_lists_only_finished(out, uninterrupted))
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL and seen_listed >= 3
+    assert not json.loads((out / "manifest.json").read_bytes())["complete"]
+    assert_manifest_lists_only_finished(out, uninterrupted)
+    shard_dataset(str(view_corpus), str(out), workers=2, progress=False, **OPTIONS)
+    assert tree_digest(out) == uninterrupted
+    assert not list(out.rglob(".tmp-*"))
