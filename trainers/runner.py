@@ -60,18 +60,22 @@ def check_inputs(config: TrainConfig) -> None:
             raise UsageError(f"run.storage={config.run.storage!r} is not writable: {err.strerror}") from None
 
 
-def connect_ray(address: Optional[str], num_cpus: Optional[int] = None) -> None:
-    """Join `address`, or start a local Ray bound to 127.0.0.1 (dashboard off)."""
+def connect_ray(address: Optional[str], num_cpus: Optional[int] = None) -> bool:
+    """Join `address`, or start a local Ray bound to 127.0.0.1 (dashboard off).
+
+    Returns True when this call started Ray (and so should shut it down).
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, _node_ip_address="127.0.0.1",
-                 include_dashboard=False, configure_logging=False)
+        return False
+    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, _node_ip_address="127.0.0.1",
+             include_dashboard=False, configure_logging=False)
+    return True
 
 
 def check_cluster(config: TrainConfig) -> None:
@@ -95,15 +99,24 @@ def check_cluster(config: TrainConfig) -> None:
 
 def run_training(config: TrainConfig, address: Optional[str] = None) -> TrainResult:
     """Train `config` on Ray Train (resuming the run if it has checkpoints) and return the result."""
+    config.method_config()
+    check_inputs(config)
+    started_ray = connect_ray(address or config.run.address, num_cpus=None)
+    try:
+        check_cluster(config)
+        return _fit(config)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _fit(config: TrainConfig) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from trainers.train_loop import train_loop_per_worker
-
-    config.method_config()
-    check_inputs(config)
-    connect_ray(address or config.run.address, num_cpus=None)
-    check_cluster(config)
 
     storage_path, filesystem = storage_for(config.run.storage)
     s = config.scaling
