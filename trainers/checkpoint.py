@@ -138,3 +138,30 @@ def _download_s3_prefix(uri: str, local: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_input_stream(info.path) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst)
+
+
+def load_method(path: str):
+    """The trained method of a checkpoint (or the newest one of a run), in eval mode, and its meta.
+
+    The method is rebuilt from the config stored with the checkpoint, so only the path is needed.
+    """
+    from trainers.config import TrainConfig
+    from trainers.methods import build_method
+
+    directory = resolve_checkpoint(path)
+    meta = load_meta(directory)
+    config = TrainConfig.model_validate(meta["config"])
+    method = build_method(config.method_config(), seed=config.seed)
+    missing, unexpected = method.load_state_dict(load_state(directory)["method"], strict=False)
+    if missing or unexpected:
+        raise UsageError(
+            f"checkpoint {str(directory)!r} does not match method {config.method['name']!r}: "
+            f"{len(missing)} missing and {len(unexpected)} unexpected tensors"
+        )
+    return method.eval(), meta
+
+
+def load_backbone(path: str):
+    """(backbone to evaluate or export, meta) of a checkpoint; DINO gives its teacher."""
+    method, meta = load_method(path)
+    return method.eval_backbone.eval(), meta
