@@ -77,8 +77,10 @@ def _resnet_recipe(net: tv_resnet.ResNet) -> ExportRecipe:
             lines.append(f"model.layer{i} = model._make_layer(torchvision.models.resnet.{b}, {p}, {n}{stride})")
         notes.append(f"width-scaled stages {planes}: rebuilt with torchvision's ResNet._make_layer")
     if small_stem:
-        lines += ["# small-image stem (28-64 px inputs): 3x3 stride-1 conv, no max-pool",
-                  f"model.conv1 = torch.nn.Conv2d(3, {stem.out_channels}, 3, 1, 1, bias=False)",
+        lines += ["# small-image stem (28-64 px inputs): 3x3 stride-1 conv, no max-pool"]
+        if width_scaled:
+            lines.remove(f"model.conv1 = torch.nn.Conv2d(3, {stem.out_channels}, 7, 2, 3, bias=False)")
+        lines += [f"model.conv1 = torch.nn.Conv2d(3, {stem.out_channels}, 3, 1, 1, bias=False)",
                   "model.maxpool = torch.nn.Identity()"]
         notes.append("small-image stem: conv1 is 3x3 stride 1 and there is no max-pool")
     state = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
