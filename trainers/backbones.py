@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import timm
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
@@ -79,6 +78,8 @@ class ViTBackbone(nn.Module):
 
     def __init__(self, model_name: str, config: BackboneConfig, **overrides) -> None:
         super().__init__()
+        import timm  # lazy: importing timm costs seconds in every spawned worker
+
         kwargs = dict(
             pretrained=False,
             num_classes=0,
