@@ -19,7 +19,7 @@ COMMAND_MODULES = (
     "pipeline.commands",      # bench-views (pipeline preview)
     "trainers.commands",      # train
     "trainers.eval.commands", # eval, embed, search, export
-    "viewstream.demo",        # demo
+    "trainers.demo",          # demo
 )
 
 
