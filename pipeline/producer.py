@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from pipeline.epochs import RankEpoch
-from pipeline.params import draw_sample
+from pipeline.params import draw_batch
 from pipeline.samples import LoadedSample, ReadStats, SampleRef
 from pipeline.spec import ViewSpec
 
@@ -110,23 +110,19 @@ class BatchProducer:
                 return
 
     def _prepare(self, b: int, rows: list[int], loaded: dict) -> PreparedBatch:
-        kept, enc_a, enc_b, same, params, sources = [], [], [], [], [], []
-        for row in rows:
-            sample = loaded.get(row)
-            if sample is None:
-                continue
-            draw = draw_sample(self._spec, self._seed, self._epoch, row, sample.sizes)
+        samples = [loaded[r] for r in rows if loaded.get(r) is not None]
+        num_views = len(self._spec.views)
+        if not samples:
+            return PreparedBatch(b, [], np.zeros((0, num_views), np.int64), None)
+        draws = draw_batch(self._spec, self._seed, self._epoch, [s.row for s in samples],
+                           [s.sizes for s in samples])
+        enc_a, enc_b = [], []
+        for sample, draw in zip(samples, draws):
             a = np.frombuffer(sample.photos[draw.photo_a], dtype=np.uint8)
-            kept.append(row)
             enc_a.append(a)
             enc_b.append(a if draw.photo_b == draw.photo_a else
                          np.frombuffer(sample.photos[draw.photo_b], dtype=np.uint8))
-            same.append(draw.photo_a == draw.photo_b)
-            params.append(draw.params)
-            sources.append(draw.params[:, 0])
-        num_views = len(self._spec.views)
-        if not kept:
-            return PreparedBatch(b, [], np.zeros((0, num_views), np.int64), None)
-        stacked = np.stack(params)
-        return PreparedBatch(b, kept, np.stack(sources).astype(np.int64),
-                             self._feed(self._spec, enc_a, enc_b, np.array(same), stacked))
+        same = np.array([d.photo_a == d.photo_b for d in draws])
+        params = np.stack([d.params for d in draws])
+        return PreparedBatch(b, [s.row for s in samples], params[:, :, 0].astype(np.int64),
+                             self._feed(self._spec, enc_a, enc_b, same, params))
