@@ -1,0 +1,62 @@
+"""Acceptance 2: every method, 2 gloo processes x batch B == 1 process x batch 2B.
+
+One spawn runs all methods for two full steps (forward, backward, gradient averaging, SGD
+step, EMA update); each is compared here with the same steps on one process.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.trainers.spawn import run_distributed
+from tests.trainers.tiny import TINY_CONFIGS, run_all_methods, run_method
+
+NAMES = list(TINY_CONFIGS)
+
+
+@pytest.fixture(scope="module")
+def distributed_runs() -> list[dict]:
+    return run_distributed(run_all_methods, NAMES, world_size=2)
+
+
+def close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    if a.dtype in (torch.long, torch.int64, torch.bool):
+        assert torch.equal(a, b), what
+    else:
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", NAMES)
+def test_two_processes_equal_one_process_with_double_batch(distributed_runs, name):
+    single = run_method(TINY_CONFIGS[name])
+    for rank, runs in enumerate(distributed_runs):
+        for step, (dist_rec, ref) in enumerate(zip(runs[name], single)):
+            where = f"{name} rank {rank} step {step}"
+            close(dist_rec["loss"], ref["loss"], f"{where} loss")
+            assert dist_rec["without_grad"] == ref["without_grad"], where
+            assert dist_rec["grads"].keys() == ref["grads"].keys(), where
+            for key, grad in ref["grads"].items():
+                close(dist_rec["grads"][key], grad, f"{where} grad {key}")
+            assert dist_rec["state"].keys() == ref["state"].keys(), where
+            for key, value in ref["state"].items():
+                close(dist_rec["state"][key], value, f"{where} state {key}")
+
+
+@pytest.mark.integration
+def test_the_comparison_covers_state_updates(distributed_runs):
+    """Guards against a vacuous pass: the state the test compares really moved."""
+    runs = distributed_runs[0]
+    moco = runs["moco_v2"][-1]["state"]
+    assert int(moco["queue_pointer"]) == 16  # two global batches of 8 in a queue of 24
+    swav = runs["swav"]
+    assert swav[0]["logs"]["queue_in_use"] == 0.0 and swav[1]["logs"]["queue_in_use"] == 1.0
+    assert "prototypes.weight" in swav[0]["without_grad"] and "prototypes.weight" in swav[1]["grads"]
+    dino = runs["dino"]
+    assert "head.last_layer.weight" in dino[0]["without_grad"] and "head.last_layer.weight" in dino[1]["grads"]
+    assert dino[-1]["state"]["center"].abs().sum() > 0
+    assert dino[0]["logs"]["teacher_temperature"] < dino[1]["logs"]["teacher_temperature"]
+    byol = runs["byol"]
+    assert not torch.equal(byol[0]["state"]["target_projector.0.weight"], byol[1]["state"]["target_projector.0.weight"])
+    bn_means = [k for k in runs["simclr"][0]["state"] if k.endswith("running_mean")]
+    assert bn_means and all(runs["simclr"][0]["state"][k].abs().sum() > 0 for k in bn_means)

@@ -1,0 +1,94 @@
+"""Tiny configurations of every method and a deterministic step runner, shared by the tests."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from trainers import distributed
+from trainers.methods import build_method
+
+CONVNET = {"name": "convnet", "width": 0.25}
+GLOBAL_BATCH = 8
+GLOBAL_PX, LOCAL_PX = 16, 8
+
+TINY_CONFIGS: dict[str, dict] = {
+    "simclr": dict(name="simclr", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16),
+    "moco_v2": dict(name="moco_v2", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16,
+                    queue_size=24, global_batch_size=GLOBAL_BATCH),
+    "moco_v3": dict(name="moco_v3", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16,
+                    prediction_hidden_dim=32),
+    "moco_v3_vit": dict(name="moco_v3", backbone={"name": "vit_tiny", "image_size": GLOBAL_PX},
+                        projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32),
+    "swav": dict(name="swav", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16, num_prototypes=6,
+                 queue_size=GLOBAL_BATCH, freeze_prototypes_steps=1, num_local_views=2),
+    "dino": dict(name="dino", backbone=CONVNET, out_dim=32, hidden_dim=32, bottleneck_dim=16, num_local_views=2,
+                 freeze_last_layer_steps=1, warmup_teacher_temperature=0.02, teacher_temperature_warmup_steps=2),
+    "byol": dict(name="byol", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32),
+    "simsiam": dict(name="simsiam", backbone=CONVNET, projection_dim=32, prediction_hidden_dim=16),
+}
+
+
+def make_views(config: dict, steps: int, seed: int = 0) -> list[list[torch.Tensor]]:
+    """Per step: 2 global crops then the config's local crops, for the GLOBAL batch."""
+    g = torch.Generator().manual_seed(seed)
+    locals_ = config.get("num_local_views", 0)
+    return [
+        [torch.randn(GLOBAL_BATCH, 3, GLOBAL_PX, GLOBAL_PX, generator=g) for _ in range(2)]
+        + [torch.randn(GLOBAL_BATCH, 3, LOCAL_PX, LOCAL_PX, generator=g) for _ in range(locals_)]
+        for _ in range(steps)
+    ]
+
+
+def local_rows(t: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous share of a global batch (all of it on one process)."""
+    n = t.shape[0] // distributed.world_size()
+    return t[distributed.rank() * n : (distributed.rank() + 1) * n]
+
+
+def make_optimizer(method) -> torch.optim.Optimizer:
+    return torch.optim.SGD(method.parameter_groups(1e-4), lr=0.1, momentum=0.9)
+
+
+def train_step(method, optimizer, views: list[torch.Tensor], step: int, total_steps: int) -> dict:
+    """One runner step (as trainers/methods/base.py documents it) and everything it changed."""
+    loss, logs = method.training_step([local_rows(v) for v in views], step)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.average_gradients(method)
+    optimizer.step()
+    method.on_after_optimizer_step(step, total_steps)
+    named = [(n, p) for n, p in method.named_parameters() if p.requires_grad]
+    return {
+        "loss": distributed.all_reduce_sum(loss.detach()) / distributed.world_size(),
+        "logs": distributed.reduce_logs(logs),
+        "grads": {n: p.grad.clone() for n, p in named if p.grad is not None},
+        "without_grad": sorted(n for n, p in named if p.grad is None),
+        "state": {k: v.clone() for k, v in method.state_dict().items()},
+    }
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def run_method(config: dict, steps: int = 2, total_steps: int = 10, dtype: torch.dtype = torch.float64) -> list[dict]:
+    """`steps` runner steps of a freshly built method (float64: equality is then exact to ~1e-13,
+    so any missing gradient term or misordered queue shows; float32 rounding in tiny batches
+    is amplified to ~1e-4 by the second step and would hide nothing but blur the check)."""
+    with default_dtype(dtype):
+        method = build_method(config, seed=0)
+        optimizer = make_optimizer(method)
+        return [train_step(method, optimizer, views, s, total_steps) for s, views in enumerate(make_views(config, steps))]
+
+
+def run_all_methods(names: list[str]) -> dict[str, list[dict]]:
+    torch.manual_seed(123)  # methods must not depend on the global RNG
+    return {name: run_method(TINY_CONFIGS[name]) for name in names}
