@@ -1,0 +1,92 @@
+"""A TCP proxy on 127.0.0.1 that cuts a response mid-stream on demand (a dropped connection)."""
+from __future__ import annotations
+
+import socket
+import threading
+
+
+class DroppingProxy:
+    """Forwards 127.0.0.1:<port> to an upstream port; `arm(n)` makes it cut the next n
+    connections whose server-to-client traffic passes `drop_after` bytes, in the middle of that
+    traffic (both sockets closed, as when a network path dies)."""
+
+    def __init__(self, upstream_port: int, drop_after: int = 20_000):
+        self.upstream_port, self.drop_after = upstream_port, drop_after
+        self._armed = 0
+        self.drops = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def arm(self, times: int = 1) -> None:
+        with self._lock:
+            self._armed = times
+
+    def close(self) -> None:
+        """Stop listening and cut every open connection (the server is gone)."""
+        self._closed = True
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self._listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._closed:
+                client.close()
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self._lock:
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _should_drop(self, sent: int) -> bool:
+        with self._lock:
+            if self._armed and sent > self.drop_after:
+                self._armed -= 1
+                self.drops += 1
+                return True
+        return False
+
+    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+        sent = 0
+        try:
+            while True:
+                data = src.recv(4096)
+                if not data:
+                    break
+                if downstream and self._should_drop(sent + len(data)):
+                    dst.sendall(data[: len(data) // 2])
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
