@@ -76,7 +76,7 @@ def validate_image(
     except Image.DecompressionBombError as err:
         return Rejected(TOO_MANY_PIXELS, str(err))
     except Exception as err:  # a header PIL recognises but cannot parse
-        return Rejected(CORRUPT, f"{type(err).__name__}: {err}")
+        return _decode_failure(err)
     with image:
         width, height = image.size
         if width * height > max_pixels:
@@ -89,15 +89,20 @@ def validate_image(
             if getattr(image, "is_animated", False):
                 image.seek(0)
         except Exception as err:
-            text = f"{type(err).__name__}: {err}"
-            reason = TRUNCATED if "truncat" in text.lower() or isinstance(err, EOFError) else CORRUPT
-            return Rejected(reason, text)
+            return _decode_failure(err)
         if _keep_as_is(image, max_side):
             return ValidImage(data, KEPT_FORMATS[image.format], width, height, reencoded=False)
         try:
             return _reencode(image, max_side, quality)
         except Exception as err:
             return Rejected(CORRUPT, f"cannot convert: {type(err).__name__}: {err}")
+
+
+def _decode_failure(err: Exception) -> Rejected:
+    """PIL says "truncated" (or hits EOF) when data ends early; anything else is corrupt."""
+    text = f"{type(err).__name__}: {err}"
+    truncated = "truncat" in text.lower() or isinstance(err, EOFError)
+    return Rejected(TRUNCATED if truncated else CORRUPT, text)
 
 
 def _keep_as_is(image: Image.Image, max_side: int | None) -> bool:

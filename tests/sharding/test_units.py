@@ -1,0 +1,164 @@
+"""Fast unit tests of the sharding pieces: tar writer, keys and plan, inputs, validation, sizes."""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from viewstream.errors import UsageError
+
+from sharding.commands import parse_size
+from sharding.inputs import InputRecord, discover_inputs
+from sharding.plan import group_key, make_groups, plan_shards
+from sharding.storage import Storage, join
+from sharding.tar_writer import TarWriter
+from sharding.validate import ValidImage, validate_image
+
+
+def write_tar(samples) -> tuple[bytes, TarWriter]:
+    sink = io.BytesIO()
+    writer = TarWriter(sink)
+    for key, members in samples:
+        writer.write_sample(key, members)
+    writer.close()
+    return sink.getvalue(), writer
+
+
+def test_tar_writer_is_deterministic_and_readable():
+    samples = [("a-1", [("0.jpg", b"x" * 700), ("json", b"{}")]), ("b-2", [("0.png", b""), ("1.png", b"yz")])]
+    first, writer = write_tar(samples)
+    second, _ = write_tar(samples)
+    assert first == second and len(first) % 10240 == 0
+    assert writer.size == len(first) and writer.num_samples == 2
+    import hashlib
+    assert writer.sha256 == hashlib.sha256(first).hexdigest()
+    with tarfile.open(fileobj=io.BytesIO(first)) as tar:
+        names = [(m.name, m.mtime, m.uid, m.gid, m.uname, m.mode) for m in tar]
+        assert names == [(n, 0, 0, 0, "", 0o644) for n in ("a-1.0.jpg", "a-1.json", "b-2.0.png", "b-2.1.png")]
+        assert tar.extractfile("a-1.0.jpg").read() == b"x" * 700
+    lines = writer.index_text().splitlines()
+    assert lines[0] == "v1.2 2"
+    ext, offset, size, name = lines[1].split()[:4]
+    assert (ext, name) == ("0.jpg", "a-1.0.jpg") and first[int(offset):int(offset) + int(size)] == b"x" * 700
+
+
+@pytest.mark.parametrize("key", ["a.b", "a/b", "a b"])
+def test_tar_writer_rejects_bad_keys(key):
+    with pytest.raises(ValueError):
+        TarWriter(io.BytesIO()).write_sample(key, [("json", b"{}")])
+
+
+def test_group_keys_are_stable_safe_and_unique():
+    ids = ["shirts/red shirt.jpg", "shirts/red_shirt.jpg", "фото/кот.png", "x" * 300, ""]
+    keys = [group_key(i) for i in ids]
+    assert len(set(keys)) == len(keys)
+    assert keys[0] == group_key("shirts/red shirt.jpg") == "shirts_red_shirt_jpg-" + keys[0].split("-")[-1]
+    for key in keys:
+        assert "." not in key and "/" not in key and " " not in key and len(key) <= 57
+        assert all(c.isascii() and (c.isalnum() or c in "_-") for c in key)
+
+
+def test_plan_packs_by_bytes_and_samples_and_keeps_groups_whole():
+    records = [InputRecord(f"g{g}", f"/in/g{g}/{v}.jpg", None, 100) for g in range(10) for v in range(g % 3 + 1)]
+    shuffled = list(reversed(records))
+    plan = plan_shards(shuffled, "data", max_bytes=350, max_samples=3)
+    assert plan == plan_shards(records, "data", max_bytes=350, max_samples=3)  # order-independent
+    assert [t.name for t in plan] == [f"data-{i:06d}.tar" for i in range(len(plan))]
+    seen = [g.group_id for t in plan for g in t.groups]
+    assert seen == sorted({r.group_id for r in records})
+    for task in plan:
+        assert len(task.groups) <= 3
+        assert sum(g.input_bytes for g in task.groups) <= 350 or len(task.groups) == 1
+    assert sum(t.num_inputs for t in plan) == len(records)
+    assert plan[0].fingerprint({"q": 1}) != plan[0].fingerprint({"q": 2})
+
+
+def test_groups_take_first_label():
+    groups = make_groups([InputRecord("g", "/b.jpg", None), InputRecord("g", "/a.jpg", "cat")])
+    assert groups[0].label == "cat" and [r.uri for r in groups[0].inputs] == ["/a.jpg", "/b.jpg"]
+
+
+def make_folder(root):
+    for rel in ("cats/c1/0.jpg", "cats/c1/1.jpg", "dogs/d1/0.jpg", "top.jpg"):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"img")
+
+
+def test_folder_inputs_group_and_label(tmp_path):
+    make_folder(tmp_path)
+    storage = Storage()
+    per_file = discover_inputs(str(tmp_path), storage, "file", "parent")
+    assert [(r.group_id, r.label) for r in per_file] == [
+        ("cats/c1/0.jpg", "c1"), ("cats/c1/1.jpg", "c1"), ("dogs/d1/0.jpg", "d1"), ("top.jpg", None)]
+    per_dir = discover_inputs(str(tmp_path), storage, "dir", "parent")
+    assert [(r.group_id, r.label) for r in per_dir] == [
+        ("cats/c1", "cats"), ("cats/c1", "cats"), ("dogs/d1", "dogs"), ("top.jpg", None)]
+    assert all(r.size == 3 for r in per_dir)
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
+def test_manifest_inputs(tmp_path, kind):
+    rows = [{"uri": "imgs/a.jpg", "group": "g1", "label": "x"}, {"uri": "/abs/b.jpg", "group": "", "label": None}]
+    path = tmp_path / f"list.{kind}"
+    if kind == "csv":
+        path.write_text("uri,group,label\nimgs/a.jpg,g1,x\n/abs/b.jpg,,\n")
+    elif kind == "jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    records = discover_inputs(str(path), Storage())
+    assert [(r.group_id, r.uri, r.label) for r in records] == [
+        ("/abs/b.jpg", "/abs/b.jpg", None), ("g1", str(tmp_path / "imgs/a.jpg"), "x")]
+
+
+def test_manifest_without_uri_and_bad_jsonl(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"path": "a.jpg"}\n')
+    with pytest.raises(UsageError, match="no 'uri' column"):
+        discover_inputs(str(path), Storage())
+    path.write_text("{not json\n")
+    with pytest.raises(UsageError, match="cannot be parsed"):
+        discover_inputs(str(path), Storage())
+
+
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
+def test_validate_keeps_resizes_and_rejects():
+    photo = Image.new("RGB", (40, 20), (10, 200, 30))
+    jpeg = encode(photo, "JPEG")
+    kept = validate_image(jpeg)
+    assert isinstance(kept, ValidImage) and kept.data == jpeg and not kept.reencoded and kept.ext == "jpg"
+    small = validate_image(encode(photo, "PNG"), max_side=10)
+    assert isinstance(small, ValidImage) and small.reencoded and (small.width, small.height) == (10, 5)
+    assert small.ext == "jpg"
+    assert validate_image(jpeg, max_pixels=799).reason == "too_many_pixels"
+    assert validate_image(b"").reason == "zero_bytes"
+    assert validate_image(jpeg[:-200]).reason == "truncated"
+
+
+@pytest.mark.parametrize("text,value", [("1000", 1000), ("64MB", 64_000_000), ("64MiB", 64 * 2**20),
+                                        ("1.5k", 1500), ("2 GiB", 2 * 2**30)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "MB", "12XB", "-5", "0"])
+def test_parse_size_rejects(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_size(text)
+
+
+def test_join_paths_and_uris():
+    assert join("s3://b/pre/", "shards", "x.tar") == "s3://b/pre/shards/x.tar"
+    assert join("/data", "shards/", "/x.tar") == "/data/shards/x.tar"
