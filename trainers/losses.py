@@ -94,7 +94,7 @@ def sinkhorn(scores: Tensor, iterations: int = 3, epsilon: float = 0.05) -> Tens
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     _check_temperature("epsilon", epsilon)
-    scores = scores.detach().float() / epsilon
+    scores = scores.detach().to(torch.promote_types(scores.dtype, torch.float32)) / epsilon  # never fp16
     scores = scores - distributed.all_reduce_max(scores.max())
     q = torch.exp(scores).T  # K x B
     prototypes = q.shape[0]

@@ -1,0 +1,225 @@
+"""Acceptance 1: each loss equals a short reference written from the paper's pseudo-code.
+
+References loop over samples the way the papers write the formulas, in float64; the library
+runs vectorised. Distributed behaviour is covered by test_methods_distributed.py.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainers import losses
+
+BATCHES = [1, 3, 8]
+TEMPERATURES = [0.07, 0.2, 0.5, 1.0]
+
+
+def rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def close(a: torch.Tensor, b: torch.Tensor | float) -> None:
+    torch.testing.assert_close(a, torch.as_tensor(b, dtype=a.dtype), atol=1e-6, rtol=1e-6)
+
+
+def cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+# ------------------------------------------------------------------------------ SimCLR
+def nt_xent_reference(z1, z2, t):
+    """SimCLR Algorithm 1: z_{2k-1}, z_{2k} are the views of sample k; l(i, j) over k != i."""
+    z = [v for pair in zip(z1, z2) for v in pair]
+    n = len(z)
+
+    def l(i, j):
+        denominator = sum(math.exp(cos(z[i], z[k]) / t) for k in range(n) if k != i)
+        return -math.log(math.exp(cos(z[i], z[j]) / t) / denominator)
+
+    return sum(l(2 * k, 2 * k + 1) + l(2 * k + 1, 2 * k) for k in range(n // 2)) / n
+
+
+@pytest.mark.parametrize("batch", [2, 3, 8])
+@pytest.mark.parametrize("t", TEMPERATURES)
+def test_nt_xent(batch, t):
+    z1, z2 = rand(batch, 5, seed=1), rand(batch, 5, seed=2)
+    close(losses.nt_xent(z1, z2, t), nt_xent_reference(z1, z2, t))
+
+
+# ------------------------------------------------------------------------------ MoCo v2
+def info_nce_reference(q, k, queue, t):
+    """MoCo Algorithm 1: logits [q.k+, q.queue]/t, label 0 (keys and queue normalised)."""
+    total = 0.0
+    for qi, ki in zip(q, k):
+        positive = math.exp(cos(qi, ki) / t)
+        negatives = sum(math.exp(float(F.normalize(qi, dim=0) @ n) / t) for n in queue)
+        total += -math.log(positive / (positive + negatives))
+    return total / len(q)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("t", TEMPERATURES)
+def test_info_nce(batch, t):
+    q, k = rand(batch, 6, seed=3), rand(batch, 6, seed=4)
+    queue = F.normalize(rand(10, 6, seed=5), dim=1)
+    close(losses.info_nce(q, k, queue, t), info_nce_reference(q, k, queue, t))
+
+
+def test_info_nce_gives_the_queue_no_gradient():
+    queue = F.normalize(rand(10, 6), dim=1).requires_grad_(True)
+    q = rand(4, 6).requires_grad_(True)
+    losses.info_nce(q, rand(4, 6, seed=1), queue).backward()
+    assert queue.grad is None and q.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------ MoCo v3
+def moco_v3_reference(q1, q2, k1, k2, t):
+    """MoCo v3 Algorithm 1: ctr(q, k) = CE(q k^T / t, arange) * 2t; ctr(q1, k2) + ctr(q2, k1)."""
+
+    def ctr(q, k):
+        total = 0.0
+        for i in range(len(q)):
+            logits = [cos(q[i], k[j]) / t for j in range(len(k))]
+            total += -(logits[i] - math.log(sum(math.exp(x) for x in logits)))
+        return total / len(q) * 2 * t
+
+    return ctr(q1, k2) + ctr(q2, k1)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("t", TEMPERATURES)
+def test_moco_v3(batch, t):
+    q1, q2, k1, k2 = (rand(batch, 4, seed=s) for s in range(4))
+    close(losses.moco_v3(q1, q2, k1, k2, t), moco_v3_reference(q1, q2, k1, k2, t))
+
+
+# ------------------------------------------------------------------------------ SwAV
+def sinkhorn_reference(scores, iterations, epsilon):
+    """SwAV Appendix pseudo-code: alternate row (prototype) and column (sample) scaling."""
+    q = torch.exp(scores / epsilon).T
+    q = q / q.sum()
+    k, b = q.shape
+    r, c = torch.ones(k, dtype=q.dtype) / k, torch.ones(b, dtype=q.dtype) / b
+    for _ in range(iterations):
+        u = q.sum(dim=1)
+        q = q * (r / u).unsqueeze(1)
+        q = q * (c / q.sum(dim=0)).unsqueeze(0)
+    return (q / q.sum(dim=0, keepdim=True)).T
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("iterations,epsilon", [(1, 0.05), (3, 0.05), (3, 0.1), (10, 0.03)])
+def test_sinkhorn(batch, iterations, epsilon):
+    scores = F.normalize(rand(batch, 8, seed=6), dim=1) @ F.normalize(rand(5, 8, seed=7), dim=1).T
+    codes = losses.sinkhorn(scores, iterations, epsilon)
+    close(codes, sinkhorn_reference(scores, iterations, epsilon).to(codes.dtype))
+    close(codes.sum(dim=1), torch.ones(batch, dtype=codes.dtype))
+
+
+def swav_reference(global_scores, local_scores, t, iterations, epsilon):
+    """SwAV: codes of each global crop predicted by every other crop, averaged as the code does."""
+    crops = global_scores + local_scores
+    total = 0.0
+    for i, scores in enumerate(global_scores):
+        q = sinkhorn_reference(scores, iterations, epsilon)
+        sub = 0.0
+        for v, other in enumerate(crops):
+            if v != i:
+                p = torch.softmax(other / t, dim=1)
+                sub += float(-(q * torch.log(p)).sum(dim=1).mean())
+        total += sub / (len(crops) - 1)
+    return total / len(global_scores)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("t", [0.1, 0.5])
+@pytest.mark.parametrize("n_local", [0, 2])
+def test_swav(batch, t, n_local):
+    protos = F.normalize(rand(5, 8, seed=8), dim=1)
+    crops = [F.normalize(rand(batch, 8, seed=10 + i), dim=1) @ protos.T for i in range(2 + n_local)]
+    got = losses.swav(crops[:2], crops[2:], t, 3, 0.05)
+    close(got, swav_reference(crops[:2], crops[2:], t, 3, 0.05))
+
+
+def test_swav_queue_scores_join_sinkhorn_but_not_the_loss():
+    protos = F.normalize(rand(5, 8), dim=1)
+    crops = [F.normalize(rand(3, 8, seed=i), dim=1) @ protos.T for i in range(2)]
+    queue = [F.normalize(rand(6, 8, seed=20 + i), dim=1) @ protos.T for i in range(2)]
+    got = losses.swav(crops, [], 0.1, 3, 0.05, queue_scores=queue)
+    # reference: Sinkhorn over [queue; batch], keep the batch rows
+    expected = 0.0
+    for i in range(2):
+        q = sinkhorn_reference(torch.cat([queue[i], crops[i]]), 3, 0.05)[-3:]
+        expected += float(-(q * torch.log_softmax(crops[1 - i] / 0.1, dim=1)).sum(dim=1).mean())
+    close(got, expected / 2)
+
+
+# ------------------------------------------------------------------------------ DINO
+def dino_reference(student, teacher, center, tps, tpt):
+    """DINO Algorithm 1, multi-crop: H(t, s) over pairs of different crops, averaged."""
+
+    def h(t, s):
+        t = torch.softmax((t - center) / tpt, dim=1)
+        s = torch.log_softmax(s / tps, dim=1)
+        return float(-(t * s).sum(dim=1).mean())
+
+    terms = [h(t, s) for i, t in enumerate(teacher) for j, s in enumerate(student) if i != j]
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("tps,tpt", [(0.1, 0.04), (0.1, 0.07), (0.2, 0.1)])
+@pytest.mark.parametrize("n_local", [0, 3])
+def test_dino(batch, tps, tpt, n_local):
+    student = [rand(batch, 7, seed=30 + i) for i in range(2 + n_local)]
+    teacher = [rand(batch, 7, seed=40 + i) for i in range(2)]
+    center = rand(1, 7, seed=50)
+    close(losses.dino(student, teacher, center, tps, tpt), dino_reference(student, teacher, center, tps, tpt))
+
+
+def test_dino_center_update_is_an_ema_of_the_teacher_mean():
+    teacher = [rand(4, 7, seed=1), rand(4, 7, seed=2)]
+    center = rand(1, 7, seed=3)
+    expected = 0.9 * center + 0.1 * torch.cat(teacher).mean(dim=0, keepdim=True)
+    close(losses.dino_center_update(teacher, center, 0.9), expected)
+
+
+def test_dino_teacher_gets_no_gradient():
+    teacher = [rand(4, 7).requires_grad_(True) for _ in range(2)]
+    student = [rand(4, 7, seed=9).requires_grad_(True) for _ in range(2)]
+    losses.dino(student, teacher, torch.zeros(1, 7, dtype=torch.float64)).backward()
+    assert all(t.grad is None for t in teacher) and all(s.grad is not None for s in student)
+
+
+# ------------------------------------------------------------------------------ BYOL / SimSiam
+@pytest.mark.parametrize("batch", BATCHES)
+def test_negative_cosine(batch):
+    p, z = rand(batch, 6, seed=60), rand(batch, 6, seed=61)
+    close(losses.negative_cosine(p, z), -sum(cos(a, b) for a, b in zip(p, z)) / batch)
+
+
+def test_negative_cosine_stops_the_gradient_on_z_unless_asked():
+    p, z = rand(4, 6).requires_grad_(True), rand(4, 6, seed=1).requires_grad_(True)
+    losses.negative_cosine(p, z).backward()
+    assert z.grad is None and p.grad is not None
+    losses.negative_cosine(p, z, stop_gradient=False).backward()
+    assert z.grad is not None
+
+
+# ------------------------------------------------------------------------------ bad arguments
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: losses.nt_xent(rand(2, 3), rand(2, 3), 0.0),
+        lambda: losses.info_nce(rand(2, 3), rand(2, 3), rand(4, 3), -1.0),
+        lambda: losses.moco_v3(rand(2, 3), rand(2, 3), rand(2, 3), rand(2, 3), 0.0),
+        lambda: losses.sinkhorn(rand(2, 3), 0),
+        lambda: losses.dino([rand(2, 3)] * 2, [rand(2, 3)], torch.zeros(1, 3), teacher_temp=0.0),
+    ],
+)
+def test_bad_arguments_name_the_value(call):
+    with pytest.raises(ValueError, match=r"got -?0|got -1"):
+        call()
