@@ -1,0 +1,118 @@
+"""Acceptance 6 of issue 3: bad data inside a shard is skipped, logged and counted."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import shutil
+import tarfile
+
+import pytest
+
+from pipeline import ViewLoader, ViewSpec
+from sharding.dataset import read_index, shard_uri
+
+from tests.pipeline.conftest import build_dataset
+
+SPEC = ViewSpec.simclr(size=32)
+
+
+def rewrite_shard(path: str, edit) -> None:
+    """Rewrite a shard tar, passing each (name, bytes) through `edit` (None drops the member)."""
+    with tarfile.open(path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            out = edit(name, data)
+            if out is None:
+                continue
+            info = tarfile.TarInfo(name)
+            info.size = len(out)
+            tar.addfile(info, io.BytesIO(out))
+    with open(path, "wb") as f:
+        f.write(buffer.getvalue())
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory):
+    """A dataset with: one view replaced by garbage (sha256 mismatch), one view replaced by
+    garbage whose sha256 the JSON records (undecodable), one view missing, and one group of
+    one whose only photo is garbage (the whole sample is skipped)."""
+    root = build_dataset(tmp_path_factory, "damaged", num_groups=14, shard_samples=5, seed=5)
+    index = read_index(root)
+    rows = list(zip(index.column("shard").to_pylist(), index.column("key").to_pylist(),
+                    index.column("num_views").to_pylist(), index.column("view_exts").to_pylist()))
+    multi = [r for r in rows if r[2] >= 3]
+    single = [r for r in rows if r[2] == 1]
+    assert len(multi) >= 3 and single
+    (s1, k1, _, e1), (s2, k2, _, e2), (s3, k3, _, e3) = multi[:3]
+    s4, k4, _, e4 = single[0]
+    garbage = b"this is not an image" * 20
+    edits = {
+        (s1, f"{k1}.1.{e1[1]}"): lambda d: garbage,                      # sha256 mismatch
+        (s2, f"{k2}.2.{e2[2]}"): lambda d: garbage,                      # undecodable (sha fixed below)
+        (s2, f"{k2}.json"): lambda d: fix_sha(d, 2, garbage),
+        (s3, f"{k3}.0.{e3[0]}"): lambda d: None,                         # missing view
+        (s4, f"{k4}.0.{e4[0]}"): lambda d: garbage,                      # only photo bad
+    }
+    for shard in {s for s, _ in edits}:
+        rewrite_shard(shard_uri(root, shard), lambda name, data, shard=shard:
+                      edits.get((shard, name), lambda d: d)(data))
+    return root, {"mismatch": k1, "undecodable": k2, "missing": k3, "skipped": k4}, len(rows)
+
+
+def fix_sha(meta_bytes: bytes, view: int, data: bytes) -> bytes:
+    meta = json.loads(meta_bytes)
+    meta["sha256"][view] = hashlib.sha256(data).hexdigest()
+    return json.dumps(meta).encode()
+
+
+def test_bad_members_are_skipped_logged_and_counted(damaged, caplog):
+    root, keys, num_samples = damaged
+    loader = ViewLoader(root, SPEC, 4, seed=1)
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        batches = list(loader.iter_epoch(0))
+    assert len(batches) == loader.batches_per_epoch  # the batch count never changes
+    seen = [k for b in batches for k in b.keys]
+    assert sorted(seen) == sorted(set(seen))
+    assert keys["skipped"] not in seen
+    assert len(seen) == num_samples - 1
+    for name in ("mismatch", "undecodable", "missing"):
+        assert keys[name] in seen  # the group's other photos still make views
+    stats = loader.stats.as_dict()
+    assert stats["bad_photos"] == 4 and stats["skipped_samples"] == 1
+    assert stats["reasons"] == {"sha256_mismatch": 2, "undecodable": 1, "missing_view": 1,
+                                "no_good_view": 1}
+    text = caplog.text
+    assert "sha256_mismatch" in text and "undecodable" in text and "missing_view" in text
+    for batch in batches:  # bad photos are never named as a view's source
+        for key, sources in zip(batch.keys, batch.view_sources.tolist()):
+            if key == keys["missing"]:
+                assert 0 not in sources
+            if key == keys["undecodable"]:
+                assert 2 not in sources
+
+
+def test_a_truncated_shard_ends_cleanly(tmp_path_factory):
+    root = build_dataset(tmp_path_factory, "truncated", num_groups=8, shard_samples=4, seed=6)
+    index = read_index(root)
+    shard = index.column("shard").to_pylist()[0]
+    path = shard_uri(root, shard)
+    with open(path, "r+b") as f:
+        f.truncate(f.seek(0, 2) // 2)
+    loader = ViewLoader(root, SPEC, 3, seed=0)
+    batches = list(loader.iter_epoch(0))
+    assert len(batches) == loader.batches_per_epoch
+    seen = [k for b in batches for k in b.keys]
+    assert 4 <= len(seen) < 8 and len(set(seen)) == len(seen)
+    assert loader.stats.skipped_samples == 8 - len(seen)
+
+
+def test_a_missing_shard_raises_instead_of_hanging(tmp_path_factory):
+    root = build_dataset(tmp_path_factory, "gone", num_groups=6, shard_samples=3, seed=7)
+    shutil.rmtree(shard_uri(root, ""), ignore_errors=True)
+    loader = ViewLoader(root, SPEC, 2)
+    with pytest.raises(Exception, match="No such file"):
+        list(loader.iter_epoch(0))
