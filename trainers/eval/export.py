@@ -108,7 +108,8 @@ def _vit_recipe(net: nn.Module) -> ExportRecipe:
 _SEQUENTIAL_LAYERS: dict[type, Callable[[nn.Module], str]] = {
     nn.Conv2d: lambda m: (f"torch.nn.Conv2d({m.in_channels}, {m.out_channels}, {m.kernel_size}, stride={m.stride}, "
                           f"padding={m.padding}, bias={m.bias is not None})"),
-    nn.BatchNorm2d: lambda m: f"torch.nn.BatchNorm2d({m.num_features}, eps={m.eps}, momentum={m.momentum})",
+    # any batch norm (incl. SyncBatchNorm used in training) is a BatchNorm2d at inference
+    nn.modules.batchnorm._BatchNorm: lambda m: f"torch.nn.BatchNorm2d({m.num_features}, eps={m.eps}, momentum={m.momentum})",
     nn.ReLU: lambda m: "torch.nn.ReLU()",
     nn.AdaptiveAvgPool2d: lambda m: f"torch.nn.AdaptiveAvgPool2d({m.output_size!r})",
     nn.Flatten: lambda m: f"torch.nn.Flatten({m.start_dim}, {m.end_dim})",
@@ -119,10 +120,10 @@ _SEQUENTIAL_LAYERS: dict[type, Callable[[nn.Module], str]] = {
 def _sequential_recipe(net: nn.Sequential) -> ExportRecipe:
     parts = []
     for layer in net:
-        make = _SEQUENTIAL_LAYERS.get(type(layer))
+        make = next((f for t, f in _SEQUENTIAL_LAYERS.items() if isinstance(layer, t)), None)
         if make is None:
             raise UsageError(f"cannot export a Sequential containing {type(layer).__name__}; "
-                             f"expected only {', '.join(t.__name__ for t in _SEQUENTIAL_LAYERS)}")
+                             f"expected only {', '.join(t.__name__.lstrip('_') for t in _SEQUENTIAL_LAYERS)}")
         parts.append("    " + make(layer) + ",")
     code = "import torch\nmodel = torch.nn.Sequential(\n" + "\n".join(parts) + "\n)"
     return ExportRecipe("torch", "sequential", dict(net.state_dict()), code, 32,

@@ -1,0 +1,175 @@
+"""Where evaluation inputs come from: checkpoints, shards (through the pipeline) and image files.
+
+The CLI's glue, kept apart from the pure pieces so those stay testable with tensors alone.
+Imports of the training side (`trainers.checkpoint`) and of the pipeline happen inside the
+functions: the evaluation package imports fine where only embeddings files are at hand.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainers.eval.features import FeatureSet, extract_features, iter_features
+from viewstream.errors import UsageError
+
+DEFAULT_CROP_FRACTION = 0.875
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint is: enough to tell whether two things came from the same model."""
+
+    path: str
+    method: Optional[str]
+    backbone: Optional[str]
+    step: Optional[int]
+    image_size: Optional[int]
+    crop_fraction: Optional[float]
+
+    def producer(self) -> dict[str, Any]:
+        """Metadata stored with embeddings, indexes and exports made from this checkpoint."""
+        return {k: v for k, v in asdict(self).items() if v is not None} | {"checkpoint": self.path}
+
+
+def describe_checkpoint(path: str, meta: dict[str, Any]) -> CheckpointInfo:
+    """Method, backbone, step and eval image size from a checkpoint's meta.json contents."""
+    config = meta.get("config") or {}
+    method = config.get("method") or {}
+    backbone = method.get("backbone") or {}
+    monitor = config.get("monitor") or {}
+    options = (config.get("data") or {}).get("recipe_options") or {}
+    size = monitor.get("image_size") or options.get("size") or options.get("global_size")
+    return CheckpointInfo(str(path), method.get("name"), backbone.get("name") if isinstance(backbone, dict) else None,
+                          (meta.get("progress") or {}).get("step"), size, monitor.get("crop_fraction"))
+
+
+def load_checkpoint_backbone(path: str) -> tuple[nn.Module, CheckpointInfo]:
+    """The evaluation backbone of a checkpoint (eval mode) and what it is."""
+    from trainers.checkpoint import load_backbone  # training side: imported only when needed
+
+    backbone, meta = load_backbone(path)
+    return backbone.eval(), describe_checkpoint(path, meta)
+
+
+def check_same_producer(expected: dict[str, Any], actual: dict[str, Any], expected_what: str, actual_what: str) -> None:
+    """UsageError when two artefacts name different methods or backbones (features would not compare)."""
+    for field in ("method", "backbone"):
+        a, b = expected.get(field), actual.get(field)
+        if a and b and a != b:
+            raise UsageError(f"{actual_what} is from {field} {b!r} but {expected_what} is from {field} {a!r}; "
+                             f"use a checkpoint of {field} {a!r} (or rebuild {expected_what})")
+
+
+def eval_spec(image_size: int, crop_fraction: float = DEFAULT_CROP_FRACTION, views: int = 1):
+    """The pipeline's eval recipe (resize + center crop), with `views` photos per group (1 or 2)."""
+    from pipeline import ViewSpec
+
+    spec = ViewSpec.eval(size=image_size, crop_fraction=crop_fraction)
+    return spec if views == 1 else ViewSpec(views=[spec.views[0]] * views, mean=spec.mean, std=spec.std, recipe="eval")
+
+
+def eval_loader(dataset: str, image_size: int, batch_size: int = 256, *, crop_fraction: float = DEFAULT_CROP_FRACTION,
+                views: int = 1, num_threads: int = 2, endpoint_url: Optional[str] = None):
+    """A ViewLoader over the whole dataset with the eval recipe (one rank, epoch 0)."""
+    from pipeline import ViewLoader
+
+    return ViewLoader(dataset, eval_spec(image_size, crop_fraction, views), batch_size, num_threads=num_threads,
+                      endpoint_url=endpoint_url)
+
+
+def labelled_features(backbone: nn.Module, loader, vocabulary: Optional[list[str]] = None,
+                      *, desc: str = "features") -> tuple[FeatureSet, list[str]]:
+    """Features and labels of every labelled sample, labels indexed into `vocabulary`.
+
+    Two splits number their labels by their own sorted label sets; mapping through one shared
+    vocabulary (the train split's, extended by labels only the test split has) keeps class k the
+    same class in both. Samples without a label are left out.
+    """
+    if not loader.label_vocabulary:
+        raise UsageError(f"dataset {loader.dataset!r} has no labels; kNN and linear probes need labelled shards "
+                         "(shard with --label-from parent)")
+    vocabulary = list(vocabulary or [])
+    vocabulary += [name for name in loader.label_vocabulary if name not in vocabulary]
+    remap = torch.tensor([vocabulary.index(name) for name in loader.label_vocabulary] + [-1])
+    feats = extract_features(backbone, loader.iter_epoch(0), progress=desc, total=loader.batches_per_epoch)
+    labels = remap[feats.labels]  # -1 (no label) indexes the trailing -1
+    keep = labels >= 0
+    keys = [k for k, m in zip(feats.keys, keep.tolist()) if m]
+    groups = [g for g, m in zip(feats.group_ids, keep.tolist()) if m]
+    return FeatureSet(feats.features[keep], labels[keep], keys, groups), vocabulary
+
+
+def natural_view_features(backbone: nn.Module, loader) -> tuple[np.ndarray, list[str], list[str]]:
+    """(vectors, groups, keys) with two different photos of every multi-photo group, one of the rest.
+
+    The loader makes two eval views; the pipeline draws them from different photos when a group
+    has several (`view_sources` says which), so both are rows; a group of one gives one row.
+    """
+    vectors, groups, keys = [], [], []
+    for batch in loader.iter_epoch(0):
+        if len(batch) == 0:
+            continue
+        first = next(iter_features(backbone, [batch], view=0)).features
+        second = next(iter_features(backbone, [batch], view=1)).features
+        distinct = (batch.view_sources[:, 0] != batch.view_sources[:, 1]).tolist()
+        for b, key in enumerate(batch.keys):
+            vectors.append(first[b])
+            groups.append(batch.group_ids[b])
+            keys.append(f"{key}.{int(batch.view_sources[b, 0])}")
+            if distinct[b]:
+                vectors.append(second[b])
+                groups.append(batch.group_ids[b])
+                keys.append(f"{key}.{int(batch.view_sources[b, 1])}")
+    if not vectors:
+        raise UsageError(f"dataset {loader.dataset!r} has no samples")
+    return torch.stack(vectors).numpy(), groups, keys
+
+
+def load_query_image(path: str, image_size: int, crop_fraction: float = DEFAULT_CROP_FRACTION,
+                     mean: tuple = (0.485, 0.456, 0.406), std: tuple = (0.229, 0.224, 0.225)) -> tuple[torch.Tensor, np.ndarray]:
+    """(normalised [1, 3, S, S] tensor, displayable HxWx3 uint8) of an image file, as the eval recipe sees it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as opened:
+            image = opened.convert("RGB")
+    except FileNotFoundError:
+        raise UsageError(f"query image {path!r} does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UsageError(f"query image {path!r} cannot be decoded ({err.__class__.__name__}); expected a JPEG or PNG") from None
+    resize = max(image_size, int(round(image_size / crop_fraction)))
+    w, h = image.size
+    scale = resize / min(w, h)
+    image = image.resize((max(resize, round(w * scale)), max(resize, round(h * scale))), Image.BILINEAR)
+    left, top = (image.size[0] - image_size) // 2, (image.size[1] - image_size) // 2
+    image = image.crop((left, top, left + image_size, top + image_size))
+    pixels = np.asarray(image, dtype=np.uint8)
+    x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div(255)
+    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return x.unsqueeze(0), pixels
+
+
+def read_sample_image(dataset: str, key: str, view: int = 0, endpoint_url: Optional[str] = None) -> np.ndarray:
+    """Photo `view` of sample `key` of a dataset, as HxWx3 uint8 (for retrieval grids)."""
+    from PIL import Image
+
+    from sharding.dataset import read_index, read_sample
+    from sharding.storage import Storage
+
+    storage = Storage(endpoint_url)
+    index = read_index(dataset, storage)
+    keys = index.column("key").to_pylist()
+    if key not in keys:
+        raise UsageError(f"key {key!r} is not in dataset {dataset!r}")
+    row = keys.index(key)
+    shard, ext = index.column("shard")[row].as_py(), index.column("view_exts")[row].as_py()[view]
+    members = read_sample(dataset, shard, key, storage)
+    data = members[f"{view}.{ext}"] if f"{view}.{ext}" in members else members[f"{key}.{view}.{ext}"]
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
