@@ -1,0 +1,127 @@
+"""Methods on one process: registry, bad configuration (acceptance 6), bitwise resume (5)."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+
+from tests.trainers.tiny import TINY_CONFIGS, make_optimizer, make_views, train_step
+from trainers.methods import METHODS, Method, MethodConfig, build_method, parse_method_config
+from viewstream.errors import UsageError
+
+
+def test_registry_has_every_method():
+    assert set(METHODS) == {"simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam"}
+    for name, cls in METHODS.items():
+        assert issubclass(cls, Method) and cls.name == name and cls.config_class().name == name
+
+
+@pytest.mark.parametrize("name", list(TINY_CONFIGS))
+def test_built_method_has_the_runner_interface(name):
+    config = TINY_CONFIGS[name]
+    method = build_method(config, seed=0)
+    assert method.num_global_views == 2 and method.num_local_views == config.get("num_local_views", 0)
+    images = torch.randn(2, 3, 16, 16)
+    method.eval()
+    assert method.eval_backbone(images).shape == (2, method.feature_dim)
+    groups = method.parameter_groups(0.05)
+    decayed, plain = groups[0]["params"], groups[1]["params"]
+    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed) and any(p.ndim == 1 for p in plain)
+    trainable = {id(p) for p in method.parameters() if p.requires_grad}
+    assert {id(p) for p in decayed + plain} == trainable and len(decayed) + len(plain) == len(trainable)
+    assert not any(type(m).__name__.startswith("BatchNorm") for m in method.modules())  # all SyncBatchNorm
+
+
+def test_same_seed_same_weights_and_global_rng_untouched():
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    a = build_method(TINY_CONFIGS["byol"], seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    b = build_method(TINY_CONFIGS["byol"], seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# ------------------------------------------------------------------------ bad configuration
+@pytest.mark.parametrize(
+    "config,match",
+    [
+        ({"name": "simclrr"}, r"unknown method 'simclrr'; expected one of: byol, dino"),
+        ({"name": "simclr", "backbone": {"name": "resnet101"}}, r"backbone.name='resnet101' is unknown.*resnet18"),
+        ({"name": "simclr", "temperature": 0}, r"temperature = 0: Input should be greater than 0"),
+        ({"name": "dino", "teacher_temperature": -0.04}, r"teacher_temperature = -0.04"),
+        ({"name": "moco_v2", "queue_size": 1000, "global_batch_size": 256}, r"queue_size=1000 is not divisible by global_batch_size=256"),
+        ({"name": "simclr", "num_local_views": 6}, r"num_local_views=6: method 'simclr' has no multi-crop"),
+        ({"name": "byol", "num_local_views": 2}, r"num_local_views=2"),
+        ({"name": "simclr", "temprature": 0.1}, r"temprature = 0.1: Extra inputs are not permitted"),
+        ({"temperature": 0.1}, r"needs a 'name'"),
+    ],
+)
+def test_bad_configuration_raises_one_clear_line(config, match):
+    with pytest.raises(UsageError, match=match) as error:
+        build_method(config)
+    assert "\n" not in str(error.value)
+
+
+def test_swav_without_queue_and_small_batch_warns_to_enable_the_queue():
+    with pytest.warns(UserWarning, match=r"global_batch_size=256 < num_prototypes=3000.*enable the queue"):
+        parse_method_config({"name": "swav", "global_batch_size": 256})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parse_method_config({"name": "swav", "global_batch_size": 256, "queue_size": 3840})
+
+
+def test_wrong_views_are_rejected_with_counts():
+    method = build_method(TINY_CONFIGS["dino"], seed=0)
+    with pytest.raises(UsageError, match="2 global \\+ 2 local views, got 2"):
+        method.training_step([torch.randn(2, 3, 16, 16)] * 2, 0)
+    with pytest.raises(UsageError, match="view 1 has shape"):
+        method.training_step([torch.randn(2, 3, 16, 16), torch.randn(3, 3, 16, 16)] + [torch.randn(2, 3, 8, 8)] * 2, 0)
+
+
+def test_moco_queue_must_divide_the_actual_global_batch():
+    config = dict(TINY_CONFIGS["moco_v2"], global_batch_size=None, queue_size=20)
+    method = build_method(config, seed=0)
+    with pytest.raises(UsageError, match="queue_size=20 is not divisible by the global batch 8"):
+        method.training_step([torch.randn(8, 3, 16, 16)] * 2, 0)
+
+
+def test_method_config_is_validated_data():
+    config = parse_method_config({"name": "dino", "backbone": {"name": "vit_tiny"}})
+    assert isinstance(config, MethodConfig) and config.out_dim == 65536 and config.backbone.name == "vit_tiny"
+    assert parse_method_config(config) == config
+
+
+# ------------------------------------------------------------------------ resume (acceptance 5)
+def _roundtrip(obj) -> dict:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("name", [n for n in TINY_CONFIGS if n != "moco_v3_vit"])
+def test_state_dict_resume_is_bitwise_identical(name):
+    config, total, stop = TINY_CONFIGS[name], 5, 3
+    views = make_views(config, total, seed=7)
+
+    method = build_method(config, seed=0)
+    optimizer = make_optimizer(method)
+    for step in range(stop):
+        train_step(method, optimizer, views[step], step, total)
+    saved = _roundtrip({"method": method.state_dict(), "optimizer": optimizer.state_dict()})
+    uninterrupted = [train_step(method, optimizer, views[s], s, total) for s in range(stop, total)]
+
+    resumed = build_method(config, seed=1)  # different init: everything must come from the checkpoint
+    resumed.load_state_dict(saved["method"])
+    resumed_optimizer = make_optimizer(resumed)
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    replay = [train_step(resumed, resumed_optimizer, views[s], s, total) for s in range(stop, total)]
+
+    for a, b in zip(uninterrupted, replay):
+        assert torch.equal(a["loss"], b["loss"])
+        assert a["state"].keys() == b["state"].keys()
+        for key in a["state"]:
+            assert torch.equal(a["state"][key], b["state"][key]), key
