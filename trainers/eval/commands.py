@@ -283,10 +283,13 @@ def _search_query(args: argparse.Namespace) -> int:
         queries.append(feats)
         names += args.image
         pictures += [p for _, p in images]
-    found = index.search(np.concatenate(queries), args.k)
+    # One extra neighbour so a stored row queried by its key can leave itself out.
+    found = index.search(np.concatenate(queries), args.k + 1)
     result = {"k": args.k, "queries": []}
-    for name, scores, rows in zip(names, found.scores, found.indices):
-        hits = [{"key": index.keys[i], "group": index.groups[i], "score": float(s)} for s, i in zip(scores, rows) if i >= 0]
+    for q, (name, scores, rows) in enumerate(zip(names, found.scores, found.indices)):
+        own = name if q < len(args.key) else None
+        hits = [{"key": index.keys[i], "group": index.groups[i], "score": float(s)}
+                for s, i in zip(scores, rows) if i >= 0 and index.keys[i] != own][: args.k]
         result["queries"].append({"query": name, "results": hits})
         print(f"{name}:")
         for rank, h in enumerate(hits, 1):
@@ -308,7 +311,8 @@ def _search_grid(args, source, index, result, pictures) -> None:
     for q, picture in zip(result["queries"], pictures):
         queries.append(picture if picture is not None else read_sample_image(dataset, q["query"]))
         q_group = group_of.get(q["query"])
-        rows.append([(read_sample_image(dataset, h["key"]), h["score"], h["group"] == q_group) for h in q["results"]])
+        rows.append([(read_sample_image(dataset, h["key"]), h["score"], None if q_group is None else h["group"] == q_group)
+                     for h in q["results"]])
     path = plot_retrieval_grid(queries, rows, args.grid, query_labels=[Path(q["query"]).name for q in result["queries"]])
     print(f"wrote {path}")
 

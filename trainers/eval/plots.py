@@ -156,12 +156,12 @@ def plot_view_grid(views: Sequence[torch.Tensor] | Any, out_png: str | os.PathLi
     return _save(fig, out_png)
 
 
-def plot_retrieval_grid(queries: Sequence[np.ndarray], results: Sequence[Sequence[tuple[np.ndarray, float, bool]]],
+def plot_retrieval_grid(queries: Sequence[np.ndarray], results: Sequence[Sequence[tuple[np.ndarray, float, Optional[bool]]]],
                         out_png: str | os.PathLike, *, query_labels: Optional[Sequence[str]] = None) -> Path:
     """Each row: a query image, then its top-k results with cosine score; green = same group.
 
     Images are HxWx3 (uint8 or float in [0, 1]) or HxW arrays; `results[i]` lists
-    (image, score, same_group) best first.
+    (image, score, same_group) best first; same_group None (unknown, e.g. an image-file query) is gray.
     """
     if not queries:
         raise UsageError("no queries to show")
@@ -174,7 +174,7 @@ def plot_retrieval_grid(queries: Sequence[np.ndarray], results: Sequence[Sequenc
             ax = axes[row, col]
             if col - 1 < len(found):
                 image, score, same = found[col - 1]
-                _show(ax, image, "tab:green" if same else "tab:red", 3 if same else 1.5)
+                _show(ax, image, {True: "tab:green", False: "tab:red", None: "gray"}[same], 3 if same else 1.5)
                 ax.set_title(f"#{col}  {score:.2f}", fontsize=8, color="tab:green" if same else "black")
             else:
                 ax.axis("off")
