@@ -97,9 +97,23 @@ def check_cluster(config: TrainConfig) -> None:
         )
 
 
+def with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Local paths made absolute here: workers run in other directories (and maybe nodes)."""
+    absolute = lambda p: p if p.startswith("s3://") else os.path.abspath(p)
+    config = config.model_copy(deep=True)
+    config.data.dataset = absolute(config.data.dataset)
+    if config.monitor:
+        config.monitor.train_dataset = absolute(config.monitor.train_dataset)
+        config.monitor.test_dataset = absolute(config.monitor.test_dataset)
+    config.run.storage = absolute(config.run.storage)
+    config.run.out_dir = os.path.abspath(config.run.output_dir())
+    return config
+
+
 def run_training(config: TrainConfig, address: Optional[str] = None) -> TrainResult:
     """Train `config` on Ray Train (resuming the run if it has checkpoints) and return the result."""
     config.method_config()
+    config = with_absolute_paths(config)
     check_inputs(config)
     started_ray = connect_ray(address or config.run.address, num_cpus=None)
     try:

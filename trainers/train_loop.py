@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -104,7 +105,10 @@ class Trainer:
         progress = progress_of(state)
         self.step, self.position = progress.step, DataPosition(progress.epoch, progress.batch)
 
-    def save(self, directory: str) -> None:
+    def save(self, directory: str, metrics_file: Path | None = None) -> None:
+        """Write a checkpoint; the metrics so far ride along, so they reach the run's storage."""
+        if metrics_file is not None and metrics_file.is_file():
+            shutil.copyfile(metrics_file, Path(directory) / metrics_file.name)
         save_checkpoint(
             directory,
             method_state=self.method.state_dict(),
@@ -172,7 +176,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                    "total_steps": trainer.total_steps, "resumed_from_step": resumed_from, "final": final}
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                trainer.save(tmp)
+                trainer.save(tmp, logger.path)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                                  checkpoint_dir_name=f"checkpoint_{trainer.step:09d}")
         else:
