@@ -1,0 +1,212 @@
+"""Pipeline speed: viewstream's DALI CPU pipeline against a webdataset + PIL + torchvision
+DataLoader (2 workers) on the same shards and augmentations, measured in the same run.
+
+    .venv/bin/python benchmarks/bench_pipeline.py [--groups 192] [--size 256] [--epochs 2]
+
+* two_view_ratio: SimCLR two views at 224 (natural-view pair), samples/s of viewstream /
+  samples/s of the baseline (goal >= 2 on a 2-core CPU).
+* multi_crop_ratio: DINO/SwAV multi-crop 2x224 + 6x96, same ratio (goal >= 1.5).
+* s3_vs_local_ratio: viewstream two-view samples/s reading the shards from an S3 server
+  (moto, a separate process on 127.0.0.1) / reading them from local disk (goal >= 0.8).
+The baseline decodes only the photos it uses (the pair), like viewstream, and applies the
+same recipe with torchvision.transforms.v2 on PIL images (PIL's own Gaussian blur). Numbers
+on a shared machine are noisy: every figure is the best of `--epochs` timed epochs after a
+warm-up epoch. The last line of output is one JSON object with the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from pipeline import ViewLoader, ViewSpec  # noqa: E402
+from pipeline.spec import IMAGENET_MEAN, IMAGENET_STD, Augmentation  # noqa: E402
+from sharding.dataset import read_index, shard_uris  # noqa: E402
+from sharding.run import shard_dataset  # noqa: E402
+from sharding.storage import Storage  # noqa: E402
+from sharding.synthetic import generate_view_corpus  # noqa: E402
+
+
+# ---- baseline: webdataset + PIL + torchvision.transforms.v2 ------------------------------------
+class PilGaussianBlur:
+    """SimCLR's blur with PIL's own filter: sigma ~ U(lo, hi) with probability p."""
+
+    def __init__(self, p: float, sigma: tuple[float, float]):
+        self.p, self.sigma = p, sigma
+
+    def __call__(self, image):
+        from PIL import ImageFilter
+
+        if random.random() < self.p:
+            return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+        return image
+
+
+def torchvision_view(size: int, aug: Augmentation):
+    """The torchvision.transforms.v2 equivalent of one viewstream view."""
+    from torchvision.transforms import v2
+
+    steps = [
+        v2.RandomResizedCrop(size, scale=aug.scale, ratio=aug.ratio, antialias=True),
+        v2.RandomHorizontalFlip(aug.flip_p),
+        v2.RandomApply([v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)],
+                       p=aug.jitter_p),
+        v2.RandomGrayscale(aug.grayscale_p),
+        PilGaussianBlur(aug.blur_p, aug.blur_sigma),
+    ]
+    if aug.solarize_p > 0:
+        steps.append(v2.RandomSolarize(128, p=aug.solarize_p))
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+              v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return v2.Compose(steps)
+
+
+class BaselineViews:
+    """Per sample: pick two different photos (natural views), decode them, make the views."""
+
+    def __init__(self, spec: ViewSpec):
+        self.spec = spec
+        self.transforms = [torchvision_view(v.size, v.augment) for v in spec.views]
+
+    def __call__(self, sample: dict):
+        import io
+
+        from PIL import Image
+
+        photos = sorted(k for k in sample if k[0].isdigit())
+        pair = random.sample(photos, 2) if len(photos) >= 2 else photos * 2
+        images = {}
+        for name in set(pair):
+            images[name] = Image.open(io.BytesIO(sample[name])).convert("RGB")
+        views = []
+        for v, (view, transform) in enumerate(zip(self.spec.views, self.transforms)):
+            source = pair[min(v, 1)] if view.kind == "global" else random.choice(pair)
+            views.append(transform(images[source]))
+        return views
+
+
+def baseline_loader(dataset: str, spec: ViewSpec, batch_size: int):
+    import webdataset as wds
+
+    data = wds.WebDataset(shard_uris(dataset), shardshuffle=False, empty_check=False) \
+        .map(BaselineViews(spec))
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=2,
+                                       persistent_workers=True)
+
+
+# ---- measuring -----------------------------------------------------------------------------
+def samples_per_s(epochs, num_epochs: int, label: str) -> float:
+    """Best samples/s over `num_epochs` timed epochs after one warm-up epoch."""
+    best = 0.0
+    for epoch in tqdm(range(num_epochs + 1), desc=label, leave=False):
+        start, count = time.perf_counter(), 0
+        for views in epochs(epoch):
+            count += len(views[0])
+        rate = count / (time.perf_counter() - start)
+        if epoch > 0:
+            best = max(best, rate)
+    return best
+
+
+def viewstream_rate(dataset: str, spec: ViewSpec, args, label: str, **kw) -> float:
+    loader = ViewLoader(dataset, spec, args.batch_size, num_threads=args.threads, seed=0, **kw)
+    return samples_per_s(lambda e: (b.views for b in loader.iter_epoch(e)), args.epochs, label)
+
+
+def baseline_rate(dataset: str, spec: ViewSpec, args, label: str) -> float:
+    loader = baseline_loader(dataset, spec, args.batch_size)
+    return samples_per_s(lambda e: iter(loader), args.epochs, label)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_s3_server() -> tuple[subprocess.Popen, str]:
+    """moto's S3 server in its own process on 127.0.0.1 (as a real object store would be)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return server, url
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise RuntimeError("moto server did not start")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--groups", type=int, default=192)
+    parser.add_argument("--size", type=int, default=256, help="photo side in pixels")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="DALI threads")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per measurement")
+    args = parser.parse_args()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                      AWS_DEFAULT_REGION="us-east-1")
+
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
+        images, dataset = Path(tmp) / "images", str(Path(tmp) / "dataset")
+        generate_view_corpus(images, args.groups, seed=0, size=args.size, min_views=1,
+                             max_views=4, formats=("jpg",))
+        shard_dataset(str(images), dataset, group_by="dir", label_from="parent",
+                      shard_samples=32, progress=False)
+        num_samples = len(read_index(dataset))
+        two_view = ViewSpec.simclr(size=224)
+        multi_crop = ViewSpec.multicrop(global_size=224, local_size=96, num_local=6)
+
+        results = {}
+        results["two_view_baseline_samples_per_s"] = baseline_rate(dataset, two_view, args, "baseline 2-view")
+        results["two_view_samples_per_s"] = viewstream_rate(dataset, two_view, args, "viewstream 2-view")
+        results["multi_crop_baseline_samples_per_s"] = baseline_rate(dataset, multi_crop, args, "baseline multi-crop")
+        results["multi_crop_samples_per_s"] = viewstream_rate(dataset, multi_crop, args, "viewstream multi-crop")
+
+        server, url = start_s3_server()
+        try:
+            storage = Storage(url)
+            storage.s3.create_bucket(Bucket="bench")
+            for entry in storage.list_files(dataset):
+                storage.s3.upload_file(entry.uri, "bench", f"ds/{entry.relpath}")
+            results["local_samples_per_s"] = viewstream_rate(dataset, two_view, args, "viewstream local")
+            results["s3_samples_per_s"] = viewstream_rate("s3://bench/ds", two_view, args,
+                                                          "viewstream s3", endpoint_url=url)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+    figures = {
+        "two_view_ratio": results["two_view_samples_per_s"] / results["two_view_baseline_samples_per_s"],
+        "multi_crop_ratio": results["multi_crop_samples_per_s"] / results["multi_crop_baseline_samples_per_s"],
+        "s3_vs_local_ratio": results["s3_samples_per_s"] / results["local_samples_per_s"],
+        **results,
+        "samples": num_samples, "photo_size": args.size, "batch_size": args.batch_size,
+        "dali_threads": args.threads, "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+    }
+    for key, value in figures.items():
+        if isinstance(value, float):
+            figures[key] = round(value, 3)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
