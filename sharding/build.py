@@ -20,6 +20,7 @@ from sharding.plan import Group, ShardTask
 from sharding.storage import Storage, join
 from sharding.tar_writer import TarWriter
 from sharding.validate import (
+    CORRUPT,
     DEFAULT_MAX_PIXELS,
     DUPLICATE_IN_GROUP,
     UNREADABLE,
@@ -137,7 +138,7 @@ def validate_group(
                 outcome = Rejected(DUPLICATE_IN_GROUP, f"same bytes as {first_with_hash[digest]}")
             else:
                 first_with_hash.setdefault(digest, record.uri)
-                outcome = validate_image(data, options.max_pixels, options.max_side, options.quality)
+                outcome = _validate(data, options)
         if isinstance(outcome, Rejected):
             rejected.append(
                 {"source": record.uri, "group_id": group.group_id, "reason": outcome.reason, "detail": outcome.detail}
@@ -145,6 +146,14 @@ def validate_group(
         else:
             views.append((record.uri, outcome))
     return views, rejected
+
+
+def _validate(data: bytes, options: BuildOptions) -> ValidImage | Rejected:
+    """validate_image, with a last line of defence: no image may ever stop a build."""
+    try:
+        return validate_image(data, options.max_pixels, options.max_side, options.quality)
+    except Exception as err:  # a decoder failure mode validate_image does not know yet
+        return Rejected(CORRUPT, f"{type(err).__name__}: {err}")
 
 
 def group_metadata(group: Group, views: list[tuple[str, ValidImage]]) -> bytes:

@@ -162,3 +162,19 @@ def test_parse_size_rejects(text):
 def test_join_paths_and_uris():
     assert join("s3://b/pre/", "shards", "x.tar") == "s3://b/pre/shards/x.tar"
     assert join("/data", "shards/", "/x.tar") == "/data/shards/x.tar"
+
+
+def test_truncated_png_is_quarantined_not_raised():
+    png = encode(Image.new("RGB", (64, 64), (1, 2, 3)).rotate(30), "PNG")
+    assert validate_image(png[: len(png) * 2 // 3]).reason == "truncated"
+
+
+def test_build_never_raises_on_an_image(monkeypatch):
+    import sharding.build as build
+
+    def explode(*args, **kwargs):
+        raise MemoryError("decoder blew up")
+
+    monkeypatch.setattr(build, "validate_image", explode)
+    outcome = build._validate(b"\x89PNG....", build.BuildOptions())
+    assert outcome.reason == "corrupt" and "decoder blew up" in outcome.detail
