@@ -52,11 +52,22 @@ QUARANTINE_SCHEMA = pa.schema(
 # manifest.json keys (a plain JSON object):
 #   format_version: int                 FORMAT_VERSION
 #   name: str                           shard name prefix
-#   num_inputs, num_samples, num_views, num_quarantined: int
+#   complete: bool                      false while a build is running or was interrupted; true once
+#                                       every planned shard, index.parquet and quarantine.parquet exist
+#   num_inputs: int                     inputs found (the whole plan)
+#   num_planned_shards: int             shards in the plan (a shard whose inputs were all
+#                                       quarantined has no tar and is not listed)
+#   num_samples, num_views, num_quarantined: int     over the listed (finished) shards
+#   quarantined_by_reason: {reason: count}
 #   total_bytes: int                    sum of shard file sizes
-#   shards: list of {"name": "data-000000.tar", "num_samples": int, "bytes": int, "sha256": str,
-#                    "idx": "data-000000.idx"}     only finished shards are listed
-#   config: dict                        the (secret-free) configuration that built the dataset
+#   shards: list of {"name": "data-000000.tar", "idx": "data-000000.idx", "num_samples": int,
+#                    "num_views": int, "bytes": int, "sha256": str}   only finished shards are listed
+#   config: dict                        the (secret-free) configuration that built the dataset,
+#                                       including "input"; never the executor or worker count
+#
+# Besides these, a dataset holds _parts/{name}-{000000}.json: one record per finished shard (its
+# index and quarantine rows, sha256 and a fingerprint of its inputs and options). They are how a
+# rerun knows which shards are done; readers ignore them.
 
 
 def shard_name(name: str, number: int) -> str:
