@@ -182,6 +182,7 @@ class LocalRayCluster:
         try:
             head = self._launch_head()
             self._wait_for_port(self.gcs_port, head)
+            self._check_node_ip(head.node)
             launches = [head] + [self._launch_worker() for _ in range(self.initial_workers)]
             for launch in launches:
                 self._finish_launch(launch)
@@ -284,6 +285,24 @@ class LocalRayCluster:
                         if arg.startswith("--node_id="):
                             return arg.split("=", 1)[1]
         return ""
+
+    def _check_node_ip(self, node: RayNode) -> None:
+        """Refuse a cluster that `ray start` moved off loopback.
+
+        `ray start --node-ip-address=127.0.0.1` replaces a loopback address by the machine's
+        routable IP when there is one (ray.services.resolve_ip_for_localhost); only inside a
+        loopback-only network namespace does the node really stay on 127.0.0.1.
+        """
+        for pid in self._marked_pids(node.marker):
+            with contextlib.suppress(psutil.Error):
+                for arg in psutil.Process(pid).cmdline():
+                    if arg.startswith("--node-ip-address=") and arg.split("=", 1)[1] != "127.0.0.1":
+                        raise RayClusterError(
+                            f"ray start resolved 127.0.0.1 to {arg.split('=', 1)[1]}: this machine has a "
+                            "routable interface, so Ray would listen on it. Run inside a loopback-only network "
+                            "namespace: unshare -n bash -c 'ip link set lo up && exec ...' "
+                            "(deploy/local_cluster.sh does this)"
+                        )
 
     def node_name(self, node_id: str) -> str:
         """Which node ("head", "worker-1", ...) a Ray NodeID (e.g. from get_node_id()) belongs to.
@@ -431,3 +450,44 @@ class LocalRayCluster:
         result = self.run_python(code, timeout=timeout + 60)
         if result.returncode != 0:
             raise RayClusterError(f"cluster did not reach {count} alive nodes: {result.stderr[-2000:]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start a local cluster, run COMMAND (default: an interactive shell) as its client, stop it.
+
+    Meant to run inside a loopback-only network namespace (deploy/local_cluster.sh does that):
+    there, 127.0.0.1 is the only address, so nothing can be exposed. The command gets the client
+    environment (RAY_ADDRESS, the token, RAY_API_SERVER_ADDRESS with --dashboard).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="deploy/local_cluster.sh", description=main.__doc__)
+    parser.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default 1)")
+    parser.add_argument("--head-cpus", type=int, default=1)
+    parser.add_argument("--worker-cpus", type=int, default=1)
+    parser.add_argument("--dashboard", action="store_true", help="dashboard + job submission on 127.0.0.1")
+    parser.add_argument("--no-auth", action="store_true", help="RAY_AUTH_MODE=disabled (loopback only anyway)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS (default: $SHELL -i)")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = command or [os.environ.get("SHELL", "bash"), "-i"]
+
+    with LocalRayCluster(head_cpus=args.head_cpus, worker_nodes=args.workers, worker_cpus=args.worker_cpus,
+                         dashboard=args.dashboard, auth=not args.no_auth) as cluster:
+        listeners = cluster.assert_loopback_only()
+        env = cluster.env
+        if cluster.dashboard:
+            env["RAY_API_SERVER_ADDRESS"] = cluster.dashboard_url
+        print(f"Ray cluster up: nodes {', '.join(cluster.nodes)}; GCS {cluster.address}; "
+              f"{len(listeners)} listening sockets, all on 127.0.0.1", flush=True)
+        if cluster.dashboard:
+            print(f"  jobs: ray job submit -- python ...   (dashboard {cluster.dashboard_url})", flush=True)
+        print(f"  running {' '.join(command)} with the client environment; when it exits, the cluster stops",
+              flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            return subprocess.call(command, env=env)
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
