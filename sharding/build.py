@@ -102,11 +102,11 @@ def build_shard(task: ShardTask, output: str, options: BuildOptions, storage: St
                 {
                     "shard": task.name,
                     "key": group.key,
-                    "group_id": group.group_id,
+                    "group_id": text(group.group_id),
                     "num_views": len(views),
                     "view_exts": [v.ext for _, v in views],
                     "bytes": sum(len(v.data) for _, v in views),
-                    "label": group.label,
+                    "label": text(group.label) if group.label is not None else None,
                 }
             )
         if writer is not None:
@@ -141,11 +141,18 @@ def validate_group(
                 outcome = _validate(data, options)
         if isinstance(outcome, Rejected):
             rejected.append(
-                {"source": record.uri, "group_id": group.group_id, "reason": outcome.reason, "detail": outcome.detail}
+                {"source": text(record.uri), "group_id": text(group.group_id),
+                 "reason": outcome.reason, "detail": text(outcome.detail)}
             )
         else:
-            views.append((record.uri, outcome))
+            views.append((text(record.uri), outcome))
     return views, rejected
+
+
+def text(value: str) -> str:
+    """`value` as valid UTF-8 for parquet and JSON: file names that are not UTF-8 (decoded by
+    Python with surrogate escapes) show their bad bytes as U+FFFD instead of failing the write."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _validate(data: bytes, options: BuildOptions) -> ValidImage | Rejected:
@@ -159,8 +166,8 @@ def _validate(data: bytes, options: BuildOptions) -> ValidImage | Rejected:
 def group_metadata(group: Group, views: list[tuple[str, ValidImage]]) -> bytes:
     """The ``{key}.json`` member: group id, label, and per view its source, sha256 and size."""
     meta = {
-        "group_id": group.group_id,
-        "label": group.label,
+        "group_id": text(group.group_id),
+        "label": text(group.label) if group.label is not None else None,
         "sources": [source for source, _ in views],
         "sha256": [v.sha256 for _, v in views],
         "width": [v.width for _, v in views],

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from viewstream.errors import UsageError
 
-from sharding.build import BuildOptions, ShardRecord, build_shard, part_uri, PARTS_DIR
+from sharding.build import PARTS_DIR, BuildOptions, ShardRecord, build_shard, part_uri, text
 from sharding.executors import Executor, make_executor
 from sharding.format import (
     FORMAT_VERSION,
@@ -225,7 +225,7 @@ class ManifestWriter:
             "name": config.name,
             "num_inputs": num_inputs,
             "num_planned_shards": num_planned,
-            "config": {"input": source, **config.model_dump()},
+            "config": {"input": text(source), **config.model_dump()},
         }
         self._last = 0.0
 

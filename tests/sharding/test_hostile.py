@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from sharding.dataset import load_manifest, read_index, read_quarantine, shard_uri
+from sharding.build import text
 from sharding.validate import REASONS
 
 from tests.sharding.conftest import run_cli
@@ -97,6 +98,8 @@ def make_hostile_corpus(root: Path) -> dict[str, str | None]:
     put("dupes/c.png", None, photo.rotate(20), "PNG")
     put("only_bad/x.jpg", "zero_bytes", data=b"")
     put("only_bad/y.jpg", "not_an_image", data=b"GIF89a?")
+    bad_name = os.fsdecode(b"not-utf8-\xff\xfe.png")  # a Linux name that is not valid UTF-8
+    put(bad_name, None, photo.rotate(60), "PNG")
     os.symlink(root / "ok.jpg", root / "link.jpg")
     expect["link.jpg"] = None
     os.symlink(root / "does-not-exist.jpg", root / "broken_link.jpg")
@@ -145,7 +148,7 @@ def test_every_input_accounted_for(hostile):
     by_source = {row["source"]: row for row in quarantine}
     assert len(by_source) == len(quarantine)
     for rel, reason in expect.items():
-        source = str(corpus / rel)
+        source = text(str(corpus / rel))
         if reason is None:
             assert source in stored, f"{rel} should be sharded, quarantined as {by_source.get(source)}"
         else:
