@@ -92,6 +92,9 @@ class ViewLoader:
         if epoch < 0 or not 0 <= start_batch <= self.batches_per_epoch:
             raise UsageError(f"epoch={epoch}, start_batch={start_batch}: expected epoch >= 0 and "
                              f"0 <= start_batch <= {self.batches_per_epoch}")
+        if self._producer is not None:
+            raise UsageError("another iter_epoch of this ViewLoader is still open; exhaust or "
+                             "close() it first (a loader runs one epoch iterator at a time)")
         plan = self.plan(epoch)
         producer = BatchProducer(plan, start_batch, self.spec, seed=self.seed, epoch=epoch,
                                  refs=self._refs, read=self._read, feed=feed_arrays,

@@ -137,3 +137,13 @@ def test_resume_yields_exactly_the_batches_of_an_uninterrupted_run(uneven_datase
     assert_same_batches(seen + resumed_same, reference)
     assert_same_batches(resumed_fresh, reference[stop_after:])
     assert reference[-1].position == DataPosition(3, 0)
+
+
+def test_one_open_epoch_iterator_per_loader(uneven_dataset):
+    loader = ViewLoader(uneven_dataset, SPEC, 4)
+    first = loader.iter_epoch(0)
+    next(first)
+    with pytest.raises(UsageError, match="still open"):
+        next(loader.iter_epoch(1))
+    first.close()
+    assert len(list(loader.iter_epoch(1))) == loader.batches_per_epoch
