@@ -11,6 +11,11 @@ Per photo: decode once. Per view: resize the crop window to the view size (one o
 resize + antialias), colour twist (jitter and grayscale folded together), Gaussian blur (window
 from sigma), solarize (a 256-entry lookup table), then flip + normalize + HWC->CHW in one
 crop_mirror_normalize.
+
+Known differences from torchvision's recipe: ColorJitter applies its four factors in a random
+order with clamping after each; DALI's colour twist applies them as one affine colour map
+(contrast around mid-grey, not the image mean). The statistics of the drawn factors are the
+recipe's; the pixels differ slightly.
 """
 from __future__ import annotations
 

@@ -65,13 +65,13 @@ def batch_sizes(num_rank_samples: int, num_batches: int, batch_size: int) -> lis
 
 def stream_order(shard_of_row: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     """All rows in the epoch's stream order: shards in a random order, rows in index order."""
-    shards, first_row = np.unique(shard_of_row, return_index=True)
+    if len(shard_of_row) == 0:
+        return np.zeros(0, dtype=np.int64)
+    shards, shard_number = np.unique(shard_of_row, return_inverse=True)
     order = np.random.default_rng([seed, epoch, 1]).permutation(len(shards))
-    by_shard = np.argsort(shard_of_row, kind="stable")
-    counts = np.bincount(np.searchsorted(shards, shard_of_row), minlength=len(shards))
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    return np.concatenate([by_shard[starts[s]:starts[s + 1]] for s in order]) if len(shards) else \
-        np.zeros(0, dtype=np.int64)
+    by_shard = np.argsort(shard_number, kind="stable")  # rows grouped by shard, index order kept
+    starts = np.concatenate([[0], np.cumsum(np.bincount(shard_number, minlength=len(shards)))])
+    return np.concatenate([by_shard[starts[s]:starts[s + 1]] for s in order])
 
 
 @dataclass(frozen=True)

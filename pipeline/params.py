@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.spec import Augmentation, ViewSpec
+from pipeline.spec import ViewSpec
 
 # Columns of the per-view parameter row.
 PARAM_COLUMNS = (
@@ -33,7 +33,7 @@ _U_WIDTH = _U + 13
 
 
 def blur_window(sigma: float) -> int:
-    """The Gaussian window for `sigma`: radius ceil(3 sigma), as DALI and PIL would use.
+    """The Gaussian window for `sigma`: radius ceil(3 sigma) (DALI's own default rule).
 
     Deriving it from sigma (instead of SimCLR's fixed 10%-of-size kernel) is what keeps blur
     cheap: most draws need 3-9 taps, not 23.
