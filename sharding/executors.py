@@ -39,7 +39,11 @@ class InlineExecutor:
 
 
 class ProcessExecutor:
-    """A pool of `workers` local processes (forkserver: no inherited locks or threads)."""
+    """A pool of `workers` local processes.
+
+    Spawned, not forked: no inherited locks or threads, and each worker sees the environment
+    as it is now (a forkserver would keep the one of its first use, e.g. stale S3 credentials).
+    """
 
     def __init__(self, workers: int):
         if workers < 1:
@@ -49,7 +53,7 @@ class ProcessExecutor:
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         pending = set()
         queue = iter(tasks)
         # Keep a bounded number of shards in flight so huge plans do not pickle all at once.

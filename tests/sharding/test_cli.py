@@ -57,7 +57,7 @@ def test_bad_usage_is_one_line_error(cases, capsys):
 @pytest.mark.integration
 def test_real_cli_processes(cases):
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    for name in ("missing input", "unknown group-by", "manifest without uri"):
+    for name in ("missing input", "unknown group-by"):  # a UsageError and an argparse error
         argv, words = cases[name]
         proc = subprocess.run([sys.executable, "-m", "viewstream", *argv], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=180)

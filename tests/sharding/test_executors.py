@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+import os
+
+from sharding.executors import ProcessExecutor
 from sharding.run import shard_dataset
 
 from tests.sharding.conftest import run_cli, tree_digest
@@ -24,6 +27,19 @@ def test_two_local_workers_identical(view_corpus, tmp_path, reference):
     summary = shard_dataset(str(view_corpus), str(tmp_path), workers=2, progress=False, **OPTIONS)
     assert summary.num_shards_built == summary.num_shards
     assert tree_digest(tmp_path) == reference
+
+
+def test_process_workers_see_the_current_environment(monkeypatch):
+    """Workers must see credentials set after an earlier pool (a forkserver would not)."""
+    seen = []
+    for value in ("first", "second"):
+        monkeypatch.setenv("VIEWSTREAM_TEST_MARK", value)
+        executor = ProcessExecutor(1)
+        try:
+            seen += list(executor.map_unordered(os.getenv, ["VIEWSTREAM_TEST_MARK"]))
+        finally:
+            executor.close()
+    assert seen == ["first", "second"]
 
 
 @pytest.mark.integration
