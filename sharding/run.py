@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Literal
 
@@ -123,7 +123,7 @@ def shard_dataset(
     source = source if is_s3(source) else os.path.abspath(source)
     output = output.rstrip("/") if is_s3(output) else os.path.abspath(output)
     check_output(output, storage)
-    storage.remove_unfinished_writes(output, ("", SHARDS_DIR, PARTS_DIR))  # debris of a killed run; never listed anywhere
+    storage.remove_unfinished_writes(output, ("", SHARDS_DIR, PARTS_DIR))  # a killed run's debris
     records = discover_inputs(source, storage, config.group_by, config.label_from)
     tasks = plan_shards(records, config.name, config.shard_bytes, config.shard_samples)
     options = config.build_options()
@@ -132,6 +132,8 @@ def shard_dataset(
     manifest = ManifestWriter(output, storage, config, source, len(records), len(tasks))
     built = built_inputs = 0
     if todo:
+        # Before any shard is (re)written, drop an older manifest's claims about it.
+        manifest.update(done.values())
         owned = executor is None
         executor = executor or make_executor(workers, ray, ray_address)
         bar = tqdm(total=len(records), initial=sum(t.num_inputs for t in tasks if t.name in done),
@@ -189,7 +191,7 @@ def finished_records(
 ) -> dict[str, ShardRecord]:
     """Part records of shards already built with exactly this plan and these options."""
     listed = {e.relpath for e in _safe_list(storage, join(output, PARTS_DIR))}
-    opts = options.__dict__
+    opts = asdict(options)
     done = {}
     for task in tasks:
         uri = part_uri(output, task.name)

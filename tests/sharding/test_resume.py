@@ -139,3 +139,19 @@ def test_killed_from_outside_while_building(view_corpus, tmp_path, uninterrupted
     shard_dataset(str(view_corpus), str(out), workers=2, progress=False, **OPTIONS)
     assert tree_digest(out) == uninterrupted
     assert not list(out.rglob(".tmp-*"))
+
+
+@pytest.mark.integration
+def test_rerun_with_other_options_never_lists_stale_shards(view_corpus, tmp_path, uninterrupted):
+    """A finished dataset rebuilt with other options: its old manifest must stop listing shards
+    before they are overwritten, and the rebuild ends equal to a fresh build."""
+    out = tmp_path / "ds"
+    shard_dataset(str(view_corpus), str(out), progress=False, **{**OPTIONS, "max_side": None})
+    child = start_child(view_corpus, out, "mid_tar", "5")  # OPTIONS: max_side=32, other bytes
+    child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL
+    manifest = json.loads((out / "manifest.json").read_bytes())
+    assert not manifest["complete"] and manifest["config"]["max_side"] == 32
+    assert assert_manifest_lists_only_finished(out, uninterrupted) >= 1
+    shard_dataset(str(view_corpus), str(out), progress=False, **OPTIONS)
+    assert tree_digest(out) == uninterrupted
