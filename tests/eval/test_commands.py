@@ -163,3 +163,13 @@ def test_export_command_writes_a_loadable_state_dict(tmp_path, capsys, other_ckp
     model = namespace["model"]
     assert isinstance(model, torchvision.models.ResNet)
     model.load_state_dict(load_file(out), strict=True)
+
+
+def test_embeddings_of_splits_with_different_label_sets_are_aligned(tmp_path):
+    from trainers.eval.commands import _align_labels
+    from trainers.eval.features import FeatureSet
+
+    train = FeatureSet(torch.zeros(3, 2), torch.tensor([0, 1, 2]))
+    test = FeatureSet(torch.zeros(3, 2), torch.tensor([0, 1, 1]))
+    _align_labels(train, ["circle", "square", "star"], test, ["square", "star"])
+    assert test.labels.tolist() == [1, 2, 2]

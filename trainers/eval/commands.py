@@ -153,6 +153,7 @@ def _labelled_splits(args: argparse.Namespace):
             sets.append((FeatureSet(torch.from_numpy(emb.vectors[keep]), torch.from_numpy(emb.labels[keep])), emb.metadata))
         check_same_producer(sets[0][1], sets[1][1], f"train embeddings {args.train_embeddings!r}",
                             f"test embeddings {args.test_embeddings!r}")
+        _align_labels(sets[0][0], sets[0][1].get("label_vocabulary"), sets[1][0], sets[1][1].get("label_vocabulary"))
         return sets[0][0], sets[1][0], sets[0][1]
     if not (args.train and args.test):
         raise UsageError("pass --checkpoint with --train and --test shards, or --train-embeddings and --test-embeddings")
@@ -167,6 +168,14 @@ def _labelled_splits(args: argparse.Namespace):
     train, vocab = labelled_features(backbone, train_loader, desc="train features")
     test, _ = labelled_features(backbone, test_loader, vocab, desc="test features")
     return train, test, info.producer()
+
+
+def _align_labels(train, train_vocab: Optional[list[str]], test, test_vocab: Optional[list[str]]) -> None:
+    """Renumber test labels into the train split's vocabulary (each split numbers its own sorted labels)."""
+    if not train_vocab or not test_vocab or train_vocab == test_vocab:
+        return
+    vocab = list(train_vocab) + [name for name in test_vocab if name not in train_vocab]
+    test.labels = torch.tensor([vocab.index(name) for name in test_vocab])[test.labels]
 
 
 # ---- commands -------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ measure kNN and training use. Which index is a registry entry:
 
 - ``flat``: exact (``IndexFlatIP``); the right choice up to ~100k vectors, and the reference;
 - ``hnsw``: ``IndexHNSWFlat`` graph, no training, high recall at millisecond latency (default
-  for large collections; M=32, efSearch=128 gives recall@10 ~0.99 on 100k random 32-d vectors);
+  for large collections; M=24, efSearch=256 gives recall@10 ~0.99 on 100k random 32-d vectors);
 - ``ivf``: ``IndexIVFFlat`` with ~4 sqrt(N) lists, smaller and faster to build for very large,
   clustered collections (real embeddings), recall set by ``ivf_nprobe``.
 
@@ -42,9 +42,9 @@ class IndexConfig(BaseModel):
 
     kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
     exact_max: int = Field(100_000, ge=0, description="auto: exact search up to this many vectors")
-    hnsw_m: int = Field(32, ge=4)
-    hnsw_ef_construction: int = Field(40, ge=8)
-    hnsw_ef_search: int = Field(128, ge=8)
+    hnsw_m: int = Field(24, ge=4)
+    hnsw_ef_construction: int = Field(32, ge=8)
+    hnsw_ef_search: int = Field(256, ge=8)
     ivf_nlist: Optional[int] = Field(None, ge=1, description="None: 4 * sqrt(N)")
     ivf_nprobe: int = Field(32, ge=1)
 
