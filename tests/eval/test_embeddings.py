@@ -28,8 +28,9 @@ def test_round_trip_equals_direct_forward_pass(tmp_path):
     g = torch.Generator().manual_seed(1)
     batches = [FakeViewBatch([torch.randn(5, 3, 12, 12, generator=g)], [f"k{b}_{i}" for i in range(5)],
                              [f"g{b}_{i // 2}" for i in range(5)], torch.arange(5) + b) for b in range(3)]
+    empty = FakeViewBatch([torch.empty(0, 3, 12, 12)], [], [], torch.empty(0, dtype=torch.long))
     path = tmp_path / "emb.parquet"
-    rows = write_embeddings(path, iter_features(backbone, batches), metadata={"method": "simclr"}, progress=False)
+    rows = write_embeddings(path, iter_features(backbone, batches + [empty]), metadata={"method": "simclr"}, progress=False)
 
     assert rows == 15 and backbone.training  # mode restored after extraction
     emb = read_embeddings(path)

@@ -81,6 +81,8 @@ def iter_features(
         with torch.no_grad():
             for batch in bar:
                 images, keys, groups, labels = _unpack_batch(batch, view)
+                if images.shape[0] == 0:  # a rank that ran out of samples yields empty batches
+                    continue
                 out = backbone(images.to(device, non_blocking=True))
                 out = out.flatten(1).float()
                 if normalize:
