@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -87,19 +86,62 @@ def progress_of(state: dict[str, Any]) -> Progress:
     return Progress(step=int(p["step"]), epoch=int(p["epoch"]), batch=int(p["batch"]))
 
 
-_CHECKPOINT_DIR = re.compile(r"checkpoint_")
-
-
 def latest_checkpoint_dir(run_dir: Path) -> Path | None:
-    """The newest checkpoint folder below a local run folder, by training step."""
-    best: tuple[int, Path] | None = None
-    for meta in run_dir.rglob(META_FILE):
-        if not (meta.parent / STATE_FILE).is_file():
-            continue
-        step = int(json.loads(meta.read_text())["progress"]["step"])
-        if best is None or step > best[0]:
-            best = (step, meta.parent)
-    return best[1] if best else None
+    """The newest complete checkpoint folder below a local run folder, by training step.
+
+    A partial copy (a worker killed while persisting) is passed over for the one before it.
+    """
+    candidates = sorted(
+        (int(json.loads(m.read_text())["progress"]["step"]), m.parent)
+        for m in run_dir.rglob(META_FILE)
+        if (m.parent / STATE_FILE).is_file()
+    )
+    for step, directory in reversed(candidates):
+        if _valid_step(directory) == step:
+            return directory
+    return None
+
+
+def _valid_step(directory: Path) -> int | None:
+    """The step of a complete checkpoint folder, or None if it is partial or unreadable."""
+    try:
+        meta_step = int(load_meta(directory)["progress"]["step"])
+        state_step = progress_of(load_state(directory)).step
+    except Exception:  # a partial copy of a checkpoint: not one to resume from
+        return None
+    return meta_step if meta_step == state_step else None
+
+
+def find_latest_checkpoint(storage: str, run_name: str) -> Path | None:
+    """The newest complete checkpoint of run `run_name` under `storage` (folder or s3://), local.
+
+    The run's storage is the source of truth: every checkpoint Ray Train persisted is there,
+    including one whose report the controller had not yet processed when a worker died.
+    """
+    if storage.startswith("s3://"):
+        return _latest_s3_checkpoint(storage.rstrip("/") + "/" + run_name)
+    run_dir = Path(storage) / run_name
+    return latest_checkpoint_dir(run_dir) if run_dir.is_dir() else None
+
+
+def _latest_s3_checkpoint(run_uri: str) -> Path | None:
+    import pyarrow.fs as pafs
+
+    from trainers.storage import s3_filesystem
+
+    fs, prefix = s3_filesystem(run_uri)
+    selector = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
+    metas = [i.path for i in fs.get_file_info(selector) if i.path.endswith("/" + META_FILE)]
+    steps = []
+    for path in metas:
+        with fs.open_input_stream(path) as f:
+            steps.append((int(json.loads(f.read())["progress"]["step"]), path.rsplit("/", 1)[0]))
+    for step, directory in sorted(steps, reverse=True):
+        local = Path(tempfile.mkdtemp(prefix="viewstream-ckpt-"))
+        _download_s3_prefix("s3://" + directory, local)
+        if _valid_step(local) == step:
+            return local
+    return None
 
 
 def resolve_checkpoint(path: str) -> Path:
@@ -109,9 +151,10 @@ def resolve_checkpoint(path: str) -> Path:
     downloaded to a temporary folder.
     """
     if path.startswith("s3://"):
-        local = Path(tempfile.mkdtemp(prefix="viewstream-ckpt-"))
-        _download_s3_prefix(path, local)
-        path = str(local)
+        found = _latest_s3_checkpoint(path.rstrip("/"))
+        if found is None:
+            raise UsageError(f"no complete viewstream checkpoint under {path!r}")
+        return found
     p = Path(path)
     if not p.exists():
         raise UsageError(f"checkpoint path {path!r} does not exist")

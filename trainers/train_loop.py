@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pipeline import DataPosition, ViewBatch, ViewLoader
-from trainers.checkpoint import Progress, load_state, progress_of, save_checkpoint
+from trainers.checkpoint import Progress, find_latest_checkpoint, load_state, progress_of, save_checkpoint
 from trainers.config import TrainConfig
 from trainers.distributed import average_gradients, is_distributed, reduce_logs
 from trainers.methods import Method, build_method
@@ -160,8 +160,10 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
     trainer = Trainer(config, rank, world_size, device)
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    latest = find_latest_checkpoint(config.run.storage, config.run.name)
+    if latest is not None:
+        trainer.restore(str(latest))
+    elif (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as directory:
             trainer.restore(directory)
     out_dir = config.run.output_dir()
