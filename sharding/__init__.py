@@ -1,1 +1,17 @@
-"""viewstream sharding stage."""
+"""viewstream sharding stage: images and natural-view groups -> WebDataset shards (+ .idx, index).
+
+Modules, one job each (read in this order):
+  format      the shard format contract shared with `pipeline`
+  storage     bytes at local paths and s3:// (read, ranged read, list, atomic/multipart write)
+  inputs      folder / manifest / s3 prefix -> sorted InputRecords (uri, group, label)
+  validate    decode each image for real: keep its bytes, re-encode it, or say why not
+  plan        deterministic plan: groups -> shards, stable keys
+  tar_writer  deterministic streaming tar + DALI wds2idx index
+  build       build and publish one shard atomically (tar, .idx, part record)
+  executors   run builds inline, in local processes, or as Ray tasks
+  run         shard_dataset(): orchestrate, resume, manifest, index/quarantine tables
+  dataset     read a built dataset (manifest, index, shard URIs, samples by ranged reads)
+  inspect     summary, sha256 verification, contact sheet
+  commands    `viewstream shard` / `viewstream inspect`
+  synthetic, fashion_mnist   test and demo corpora
+"""
