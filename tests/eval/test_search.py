@@ -1,9 +1,19 @@
 """FAISS search: exact index equals brute-force cosine top-k; approximate recall@10 >= 0.95."""
+import faiss
 import numpy as np
 import pytest
 
 from trainers.eval.search import IndexConfig, SearchIndex
 from viewstream.errors import UsageError
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    """CI's 2 cores are shared: OpenMP threads that spin-wait on a busy machine double the CPU time."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 def _vectors(n: int, dim: int, seed: int) -> np.ndarray:
