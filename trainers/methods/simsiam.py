@@ -15,6 +15,7 @@ class SimSiamConfig(MethodConfig):
     name: Literal["simsiam"] = "simsiam"
     projection_dim: int = Field(2048, ge=1)
     prediction_hidden_dim: int = Field(512, ge=1)
+    projection_output_batch_norm: bool = Field(True, description="BN (no affine) on z, as in the paper")
     stop_gradient: bool = Field(True, description="False only to reproduce the paper's collapse")
 
 
@@ -27,7 +28,8 @@ class SimSiam(Method):
         super().__init__(config)
         d = config.projection_dim
         # 3 layers, BN on every output, the last without affine (the paper's code).
-        self.projector = mlp([self.feature_dim, d, d, d], last_batch_norm=True, last_batch_norm_affine=False)
+        self.projector = mlp([self.feature_dim, d, d, d], last_batch_norm=config.projection_output_batch_norm,
+                             last_batch_norm_affine=False)
         self.predictor = mlp([d, config.prediction_hidden_dim, d])
 
     def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
