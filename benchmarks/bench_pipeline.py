@@ -10,8 +10,9 @@ DataLoader (2 workers) on the same shards and augmentations, measured in the sam
   (moto, a separate process on 127.0.0.1) / reading them from local disk (goal >= 0.8).
 The baseline decodes only the photos it uses (the pair), like viewstream, and applies the
 same recipe with torchvision.transforms.v2 on PIL images (PIL's own Gaussian blur). Numbers
-on a shared machine are noisy: every figure is the best of `--epochs` timed epochs after a
-warm-up epoch. The last line of output is one JSON object with the figures.
+on a shared machine are noisy: the two sides of each ratio run interleaved, epoch by epoch,
+and every figure is the best of `--epochs` timed epochs after a warm-up epoch. The last line
+of output is one JSON object with the figures.
 """
 from __future__ import annotations
 
@@ -107,27 +108,37 @@ def baseline_loader(dataset: str, spec: ViewSpec, batch_size: int):
 
 
 # ---- measuring -----------------------------------------------------------------------------
-def samples_per_s(epochs, num_epochs: int, label: str) -> float:
-    """Best samples/s over `num_epochs` timed epochs after one warm-up epoch."""
-    best = 0.0
+def epoch_rate(epochs, epoch: int) -> float:
+    """samples/s of one epoch; `epochs(e)` yields each batch's list of views."""
+    start, count = time.perf_counter(), 0
+    for views in epochs(epoch):
+        count += len(views[0])
+    return count / (time.perf_counter() - start)
+
+
+def compare(contenders: dict, num_epochs: int, label: str) -> dict[str, float]:
+    """Best samples/s of each contender over `num_epochs` timed epochs after a warm-up one.
+
+    The contenders' epochs are interleaved (A, B, A, B, ...) so that a change in the load of
+    a shared machine hits both alike instead of whichever happens to run later.
+    """
+    best = {name: 0.0 for name in contenders}
     for epoch in tqdm(range(num_epochs + 1), desc=label, leave=False):
-        start, count = time.perf_counter(), 0
-        for views in epochs(epoch):
-            count += len(views[0])
-        rate = count / (time.perf_counter() - start)
-        if epoch > 0:
-            best = max(best, rate)
+        for name, epochs in contenders.items():
+            rate = epoch_rate(epochs, epoch)
+            if epoch > 0:
+                best[name] = max(best[name], rate)
     return best
 
 
-def viewstream_rate(dataset: str, spec: ViewSpec, args, label: str, **kw) -> float:
+def viewstream_epochs(dataset: str, spec: ViewSpec, args, **kw):
     loader = ViewLoader(dataset, spec, args.batch_size, num_threads=args.threads, seed=0, **kw)
-    return samples_per_s(lambda e: (b.views for b in loader.iter_epoch(e)), args.epochs, label)
+    return lambda e: (b.views for b in loader.iter_epoch(e))
 
 
-def baseline_rate(dataset: str, spec: ViewSpec, args, label: str) -> float:
+def baseline_epochs(dataset: str, spec: ViewSpec, args):
     loader = baseline_loader(dataset, spec, args.batch_size)
-    return samples_per_s(lambda e: iter(loader), args.epochs, label)
+    return lambda e: iter(loader)
 
 
 def free_port() -> int:
@@ -174,10 +185,12 @@ def main() -> int:
         multi_crop = ViewSpec.multicrop(global_size=224, local_size=96, num_local=6)
 
         results = {}
-        results["two_view_baseline_samples_per_s"] = baseline_rate(dataset, two_view, args, "baseline 2-view")
-        results["two_view_samples_per_s"] = viewstream_rate(dataset, two_view, args, "viewstream 2-view")
-        results["multi_crop_baseline_samples_per_s"] = baseline_rate(dataset, multi_crop, args, "baseline multi-crop")
-        results["multi_crop_samples_per_s"] = viewstream_rate(dataset, multi_crop, args, "viewstream multi-crop")
+        for name, spec in (("two_view", two_view), ("multi_crop", multi_crop)):
+            rates = compare({"baseline": baseline_epochs(dataset, spec, args),
+                             "viewstream": viewstream_epochs(dataset, spec, args)},
+                            args.epochs, name)
+            results[f"{name}_baseline_samples_per_s"] = rates["baseline"]
+            results[f"{name}_samples_per_s"] = rates["viewstream"]
 
         server, url = start_s3_server()
         try:
@@ -185,9 +198,11 @@ def main() -> int:
             storage.s3.create_bucket(Bucket="bench")
             for entry in storage.list_files(dataset):
                 storage.s3.upload_file(entry.uri, "bench", f"ds/{entry.relpath}")
-            results["local_samples_per_s"] = viewstream_rate(dataset, two_view, args, "viewstream local")
-            results["s3_samples_per_s"] = viewstream_rate("s3://bench/ds", two_view, args,
-                                                          "viewstream s3", endpoint_url=url)
+            rates = compare({"local": viewstream_epochs(dataset, two_view, args),
+                             "s3": viewstream_epochs("s3://bench/ds", two_view, args,
+                                                     endpoint_url=url)},
+                            args.epochs, "s3 vs local")
+            results["local_samples_per_s"], results["s3_samples_per_s"] = rates["local"], rates["s3"]
         finally:
             server.terminate()
             server.wait(timeout=10)

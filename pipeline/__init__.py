@@ -1,4 +1,18 @@
-"""viewstream pipeline stage: stream shards and make SSL views in DALI (see ARCHITECTURE.md 2)."""
+"""viewstream pipeline stage: stream shards and make SSL views in DALI (ARCHITECTURE.md 2).
+
+    from pipeline import ViewLoader, ViewSpec
+
+    spec = ViewSpec.from_recipe("multicrop", global_size=224, local_size=96, num_local=6)
+    loader = ViewLoader("s3://bucket/dataset", spec, batch_size=64, rank=rank,
+                        world_size=world, seed=0, device="cuda", drop_last=True)
+    for batch in loader.iter_epoch(epoch, start_batch=position.batch):
+        loss = method(batch.views)            # list of [B, 3, H, W], normalized, on device
+        save_checkpoint(..., data_position=batch.position.as_dict())
+
+Modules: `spec` (what views), `epochs` (exact per-rank plans), `samples`/`streams` (reading
+and checking shards, S3 resume), `params` (all randomness, drawn in numpy), `dali_graph`
+(the DALI graph for both backends), `producer` (background reading ahead), `loader`.
+"""
 from pipeline.batch import ViewBatch
 from pipeline.epochs import DataPosition
 from pipeline.loader import ViewLoader

@@ -1,9 +1,10 @@
 """The background half of a loader: read, check and draw one rank's batches ahead of DALI.
 
-A thread walks the rank's stream order (`RankEpoch.stream_rows`), reads each block of
-samples from the shards, and turns every batch of the consumption order into DALI inputs
-(encoded photos + drawn parameters) plus the batch's metadata. The DALI callback only takes
-ready batches from a small queue, so reading, hashing and drawing overlap DALI's work.
+Two daemon threads per epoch: a *reader* streams the rank's shards in stream order
+(`RankEpoch.stream_rows`) and hands over complete shuffle blocks (one block queued while the
+next is being read, so S3 latency overlaps the work on the previous block); a *preparer* turns
+each batch of the consumption order into DALI inputs (encoded photos + drawn parameters) plus
+the batch's metadata. The DALI callback only takes ready batches from a small queue.
 """
 from __future__ import annotations
 
@@ -32,8 +33,45 @@ class PreparedBatch:
     feed: Optional[tuple]
 
 
+class _Handoff:
+    """A bounded queue between two threads that gives up when `stop` is set (no deadlock)."""
+
+    def __init__(self, depth: int, stop: threading.Event):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = stop
+
+    def put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self):
+        """The next item; _END at the end; re-raises an exception the other side handed over."""
+        while True:
+            try:
+                item = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                if self.stop.is_set():
+                    return _END
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+    def drain(self) -> None:
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                return
+
+
 class BatchProducer:
-    """Prepares batches `start_batch..` of `plan` on a daemon thread, `depth` batches ahead."""
+    """Prepares batches `start_batch..` of `plan`, `depth` batches ahead of the consumer."""
 
     def __init__(self, plan: RankEpoch, start_batch: int, spec: ViewSpec, *, seed: int, epoch: int,
                  refs: Callable[[np.ndarray], list[SampleRef]],
@@ -43,71 +81,89 @@ class BatchProducer:
         self._seed, self._epoch = seed, epoch
         self._refs, self._read, self._feed = refs, read, feed
         self._stats = stats
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="viewstream-producer", daemon=True)
-        self._thread.start()
+        self._batches_out = _Handoff(depth, self._stop)
+        self._blocks = _Handoff(1, self._stop)
+        num_batches = len(plan.sizes)
+        self._first_block = (plan.bounds(start_batch)[0] // plan.block
+                             if start_batch < num_batches else 0)
+        self._threads = [
+            threading.Thread(target=self._guard, args=(self._read_blocks, self._blocks),
+                             name="viewstream-reader", daemon=True),
+            threading.Thread(target=self._guard, args=(self._prepare_batches, self._batches_out),
+                             name="viewstream-preparer", daemon=True),
+        ]
+        if start_batch >= num_batches:
+            self._threads = self._threads[1:]  # nothing to read
+        for thread in self._threads:
+            thread.start()
 
-    def get(self):
+    def get(self) -> Optional[PreparedBatch]:
         """The next PreparedBatch, or None at the end; re-raises a reading failure here."""
-        item = self._queue.get()
-        if item is _END:
-            return None
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        item = self._batches_out.get()
+        return None if item is _END else item
 
     def close(self) -> None:
-        """Stop the thread (it may be blocked on a full queue: drain it)."""
+        """Stop both threads (they may be blocked on full queues: drain them)."""
         self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        self._thread.join()
+        for thread in self._threads:
+            while thread.is_alive():
+                self._batches_out.drain()
+                self._blocks.drain()
+                thread.join(timeout=0.05)
 
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
+    @staticmethod
+    def _guard(work: Callable[[], None], out: _Handoff) -> None:
         try:
-            for prepared in self._batches():
-                if not self._put(prepared):
-                    return
-            self._put(_END)
+            work()
+            out.put(_END)
         except BaseException as err:  # handed to the consumer, which raises it
-            self._put(err)
+            out.put(err)
 
-    def _batches(self) -> Iterator[PreparedBatch]:
+    def _read_blocks(self) -> None:
+        """Read the stream from the first needed block on; hand over each block when complete.
+
+        Within a shard, samples arrive in tar order, so a block is complete when all its rows
+        have arrived, not after a fixed count.
+        """
         plan, block = self._plan, self._plan.block
-        num_batches = len(plan.sizes)
-        if self._start >= num_batches:
-            return
-        first_pos = plan.bounds(self._start)[0]
-        first_block = first_pos // block
-        stream = self._read(self._refs(plan.stream_rows[first_block * block:]))
-        loaded: dict[int, Optional[LoadedSample]] = {}
-        read_upto = first_block * block  # stream positions [.., read_upto) are in `loaded`
-        for b in range(self._start, num_batches):
-            lo, hi = plan.bounds(b)
-            need_upto = min(len(plan.rows), -(-hi // block) * block) if hi > lo else read_upto
-            while read_upto < need_upto:
-                ref, sample = next(stream)
-                loaded[ref.row] = sample
-                read_upto += 1
-            rows = [int(r) for r in plan.rows[lo:hi]]
-            yield self._prepare(b, rows, loaded)
-            for r in rows:
-                loaded.pop(r, None)
+        start = self._first_block * block
+        rows = plan.stream_rows[start:]
+        block_of = {int(r): (start + i) // block for i, r in enumerate(rows)}
+        missing: dict[int, int] = {}
+        for k in block_of.values():
+            missing[k] = missing.get(k, 0) + 1
+        partial: dict[int, dict[int, Optional[LoadedSample]]] = {}
+        next_block = self._first_block
+        for ref, sample in self._read(self._refs(rows)):
+            k = block_of[ref.row]
+            partial.setdefault(k, {})[ref.row] = sample
+            missing[k] -= 1
+            while next_block in missing and missing[next_block] == 0:
+                if not self._blocks.put(partial.pop(next_block, {})):
+                    return
+                next_block += 1
             if self._stop.is_set():
                 return
+
+    def _prepare_batches(self) -> None:
+        plan, block = self._plan, self._plan.block
+        loaded: dict[int, Optional[LoadedSample]] = {}
+        blocks_in = self._first_block  # blocks [.., blocks_in) are in `loaded`
+        for b in range(self._start, len(plan.sizes)):
+            lo, hi = plan.bounds(b)
+            if hi > lo:
+                while blocks_in <= (hi - 1) // block:
+                    got = self._blocks.get()
+                    if got is _END:
+                        raise RuntimeError(f"shard reader ended before block {blocks_in}")
+                    loaded.update(got)
+                    blocks_in += 1
+            rows = [int(r) for r in plan.rows[lo:hi]]
+            if not self._batches_out.put(self._prepare(b, rows, loaded)):
+                return
+            for r in rows:
+                loaded.pop(r, None)
 
     def _prepare(self, b: int, rows: list[int], loaded: dict) -> PreparedBatch:
         samples = [loaded[r] for r in rows if loaded.get(r) is not None]
