@@ -1,0 +1,46 @@
+"""ViewBatch metadata: labels over the sorted vocabulary (-1 when missing), keys, groups."""
+from __future__ import annotations
+
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import ViewLoader, ViewSpec
+from sharding.dataset import read_index
+from sharding.format import INDEX_FILE, INDEX_SCHEMA
+
+SPEC = ViewSpec.eval(size=32)
+
+
+def test_labels_use_the_sorted_vocabulary_and_minus_one_when_missing(uneven_dataset, tmp_path):
+    root = tmp_path / "partly_labelled"
+    shutil.copytree(uneven_dataset, root)
+    index = read_index(str(root))
+    labels = index.column("label").to_pylist()
+    unlabelled = set(index.column("key").to_pylist()[::3])
+    new_labels = [None if k in unlabelled else l
+                  for k, l in zip(index.column("key").to_pylist(), labels)]
+    table = index.set_column(INDEX_SCHEMA.get_field_index("label"), INDEX_SCHEMA.field("label"),
+                             pa.array(new_labels, pa.string()))
+    pq.write_table(table, root / INDEX_FILE)
+    loader = ViewLoader(str(root), SPEC, 5)
+    vocabulary = sorted({l for l in new_labels if l is not None})
+    assert loader.label_vocabulary == vocabulary
+    truth = dict(zip(index.column("key").to_pylist(), new_labels))
+    groups = dict(zip(index.column("key").to_pylist(), index.column("group_id").to_pylist()))
+    for batch in loader.iter_epoch(0):
+        for key, group, label in zip(batch.keys, batch.group_ids, batch.labels.tolist()):
+            assert group == groups[key]
+            assert label == (-1 if truth[key] is None else vocabulary.index(truth[key]))
+
+
+def test_no_labels_at_all_gives_none(uneven_dataset, tmp_path):
+    root = tmp_path / "unlabelled"
+    shutil.copytree(uneven_dataset, root)
+    index = read_index(str(root))
+    table = index.set_column(INDEX_SCHEMA.get_field_index("label"), INDEX_SCHEMA.field("label"),
+                             pa.nulls(len(index), pa.string()))
+    pq.write_table(table, root / INDEX_FILE)
+    batch = next(ViewLoader(str(root), SPEC, 4).iter_epoch(0))
+    assert batch.labels is None and batch.label_vocabulary == []
