@@ -14,7 +14,8 @@ import torch
 from pipeline import ViewLoader, ViewSpec
 from trainers.checkpoint import load_backbone
 from trainers.config import TrainConfig
-from trainers.eval.features import FeatureSet, extract_features
+from trainers.eval.features import extract_features
+from trainers.eval.sources import labelled_features
 from trainers.eval.knn import knn_evaluate
 from trainers.methods import build_method
 
@@ -41,10 +42,8 @@ def eval_loader(dataset: str, config: TrainConfig, batch_size: int = 512) -> Vie
 
 
 def _knn_top1(encoder: torch.nn.Module, train: ViewLoader, test: ViewLoader, name: str) -> float:
-    bank: FeatureSet = extract_features(encoder, train.iter_epoch(0), progress=f"{name}: train features",
-                                        total=train.batches_per_epoch)
-    queries: FeatureSet = extract_features(encoder, test.iter_epoch(0), progress=f"{name}: test features",
-                                           total=test.batches_per_epoch)
+    bank, vocabulary = labelled_features(encoder, train, desc=f"{name}: train features")
+    queries, _ = labelled_features(encoder, test, vocabulary, desc=f"{name}: test features")
     result = knn_evaluate(bank.features, bank.labels, queries.features, queries.labels, ks=(K,))
     return float(result[K].top1)
 

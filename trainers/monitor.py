@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline import ViewLoader, ViewSpec
 from trainers.config import MonitorConfig
-from trainers.eval.features import extract_features
+from trainers.eval.sources import labelled_features
 from trainers.eval.knn import knn_evaluate
 from viewstream.errors import UsageError
 
@@ -32,8 +32,8 @@ class OnlineKnn:
 
     @torch.no_grad()
     def __call__(self, backbone: nn.Module) -> float:
-        train = extract_features(backbone, self.train_loader.iter_epoch(0))
-        test = extract_features(backbone, self.test_loader.iter_epoch(0))
+        train, vocabulary = labelled_features(backbone, self.train_loader, desc="kNN monitor: train")
+        test, _ = labelled_features(backbone, self.test_loader, vocabulary, desc="kNN monitor: test")
         result = knn_evaluate(train.features, train.labels, test.features, test.labels,
                               ks=(self.config.k,), temperature=self.config.temperature)
         return result[self.config.k].top1
