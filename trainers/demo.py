@@ -106,6 +106,8 @@ def run_demo(method: str, out: Path, quick: bool) -> dict[str, Any]:
     from trainers.demo_eval import evaluate_encoders, write_demo_plots
     from trainers.runner import run_training
 
+    if method not in METHOD_SETTINGS:
+        raise UsageError(f"--method {method!r}: the demo knows {sorted(METHOD_SETTINGS)}")
     started = time.monotonic()
     size = QUICK if quick else FULL
     out.mkdir(parents=True, exist_ok=True)
