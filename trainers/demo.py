@@ -41,8 +41,10 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
                "optimizer": {"name": "lars", "base_lr": 1.2, "lr_scaling": "sqrt", "weight_decay": 1e-6}},
     "moco_v2": {"method": {"queue_size": 4096, "projection_hidden_dim": 512, "projection_dim": 128},
                 "optimizer": {"name": "sgd", "base_lr": 0.06, "lr_scaling": "linear", "weight_decay": 5e-4}},
-    "byol": {"method": {}, "optimizer": {"name": "lars", "base_lr": 1.0, "lr_scaling": "sqrt", "weight_decay": 1e-6}},
-    "simsiam": {"method": {}, "optimizer": {"name": "sgd", "base_lr": 0.05, "lr_scaling": "linear", "weight_decay": 1e-4}},
+    "byol": {"method": {"projection_hidden_dim": 512, "projection_dim": 128, "prediction_hidden_dim": 512},
+             "optimizer": {"name": "lars", "base_lr": 1.0, "lr_scaling": "sqrt", "weight_decay": 1e-6}},
+    "simsiam": {"method": {"projection_dim": 512, "prediction_hidden_dim": 128},
+                "optimizer": {"name": "sgd", "base_lr": 0.05, "lr_scaling": "linear", "weight_decay": 1e-4}},
 }
 
 
