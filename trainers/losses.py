@@ -32,19 +32,14 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     _check_temperature("temperature", temperature)
     z1 = F.normalize(z1, dim=1)
     z2 = F.normalize(z2, dim=1)
-    local = torch.cat([z1, z2], dim=0)  # 2B x D: view 1 then view 2
     batch = z1.shape[0]
-    all_z1 = distributed.gather_with_grad(z1)
-    all_z2 = distributed.gather_with_grad(z2)
-    candidates = torch.cat([all_z1, all_z2], dim=0)  # 2NB x D: all view-1, then all view-2
-    total = all_z1.shape[0]
+    local = torch.cat([z1, z2], dim=0)  # 2B x D: view 1 then view 2
+    candidates = distributed.gather_with_grad(local)  # one collective: [z1, z2] of rank 0, rank 1, ...
     logits = local @ candidates.T / temperature
-    rows = torch.arange(batch, device=z1.device) + distributed.rank() * batch
-    self_index = torch.cat([rows, rows + total])
-    positive_index = torch.cat([rows + total, rows])
-    logits = logits.masked_fill(
-        F.one_hot(self_index, num_classes=2 * total).bool(), float("-inf")
-    )
+    rows = torch.arange(2 * batch, device=z1.device)
+    self_index = rows + distributed.rank() * 2 * batch
+    positive_index = self_index + torch.where(rows < batch, batch, -batch)
+    logits = logits.masked_fill(F.one_hot(self_index, num_classes=candidates.shape[0]).bool(), float("-inf"))
     return F.cross_entropy(logits, positive_index)
 
 
@@ -66,7 +61,6 @@ def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> T
 
 def _moco_v3_contrast(q: Tensor, k: Tensor, temperature: float) -> Tensor:
     q = F.normalize(q, dim=1)
-    k = distributed.gather_with_grad(F.normalize(k, dim=1))
     logits = q @ k.T / temperature
     labels = torch.arange(q.shape[0], device=q.device) + distributed.rank() * q.shape[0]
     return F.cross_entropy(logits, labels) * (2 * temperature)
@@ -79,7 +73,11 @@ def moco_v3(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, temperature: float =
     (gathered) with the matching key as label, scaled by 2t as in the paper's code.
     """
     _check_temperature("temperature", temperature)
-    return _moco_v3_contrast(q1, k2, temperature) + _moco_v3_contrast(q2, k1, temperature)
+    batch = k1.shape[0]
+    local = torch.cat([F.normalize(k1, dim=1), F.normalize(k2, dim=1)])
+    keys = distributed.gather_with_grad(local).view(-1, 2, batch, k1.shape[1])  # one collective
+    all_k1, all_k2 = keys[:, 0].flatten(0, 1), keys[:, 1].flatten(0, 1)
+    return _moco_v3_contrast(q1, all_k2, temperature) + _moco_v3_contrast(q2, all_k1, temperature)
 
 
 @torch.no_grad()
