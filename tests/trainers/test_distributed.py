@@ -100,6 +100,12 @@ def _worker(data: dict) -> dict:
         params[2].grad = torch.ones(7)
     distributed.average_gradients(params)
     out["avg"] = [p.grad for p in params]
+    module = nn.BatchNorm1d(3)
+    with torch.no_grad():
+        module.weight.fill_(distributed.rank() + 2)
+        module.running_mean.fill_(distributed.rank() + 5)
+    distributed.broadcast_module(module)
+    out["broadcast"] = (module.weight.clone(), module.running_mean.clone())
     out["logs"] = distributed.reduce_logs({"loss": float(distributed.rank()), "acc": 1.0})
     for name in BN_CASES:
         out[name] = _bn_check(name, data)
@@ -164,6 +170,14 @@ def test_average_gradients_in_one_buffer(results):
         assert res["avg"][1] is None
         close(res["avg"][2], torch.full((7,), 0.5))
         assert res["logs"] == {"acc": 1.0, "loss": 0.5}
+
+
+@pytest.mark.integration
+def test_broadcast_module_copies_rank0_parameters_and_buffers(results):
+    ranks, _ = results
+    for res in ranks:
+        close(res["broadcast"][0], torch.full((3,), 2.0))
+        close(res["broadcast"][1], torch.full((3,), 5.0))
 
 
 @pytest.mark.integration
