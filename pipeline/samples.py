@@ -2,8 +2,8 @@
 
 DALI fails a whole batch on one bad image, so every photo is checked here first: it must be
 present, match the sha256 its ``{key}.json`` records (catches corruption in storage or in
-flight), and have a readable image header (PIL reads only the header: cheap, and it gives the
-size the crop windows need). A bad photo is dropped with a warning and counted; a sample with
+flight), have a readable image header (PIL reads only the header: cheap, and it gives the
+size the crop windows need) and end as its format requires (catches truncation). A bad photo is dropped with a warning and counted; a sample with
 no good photo left is skipped and counted. Nothing raises for bad data.
 """
 from __future__ import annotations
@@ -71,6 +71,19 @@ def _recorded_sha256(meta: dict, num_views: int) -> list[str | None]:
     return [None] * num_views
 
 
+def looks_complete(data: bytes, image_format: str | None) -> bool:
+    """Whether an encoded image ends as its format requires (JPEG EOI, PNG IEND).
+
+    DALI aborts the whole batch on a truncated stream, and PIL's header read does not notice
+    one; this catches truncation when the JSON records no sha256 to check against.
+    """
+    if image_format == "JPEG":
+        return b"\xff\xd9" in data[-4096:]
+    if image_format == "PNG":
+        return b"IEND" in data[-64:]
+    return True
+
+
 def check_sample(ref: SampleRef, members: dict[str, bytes], stats: ReadStats) -> LoadedSample | None:
     """The sample's good photos, or None when none is left (warning and counts in `stats`)."""
     meta: dict = {}
@@ -95,9 +108,11 @@ def check_sample(ref: SampleRef, members: dict[str, bytes], stats: ReadStats) ->
         else:
             try:
                 with Image.open(io.BytesIO(data)) as im:
-                    width, height = im.size
+                    (width, height), image_format = im.size, im.format
                 if width < 1 or height < 1:
                     reason = "empty_image"
+                elif not looks_complete(data, image_format):
+                    reason = "truncated"
             except Exception:  # PIL raises many types for garbage; all mean "not an image"
                 reason = "undecodable"
         if reason:

@@ -95,6 +95,34 @@ def test_bad_members_are_skipped_logged_and_counted(damaged, caplog):
                 assert 2 not in sources
 
 
+def test_truncated_images_without_a_recorded_sha256_are_caught(tmp_path_factory):
+    """DALI would abort the batch on a truncated JPEG/PNG; the end-marker check drops it."""
+    root = build_dataset(tmp_path_factory, "truncated_images", num_groups=6, shard_samples=6,
+                         seed=8, min_views=2, max_views=2)
+    index = read_index(root)
+    shard = index.column("shard").to_pylist()[0]
+    exts = index.column("view_exts").to_pylist()
+    keys = index.column("key").to_pylist()
+    assert {e[0] for e in exts} == {"jpg", "png"}
+    truncate = {f"{k}.0.{e[0]}" for k, e in zip(keys, exts)}
+
+    def edit(name, data):
+        if name.endswith(".json"):
+            meta = json.loads(data)
+            meta.pop("sha256")
+            return json.dumps(meta).encode()
+        return data[: len(data) * 2 // 3] if name in truncate else data
+
+    rewrite_shard(shard_uri(root, shard), edit)
+    loader = ViewLoader(root, SPEC, 3)
+    batches = list(loader.iter_epoch(0))
+    assert sorted(k for b in batches for k in b.keys) == sorted(keys)
+    assert all((b.view_sources == 1).all() for b in batches)  # only the intact photos are used
+    reasons = loader.stats.reasons  # a PNG cut before its first IDAT already fails PIL's open
+    assert loader.stats.bad_photos == 6 and set(reasons) <= {"truncated", "undecodable"}
+    assert reasons["truncated"] >= 4
+
+
 def test_a_truncated_shard_ends_cleanly(tmp_path_factory):
     root = build_dataset(tmp_path_factory, "truncated", num_groups=8, shard_samples=4, seed=6)
     index = read_index(root)
