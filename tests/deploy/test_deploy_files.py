@@ -111,14 +111,13 @@ def check_cluster_spec(spec: dict[str, Any]) -> list[dict[str, Any]]:
     for group in spec["workerGroupSpecs"]:
         for field in WORKER_GROUP_REQUIRED:
             assert field in group, (group.get("groupName"), field)
-        assert 0 <= group["minReplicas"] <= group.get("replicas", 0) <= group["maxReplicas"] or \
-            group["minReplicas"] <= group["maxReplicas"]
+        assert 0 <= group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
         templates.append(group["template"])
     for template in templates:
         containers = template["spec"]["containers"]
         assert containers and all(c["name"] and c["image"] for c in containers)
-        for params in (head["rayStartParams"], *(g["rayStartParams"] for g in spec["workerGroupSpecs"])):
-            assert all(isinstance(v, str) for v in params.values())  # map[string]string in the CRD
+    for params in (head["rayStartParams"], *(g["rayStartParams"] for g in spec["workerGroupSpecs"])):
+        assert all(isinstance(v, str) for v in params.values())  # map[string]string in the CRD
     return templates
 
 

@@ -1,0 +1,171 @@
+"""`viewstream train` across nodes, submitted as a Ray job like production (`ray job submit`):
+one worker per node, checkpoints and metrics in storage both nodes see, a checkpoint that resumes
+on a one-node cluster, and a run that survives losing its second node when a replacement joins."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from sharding.fashion_mnist import export_fashion_mnist
+from sharding.run import shard_dataset
+from tests.helpers.ray_cluster import LocalRayCluster
+from tests.training.conftest import small_config
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS_PER_EPOCH = 6  # 192 images / batch 32
+
+# Ray Train's worker actors and the node each ran on (task and actor events reach the GCS ~1/s).
+TRAIN_WORKER_NODES = """
+import json, sys, time
+from ray.util.state import list_actors
+deadline = time.time() + 30
+while True:
+    actors = list_actors(address=sys.argv[1], filters=[("class_name", "=", "RayTrainWorker")],
+                         detail=True, limit=1000, raise_on_missing_output=False)
+    if len(actors) >= int(sys.argv[2]) or time.time() > deadline:
+        break
+    time.sleep(0.5)
+print("RESULT" + json.dumps([a.node_id for a in actors]))
+"""
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("train-data")
+    export_fashion_mnist(root / "png", "train", limit_per_split=192)
+    shard_dataset(str(root / "png" / "train"), str(root / "shards"), label_from="parent",
+                  shard_samples=64, progress=False)
+    return str(root / "shards")
+
+
+def write_config(path: Path, shards: str, storage: Path, name: str, **overrides) -> Path:
+    config = small_config(shards, storage, name, **overrides)
+    config["run"].update(checkpoint_every_steps=3)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def submit(cluster: LocalRayCluster, config: Path, job_id: str) -> None:
+    """`ray job submit --no-wait -- viewstream train CONFIG --address auto`, as in production.
+
+    A job's driver runs on the head node, and Ray Train pins its controller to the driver's
+    node: so losing the worker node loses training workers only, never the controller.
+    """
+    cmd = ["ray", "job", "submit", "--address", cluster.dashboard_url, "--no-wait", "--submission-id", job_id,
+           "--", "viewstream", "train", str(config), "--address", "auto"]
+    proc = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def train(cluster: LocalRayCluster, config: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`viewstream train CONFIG --address GCS` as a driver on this machine; must succeed."""
+    proc = subprocess.run([sys.executable, "-m", "viewstream", "train", str(config), "--address", cluster.address,
+                           *extra], env=cluster.env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def summary_steps(output: str) -> tuple[int, int, int]:
+    """(steps done, total steps, resumed from step) from the run summary `viewstream train` prints."""
+    line = next(l for l in output.splitlines() if l.startswith("steps ") and "resumed from step" in l)
+    words = line.replace("(", " ").replace(")", " ").split()
+    return int(words[1]), int(words[3]), int(words[-1])
+
+
+def plain(proc: subprocess.CompletedProcess) -> str:
+    """stdout + stderr of a `ray` CLI call without its colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
+
+
+def metrics_steps(out_dir: Path) -> list[int]:
+    path = out_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        with_loss = line.strip() and json.loads(line)
+        if with_loss and "loss" in with_loss:
+            steps.append(with_loss["step"])
+    return steps
+
+
+def test_two_workers_one_per_node_and_the_checkpoint_resumes_on_one_node(
+    two_node_cluster: LocalRayCluster, shards: str, tmp_path: Path
+) -> None:
+    storage = tmp_path / "runs"  # one folder both nodes see: the shared storage of this machine
+    config = write_config(tmp_path / "train.yaml", shards, storage, "multi", epochs=1)
+    run = train(two_node_cluster, config)
+    assert summary_steps(run.stdout)[:2] == (STEPS_PER_EPOCH, STEPS_PER_EPOCH)
+    assert metrics_steps(storage / "multi") == list(range(1, STEPS_PER_EPOCH + 1))
+
+    placed = subprocess.run([sys.executable, "-c", TRAIN_WORKER_NODES, two_node_cluster.dashboard_url, "2"],
+                            env=two_node_cluster.env, capture_output=True, text=True, timeout=120)
+    assert placed.returncode == 0, placed.stderr[-3000:]
+    node_ids = json.loads(next(l for l in placed.stdout.splitlines() if l.startswith("RESULT"))[6:])
+    assert sorted(two_node_cluster.node_name(n) for n in node_ids) == ["head", "worker-1"]
+
+    # The same run, one more epoch, on a different (one-node) cluster: it resumes, not restarts.
+    with LocalRayCluster(head_cpus=2, worker_nodes=0) as one_node:
+        rerun = train(one_node, config, "--set", "epochs=2")
+    assert summary_steps(rerun.stdout) == (2 * STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH, STEPS_PER_EPOCH)
+    assert metrics_steps(storage / "multi") == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+
+
+def test_losing_the_second_node_resumes_from_the_last_checkpoint_on_a_replacement(
+    shards: str, tmp_path: Path
+) -> None:
+    # Detect the dead node in ~2 s instead of Ray's default ~30 s.
+    fast_detection = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
+                      "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "0"}
+    storage = tmp_path / "runs"
+    total = 2 * STEPS_PER_EPOCH
+    config = write_config(tmp_path / "train.yaml", shards, storage, "node-loss", epochs=2, run__max_failures=1)
+    job_id = f"node-loss-{tmp_path.name}"
+    with LocalRayCluster(head_cpus=1, worker_nodes=1, dashboard=True, extra_env=fast_detection) as cluster:
+        submit(cluster, config, job_id)
+        deadline = time.time() + 300
+        while max(metrics_steps(storage / "node-loss"), default=0) < 4:  # past the checkpoint at step 3
+            assert time.time() < deadline, "training never reached step 4"
+            time.sleep(0.1)
+        head_daemons, lost_id = cluster.nodes["head"].pids, cluster.nodes["worker-1"].node_id
+        killed = cluster.kill_node("worker-1")  # the machine is gone: raylet, agents, its train worker
+        killed_at = max(metrics_steps(storage / "node-loss"))
+        assert killed_at < total, "the run finished before the node was lost"
+        assert killed and not [p for p in killed if _alive(p)]
+        assert all(_alive(p) for p in head_daemons)  # GCS, head raylet, dashboard, agents survived
+
+        replacement = cluster.add_worker()  # same {"node_worker": 1}, a new node id
+        assert replacement.name == "worker-2" and replacement.node_id != lost_id
+        assert cluster.node_name(lost_id) == "worker-1"
+
+        logs = subprocess.run(["ray", "job", "logs", "--address", cluster.dashboard_url, "--follow", job_id],
+                              env=cluster.env, capture_output=True, text=True, timeout=600)
+        status = subprocess.run(["ray", "job", "status", "--address", cluster.dashboard_url, job_id],
+                                env=cluster.env, capture_output=True, text=True, timeout=120)
+        everything, temp_dir = cluster.pids(), cluster.temp_dir
+    assert f"Job '{job_id}' succeeded" in plain(status), plain(status)[-2000:] + logs.stdout[-4000:]
+    done, planned, resumed_from = summary_steps(logs.stdout)
+    assert (done, planned) == (total, total)
+    assert resumed_from > 0 and resumed_from % 3 == 0 and resumed_from <= killed_at  # a checkpoint step
+    # Every step was trained; the steps after the checkpoint were trained again after the loss.
+    assert set(metrics_steps(storage / "node-loss")) == set(range(1, total + 1))
+    # Stopping the cluster left no process and no temp dir behind.
+    assert not [p for p in everything if _alive(p)]
+    assert temp_dir is not None and not temp_dir.exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
