@@ -57,6 +57,8 @@ class MonitorConfig(_Strict):
     image_size: PositiveInt = 32
     crop_fraction: float = Field(1.0, gt=0, le=1)
     batch_size: PositiveInt = 256
+    max_train_samples: Optional[PositiveInt] = Field(None, description="memory bank size cap (a seeded subset)")
+    max_test_samples: Optional[PositiveInt] = Field(None, description="test samples cap (a seeded subset)")
 
 
 class ScalingSettings(_Strict):

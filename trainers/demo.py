@@ -98,7 +98,8 @@ def demo_config(method: str, shards: dict[str, str], out: Path, size: DemoSize) 
                 "checkpoint_every_steps": size.checkpoint_every_steps, "keep_checkpoints": 1,
                 "log_every_steps": 5 if size is FULL else 1, "max_failures": 1},
         "monitor": {"train_dataset": shards["train"], "test_dataset": shards["test"], "every_epochs": 1,
-                    "image_size": 28, "crop_fraction": 1.0, "batch_size": 512},
+                    "image_size": 28, "crop_fraction": 1.0, "batch_size": 512,
+                    "max_train_samples": 10240, "max_test_samples": 2048},
     }
 
 

@@ -32,8 +32,10 @@ class OnlineKnn:
 
     @torch.no_grad()
     def __call__(self, backbone: nn.Module) -> float:
-        train, vocabulary = labelled_features(backbone, self.train_loader, desc="kNN monitor: train")
-        test, _ = labelled_features(backbone, self.test_loader, vocabulary, desc="kNN monitor: test")
+        train, vocabulary = labelled_features(backbone, self.train_loader, desc="kNN monitor: train",
+                                              max_samples=self.config.max_train_samples)
+        test, _ = labelled_features(backbone, self.test_loader, vocabulary, desc="kNN monitor: test",
+                                    max_samples=self.config.max_test_samples)
         result = knn_evaluate(train.features, train.labels, test.features, test.labels,
                               ks=(self.config.k,), temperature=self.config.temperature)
         return result[self.config.k].top1

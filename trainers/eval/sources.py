@@ -7,6 +7,7 @@ functions: the evaluation package imports fine where only embeddings files are a
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -84,12 +85,13 @@ def eval_loader(dataset: str, image_size: int, batch_size: int = 256, *, crop_fr
 
 
 def labelled_features(backbone: nn.Module, loader, vocabulary: Optional[list[str]] = None,
-                      *, desc: str = "features") -> tuple[FeatureSet, list[str]]:
+                      *, desc: str = "features", max_samples: Optional[int] = None) -> tuple[FeatureSet, list[str]]:
     """Features and labels of every labelled sample, labels indexed into `vocabulary`.
 
     Two splits number their labels by their own sorted label sets; mapping through one shared
     vocabulary (the train split's, extended by labels only the test split has) keeps class k the
-    same class in both. Samples without a label are left out.
+    same class in both. Samples without a label are left out. `max_samples` stops after the
+    batches that hold that many samples (a cheap, seeded subset for online monitoring).
     """
     if not loader.label_vocabulary:
         raise UsageError(f"dataset {loader.dataset!r} has no labels; kNN and linear probes need labelled shards "
@@ -97,7 +99,11 @@ def labelled_features(backbone: nn.Module, loader, vocabulary: Optional[list[str
     vocabulary = list(vocabulary or [])
     vocabulary += [name for name in loader.label_vocabulary if name not in vocabulary]
     remap = torch.tensor([vocabulary.index(name) for name in loader.label_vocabulary] + [-1])
-    feats = extract_features(backbone, loader.iter_epoch(0), progress=desc, total=loader.batches_per_epoch)
+    batches, total = loader.iter_epoch(0), loader.batches_per_epoch
+    if max_samples is not None:
+        total = min(total, -(-max_samples // loader.batch_size))
+        batches = itertools.islice(batches, total)
+    feats = extract_features(backbone, batches, progress=desc, total=total)
     labels = remap[feats.labels]  # -1 (no label) indexes the trailing -1
     keep = labels >= 0
     keys = [k for k, m in zip(feats.keys, keep.tolist()) if m]
