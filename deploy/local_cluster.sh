@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAY_USAGE_STATS_ENABLED=0
-PY=("${VIEWSTREAM_VENV:-.venv}/bin/python" -m tests.helpers.ray_cluster "$@")
+PY=("${VIEWSTREAM_VENV:-.venv}/bin/python" -m tests.helpers.local_cluster_cli "$@")
 if unshare -n true 2>/dev/null; then
   exec unshare -n bash -c 'ip link set lo up && exec "$@"' _ "${PY[@]}"
 elif unshare -rn true 2>/dev/null; then   # unprivileged: a user namespace maps us to root in it

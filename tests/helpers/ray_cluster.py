@@ -31,11 +31,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import psutil
 
-MARKER_ENV = "VIEWSTREAM_RAY_NODE"
+from tests.helpers.processes import MARKER_ENV, Listener, kill, listening_sockets, marked_pids, processes
+
 LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::ffff:127.0.0.1"})
 HEAD_RESOURCE = "node_head"
 WORKER_RESOURCE = "node_worker"
@@ -268,7 +268,7 @@ class LocalRayCluster:
             launch.proc.kill()
             launch.proc.wait()
             code = -1
-        launch.node.processes = self._processes(self._marked_pids(launch.node.marker))
+        launch.node.processes = processes(marked_pids(launch.node.marker))
         launch.node.node_id = self._raylet_node_id(launch.node)
         if code != 0:
             tail = launch.log.read_text(errors="replace")[-3000:]
@@ -293,7 +293,7 @@ class LocalRayCluster:
         routable IP when there is one (ray.services.resolve_ip_for_localhost); only inside a
         loopback-only network namespace does the node really stay on 127.0.0.1.
         """
-        for pid in self._marked_pids(node.marker):
+        for pid in marked_pids(node.marker):
             with contextlib.suppress(psutil.Error):
                 for arg in psutil.Process(pid).cmdline():
                     if arg.startswith("--node-ip-address=") and arg.split("=", 1)[1] != "127.0.0.1":
@@ -329,17 +329,17 @@ class LocalRayCluster:
     def kill_node(self, name: str) -> set[int]:
         """SIGKILL every process of one node (a simulated machine loss); returns the PIDs killed."""
         node = self._node(name)
-        pids = self._kill(self._marked_pids(node.marker), signal.SIGKILL, node.processes.values())
+        pids = kill(marked_pids(node.marker), signal.SIGKILL, node.processes.values())
         self._lost.append(self.nodes.pop(name))
         return pids
 
     def stop(self) -> None:
         """Stop every process this cluster started, by PID (SIGTERM, then SIGKILL); remove temp dir."""
         recorded = [p for node in self.nodes.values() for p in node.processes.values()]
-        self._kill(self._marked_pids(self.cluster_id + "/"), signal.SIGTERM, recorded, grace_s=1.0)
+        kill(marked_pids(self.cluster_id + "/"), signal.SIGTERM, recorded, grace_s=1.0)
         self.nodes.clear()
         # Stragglers forked while we were killing (workers, job drivers) carry the marker too.
-        self._kill(self._marked_pids(self.cluster_id + "/"), signal.SIGKILL)
+        kill(marked_pids(self.cluster_id + "/"), signal.SIGKILL)
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             self.temp_dir = None
@@ -348,78 +348,21 @@ class LocalRayCluster:
     def pids(self, name: str | None = None) -> set[int]:
         """Live PIDs of one node, or of the whole cluster (rescanned: Ray forks workers lazily)."""
         prefix = self._node(name).marker if name else self.cluster_id + "/"
-        return self._marked_pids(prefix)
+        return marked_pids(prefix)
 
-    def listening_sockets(self) -> list[tuple[int, str, str, int]]:
-        """(pid, process name, ip, port) of every TCP listener and bound UDP socket of the cluster."""
-        found = []
-        for pid in self.pids():
-            try:
-                proc = psutil.Process(pid)
-                conns = proc.net_connections(kind="inet")
-                pname = proc.name()
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-            for c in conns:
-                is_udp = c.type == socket.SOCK_DGRAM
-                if (c.status == psutil.CONN_LISTEN or is_udp) and c.laddr:
-                    found.append((pid, pname, c.laddr.ip, c.laddr.port))
-        return found
+    def listening_sockets(self) -> list[Listener]:
+        """Every TCP listener and bound UDP socket of the cluster's processes."""
+        return listening_sockets(self.pids())
 
-    def assert_loopback_only(self) -> list[tuple[int, str, str, int]]:
+    def assert_loopback_only(self) -> list[Listener]:
         """Raise if any process of the cluster listens on anything but 127.0.0.1; return listeners."""
         sockets = self.listening_sockets()
         if not sockets:
             raise RayClusterError("no listening sockets found: is the cluster running?")
-        exposed = [s for s in sockets if s[2] not in LOOPBACK_ADDRESSES]
+        exposed = [s for s in sockets if s.ip not in LOOPBACK_ADDRESSES]
         if exposed:
             raise RayClusterError(f"Ray processes listen beyond 127.0.0.1: {exposed}")
         return sockets
-
-    def _marked_pids(self, prefix: str) -> set[int]:
-        """PIDs whose environment carries a marker starting with prefix, plus their descendants."""
-        found: set[int] = set()
-        for proc in psutil.process_iter():
-            try:
-                marker = proc.environ().get(MARKER_ENV, "")
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-                continue
-            if marker.startswith(prefix):
-                found.add(proc.pid)
-                try:
-                    found.update(c.pid for c in proc.children(recursive=True))
-                except psutil.Error:
-                    pass
-        found.discard(os.getpid())
-        return found
-
-    @staticmethod
-    def _processes(pids: set[int]) -> dict[int, psutil.Process]:
-        procs = {}
-        for pid in pids:
-            with contextlib.suppress(psutil.Error):
-                procs[pid] = psutil.Process(pid)
-        return procs
-
-    @classmethod
-    def _kill(
-        cls, pids: set[int], sig: signal.Signals, recorded: "Iterable[psutil.Process]" = (), grace_s: float = 0.0
-    ) -> set[int]:
-        """Signal the given PIDs and the recorded processes (psutil refuses a reused PID), then reap."""
-        targets = cls._processes(pids)
-        for proc in recorded:
-            targets.setdefault(proc.pid, proc)
-        procs = []
-        for proc in targets.values():
-            with contextlib.suppress(psutil.Error):
-                proc.send_signal(sig)
-                procs.append(proc)
-        _, alive = psutil.wait_procs(procs, timeout=grace_s or 5.0)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5.0)
-        return {p.pid for p in procs}
 
     def _node(self, name: str) -> RayNode:
         if name not in self.nodes:
@@ -450,44 +393,3 @@ class LocalRayCluster:
         result = self.run_python(code, timeout=timeout + 60)
         if result.returncode != 0:
             raise RayClusterError(f"cluster did not reach {count} alive nodes: {result.stderr[-2000:]}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Start a local cluster, run COMMAND (default: an interactive shell) as its client, stop it.
-
-    Meant to run inside a loopback-only network namespace (deploy/local_cluster.sh does that):
-    there, 127.0.0.1 is the only address, so nothing can be exposed. The command gets the client
-    environment (RAY_ADDRESS, the token, RAY_API_SERVER_ADDRESS with --dashboard).
-    """
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="deploy/local_cluster.sh", description=main.__doc__)
-    parser.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default 1)")
-    parser.add_argument("--head-cpus", type=int, default=1)
-    parser.add_argument("--worker-cpus", type=int, default=1)
-    parser.add_argument("--dashboard", action="store_true", help="dashboard + job submission on 127.0.0.1")
-    parser.add_argument("--no-auth", action="store_true", help="RAY_AUTH_MODE=disabled (loopback only anyway)")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS (default: $SHELL -i)")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    command = command or [os.environ.get("SHELL", "bash"), "-i"]
-
-    with LocalRayCluster(head_cpus=args.head_cpus, worker_nodes=args.workers, worker_cpus=args.worker_cpus,
-                         dashboard=args.dashboard, auth=not args.no_auth) as cluster:
-        listeners = cluster.assert_loopback_only()
-        env = cluster.env
-        if cluster.dashboard:
-            env["RAY_API_SERVER_ADDRESS"] = cluster.dashboard_url
-        print(f"Ray cluster up: nodes {', '.join(cluster.nodes)}; GCS {cluster.address}; "
-              f"{len(listeners)} listening sockets, all on 127.0.0.1", flush=True)
-        if cluster.dashboard:
-            print(f"  jobs: ray job submit -- python ...   (dashboard {cluster.dashboard_url})", flush=True)
-        print(f"  running {' '.join(command)} with the client environment; when it exits, the cluster stops",
-              flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            return subprocess.call(command, env=env)
-    return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
