@@ -21,6 +21,7 @@ from pipeline.batch import ViewBatch
 from pipeline.dali_graph import build_view_pipeline, feed_arrays
 from pipeline.epochs import DataPosition, batches_per_epoch, plan_rank_epoch
 from pipeline.producer import BatchProducer, PreparedBatch
+from pipeline.recovery import recheck_batch
 from pipeline.samples import ReadStats, SampleRef, read_samples
 from pipeline.spec import ViewSpec
 from viewstream.errors import UsageError
@@ -70,7 +71,8 @@ class ViewLoader:
                         batch_size=batch_size, drop_last=drop_last, shuffle_block=shuffle_block)
         self._pipe = None
         self._producer: Optional[BatchProducer] = None
-        self._pending: deque[PreparedBatch] = deque()
+        self._pending: deque[PreparedBatch] = deque()  # fed to DALI, not yet yielded
+        self._replay: deque[PreparedBatch] = deque()   # to feed again after a DALI abort
 
     @property
     def num_samples(self) -> int:
@@ -99,7 +101,7 @@ class ViewLoader:
         producer = BatchProducer(plan, start_batch, self.spec, seed=self.seed, epoch=epoch,
                                  refs=self._refs, read=self._read, feed=feed_arrays,
                                  stats=self.stats, depth=self.prefetch + 2)
-        self._producer, self._pending = producer, deque()
+        self._producer, self._pending, self._replay = producer, deque(), deque()
         finished = False
         try:
             pipe = self._pipeline()
@@ -108,6 +110,11 @@ class ViewLoader:
                     outputs = pipe.run()
                 except StopIteration:
                     break
+                except Exception:
+                    if not self._recover():
+                        raise
+                    pipe = self._pipeline()
+                    continue
                 while self._pending[0].feed is None:
                     yield self._empty_batch(self._pending.popleft(), epoch)
                 yield self._batch(self._pending.popleft(), outputs, epoch)
@@ -128,10 +135,26 @@ class ViewLoader:
     def _read(self, refs: list[SampleRef]):
         return read_samples(self.storage, self.dataset, refs, self.stats)
 
+    def _recover(self) -> bool:
+        """After DALI aborted: drop undecodable samples from the batches in flight and replay
+        them on a fresh pipeline. False when no photo is to blame (the error is re-raised)."""
+        rechecked = [recheck_batch(item, self.spec, self.stats, self._keys)
+                     for item in self._pending]
+        if not any(dropped for _, dropped in rechecked):
+            return False
+        log.warning("DALI aborted a batch; dropped the undecodable samples and rebuilt the pipeline")
+        self._replay = deque(item for item, _ in rechecked)
+        self._pending = deque()
+        self._pipe = None
+        return True
+
     def _next_feed(self) -> tuple:
         """The DALI source callback: the next non-empty batch (empty ones are only noted)."""
         while True:
-            item = self._producer.get() if self._producer else None
+            if self._replay:
+                item = self._replay.popleft()
+            else:
+                item = self._producer.get() if self._producer else None
             if item is None:
                 raise StopIteration
             self._pending.append(item)

@@ -82,6 +82,7 @@ class BatchProducer:
         self._refs, self._read, self._feed = refs, read, feed
         self._stats = stats
         self._stop = threading.Event()
+        self._ended = False
         self._batches_out = _Handoff(depth, self._stop)
         self._blocks = _Handoff(1, self._stop)
         num_batches = len(plan.sizes)
@@ -99,9 +100,15 @@ class BatchProducer:
             thread.start()
 
     def get(self) -> Optional[PreparedBatch]:
-        """The next PreparedBatch, or None at the end; re-raises a reading failure here."""
+        """The next PreparedBatch, or None at the end (and ever after); re-raises a reading
+        failure here."""
+        if self._ended:
+            return None
         item = self._batches_out.get()
-        return None if item is _END else item
+        if item is _END:
+            self._ended = True
+            return None
+        return item
 
     def close(self) -> None:
         """Stop both threads (they may be blocked on full queues: drain them)."""

@@ -8,11 +8,12 @@ from sharding.synthetic import generate_view_corpus
 
 
 def build_dataset(tmp_path_factory, name: str, *, num_groups: int, shard_samples: int,
-                  min_views: int = 1, max_views: int = 4, size: int = 32, seed: int = 0) -> str:
+                  min_views: int = 1, max_views: int = 4, size: int = 32, seed: int = 0,
+                  formats: tuple[str, ...] = ("jpg", "png")) -> str:
     """A natural-view dataset of `num_groups` groups in shards of `shard_samples` groups."""
     base = tmp_path_factory.mktemp(name)
     generate_view_corpus(base / "images", num_groups, seed=seed, size=size,
-                         min_views=min_views, max_views=max_views)
+                         min_views=min_views, max_views=max_views, formats=formats)
     out = str(base / "dataset")
     shard_dataset(str(base / "images"), out, group_by="dir", label_from="parent",
                   shard_samples=shard_samples, progress=False)

@@ -123,6 +123,51 @@ def test_truncated_images_without_a_recorded_sha256_are_caught(tmp_path_factory)
     assert reasons["truncated"] >= 4
 
 
+def test_a_photo_only_dali_chokes_on_is_dropped_and_the_epoch_goes_on(tmp_path_factory):
+    """A PNG with damaged compressed data, its sha256 recorded after the damage, passes the
+    cheap checks; DALI aborts the batch; the loader drops that sample and carries on."""
+    root = build_dataset(tmp_path_factory, "damaged_png", num_groups=8, shard_samples=8,
+                         seed=9, min_views=1, max_views=1, formats=("png",))
+    index = read_index(root)
+    shard, keys = index.column("shard").to_pylist()[0], index.column("key").to_pylist()
+    victim = keys[3]
+
+    def damage(data: bytes) -> bytes:
+        out = bytearray(data)
+        start = out.find(b"IDAT") + 20
+        for i in range(start, start + 30):
+            out[i] ^= 0x55
+        return bytes(out)
+
+    broken = {}
+
+    def edit(name, data):
+        if name.startswith(f"{victim}.0."):
+            broken["data"] = damage(data)
+            return broken["data"]
+        if name == f"{victim}.json":
+            return fix_sha(data, 0, damage(photo_of(root, shard, victim)))
+        return data
+
+    rewrite_shard(shard_uri(root, shard), edit)
+    loader = ViewLoader(root, SPEC, 3, seed=0)
+    batches = list(loader.iter_epoch(0))
+    assert len(batches) == loader.batches_per_epoch
+    seen = [k for b in batches for k in b.keys]
+    assert victim not in seen and sorted(seen) == sorted(k for k in keys if k != victim)
+    assert loader.stats.reasons == {"decode_failed": 1}
+    again = list(loader.iter_epoch(1))  # the rebuilt pipeline keeps working
+    assert victim not in [k for b in again for k in b.keys]
+
+
+def photo_of(root: str, shard: str, key: str) -> bytes:
+    with tarfile.open(shard_uri(root, shard)) as tar:
+        for info in tar:
+            if info.name.startswith(f"{key}.0."):
+                return tar.extractfile(info).read()
+    raise KeyError(key)
+
+
 def test_a_truncated_shard_ends_cleanly(tmp_path_factory):
     root = build_dataset(tmp_path_factory, "truncated", num_groups=8, shard_samples=4, seed=6)
     index = read_index(root)
