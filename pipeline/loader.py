@@ -36,6 +36,11 @@ class ViewLoader:
     `dataset` is a dataset root (folder or s3:// prefix, `endpoint_url` for non-AWS S3).
     `device` "cpu" runs DALI without a GPU; "cuda" decodes on the GPU (nvJPEG, ``mixed``).
     `shuffle_block` bounds how many samples are held in memory for shuffling within a rank.
+    `drop_last=True` (SSL training): every rank yields N // (world_size * batch_size) full
+    batches. `drop_last=False`: every sample exactly once per epoch, the same number of batches
+    on every rank, only the last batch(es) of a rank smaller (empty on a rank without data).
+    Batches shrink when bad samples are skipped (`stats` counts them). One `iter_epoch`
+    iterator may be open at a time.
     """
 
     def __init__(self, dataset: str, spec: ViewSpec, batch_size: int, *, rank: int = 0,
