@@ -107,6 +107,7 @@ def test_two_workers_one_per_node_and_the_checkpoint_resumes_on_one_node(
     run = train(two_node_cluster, config)
     assert summary_steps(run.stdout)[:2] == (STEPS_PER_EPOCH, STEPS_PER_EPOCH)
     assert metrics_steps(storage / "multi") == list(range(1, STEPS_PER_EPOCH + 1))
+    assert sorted(p.name for p in (storage / "multi").glob("checkpoint_*"))  # written by a worker, any node
 
     placed = subprocess.run([sys.executable, "-c", TRAIN_WORKER_NODES, two_node_cluster.dashboard_url, "2"],
                             env=two_node_cluster.env, capture_output=True, text=True, timeout=120)
