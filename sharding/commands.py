@@ -71,6 +71,11 @@ def add_commands(subparsers) -> None:
     shard.add_argument("--shard-bytes", type=parse_size, default=256 * 2**20,
                        help="target input bytes per shard (e.g. 256MiB)")
     shard.add_argument("--shard-samples", type=positive_int, default=10_000, help="max samples per shard")
+    order = shard.add_mutually_exclusive_group()
+    order.add_argument("--shuffle-seed", type=int, default=0,
+                       help="groups are spread over shards in this seeded order (default 0), so every "
+                            "shard is a fair mix even when paths cluster classes")
+    order.add_argument("--sorted", action="store_true", help="keep groups sorted by id instead of shuffled")
     shard.add_argument("--max-side", type=positive_int, default=None,
                        help="resize images whose longer side exceeds this (re-encodes them)")
     shard.add_argument("--quality", type=positive_int, default=90, help="JPEG quality of re-encoded images (1-100)")
@@ -107,6 +112,7 @@ def run_shard(args: argparse.Namespace) -> int:
         name=args.name, group_by=args.group_by, label_from=args.label_from,
         shard_bytes=args.shard_bytes, shard_samples=args.shard_samples, max_side=args.max_side,
         quality=args.quality, max_pixels=args.max_pixels,
+        shuffle_seed=None if args.sorted else args.shuffle_seed,
         workers=args.workers if not args.ray else (args.ray_cpus or 1), ray=args.ray,
         ray_address=args.ray_address, endpoint_url=args.endpoint_url, progress=not args.no_progress,
     )

@@ -1,4 +1,4 @@
-"""The deterministic shard plan: sorted input records -> groups -> shards.
+"""The deterministic shard plan: sorted input records -> groups -> (seeded shuffle) -> shards.
 
 Phase one of a build. The plan depends only on the sorted inputs and the packing limits, so
 every executor (one process, N processes, Ray) builds the same shards, and a rerun finds the
@@ -91,20 +91,39 @@ def make_groups(records: list[InputRecord]) -> list[Group]:
     return groups
 
 
+def shuffled(groups: list[Group], seed: int) -> list[Group]:
+    """Groups in a seeded pseudo-random order that depends only on each group's id.
+
+    Sorted paths cluster similar images (a folder per class, per product line), and a reader can
+    only shuffle within a window of a shard or two: shuffling at creation is what makes every
+    shard, and so every batch, a fair mix. Ordering by a keyed hash keeps the plan deterministic
+    and independent of how the inputs were listed.
+    """
+    def rank(group: Group) -> bytes:
+        return hashlib.sha256(f"{seed}\0{group.group_id}".encode("utf-8", "surrogateescape")).digest()
+
+    return sorted(groups, key=rank)
+
+
 def plan_shards(
     records: list[InputRecord],
     name: str = "data",
     max_bytes: int = 256 * 1024 * 1024,
     max_samples: int = 10_000,
+    shuffle_seed: int | None = 0,
 ) -> list[ShardTask]:
-    """Pack groups in order into shards of at most `max_bytes` input bytes and `max_samples`
-    groups (a single group bigger than `max_bytes` gets a shard of its own)."""
+    """Pack groups into shards of at most `max_bytes` input bytes and `max_samples` groups (a
+    single group bigger than `max_bytes` gets a shard of its own), in the seeded order of
+    `shuffled` (or sorted by group id when `shuffle_seed` is None)."""
     if max_bytes <= 0 or max_samples <= 0:
         raise ValueError("max_bytes and max_samples must be positive")
+    groups = make_groups(records)
+    if shuffle_seed is not None:
+        groups = shuffled(groups, shuffle_seed)
     tasks: list[ShardTask] = []
     current: list[Group] = []
     current_bytes = 0
-    for group in make_groups(records):
+    for group in groups:
         size = group.input_bytes
         if current and (current_bytes + size > max_bytes or len(current) >= max_samples):
             tasks.append(ShardTask(len(tasks), shard_name(name, len(tasks)), tuple(current)))

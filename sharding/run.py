@@ -57,6 +57,7 @@ class ShardConfig(BaseModel):
     max_side: int | None = Field(None, gt=0, description="resize (and re-encode) larger images")
     quality: int = Field(90, ge=1, le=100, description="JPEG quality of re-encoded images")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decompression-bomb limit")
+    shuffle_seed: int | None = Field(0, description="seeded group order across shards (None: sorted by group id)")
 
     def build_options(self) -> BuildOptions:
         return BuildOptions(max_pixels=self.max_pixels, max_side=self.max_side, quality=self.quality)
@@ -125,7 +126,7 @@ def shard_dataset(
     check_output(output, storage)
     storage.remove_unfinished_writes(output, ("", SHARDS_DIR, PARTS_DIR))  # a killed run's debris
     records = discover_inputs(source, storage, config.group_by, config.label_from)
-    tasks = plan_shards(records, config.name, config.shard_bytes, config.shard_samples)
+    tasks = plan_shards(records, config.name, config.shard_bytes, config.shard_samples, config.shuffle_seed)
     options = config.build_options()
     done = finished_records(tasks, output, options, storage)
     todo = [t for t in tasks if t.name not in done]

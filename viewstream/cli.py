@@ -16,7 +16,7 @@ from viewstream.errors import UsageError
 # (ImportError on the module itself) is left out so the rest of the CLI keeps working.
 COMMAND_MODULES = (
     "sharding.commands",      # shard, inspect
-    "pipeline.commands",      # bench-views (pipeline preview)
+    "pipeline.commands",      # views (what the pipeline feeds the model)
     "trainers.commands",      # train
     "trainers.eval.commands", # eval, embed, search, export
     "trainers.demo",          # demo

@@ -237,11 +237,11 @@ def test_shard_whose_inputs_are_all_bad_is_not_listed(tmp_path):
     (corpus / "b.jpg").write_bytes(b"junk")
     _save(Image.new("RGB", (8, 8), (1, 2, 3)), corpus / "c.png", "PNG")
     out = tmp_path / "out"
-    summary = shard_dataset(str(corpus), str(out), shard_samples=2, progress=False)
+    summary = shard_dataset(str(corpus), str(out), shard_samples=2, shuffle_seed=None, progress=False)
     manifest = load_manifest(str(out))
     assert [s["name"] for s in manifest["shards"]] == ["data-000001.tar"]
     assert manifest["num_planned_shards"] == 2 and manifest["complete"]
     assert not (out / "shards" / "data-000000.tar").exists()
     assert summary.num_samples == 1 and summary.quarantined_by_reason == {"not_an_image": 1, "zero_bytes": 1}
-    again = shard_dataset(str(corpus), str(out), shard_samples=2, progress=False)
+    again = shard_dataset(str(corpus), str(out), shard_samples=2, shuffle_seed=None, progress=False)
     assert again.num_shards_built == 0 and again.num_shards_skipped == 2

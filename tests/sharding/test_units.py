@@ -67,8 +67,8 @@ def test_group_keys_are_stable_safe_and_unique():
 def test_plan_packs_by_bytes_and_samples_and_keeps_groups_whole():
     records = [InputRecord(f"g{g}", f"/in/g{g}/{v}.jpg", None, 100) for g in range(10) for v in range(g % 3 + 1)]
     shuffled = list(reversed(records))
-    plan = plan_shards(shuffled, "data", max_bytes=350, max_samples=3)
-    assert plan == plan_shards(records, "data", max_bytes=350, max_samples=3)  # order-independent
+    plan = plan_shards(shuffled, "data", max_bytes=350, max_samples=3, shuffle_seed=None)
+    assert plan == plan_shards(records, "data", max_bytes=350, max_samples=3, shuffle_seed=None)  # order-independent
     assert [t.name for t in plan] == [f"data-{i:06d}.tar" for i in range(len(plan))]
     seen = [g.group_id for t in plan for g in t.groups]
     assert seen == sorted({r.group_id for r in records})
@@ -77,6 +77,18 @@ def test_plan_packs_by_bytes_and_samples_and_keeps_groups_whole():
         assert sum(g.input_bytes for g in task.groups) <= 350 or len(task.groups) == 1
     assert sum(t.num_inputs for t in plan) == len(records)
     assert plan[0].fingerprint({"q": 1}) != plan[0].fingerprint({"q": 2})
+
+
+def test_seeded_shuffle_mixes_classes_across_shards_deterministically():
+    """Folder-sorted inputs (one class per folder) must not become one class per shard."""
+    records = [InputRecord(f"{c}/{i:03d}", f"/in/{c}/{i:03d}.png", c, 10) for c in "abcd" for i in range(50)]
+    plan = plan_shards(records, "data", max_samples=50)
+    assert plan == plan_shards(list(reversed(records)), "data", max_samples=50)  # independent of listing
+    for task in plan:
+        labels = [g.label for g in task.groups]
+        assert len(set(labels)) == 4 and max(labels.count(c) for c in "abcd") < 25, labels
+    assert sorted(g.group_id for t in plan for g in t.groups) == sorted(r.group_id for r in records)
+    assert plan != plan_shards(records, "data", max_samples=50, shuffle_seed=1)
 
 
 def test_groups_take_first_label():
