@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 
+from viewstream.argtypes import positive_int
 from sharding.validate import DEFAULT_MAX_PIXELS
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -31,36 +31,14 @@ def parse_size(text: str) -> int:
     return value
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
-def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Make argparse errors of this subcommand one line (no usage block), exit code 2."""
-
-    def error(message: str):
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-    parser.error = error  # type: ignore[method-assign]
-    return parser
-
-
 def add_commands(subparsers) -> None:
     """Register `shard` and `inspect` on the front door's subparsers."""
-    shard = _one_line_errors(subparsers.add_parser(
+    shard = subparsers.add_parser(
         "shard", help="pack images / natural-view groups into WebDataset shards",
         description="Pack a folder, a manifest (.csv/.jsonl/.parquet with a uri column) or an "
                     "s3:// prefix into WebDataset shards with .idx, index.parquet, "
                     "quarantine.parquet and manifest.json. Rerun the same command to resume.",
-    ))
+    )
     shard.add_argument("input", help="folder, manifest file, or s3://bucket/prefix")
     shard.add_argument("output", help="output folder or s3://bucket/prefix")
     shard.add_argument("--group-by", choices=("file", "dir"), default="file",
@@ -92,9 +70,9 @@ def add_commands(subparsers) -> None:
     shard.add_argument("--no-progress", action="store_true", help="no progress bar")
     shard.set_defaults(func=run_shard)
 
-    inspect = _one_line_errors(subparsers.add_parser(
+    inspect = subparsers.add_parser(
         "inspect", help="summarize a dataset, verify shard checksums, draw a contact sheet",
-    ))
+    )
     inspect.add_argument("dataset", help="dataset folder or s3://bucket/prefix")
     inspect.add_argument("--grid", default=None, help="write a contact sheet PNG here")
     inspect.add_argument("--groups", type=positive_int, default=8, help="groups (rows) in the contact sheet")

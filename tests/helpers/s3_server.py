@@ -14,7 +14,8 @@ def moto_s3_server(set_endpoint_env: bool = False) -> Iterator[str]:
     """Start moto's threaded server on a free 127.0.0.1 port; yield its endpoint URL.
 
     Test credentials are put in the environment for the duration (moto accepts any), and
-    AWS_ENDPOINT_URL too when `set_endpoint_env`, so code using the standard chain finds it.
+    AWS_ENDPOINT_URL too when `set_endpoint_env` (else it is unset, so only code given the
+    endpoint explicitly finds the server); the environment is restored afterwards.
     """
     from moto.server import ThreadedMotoServer
 
@@ -22,9 +23,11 @@ def moto_s3_server(set_endpoint_env: bool = False) -> Iterator[str]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    env = dict(TEST_CREDENTIALS, **({"AWS_ENDPOINT_URL": endpoint} if set_endpoint_env else {}))
+    env = dict(TEST_CREDENTIALS, AWS_ENDPOINT_URL=endpoint)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    if not set_endpoint_env:
+        del os.environ["AWS_ENDPOINT_URL"]
     try:
         yield endpoint
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+
+from tests.helpers.s3_server import moto_s3_server
 import torch
 
 from pipeline import ViewLoader, ViewSpec
@@ -19,24 +21,9 @@ SPEC = ViewSpec.multicrop(global_size=32, local_size=16, num_local=2)
 
 @pytest.fixture(scope="module")
 def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1")
-    os.environ.pop("AWS_ENDPOINT_URL", None)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    Storage(f"http://127.0.0.1:{port}").s3.create_bucket(Bucket="data")
-    yield port
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with moto_s3_server() as endpoint:
+        Storage(endpoint).s3.create_bucket(Bucket="data")
+        yield int(endpoint.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")

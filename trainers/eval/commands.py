@@ -9,41 +9,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from viewstream.argtypes import positive_int
 from viewstream.errors import UsageError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
-def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    def error(message: str):
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-    parser.error = error  # type: ignore[method-assign]
-    return parser
 
 
 def _add_model_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder, run folder (newest checkpoint) or s3:// URI")
-    p.add_argument("--image-size", type=_positive_int, default=None,
+    p.add_argument("--image-size", type=positive_int, default=None,
                    help="eval crop size (default: the checkpoint's monitor/recipe size)")
     p.add_argument("--crop-fraction", type=float, default=None, help="center-crop fraction (default 0.875)")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// shards")
     p.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON here")
 
@@ -55,29 +36,29 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     for name, help_text, func in (("knn", "weighted kNN (cosine, T=0.07) top-1/top-5", _eval_knn),
                                   ("linear", "linear probe on frozen features, top-1/top-5", _eval_linear)):
-        p = _one_line_errors(ev_sub.add_parser(name, help=help_text))
+        p = ev_sub.add_parser(name, help=help_text)
         _add_model_inputs(p)
         p.add_argument("--train", help="labelled train shards (dataset folder or s3://)")
         p.add_argument("--test", help="labelled test shards")
         p.add_argument("--train-embeddings", help="instead of checkpoint + shards: embeddings Parquet of train")
         p.add_argument("--test-embeddings", help="embeddings Parquet of test")
         if name == "knn":
-            p.add_argument("--k", type=_positive_int, nargs="+", default=[20, 200])
+            p.add_argument("--k", type=positive_int, nargs="+", default=[20, 200])
             p.add_argument("--temperature", type=float, default=0.07)
         else:
             p.add_argument("--c", type=float, default=None, help="inverse L2 strength (default: chosen on held-out train)")
             p.add_argument("--seed", type=int, default=0, help="seed of the held-out split that chooses C")
         p.set_defaults(func=func)
 
-    p = _one_line_errors(ev_sub.add_parser("retrieval", help="recall@k of another photo of the same group"))
+    p = ev_sub.add_parser("retrieval", help="recall@k of another photo of the same group")
     _add_model_inputs(p)
     p.add_argument("--dataset", help="shards with natural-view groups")
     p.add_argument("--embeddings", help="instead of checkpoint + shards: embeddings Parquet (rows sharing a group)")
-    p.add_argument("--k", type=_positive_int, nargs="+", default=[1, 5, 10])
+    p.add_argument("--k", type=positive_int, nargs="+", default=[1, 5, 10])
     p.add_argument("--index-kind", choices=("auto", "flat", "hnsw", "ivf"), default="auto")
     p.set_defaults(func=_eval_retrieval)
 
-    p = _one_line_errors(subparsers.add_parser("embed", help="checkpoint + shards -> embeddings Parquet"))
+    p = subparsers.add_parser("embed", help="checkpoint + shards -> embeddings Parquet")
     _add_model_inputs(p)
     p.add_argument("--dataset", required=True, help="shards to embed")
     p.add_argument("--out", required=True, help="embeddings Parquet file to write")
@@ -85,26 +66,26 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     search = subparsers.add_parser("search", help="FAISS index of embeddings: build it, query it")
     s_sub = search.add_subparsers(dest="search_command", metavar="SEARCH", required=True)
-    p = _one_line_errors(s_sub.add_parser("build", help="build and save an index from embeddings Parquet"))
+    p = s_sub.add_parser("build", help="build and save an index from embeddings Parquet")
     p.add_argument("embeddings", help="embeddings Parquet (from `viewstream embed`)")
     p.add_argument("index", help="folder to save the index in")
     p.add_argument("--kind", choices=("auto", "flat", "hnsw", "ivf"), default="auto",
                    help="auto: exact up to --exact-max vectors, HNSW above")
-    p.add_argument("--exact-max", type=_positive_int, default=100_000)
+    p.add_argument("--exact-max", type=positive_int, default=100_000)
     p.set_defaults(func=_search_build)
-    p = _one_line_errors(s_sub.add_parser("query", help="top-k neighbours of keys or image files"))
+    p = s_sub.add_parser("query", help="top-k neighbours of keys or image files")
     p.add_argument("index", help="index folder (from `viewstream search build`)")
     p.add_argument("--key", nargs="+", default=[], help="query with stored rows' keys")
     p.add_argument("--image", nargs="+", default=[], help="query with image files (needs the checkpoint)")
     p.add_argument("--checkpoint", default=None, help="default: the checkpoint the embeddings came from")
-    p.add_argument("--k", type=_positive_int, default=10)
+    p.add_argument("--k", type=positive_int, default=10)
     p.add_argument("--grid", default=None, help="write a retrieval grid PNG here (needs the dataset)")
     p.add_argument("--dataset", default=None, help="default: the dataset the embeddings came from")
     p.add_argument("--json", dest="json_out", default=None)
     p.set_defaults(func=_search_query)
 
-    p = _one_line_errors(subparsers.add_parser(
-        "export", help="backbone -> plain torchvision/timm state_dict (.safetensors) + how to load it"))
+    p = subparsers.add_parser(
+        "export", help="backbone -> plain torchvision/timm state_dict (.safetensors) + how to load it")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="output .safetensors (a .json with the load code is written beside)")
     p.set_defaults(func=_export)
