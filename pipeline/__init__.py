@@ -13,10 +13,29 @@ Modules: `spec` (what views), `epochs` (exact per-rank plans), `samples`/`stream
 and checking shards, S3 resume), `params` (all randomness, drawn in numpy), `dali_graph`
 (the DALI graph for both backends), `producer` (background reading ahead), `loader`.
 """
-from pipeline.batch import ViewBatch
-from pipeline.epochs import DataPosition
-from pipeline.loader import ViewLoader
-from pipeline.spec import RECIPES, Augmentation, ViewConfig, ViewSpec
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = ["Augmentation", "DataPosition", "RECIPES", "ViewBatch", "ViewConfig", "ViewLoader",
-           "ViewSpec"]
+# Public names and the module each lives in. They are imported on first use, so that
+# `import pipeline.commands` (the CLI's help, every `viewstream` start) does not pay for torch
+# and DALI.
+_EXPORTS = {
+    "Augmentation": "pipeline.spec", "RECIPES": "pipeline.spec", "ViewConfig": "pipeline.spec",
+    "ViewSpec": "pipeline.spec", "DataPosition": "pipeline.epochs", "ViewBatch": "pipeline.batch",
+    "ViewLoader": "pipeline.loader",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from pipeline.batch import ViewBatch
+    from pipeline.epochs import DataPosition
+    from pipeline.loader import ViewLoader
+    from pipeline.spec import RECIPES, Augmentation, ViewConfig, ViewSpec
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

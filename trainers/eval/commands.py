@@ -12,9 +12,6 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-import torch
-
 from viewstream.argtypes import positive_int
 from viewstream.errors import UsageError
 
@@ -117,6 +114,8 @@ def _model(args: argparse.Namespace):
 
 def _labelled_splits(args: argparse.Namespace):
     """(train FeatureSet-like, test, producer) from embeddings files or checkpoint + shards."""
+    import torch
+
     from trainers.eval.features import FeatureSet
 
     if args.train_embeddings or args.test_embeddings:
@@ -153,6 +152,8 @@ def _labelled_splits(args: argparse.Namespace):
 
 def _align_labels(train, train_vocab: Optional[list[str]], test, test_vocab: Optional[list[str]]) -> None:
     """Renumber test labels into the train split's vocabulary (each split numbers its own sorted labels)."""
+    import torch
+
     if not train_vocab or not test_vocab or train_vocab == test_vocab:
         return
     vocab = list(train_vocab) + [name for name in test_vocab if name not in train_vocab]
@@ -241,6 +242,9 @@ def _search_build(args: argparse.Namespace) -> int:
 
 
 def _search_query(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
     from trainers.eval.search import SearchIndex
     from trainers.eval.sources import check_same_producer
 
