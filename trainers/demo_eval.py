@@ -62,14 +62,14 @@ def evaluate_encoders(config: TrainConfig, checkpoint: str, shards: dict[str, st
 
 def write_demo_plots(config: TrainConfig, result: Any, shards: dict[str, str], out: Path) -> list[Path]:
     """Loss/LR curves, kNN over training, a grid of real augmented views, a retrieval grid."""
-    from trainers.eval.plots import (plot_knn_over_training, plot_retrieval_grid, plot_training_curves,
-                                     plot_view_grid, denormalize)
+    from trainers.eval.plots import (denormalize, load_metrics, plot_knn_over_training, plot_retrieval_grid,
+                                     plot_training_curves, plot_view_grid)
     from trainers.eval.search import SearchIndex
 
     plots_dir = out / "plots"
     metrics = result.out_dir / "metrics.jsonl"
     paths = [plot_training_curves(metrics, plots_dir / "loss_lr.png", title=config.method["name"])]
-    if any("knn_top1" in r for r in _records(metrics)):
+    if any("knn_top1" in r for r in load_metrics(metrics)):
         paths.append(plot_knn_over_training(metrics, plots_dir / "knn_over_training.png"))
     views = ViewLoader(config.data.dataset, config.view_spec(), 8, seed=config.seed, num_threads=1)
     paths.append(plot_view_grid(next(iter(views.iter_epoch(0))), plots_dir / "augmented_views.png"))
@@ -91,8 +91,3 @@ def write_demo_plots(config: TrainConfig, result: Any, shards: dict[str, str], o
                                      query_labels=[vocab[labels[q]] for q in range(6)]))
     return paths
 
-
-def _records(metrics: Path) -> list[dict]:
-    from trainers.metrics import read_metrics
-
-    return read_metrics(metrics)

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from trainers.metrics import METRICS_FILE, read_metrics  # noqa: E402
 from viewstream.errors import UsageError  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,13 +57,11 @@ def _smooth(y: np.ndarray, span: int) -> np.ndarray:
 def load_metrics(metrics: str | os.PathLike | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Metrics records from a JSONL file, a run folder holding metrics.jsonl, or a list already."""
     if isinstance(metrics, (str, os.PathLike)):
-        import json
-
         path = Path(metrics)
-        path = path / "metrics.jsonl" if path.is_dir() else path
+        path = path / METRICS_FILE if path.is_dir() else path
         if not path.is_file():
             raise UsageError(f"no metrics file at {str(path)!r}")
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_metrics(path)
     return list(metrics)
 
 
