@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_deploy.py [--groups 300] [--size 320] [--repeats 2] [--formats jpg]
 
 (a) sharding with 2 local worker processes (`--workers 2`), (b) as Ray tasks (`--ray`) on a local
-two-node Ray cluster (head + worker node, 1 CPU each, tests/helpers/ray_cluster.py). Both
+two-node Ray cluster (head + worker node, 1 CPU each, deploy/local/ray_cluster.py). Both
 executors are started before the clock runs (and warmed by an untimed round), so the figures are
 the steady-state rate a long run sees, not Python or Ray start-up.
 Both use the same 2 CPUs, so the ratio is what Ray's task scheduling, object transfer and
@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from sharding.executors import ProcessExecutor, RayExecutor  # noqa: E402
 from sharding.run import shard_dataset  # noqa: E402
 from sharding.synthetic import generate_view_corpus  # noqa: E402
-from tests.helpers.ray_cluster import LocalRayCluster  # noqa: E402
+from deploy.local.ray_cluster import LocalRayCluster  # noqa: E402
 
 OPTIONS = dict(group_by="dir", label_from="parent", shard_samples=16, progress=False)
 

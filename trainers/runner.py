@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from sharding.dataset import load_manifest
 from sharding.storage import Storage
@@ -110,15 +110,20 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def run_training(config: TrainConfig, address: Optional[str] = None) -> TrainResult:
-    """Train `config` on Ray Train (resuming the run if it has checkpoints) and return the result."""
+def run_training(config: TrainConfig, address: Optional[str] = None,
+                 epoch_hooks: Sequence[Any] = ()) -> TrainResult:
+    """Train `config` on Ray Train (resuming the run if it has checkpoints) and return the result.
+
+    `epoch_hooks` are `trainers.train_loop.EpochHook` objects (e.g. the online kNN probe that
+    the front door adds from `evaluation`); they are pickled to every worker.
+    """
     config.method_config()
     config = with_absolute_paths(config)
     check_inputs(config)
     started_ray = connect_ray(address or config.run.address, num_cpus=None)
     try:
         check_cluster(config)
-        return _fit(config)
+        return _fit(config, epoch_hooks)
     finally:
         if started_ray:
             import ray
@@ -126,7 +131,7 @@ def run_training(config: TrainConfig, address: Optional[str] = None) -> TrainRes
             ray.shutdown()
 
 
-def _fit(config: TrainConfig) -> TrainResult:
+def _fit(config: TrainConfig, epoch_hooks: Sequence[Any] = ()) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -136,7 +141,7 @@ def _fit(config: TrainConfig) -> TrainResult:
     s = config.scaling
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.model_dump(mode="json")},
+        train_loop_config={"config": config.model_dump(mode="json"), "epoch_hooks": list(epoch_hooks)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
         ),

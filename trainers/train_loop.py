@@ -16,7 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 import numpy as np
 import torch
@@ -64,6 +64,19 @@ def batch_digest(batch: ViewBatch) -> int:
     """A short, order-sensitive fingerprint of the samples in a batch (for audit logs)."""
     h = hashlib.blake2b("\n".join(batch.keys).encode(), digest_size=7)
     return int.from_bytes(h.digest(), "little")
+
+
+class EpochHook(Protocol):
+    """Work done at the end of chosen epochs (e.g. the online kNN probe of `evaluation`).
+
+    The hook is built on the driver, shipped to every worker (so it must pickle), and
+    `setup` is called once per worker. It lets stages above trainers watch training without
+    trainers importing them. The returned callable `(method, epoch, last)` runs on every rank at each epoch end and
+    returns the metrics to log (rank 0's are logged) or None when it has nothing this epoch.
+    """
+
+    def setup(self, config: TrainConfig, rank: int, world_size: int, device: str
+              ) -> Callable[[Method, int, bool], Optional[dict[str, float]]]: ...
 
 
 class Trainer:
@@ -184,7 +197,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics, checkpoint=None)
 
-    monitor = _monitor(config, rank, device)
+    hooks = [hook.setup(config, rank, world_size, device) for hook in payload.get("epoch_hooks", ())]
     while trainer.step < trainer.total_steps:
         epoch = trainer.position.epoch
         batches = timer.timed_batches(trainer.loader.iter_epoch(epoch, trainer.position.batch))
@@ -204,11 +217,11 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                 report(final=step == trainer.total_steps)
             if step >= trainer.total_steps:
                 break
-        if monitor and trainer.position.batch == 0 and trainer.position.epoch > epoch:
-            if trainer.position.epoch % config.monitor.every_epochs == 0 or trainer.step >= trainer.total_steps:
-                accuracy = monitor(trainer.method)
-                if rank == 0:
-                    logger.log({"step": trainer.step, "epoch": trainer.position.epoch, "knn_top1": accuracy})
+        if trainer.position.batch == 0 and trainer.position.epoch > epoch:
+            for hook in hooks:
+                logged = hook(trainer.method, trainer.position.epoch, trainer.step >= trainer.total_steps)
+                if logged and rank == 0:
+                    logger.log({"step": trainer.step, "epoch": trainer.position.epoch, **logged})
     logger.close()
 
 
@@ -222,13 +235,3 @@ def _gather_digests(digest: int, world_size: int) -> str:
     everyone = [torch.zeros_like(mine) for _ in range(world_size)]
     dist.all_gather(everyone, mine)
     return "-".join(f"{int(t.item()):014x}" for t in everyone)
-
-
-def _monitor(config: TrainConfig, rank: int, device: str):
-    """The online kNN probe (rank 0 computes; the others wait at the next collective)."""
-    if config.monitor is None:
-        return None
-    from trainers.monitor import OnlineKnn
-
-    probe = OnlineKnn(config.monitor, device=device, endpoint_url=config.data.endpoint_url)
-    return (lambda method: probe(method.eval_backbone)) if rank == 0 else (lambda method: float("nan"))

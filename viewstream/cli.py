@@ -17,9 +17,9 @@ from viewstream.errors import UsageError
 COMMAND_MODULES = (
     "sharding.commands",      # shard, inspect
     "pipeline.commands",      # views (what the pipeline feeds the model)
-    "trainers.commands",      # train
-    "trainers.eval.commands", # eval, embed, search, export
-    "trainers.demo",          # demo
+    "viewstream.train_command",  # train (trainers + the evaluation stage's online monitor)
+    "evaluation.commands",       # eval, embed, search, export
+    "viewstream.demo",           # demo (composes every stage)
 )
 
 

@@ -5,7 +5,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.helpers.ray_cluster import LocalRayCluster
+from deploy.local.ray_cluster import LocalRayCluster
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import urllib.request
 import psutil
 import pytest
 
-from tests.helpers.ray_cluster import HEAD_RESOURCE, WORKER_RESOURCE, LocalRayCluster
+from deploy.local.ray_cluster import HEAD_RESOURCE, WORKER_RESOURCE, LocalRayCluster
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sharding.synthetic import generate_view_corpus
-from tests.helpers.ray_cluster import LocalRayCluster
+from deploy.local.ray_cluster import LocalRayCluster
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import yaml
 
 from sharding.fashion_mnist import export_fashion_mnist
 from sharding.run import shard_dataset
-from tests.helpers.ray_cluster import LocalRayCluster
+from deploy.local.ray_cluster import LocalRayCluster
 from tests.training.conftest import small_config
 
 pytestmark = pytest.mark.integration

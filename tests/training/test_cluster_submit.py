@@ -9,7 +9,7 @@ import boto3
 import pytest
 import yaml
 
-from tests.helpers.ray_cluster import LocalRayCluster
+from deploy.local.ray_cluster import LocalRayCluster
 from tests.helpers.s3_server import moto_s3_server
 from tests.training.conftest import small_config
 from trainers.checkpoint import load_meta, load_state, resolve_checkpoint

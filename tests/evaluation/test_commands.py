@@ -108,7 +108,7 @@ def test_eval_retrieval_uses_two_photos_per_group(tmp_path, ckpt, labelled_group
 
 
 def test_search_build_and_query_by_key_and_image(tmp_path, capsys, ckpt, embedded, labelled_groups):
-    from trainers.eval.sources import read_sample_image
+    from evaluation.sources import read_sample_image
 
     index_dir = tmp_path / "index"
     assert main(["search", "build", embedded["train"], str(index_dir)]) == 0
@@ -166,8 +166,8 @@ def test_export_command_writes_a_loadable_state_dict(tmp_path, capsys, other_ckp
 
 
 def test_embeddings_of_splits_with_different_label_sets_are_aligned(tmp_path):
-    from trainers.eval.commands import _align_labels
-    from trainers.eval.features import FeatureSet
+    from evaluation.commands import _align_labels
+    from evaluation.features import FeatureSet
 
     train = FeatureSet(torch.zeros(3, 2), torch.tensor([0, 1, 2]))
     test = FeatureSet(torch.zeros(3, 2), torch.tensor([0, 1, 1]))

@@ -14,9 +14,9 @@ import torch
 from pipeline import ViewLoader, ViewSpec
 from trainers.checkpoint import load_backbone
 from trainers.config import TrainConfig
-from trainers.eval.features import extract_features
-from trainers.eval.sources import labelled_features
-from trainers.eval.knn import knn_evaluate
+from evaluation.features import extract_features
+from evaluation.sources import labelled_features
+from evaluation.knn import knn_evaluate
 from trainers.methods import build_method
 
 K = 20
@@ -62,9 +62,9 @@ def evaluate_encoders(config: TrainConfig, checkpoint: str, shards: dict[str, st
 
 def write_demo_plots(config: TrainConfig, result: Any, shards: dict[str, str], out: Path) -> list[Path]:
     """Loss/LR curves, kNN over training, a grid of real augmented views, a retrieval grid."""
-    from trainers.eval.plots import (denormalize, load_metrics, plot_knn_over_training, plot_retrieval_grid,
+    from evaluation.plots import (denormalize, load_metrics, plot_knn_over_training, plot_retrieval_grid,
                                      plot_training_curves, plot_view_grid)
-    from trainers.eval.search import SearchIndex
+    from evaluation.search import SearchIndex
 
     plots_dir = out / "plots"
     metrics = result.out_dir / "metrics.jsonl"

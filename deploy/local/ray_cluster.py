@@ -34,7 +34,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.helpers.processes import MARKER_ENV, Listener, kill, listening_sockets, marked_pids, processes
+from deploy.local.processes import MARKER_ENV, Listener, kill, listening_sockets, marked_pids, processes
 
 LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::ffff:127.0.0.1"})
 HEAD_RESOURCE = "node_head"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainers.eval.features import FeatureSet, extract_features, iter_features
+from evaluation.features import FeatureSet, extract_features, iter_features
 from viewstream.errors import UsageError
 
 DEFAULT_CROP_FRACTION = 0.875

@@ -2,7 +2,7 @@
 
 Each command reads a checkpoint (through `trainers.checkpoint.load_backbone`) and shards
 (through the pipeline's ViewLoader with the eval recipe), or embeddings Parquet files made by
-`embed`, then calls the pure pieces of `trainers.eval`. Results print as a short table and,
+`embed`, then calls the pure pieces of `evaluation`. Results print as a short table and,
 with ``--json PATH``, as one JSON object.
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _emit(result: dict[str, Any], json_out: Optional[str], lines: list[str]) -> 
 
 def _model(args: argparse.Namespace):
     """(backbone, info, image_size, crop_fraction) from --checkpoint and the size flags."""
-    from trainers.eval.sources import DEFAULT_CROP_FRACTION, load_checkpoint_backbone
+    from evaluation.sources import DEFAULT_CROP_FRACTION, load_checkpoint_backbone
 
     if not args.checkpoint:
         raise UsageError("--checkpoint is required (or pass embeddings files instead)")
@@ -116,11 +116,11 @@ def _labelled_splits(args: argparse.Namespace):
     """(train FeatureSet-like, test, producer) from embeddings files or checkpoint + shards."""
     import torch
 
-    from trainers.eval.features import FeatureSet
+    from evaluation.features import FeatureSet
 
     if args.train_embeddings or args.test_embeddings:
-        from trainers.eval.embeddings import read_embeddings
-        from trainers.eval.sources import check_same_producer
+        from evaluation.embeddings import read_embeddings
+        from evaluation.sources import check_same_producer
 
         if not (args.train_embeddings and args.test_embeddings):
             raise UsageError("pass both --train-embeddings and --test-embeddings")
@@ -137,7 +137,7 @@ def _labelled_splits(args: argparse.Namespace):
         return sets[0][0], sets[1][0], sets[0][1]
     if not (args.train and args.test):
         raise UsageError("pass --checkpoint with --train and --test shards, or --train-embeddings and --test-embeddings")
-    from trainers.eval.sources import eval_loader, labelled_features
+    from evaluation.sources import eval_loader, labelled_features
 
     backbone, info, size, crop = _model(args)
     make = lambda ds: eval_loader(ds, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url)
@@ -162,7 +162,7 @@ def _align_labels(train, train_vocab: Optional[list[str]], test, test_vocab: Opt
 
 # ---- commands -------------------------------------------------------------------------------------
 def _eval_knn(args: argparse.Namespace) -> int:
-    from trainers.eval.knn import knn_evaluate
+    from evaluation.knn import knn_evaluate
 
     train, test, producer = _labelled_splits(args)
     results = knn_evaluate(train.features, train.labels, test.features, test.labels,
@@ -174,7 +174,7 @@ def _eval_knn(args: argparse.Namespace) -> int:
 
 
 def _eval_linear(args: argparse.Namespace) -> int:
-    from trainers.eval.linear import LinearProbeConfig, linear_probe_evaluate
+    from evaluation.linear import LinearProbeConfig, linear_probe_evaluate
 
     train, test, producer = _labelled_splits(args)
     if args.c is not None and args.c <= 0:
@@ -188,18 +188,18 @@ def _eval_linear(args: argparse.Namespace) -> int:
 
 
 def _eval_retrieval(args: argparse.Namespace) -> int:
-    from trainers.eval.retrieval import group_recall_at_k
-    from trainers.eval.search import IndexConfig
+    from evaluation.retrieval import group_recall_at_k
+    from evaluation.search import IndexConfig
 
     if args.embeddings:
-        from trainers.eval.embeddings import read_embeddings
+        from evaluation.embeddings import read_embeddings
 
         emb = read_embeddings(args.embeddings)
         vectors, groups, producer = emb.vectors, emb.groups, emb.metadata
     else:
         if not args.dataset:
             raise UsageError("pass --checkpoint with --dataset, or --embeddings")
-        from trainers.eval.sources import eval_loader, natural_view_features
+        from evaluation.sources import eval_loader, natural_view_features
 
         backbone, info, size, crop = _model(args)
         loader = eval_loader(args.dataset, size, args.batch_size, crop_fraction=crop, views=2,
@@ -214,9 +214,9 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from trainers.eval.embeddings import write_embeddings
-    from trainers.eval.features import iter_features
-    from trainers.eval.sources import eval_loader
+    from evaluation.embeddings import write_embeddings
+    from evaluation.features import iter_features
+    from evaluation.sources import eval_loader
 
     backbone, info, size, crop = _model(args)
     loader = eval_loader(args.dataset, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url)
@@ -229,8 +229,8 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _search_build(args: argparse.Namespace) -> int:
-    from trainers.eval.embeddings import read_embeddings
-    from trainers.eval.search import IndexConfig, SearchIndex
+    from evaluation.embeddings import read_embeddings
+    from evaluation.search import IndexConfig, SearchIndex
 
     emb = read_embeddings(args.embeddings)
     index = SearchIndex.build(emb.vectors, emb.keys, emb.groups, IndexConfig(kind=args.kind, exact_max=args.exact_max))
@@ -245,8 +245,8 @@ def _search_query(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from trainers.eval.search import SearchIndex
-    from trainers.eval.sources import check_same_producer
+    from evaluation.search import SearchIndex
+    from evaluation.sources import check_same_producer
 
     if not args.key and not args.image:
         raise UsageError("pass --key KEY... or --image FILE...")
@@ -259,8 +259,8 @@ def _search_query(args: argparse.Namespace) -> int:
         names += args.key
         pictures += [None] * len(args.key)
     if args.image:
-        from trainers.eval.features import extract_features
-        from trainers.eval.sources import load_checkpoint_backbone, load_query_image
+        from evaluation.features import extract_features
+        from evaluation.sources import load_checkpoint_backbone, load_query_image
 
         checkpoint = args.checkpoint or source.get("checkpoint")
         if not checkpoint:
@@ -294,8 +294,8 @@ def _search_query(args: argparse.Namespace) -> int:
 
 
 def _search_grid(args, source, index, result, pictures) -> None:
-    from trainers.eval.plots import plot_retrieval_grid
-    from trainers.eval.sources import read_sample_image
+    from evaluation.plots import plot_retrieval_grid
+    from evaluation.sources import read_sample_image
 
     dataset = args.dataset or source.get("dataset")
     if not dataset:
@@ -312,8 +312,8 @@ def _search_grid(args, source, index, result, pictures) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from trainers.eval.export import export_backbone
-    from trainers.eval.sources import load_checkpoint_backbone
+    from evaluation.export import export_backbone
+    from evaluation.sources import load_checkpoint_backbone
 
     backbone, info = load_checkpoint_backbone(args.checkpoint)
     meta = info.producer()

@@ -106,8 +106,8 @@ def demo_config(method: str, shards: dict[str, str], out: Path, size: DemoSize) 
 def run_demo(method: str, out: Path, quick: bool) -> dict[str, Any]:
     """Run the demo end to end and return the report (also written to out/report.json)."""
     from trainers.config import TrainConfig
-    from trainers.demo_eval import evaluate_encoders, write_demo_plots
-    from trainers.runner import run_training
+    from viewstream.demo_eval import evaluate_encoders, write_demo_plots
+    from viewstream.train_command import run_monitored_training
 
     if method not in METHOD_SETTINGS:
         raise UsageError(f"--method {method!r}: the demo knows {sorted(METHOD_SETTINGS)}")
@@ -118,7 +118,7 @@ def run_demo(method: str, out: Path, quick: bool) -> dict[str, Any]:
     shards = prepare_shards(out, size, find_fashion_mnist(out))
     config = TrainConfig.model_validate(demo_config(method, shards, out, size))
     print(f"[demo] training {method} with {config.scaling.num_workers} Ray workers on the CPU")
-    result = run_training(config)
+    result = run_monitored_training(config)
     print(result.summary())
     print("[demo] kNN (k=20) of trained vs random-init encoder vs raw pixels")
     scores = evaluate_encoders(config, result.checkpoint, shards)

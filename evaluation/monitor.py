@@ -1,19 +1,20 @@
 """Online kNN during training: how good are the features right now, on held-out labels?
 
-Rank 0 embeds a labelled train split (the memory bank) and a test split with the eval view
+It reaches the training loop as an epoch hook (`OnlineKnnHook`, see
+`trainers.train_loop.EpochHook`), so trainers never import evaluation. Rank 0 embeds a labelled train split (the memory bank) and a test split with the eval view
 recipe and scores weighted kNN (cosine, temperature 0.07), as DINO and solo-learn do.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from pipeline import ViewLoader, ViewSpec
-from trainers.config import MonitorConfig
-from trainers.eval.sources import labelled_features
-from trainers.eval.knn import knn_evaluate
+from trainers.config import MonitorConfig, TrainConfig
+from evaluation.sources import labelled_features
+from evaluation.knn import knn_evaluate
 from viewstream.errors import UsageError
 
 
@@ -39,3 +40,26 @@ class OnlineKnn:
         result = knn_evaluate(train.features, train.labels, test.features, test.labels,
                               ks=(self.config.k,), temperature=self.config.temperature)
         return result[self.config.k].top1
+
+
+class OnlineKnnHook:
+    """The epoch hook that runs :class:`OnlineKnn` every `monitor.every_epochs` (and at the end)."""
+
+    def setup(self, config: TrainConfig, rank: int, world_size: int, device: str
+              ) -> Callable[..., Optional[dict[str, float]]]:
+        monitor = config.monitor
+        assert monitor is not None, "OnlineKnnHook needs a monitor section"
+        probe = OnlineKnn(monitor, device=device, endpoint_url=config.data.endpoint_url) if rank == 0 else None
+
+        def at_epoch_end(method, epoch: int, last: bool) -> Optional[dict[str, float]]:
+            if epoch % monitor.every_epochs != 0 and not last:
+                return None
+            # The other ranks wait for rank 0 at their next collective.
+            return {"knn_top1": probe(method.eval_backbone)} if probe is not None else None
+
+        return at_epoch_end
+
+
+def monitor_hooks(config: TrainConfig) -> list[OnlineKnnHook]:
+    """The epoch hooks a training config asks for (none without a `monitor` section)."""
+    return [OnlineKnnHook()] if config.monitor is not None else []

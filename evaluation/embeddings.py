@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from trainers.eval.features import FeatureBatch
+from evaluation.features import FeatureBatch
 from viewstream.errors import UsageError
 
 METADATA_KEY = b"viewstream"

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from trainers.eval.search import IndexConfig, SearchIndex
+from evaluation.search import IndexConfig, SearchIndex
 from viewstream.errors import UsageError
 
 DEFAULT_RECALL_KS = (1, 5, 10)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainers.eval.embeddings import (EmbeddingWriter, iter_embeddings, read_embeddings,
+from evaluation.embeddings import (EmbeddingWriter, iter_embeddings, read_embeddings,
                                       read_embeddings_metadata, write_embeddings)
-from trainers.eval.features import FeatureBatch, iter_features
+from evaluation.features import FeatureBatch, iter_features
 from viewstream.errors import UsageError
 
 

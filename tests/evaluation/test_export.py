@@ -10,7 +10,7 @@ import torchvision
 from safetensors.torch import load_file
 
 from trainers.backbones import BackboneConfig, build_backbone
-from trainers.eval.export import export_backbone, load_exported, read_export_metadata
+from evaluation.export import export_backbone, load_exported, read_export_metadata
 from viewstream.errors import UsageError
 
 

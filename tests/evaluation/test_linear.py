@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from trainers.eval.linear import LinearProbeConfig, fit_linear_probe, linear_probe_evaluate
+from evaluation.linear import LinearProbeConfig, fit_linear_probe, linear_probe_evaluate
 
 
 def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from pipeline import ViewLoader, ViewSpec
-from trainers.eval.plots import (denormalize, plot_knn_over_training, plot_retrieval_grid,
+from evaluation.plots import (denormalize, plot_knn_over_training, plot_retrieval_grid,
                                  plot_training_curves, plot_view_grid)
 from viewstream.errors import UsageError
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from tests.helpers.ray_cluster import LocalRayCluster
+from deploy.local.ray_cluster import LocalRayCluster
 
 
 def main(argv: list[str] | None = None) -> int:

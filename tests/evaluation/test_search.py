@@ -3,7 +3,7 @@ import faiss
 import numpy as np
 import pytest
 
-from trainers.eval.search import IndexConfig, SearchIndex
+from evaluation.search import IndexConfig, SearchIndex
 from viewstream.errors import UsageError
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from trainers.eval.retrieval import group_recall_at_k
+from evaluation.retrieval import group_recall_at_k
 from viewstream.errors import UsageError
 
 

@@ -1,4 +1,8 @@
-"""`viewstream train CONFIG.yaml [--set a.b=c ...] [--address ADDR]`."""
+"""`viewstream train CONFIG.yaml [--set a.b=c ...] [--address ADDR]`.
+
+Lives in the front door because it composes two stages: the trainers' Ray Train runner and
+the evaluation stage's online kNN monitor (an epoch hook), which trainers must not import.
+"""
 from __future__ import annotations
 
 import argparse
@@ -18,9 +22,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=_train)
 
 
+def run_monitored_training(config, address=None):
+    """`trainers.runner.run_training` with the epoch hooks the config asks for (the kNN monitor)."""
+    from evaluation.monitor import monitor_hooks
+    from trainers.runner import run_training
+
+    return run_training(config, address=address, epoch_hooks=monitor_hooks(config))
+
+
 def _train(args: argparse.Namespace) -> int:
     from trainers.config import TrainConfig
-    from trainers.runner import check_inputs, run_training
+    from trainers.runner import check_inputs
 
     config = TrainConfig.load(args.config, args.overrides)
     if args.check:
@@ -28,6 +40,6 @@ def _train(args: argparse.Namespace) -> int:
         print(f"config OK: {config.method['name']} on {config.data.dataset}, "
               f"{config.scaling.num_workers} workers, batch {config.batch_size}")
         return 0
-    result = run_training(config, address=args.address)
+    result = run_monitored_training(config, address=args.address)
     print(result.summary())
     return 0

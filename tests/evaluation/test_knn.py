@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
-from trainers.eval.knn import knn_evaluate, knn_scores, topk_neighbours
+from evaluation.knn import knn_evaluate, knn_scores, topk_neighbours
 from viewstream.errors import UsageError
 
 
@@ -43,7 +43,7 @@ def test_knn_matches_sklearn_weighted_classifier(k, temperature):
 def test_blocked_topk_equals_full_topk():
     train_x, _ = _clustered(1000, 16, 5, seed=2)
     test_x, _ = _clustered(70, 16, 5, seed=3)
-    from trainers.eval import knn as knn_module
+    from evaluation import knn as knn_module
 
     full_s, full_i = (test_x @ train_x.T).topk(30, dim=1)
     s, i = topk_neighbours(train_x, test_x, 30, test_block=16, train_block=128)

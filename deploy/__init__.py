@@ -1,0 +1,1 @@
+"""deploy/ holds no Python the stages import; `deploy.local` is the local cluster harness."""
