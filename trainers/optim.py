@@ -139,7 +139,8 @@ def _effective_groups(config: OptimizerConfig, parameter_groups: list[dict]) -> 
         g["params"] = list(g["params"])
         if not g["params"]:
             continue
-        norm_or_bias = bool(g.get("norm_or_bias", False))
+        # groups without the flag (hand-made ones): a group of 1-D tensors is biases/norms
+        norm_or_bias = bool(g.get("norm_or_bias", all(p.ndim <= 1 for p in g["params"])))
         g["norm_or_bias"] = norm_or_bias
         if norm_or_bias and config.weight_decay_on_all_parameters:
             g["weight_decay"] = config.weight_decay

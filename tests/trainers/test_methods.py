@@ -27,11 +27,15 @@ def test_built_method_has_the_runner_interface(name):
     method.eval()
     assert method.eval_backbone(images).shape == (2, method.feature_dim)
     groups = method.parameter_groups(0.05)
-    decayed, plain = groups[0]["params"], groups[1]["params"]
-    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    decayed = [p for g in groups if not g["norm_or_bias"] for p in g["params"]]
+    plain = [p for g in groups if g["norm_or_bias"] for p in g["params"]]
+    for g in groups:  # weight decay and LARS adaptation are separate flags, both off for biases/norms
+        assert g["weight_decay"] == (0.0 if g["norm_or_bias"] else 0.05) and g["lars_adaptation"] is not g["norm_or_bias"]
     assert all(p.ndim > 1 for p in decayed) and any(p.ndim == 1 for p in plain)
     trainable = {id(p) for p in method.parameters() if p.requires_grad}
     assert {id(p) for p in decayed + plain} == trainable and len(decayed) + len(plain) == len(trainable)
+    fixed = {id(p) for g in groups if g["fixed_lr"] for p in g["params"]}
+    assert fixed == ({id(p) for p in method.predictor.parameters()} if name == "simsiam" else set())
     assert not any(type(m).__name__.startswith("BatchNorm") for m in method.modules())  # all SyncBatchNorm
 
 
