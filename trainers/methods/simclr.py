@@ -17,7 +17,7 @@ from trainers.methods.base import Method, MethodConfig, register_method
 
 class SimCLRConfig(MethodConfig):
     name: Literal["simclr"] = "simclr"
-    temperature: float = Field(0.1, gt=0, description="tf2/run.py flag temperature default 0.1")
+    temperature: float = Field(0.5, gt=0, description="ImageNet recipe: 0.1 (tf2/run.py default; configs/full/simclr.yaml)")
     projection_hidden_dim: int | None = Field(None, ge=1, description="default: the backbone width (official)")
     projection_dim: int = Field(128, ge=1)
     projection_layers: int = Field(3, ge=1, description="tf2/run.py num_proj_layers default 3")
