@@ -99,27 +99,33 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                update = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
-                if group["lars_adaptation"]:
-                    # torch.where, not `if`: no host sync per parameter on GPUs
-                    w_norm = torch.linalg.vector_norm(p)
-                    if group.get("larc"):
-                        u_norm = torch.linalg.vector_norm(p.grad)
-                        ratio = group["trust_coefficient"] * w_norm / (u_norm + group["weight_decay"] * w_norm + 1e-8)
-                    else:
-                        u_norm = torch.linalg.vector_norm(update)
-                        ratio = group["trust_coefficient"] * w_norm / u_norm.clamp_min(torch.finfo(u_norm.dtype).tiny)
-                    ratio = torch.where((w_norm > 0) & (u_norm > 0), ratio, torch.ones_like(ratio))
-                    update.mul_(ratio)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            wd = group["weight_decay"]
+            updates = torch._foreach_add(grads, params, alpha=wd) if wd else [g.clone() for g in grads]
+            if group["lars_adaptation"]:
+                # one vectorised ratio for the whole group (foreach norms, torch.where): no host
+                # sync and a handful of kernels instead of several per parameter
+                w_norm = torch.stack(torch._foreach_norm(params))
+                if group.get("larc"):
+                    u_norm = torch.stack(torch._foreach_norm(grads))
+                    ratio = group["trust_coefficient"] * w_norm / (u_norm + wd * w_norm + 1e-8)
+                else:
+                    u_norm = torch.stack(torch._foreach_norm(updates))
+                    ratio = group["trust_coefficient"] * w_norm / u_norm.clamp_min(torch.finfo(u_norm.dtype).tiny)
+                ratio = torch.where((w_norm > 0) & (u_norm > 0), ratio, torch.ones_like(ratio))
+                torch._foreach_mul_(updates, list(ratio.unbind()))
+            bufs = []
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"]
-                buf.mul_(group["momentum"]).add_(update)
-                p.add_(buf, alpha=-group["lr"])
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, updates)
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
         return loss
 
 
