@@ -4,13 +4,16 @@ A runner drives any method the same way (one step, every rank)::
 
     method = build_method(config, seed=seed)            # registry by config.name, SyncBN inside
     optimizer = build_optimizer(opt_cfg, method.parameter_groups(opt_cfg.weight_decay), global_batch)
+    schedule = optimizer_schedule(opt_cfg, global_batch, total_steps)  # per-group LR and WD
     for step in range(start, total_steps):
+        schedule.apply(optimizer, step)
         views = batch.views                             # global crops first, then local crops
         loss, logs = method.training_step(views, step)  # loss: this rank's local mean;
                                                         # logs local too: reduce_logs(logs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(method)                       # trainers.distributed, instead of DDP
+        method.clip_gradients(max_norm)                 # if configured; DINO clips per parameter
         optimizer.step()
         method.on_after_optimizer_step(step, total_steps)  # EMA teachers/targets
 
