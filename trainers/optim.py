@@ -92,6 +92,14 @@ class LARS(torch.optim.Optimizer):
                         trust_coefficient=trust_coefficient, lars_adaptation=lars_adaptation, larc=larc)
         super().__init__(params, defaults)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Also reads checkpoints of timm's Lars: its groups adapted iff weight_decay != 0."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group.setdefault("trust_coefficient", group.get("trust_coeff", self.defaults["trust_coefficient"]))
+            group.setdefault("lars_adaptation", group.get("always_adapt", False) or group["weight_decay"] != 0)
+            group.setdefault("larc", False)
+
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's signature
         loss = None

@@ -175,3 +175,32 @@ def test_ema_momentum_rises_from_base_to_one_on_a_cosine():
 def test_teacher_temperature_warms_up_linearly_then_stays():
     s = teacher_temperature_schedule(0.04, 0.07, warmup_steps=4, total_steps=8)
     np.testing.assert_allclose(s, [0.04, 0.05, 0.06, 0.07, 0.07, 0.07, 0.07, 0.07])
+
+
+def test_lars_resumes_from_a_timm_lars_checkpoint():
+    """Runs checkpointed before this LARS (timm's Lars) resume with timm's semantics."""
+    import copy
+
+    from timm.optim import Lars
+
+    torch.manual_seed(3)
+    w, b = torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4))
+    old = Lars([{"params": [w], "weight_decay": 1e-6}, {"params": [b], "weight_decay": 0.0}], lr=0.1, momentum=0.9)
+    w.grad, b.grad = torch.randn(4, 4), torch.randn(4)
+    old.step()
+    saved, w1, b1 = copy.deepcopy(old.state_dict()), w.detach().clone(), b.detach().clone()
+    g2w, g2b = torch.randn(4, 4), torch.randn(4)
+    w.grad, b.grad = g2w.clone(), g2b.clone()
+    old.step()
+    expected_w, expected_b = w.detach().clone(), b.detach().clone()
+
+    with torch.no_grad():
+        w.copy_(w1), b.copy_(b1)
+    new = LARS([{"params": [w]}, {"params": [b]}], lr=0.5)
+    new.load_state_dict(saved)
+    assert [g["lars_adaptation"] for g in new.param_groups] == [True, False]
+    assert new.param_groups[0]["trust_coefficient"] == 0.001 and new.param_groups[0]["lr"] == 0.1
+    w.grad, b.grad = g2w.clone(), g2b.clone()
+    new.step()
+    torch.testing.assert_close(b.detach(), expected_b)  # plain SGD with momentum, as timm
+    torch.testing.assert_close(w.detach(), expected_w, rtol=1e-5, atol=1e-6)  # timm's ratio differs by O(wd)
