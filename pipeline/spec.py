@@ -135,7 +135,8 @@ class ViewSpec(BaseModel):
         (0.4, 0.4, 0.2, 0.1); global 1 blur p 1.0; global 2 blur p 0.1 and solarize 0.2; local
         crops blur p 0.5. style "swav" (facebookresearch/swav src/multicropdataset.py lines 37-52,
         88-94): every crop the same, jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5,
-        no solarize. Explicit `augment` arguments override either.
+        no solarize. Explicit `augment` arguments override the shared values of either style
+        (and, for "swav", blur/solarize too); "dino"'s per-crop blur and solarize stay as listed.
         """
         if num_local < 0:
             raise UsageError(f"num_local={num_local}: expected an integer >= 0")

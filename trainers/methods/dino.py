@@ -24,6 +24,7 @@ from trainers.schedules import ema_momentum, teacher_temperature
 
 class DINOConfig(MethodConfig):
     supports_local_views = True
+    backbone_defaults = {"drop_path_rate": 0.1}  # main_dino.py --drop_path_rate 0.1 (student; ViTs only)
 
     name: Literal["dino"] = "dino"
     out_dim: int = Field(65536, ge=1, description="prototypes of the last layer")
