@@ -133,19 +133,20 @@ class MoCoV3ViTBackbone(nn.Module):
     patch embedding (`stop_grad_conv1`, lines 49-51; the paper's ViT recipes use it).
     """
 
-    def __init__(self, config: BackboneConfig, embed_dim: int = 384, depth: int = 12, num_heads: int = 12) -> None:
+    def __init__(self, config: BackboneConfig, embed_dim: int = 384, depth: int = 12, num_heads: int = 12,
+                 model_name: str = "vit_small_patch16_224") -> None:
         super().__init__()
         import math
-        from functools import partial
 
-        from timm.models.vision_transformer import VisionTransformer
+        import timm  # lazy: importing timm costs seconds in every spawned worker
 
         patch = config.patch_size or 16
-        self.net = VisionTransformer(
-            img_size=config.image_size, patch_size=patch, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-            mlp_ratio=4, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=0,
+        # create_model (not the class): the model names its architecture, so `export` can rebuild it
+        self.net = timm.create_model(
+            model_name, pretrained=False, img_size=config.image_size, patch_size=patch, embed_dim=embed_dim,
+            depth=depth, num_heads=num_heads, mlp_ratio=4, qkv_bias=True, num_classes=0,
             dynamic_img_size=True, drop_path_rate=config.drop_path_rate,
-        )
+        )  # timm's ViT norm layer is LayerNorm(eps=1e-6), as vits.py
         net = self.net
         net.pos_embed = nn.Parameter(sincos_position_embedding(net.patch_embed.grid_size, embed_dim),
                                      requires_grad=False)
@@ -214,7 +215,8 @@ register_backbone(
 register_backbone("vit_small_mocov3", MoCoV3ViTBackbone)  # MoCo v3's ViT-S/16 (12 heads, sin-cos positions)
 register_backbone(
     "vit_tiny_mocov3",  # the same construction at CPU-test size
-    lambda c: MoCoV3ViTBackbone(c.model_copy(update={"patch_size": c.patch_size or 4}), embed_dim=64, depth=2, num_heads=2),
+    lambda c: MoCoV3ViTBackbone(c.model_copy(update={"patch_size": c.patch_size or 4}), embed_dim=64, depth=2, num_heads=2,
+                                model_name="vit_tiny_patch16_224"),
 )
 register_backbone("convnet", ConvNetBackbone)
 

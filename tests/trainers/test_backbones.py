@@ -83,3 +83,12 @@ def test_moco_v3_vit_trains_everything_but_the_frozen_parts():
     trainable = build_backbone(BackboneConfig(name="vit_tiny_mocov3", image_size=16))
     assert {n for n, p in trainable.named_parameters() if not p.requires_grad} == {"net.pos_embed"}
 
+
+
+def test_moco_v3_vit_exports_as_a_timm_model(tmp_path):
+    """Built with timm.create_model, the MoCo v3 ViT names its architecture: export rebuilds and verifies it."""
+    from evaluation.export import export_backbone
+
+    backbone = build_backbone(BackboneConfig(name="vit_tiny_mocov3", image_size=16)).eval()
+    info = export_backbone(backbone, tmp_path / "vit.safetensors", verify=True)
+    assert info.metadata["library"] == "timm" and "num_heads=2" in info.metadata["build_code"]
