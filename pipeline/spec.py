@@ -106,7 +106,7 @@ class ViewSpec(BaseModel):
         """SimCLR (Chen et al. 2020): two identical random views, blur p 0.5, no solarize.
 
         The defaults are MoCo v2's / SimSiam's jitter (0.4, 0.4, 0.4, 0.1). `color_jitter_strength`
-        s gives SimCLR's (0.8s, 0.8s, 0.8s, 0.2s) (google-research/simclr data_util.py
+        s gives SimCLR's (0.8s, 0.8s, 0.8s, 0.2s) (google-research/simclr tf2/data_util.py 53-69
         `color_jitter`; the ImageNet recipe uses s = 1.0).
         """
         if color_jitter_strength is not None:
