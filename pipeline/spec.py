@@ -102,8 +102,16 @@ class ViewSpec(BaseModel):
 
     # ---- recipes ---------------------------------------------------------------------------
     @classmethod
-    def simclr(cls, size: int = 224, **augment) -> "ViewSpec":
-        """SimCLR (Chen et al. 2020): two identical random views, blur p 0.5, no solarize."""
+    def simclr(cls, size: int = 224, color_jitter_strength: float | None = None, **augment) -> "ViewSpec":
+        """SimCLR (Chen et al. 2020): two identical random views, blur p 0.5, no solarize.
+
+        The defaults are MoCo v2's / SimSiam's jitter (0.4, 0.4, 0.4, 0.1). `color_jitter_strength`
+        s gives SimCLR's (0.8s, 0.8s, 0.8s, 0.2s) (google-research/simclr tf2/data_util.py 53-69
+        `color_jitter`; the ImageNet recipe uses s = 1.0).
+        """
+        if color_jitter_strength is not None:
+            s = color_jitter_strength
+            augment = dict(brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s) | augment
         aug = Augmentation(**augment)
         return cls(views=[ViewConfig(size=size, augment=aug)] * 2, recipe="simclr")
 
@@ -119,18 +127,28 @@ class ViewSpec(BaseModel):
     @classmethod
     def multicrop(cls, global_size: int = 224, local_size: int = 96, num_local: int = 6,
                   global_scale: tuple[float, float] = (0.14, 1.0),
-                  local_scale: tuple[float, float] = (0.05, 0.14), **augment) -> "ViewSpec":
+                  local_scale: tuple[float, float] = (0.05, 0.14), style: Literal["dino", "swav"] = "dino",
+                  **augment) -> "ViewSpec":
         """SwAV/DINO multi-crop: 2 global crops + `num_local` small local crops.
 
-        Augmentations follow DINO: global 1 blur p 1.0; global 2 blur p 0.1 and solarize 0.2;
-        local crops blur p 0.5.
+        style "dino" (facebookresearch/dino main_dino.py `DataAugmentationDINO`): jitter
+        (0.4, 0.4, 0.2, 0.1); global 1 blur p 1.0; global 2 blur p 0.1 and solarize 0.2; local
+        crops blur p 0.5. style "swav" (facebookresearch/swav src/multicropdataset.py lines 37-52,
+        88-94): every crop the same, jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5,
+        no solarize. Explicit `augment` arguments override the shared values of either style
+        (and, for "swav", blur/solarize too); "dino"'s per-crop blur and solarize stay as listed.
         """
         if num_local < 0:
             raise UsageError(f"num_local={num_local}: expected an integer >= 0")
-        base = dict(saturation=0.2) | augment
-        g1 = Augmentation(**(base | dict(scale=global_scale, blur_p=1.0, solarize_p=0.0)))
-        g2 = Augmentation(**(base | dict(scale=global_scale, blur_p=0.1, solarize_p=0.2)))
-        loc = Augmentation(**(base | dict(scale=local_scale, blur_p=0.5, solarize_p=0.0)))
+        if style == "swav":
+            base = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_p=0.5, solarize_p=0.0) | augment
+            g1 = g2 = Augmentation(**(base | dict(scale=global_scale)))
+            loc = Augmentation(**(base | dict(scale=local_scale)))
+        else:
+            base = dict(saturation=0.2) | augment
+            g1 = Augmentation(**(base | dict(scale=global_scale, blur_p=1.0, solarize_p=0.0)))
+            g2 = Augmentation(**(base | dict(scale=global_scale, blur_p=0.1, solarize_p=0.2)))
+            loc = Augmentation(**(base | dict(scale=local_scale, blur_p=0.5, solarize_p=0.0)))
         views = [ViewConfig(size=global_size, augment=g1), ViewConfig(size=global_size, augment=g2)]
         views += [ViewConfig(size=local_size, kind="local", augment=loc)] * num_local
         return cls(views=views, recipe="multicrop")

@@ -28,7 +28,8 @@ class BackboneConfig(BaseModel):
     zero_init_residual: bool = False
     image_size: int = Field(224, ge=8, description="ViT: size of the global crops (positions interpolate)")
     patch_size: int | None = Field(None, ge=1, description="ViT: patch size (default per model)")
-    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth of the online network (teachers have none)")
+    freeze_patch_embedding: bool = Field(False, description="MoCo v3 ViT: no gradient to the patch projection (--stop-grad-conv1)")
 
 
 class _WidthResNet(tv_resnet.ResNet):
@@ -91,6 +92,9 @@ class ViTBackbone(nn.Module):
         if config.patch_size is not None:
             kwargs["patch_size"] = config.patch_size
         self.net = timm.create_model(model_name, **kwargs)
+        if config.freeze_patch_embedding:
+            for p in self.net.patch_embed.parameters():
+                p.requires_grad_(False)
         self.feature_dim = self.net.num_features
 
     def forward(self, images: Tensor) -> Tensor:
@@ -98,6 +102,75 @@ class ViTBackbone(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to this module) that take no weight decay (timm's list)."""
+        return {f"net.{n}" for n in self.net.no_weight_decay()}
+
+
+def sincos_position_embedding(grid_size: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """MoCo v3's fixed 2-D sin-cos position embedding with a zero class-token row, (1, 1+h*w, dim).
+
+    Line for line facebookresearch/moco-v3 vits.py `build_2d_sincos_position_embedding` (53-69),
+    including its meshgrid order (ij: the first grid axis runs over w).
+    """
+    if dim % 4:
+        raise UsageError(f"sin-cos position embedding needs embed_dim divisible by 4, got {dim}")
+    h, w = grid_size
+    grid_w, grid_h = torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32),
+                                    indexing="ij")
+    pos_dim = dim // 4
+    omega = 1.0 / (temperature ** (torch.arange(pos_dim, dtype=torch.float32) / pos_dim))
+    out_w = torch.einsum("m,d->md", grid_w.flatten(), omega)
+    out_h = torch.einsum("m,d->md", grid_h.flatten(), omega)
+    pos = torch.cat([torch.sin(out_w), torch.cos(out_w), torch.sin(out_h), torch.cos(out_h)], dim=1)[None]
+    return torch.cat([torch.zeros(1, 1, dim), pos], dim=1)
+
+
+class MoCoV3ViTBackbone(nn.Module):
+    """MoCo v3's ViT (vits.py `VisionTransformerMoCo`) on timm's VisionTransformer.
+
+    ViT-S/16: 384 wide, 12 blocks, 12 heads (vits.py line 117; DeiT-S/timm's vit_small has 6),
+    fixed 2-D sin-cos position embedding (not learned), MoCo v3's initialisation (lines 32-47:
+    xavier-uniform with Q, K, V treated separately, cls token N(0, 1e-6)), and optionally a frozen
+    patch embedding (`stop_grad_conv1`, lines 49-51; the paper's ViT recipes use it).
+    """
+
+    def __init__(self, config: BackboneConfig, embed_dim: int = 384, depth: int = 12, num_heads: int = 12,
+                 model_name: str = "vit_small_patch16_224") -> None:
+        super().__init__()
+        import math
+
+        import timm  # lazy: importing timm costs seconds in every spawned worker
+
+        patch = config.patch_size or 16
+        # create_model (not the class): the model names its architecture, so `export` can rebuild it
+        self.net = timm.create_model(
+            model_name, pretrained=False, img_size=config.image_size, patch_size=patch, embed_dim=embed_dim,
+            depth=depth, num_heads=num_heads, mlp_ratio=4, qkv_bias=True, num_classes=0,
+            dynamic_img_size=True, drop_path_rate=config.drop_path_rate,
+        )  # timm's ViT norm layer is LayerNorm(eps=1e-6), as vits.py
+        net = self.net
+        net.pos_embed = nn.Parameter(sincos_position_embedding(net.patch_embed.grid_size, embed_dim),
+                                     requires_grad=False)
+        for name, m in net.named_modules():
+            if isinstance(m, nn.Linear):
+                if "qkv" in name:
+                    val = math.sqrt(6.0 / float(m.weight.shape[0] // 3 + m.weight.shape[1]))
+                    nn.init.uniform_(m.weight, -val, val)
+                else:
+                    nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(net.cls_token, std=1e-6)
+        val = math.sqrt(6.0 / float(3 * patch * patch + embed_dim))
+        nn.init.uniform_(net.patch_embed.proj.weight, -val, val)
+        nn.init.zeros_(net.patch_embed.proj.bias)
+        if config.freeze_patch_embedding:
+            net.patch_embed.proj.weight.requires_grad_(False)
+            net.patch_embed.proj.bias.requires_grad_(False)
+        self.feature_dim = net.num_features
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def no_weight_decay(self) -> set[str]:
         return {f"net.{n}" for n in self.net.no_weight_decay()}
 
 
@@ -139,6 +212,12 @@ register_backbone(
     "vit_tiny",  # 2 blocks of width 64: a ViT small enough for CPU tests
     lambda c: ViTBackbone("vit_tiny_patch16_224", c, embed_dim=64, depth=2, num_heads=2, **({} if c.patch_size else {"patch_size": 4})),
 )
+register_backbone("vit_small_mocov3", MoCoV3ViTBackbone)  # MoCo v3's ViT-S/16 (12 heads, sin-cos positions)
+register_backbone(
+    "vit_tiny_mocov3",  # the same construction at CPU-test size
+    lambda c: MoCoV3ViTBackbone(c.model_copy(update={"patch_size": c.patch_size or 4}), embed_dim=64, depth=2, num_heads=2,
+                                model_name="vit_tiny_patch16_224"),
+)
 register_backbone("convnet", ConvNetBackbone)
 
 
@@ -151,10 +230,3 @@ def build_backbone(config: BackboneConfig | dict | str) -> nn.Module:
     if config.name not in BACKBONES:
         raise UsageError(f"unknown backbone {config.name!r}; expected one of: {', '.join(sorted(BACKBONES))}")
     return BACKBONES[config.name](config)
-
-
-@torch.no_grad()
-def _smoke() -> None:  # pragma: no cover - manual check
-    for name in BACKBONES:
-        b = build_backbone(BackboneConfig(name=name, image_size=32, small_images=True, width=0.25))
-        print(name, b(torch.randn(2, 3, 32, 32)).shape, b.feature_dim)

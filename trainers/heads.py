@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["mlp", "DINOHead"]
+__all__ = ["mlp", "simclr_projection_head", "DINOHead"]
 
 
 def mlp(
@@ -13,6 +13,7 @@ def mlp(
     batch_norm: bool = True,
     last_batch_norm: bool = False,
     last_batch_norm_affine: bool = True,
+    last_batch_norm_bias: bool = True,
     bias: bool = True,
     activation: type[nn.Module] = nn.ReLU,
 ) -> nn.Sequential:
@@ -20,7 +21,8 @@ def mlp(
 
     Papers differ only in these switches: SimCLR/BYOL/SwAV: BN in hidden layers; MoCo v2: no BN;
     MoCo v3/SimSiam: also a BN after the last layer (without affine), linear layers without
-    bias where followed by BN.
+    bias where followed by BN; SimCLR: a last BN with a scale but no shift
+    (`last_batch_norm_bias=False`: its bias is frozen at zero, like TF's `center=False`).
     """
     if len(dims) < 2:
         raise ValueError(f"mlp needs at least [in, out] dims, got {dims}")
@@ -34,8 +36,25 @@ def mlp(
                 layers.append(nn.BatchNorm1d(d_out))
             layers.append(activation())
         elif last_batch_norm:
-            layers.append(nn.BatchNorm1d(d_out, affine=last_batch_norm_affine))
+            norm = nn.BatchNorm1d(d_out, affine=last_batch_norm_affine)
+            if last_batch_norm_affine and not last_batch_norm_bias:
+                norm.bias.requires_grad_(False)  # stays 0: BN without beta
+            layers.append(norm)
     return nn.Sequential(*layers)
+
+
+def simclr_projection_head(in_dim: int, out_dim: int = 128, num_layers: int = 3, hidden_dim: int | None = None) -> nn.Sequential:
+    """SimCLR's projection head (google-research/simclr tf2/model.py `ProjectionHead`, lines 169-186).
+
+    `num_layers` dense layers, each followed by BN; hidden layers are input-wide
+    (`num_classes=lambda input_shape: int(input_shape[-1])`), BN with scale and shift, then ReLU;
+    the output layer has no bias and a BN with scale but no shift (`LinearLayer(use_bias=False,
+    use_bn=True)` -> `BatchNormRelu(relu=False, center=False)`); dense layers never have a bias
+    when followed by BN (`use_bias=self.use_bias and not self.use_bn`).
+    """
+    hidden = hidden_dim or in_dim
+    dims = [in_dim, *([hidden] * (num_layers - 1)), out_dim]
+    return mlp(dims, last_batch_norm=True, last_batch_norm_affine=True, last_batch_norm_bias=False)
 
 
 class DINOHead(nn.Module):

@@ -27,7 +27,7 @@ from trainers.config import TrainConfig
 from trainers.distributed import average_gradients, is_distributed, reduce_logs
 from trainers.methods import Method, build_method
 from trainers.metrics import MetricsLogger
-from trainers.optim import build_optimizer, learning_rate_schedule, set_learning_rate
+from trainers.optim import build_optimizer, optimizer_schedule
 from viewstream.errors import UsageError
 
 
@@ -102,7 +102,7 @@ class Trainer:
         self.optimizer = build_optimizer(
             config.optimizer, self.method.parameter_groups(config.optimizer.weight_decay), config.batch_size
         )
-        self.lr = learning_rate_schedule(config.optimizer, config.batch_size, self.total_steps)
+        self.lr = optimizer_schedule(config.optimizer, config.batch_size, self.total_steps)  # per group: LR, WD
         self.step = 0
         self.position = DataPosition(0, 0)
         self.autocast = (
@@ -132,7 +132,7 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------
     def train_step(self, batch: ViewBatch) -> dict[str, float]:
-        set_learning_rate(self.optimizer, float(self.lr[self.step]))
+        self.lr.apply(self.optimizer, self.step)
         self.method.train()
         with self.autocast:
             loss, logs = self.method.training_step(batch.views, self.step)
@@ -140,7 +140,7 @@ class Trainer:
         loss.backward()
         average_gradients(self.method)
         if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.config.grad_clip)
+            self.method.clip_gradients(self.config.grad_clip)  # global norm; DINO: per parameter
         self.optimizer.step()
         self.method.on_after_optimizer_step(self.step, self.total_steps)
         self.step += 1

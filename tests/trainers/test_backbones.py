@@ -40,3 +40,55 @@ def test_vit_tiny_and_small_sizes():
 def test_unknown_backbone_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown backbone 'vgg'; expected one of: convnet, resnet18"):
         build_backbone("vgg")
+
+
+def _moco_v3_sincos_reference(h: int, w: int, embed_dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """facebookresearch/moco-v3 vits.py build_2d_sincos_position_embedding (lines 53-69), verbatim in torch."""
+    grid_w = torch.arange(w, dtype=torch.float32)
+    grid_h = torch.arange(h, dtype=torch.float32)
+    grid_w, grid_h = torch.meshgrid(grid_w, grid_h, indexing="ij")
+    pos_dim = embed_dim // 4
+    omega = torch.arange(pos_dim, dtype=torch.float32) / pos_dim
+    omega = 1. / (temperature**omega)
+    out_w = torch.einsum('m,d->md', [grid_w.flatten(), omega])
+    out_h = torch.einsum('m,d->md', [grid_h.flatten(), omega])
+    pos_emb = torch.cat([torch.sin(out_w), torch.cos(out_w), torch.sin(out_h), torch.cos(out_h)], dim=1)[None, :, :]
+    pe_token = torch.zeros([1, 1, embed_dim], dtype=torch.float32)
+    return torch.cat([pe_token, pos_emb], dim=1)
+
+
+def test_moco_v3_vit_small_is_the_papers():
+    """vits.py vit_small (115-120): patch 16, 384 wide, 12 blocks, 12 heads (DeiT-S has 6), mlp 4,
+    qkv bias, LayerNorm eps 1e-6; fixed sin-cos positions; stop_grad_conv1 freezes the patch projection."""
+    net = build_backbone(BackboneConfig(name="vit_small_mocov3", freeze_patch_embedding=True)).net
+    assert len(net.blocks) == 12 and net.embed_dim == 384
+    assert all(b.attn.num_heads == 12 for b in net.blocks)
+    assert net.patch_embed.patch_size == (16, 16) and net.blocks[0].attn.qkv.bias is not None
+    assert net.norm.eps == 1e-6 and net.blocks[0].mlp.fc1.out_features == 4 * 384
+    assert not net.pos_embed.requires_grad
+    torch.testing.assert_close(net.pos_embed.detach(), _moco_v3_sincos_reference(14, 14, 384), rtol=0, atol=0)
+    assert not net.patch_embed.proj.weight.requires_grad and not net.patch_embed.proj.bias.requires_grad
+    assert float(net.cls_token.detach().std()) < 1e-5  # nn.init.normal_(cls_token, std=1e-6)
+    # timm's DeiT-S for contrast: what `vit_small` gives (DINO's architecture)
+    deit = build_backbone(BackboneConfig(name="vit_small")).net
+    assert deit.blocks[0].attn.num_heads == 6 and deit.pos_embed.requires_grad
+
+
+def test_moco_v3_vit_trains_everything_but_the_frozen_parts():
+    net = build_backbone(BackboneConfig(name="vit_tiny_mocov3", image_size=16, freeze_patch_embedding=True))
+    net(torch.randn(2, 3, 16, 16)).sum().backward()
+    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
+    assert frozen == {"net.pos_embed", "net.patch_embed.proj.weight", "net.patch_embed.proj.bias"}
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    trainable = build_backbone(BackboneConfig(name="vit_tiny_mocov3", image_size=16))
+    assert {n for n, p in trainable.named_parameters() if not p.requires_grad} == {"net.pos_embed"}
+
+
+
+def test_moco_v3_vit_exports_as_a_timm_model(tmp_path):
+    """Built with timm.create_model, the MoCo v3 ViT names its architecture: export rebuilds and verifies it."""
+    from evaluation.export import export_backbone
+
+    backbone = build_backbone(BackboneConfig(name="vit_tiny_mocov3", image_size=16)).eval()
+    info = export_backbone(backbone, tmp_path / "vit.safetensors", verify=True)
+    assert info.metadata["library"] == "timm" and "num_heads=2" in info.metadata["build_code"]

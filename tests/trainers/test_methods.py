@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.trainers.tiny import TINY_CONFIGS, make_optimizer, make_views, train_step
-from trainers.methods import METHODS, Method, MethodConfig, build_method, parse_method_config
+from trainers.methods import METHODS, Method, MethodConfig, build_method, parse_method_config, stochastic_layers
 from viewstream.errors import UsageError
 
 
@@ -27,11 +27,15 @@ def test_built_method_has_the_runner_interface(name):
     method.eval()
     assert method.eval_backbone(images).shape == (2, method.feature_dim)
     groups = method.parameter_groups(0.05)
-    decayed, plain = groups[0]["params"], groups[1]["params"]
-    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    decayed = [p for g in groups if not g["norm_or_bias"] for p in g["params"]]
+    plain = [p for g in groups if g["norm_or_bias"] for p in g["params"]]
+    for g in groups:  # weight decay and LARS adaptation are separate flags, both off for biases/norms
+        assert g["weight_decay"] == (0.0 if g["norm_or_bias"] else 0.05) and g["lars_adaptation"] is not g["norm_or_bias"]
     assert all(p.ndim > 1 for p in decayed) and any(p.ndim == 1 for p in plain)
     trainable = {id(p) for p in method.parameters() if p.requires_grad}
     assert {id(p) for p in decayed + plain} == trainable and len(decayed) + len(plain) == len(trainable)
+    fixed = {id(p) for g in groups if g["fixed_lr"] for p in g["params"]}
+    assert fixed == ({id(p) for p in method.predictor.parameters()} if name == "simsiam" else set())
     assert not any(type(m).__name__.startswith("BatchNorm") for m in method.modules())  # all SyncBatchNorm
 
 
@@ -125,3 +129,62 @@ def test_state_dict_resume_is_bitwise_identical(name):
         assert a["state"].keys() == b["state"].keys()
         for key in a["state"]:
             assert torch.equal(a["state"][key], b["state"][key]), key
+
+
+# ------------------------------------------------------------------------ teachers and clipping
+VIT_DROP = {"name": "vit_tiny", "image_size": 16, "drop_path_rate": 0.2}
+TEACHERS = {
+    "dino": ("teacher_backbone", "teacher_head"),
+    "byol": ("target_backbone", "target_projector"),
+    "moco_v2": ("key_backbone", "key_projector"),
+    "moco_v3": ("momentum_backbone", "momentum_projector"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEACHERS))
+def test_no_teacher_or_target_network_has_drop_path_or_dropout(name):
+    """DINO main_dino.py 162-166: student with drop_path_rate, teacher built without (same for all EMA copies)."""
+    config = dict(TINY_CONFIGS[name], backbone=VIT_DROP)
+    config.pop("num_local_views", None)
+    if name == "dino":
+        config["num_local_views"] = 0
+    method = build_method(config, seed=0)
+    method.train()
+    assert stochastic_layers(method.backbone)  # the student really has drop-path
+    x = torch.randn(4, 3, 16, 16)
+    for attr in TEACHERS[name]:
+        teacher = getattr(method, attr)
+        assert stochastic_layers(teacher) == [], attr
+        assert all(not m.training or m.p == 0 for m in teacher.modules() if isinstance(m, torch.nn.Dropout))
+    teacher = getattr(method, TEACHERS[name][0])
+    with torch.no_grad():  # in train mode, the teacher is deterministic; the student is not
+        assert torch.equal(teacher(x), teacher(x))
+        assert not torch.equal(method.backbone(x), method.backbone(x))
+
+
+def test_dino_clips_each_parameter_as_dino_utils_clip_gradients():
+    method = build_method(TINY_CONFIGS["dino"], seed=0)
+    torch.manual_seed(0)
+    params = [p for p in method.parameters() if p.requires_grad]
+    for i, p in enumerate(params):
+        p.grad = torch.randn_like(p) * (10.0 if i % 2 else 0.01)
+    expected = []
+    for p in params:  # facebookresearch/dino utils.py 132-141
+        g = p.grad.detach().clone()
+        clip_coef = 3.0 / (g.norm(2) + 1e-6)
+        expected.append(g * clip_coef if clip_coef < 1 else g)
+    method.clip_gradients(3.0)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.grad, e)
+    assert max(float(p.grad.norm()) for p in params) <= 3.0 + 1e-4
+    assert min(float(p.grad.norm()) for p in params) < 1.0  # small ones untouched, not rescaled to 3
+
+
+def test_other_methods_clip_the_global_norm():
+    method = build_method(TINY_CONFIGS["byol"], seed=0)
+    params = [p for p in method.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    method.clip_gradients(1.0)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert float(total) == pytest.approx(1.0, rel=1e-4)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.trainers.spawn import run_distributed
-from tests.trainers.tiny import TINY_CONFIGS, run_all_methods, run_method
+from tests.trainers.tiny import GLOBAL_BATCH, TINY_CONFIGS, TINY_STEPS, run_all_methods, run_method
 
 NAMES = list(TINY_CONFIGS)
 
@@ -29,8 +29,9 @@ def close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("name", NAMES)
 def test_two_processes_equal_one_process_with_double_batch(distributed_runs, name):
-    single = run_method(TINY_CONFIGS[name])
+    single = run_method(TINY_CONFIGS[name], steps=TINY_STEPS.get(name, 2))
     for rank, runs in enumerate(distributed_runs):
+        assert len(runs[name]) == len(single) == TINY_STEPS.get(name, 2)
         for step, (dist_rec, ref) in enumerate(zip(runs[name], single)):
             where = f"{name} rank {rank} step {step}"
             close(dist_rec["loss"], ref["loss"], f"{where} loss")
@@ -47,10 +48,16 @@ def test_two_processes_equal_one_process_with_double_batch(distributed_runs, nam
 def test_the_comparison_covers_state_updates(distributed_runs):
     """Guards against a vacuous pass: the state the test compares really moved."""
     runs = distributed_runs[0]
-    moco = runs["moco_v2"][-1]["state"]
-    assert int(moco["queue_pointer"]) == 16  # two global batches of 8 in a queue of 24
+    moco = [r["state"] for r in runs["moco_v2"]]
+    assert [int(s["queue_pointer"]) for s in moco] == [8, 16, 0, 8]  # 24 keys, batches of 8: wraps after step 2
+    b = GLOBAL_BATCH
+    assert not torch.equal(moco[3]["queue"][:b], moco[2]["queue"][:b])  # step 3 overwrote the oldest keys
+    assert torch.equal(moco[3]["queue"][b:], moco[2]["queue"][b:])     # and nothing else
     swav = runs["swav"]
-    assert swav[0]["logs"]["queue_in_use"] == 0.0 and swav[1]["logs"]["queue_in_use"] == 1.0
+    assert [float(r["logs"]["queue_in_use"]) for r in swav] == [0.0, 0.0, 1.0, 1.0]  # used once 2 batches are in
+    for step in range(1, len(swav)):  # newest first: every step shifts the previous batch back by one
+        before, after = swav[step - 1]["state"]["queue"], swav[step]["state"]["queue"]
+        assert torch.equal(after[:, b:], before[:, :b]) and not torch.equal(after[:, :b], before[:, :b])
     assert "prototypes.weight" in swav[0]["without_grad"] and "prototypes.weight" in swav[1]["grads"]
     dino = runs["dino"]
     assert "head.last_layer.weight" in dino[0]["without_grad"] and "head.last_layer.weight" in dino[1]["grads"]

@@ -8,6 +8,7 @@ from trainers.methods.base import (
     frozen_copy,
     parse_method_config,
     register_method,
+    stochastic_layers,
 )
 from trainers.methods.byol import BYOL, BYOLConfig
 from trainers.methods.dino import DINO, DINOConfig
@@ -19,7 +20,7 @@ from trainers.methods.swav import SwAV, SwAVConfig
 
 __all__ = [
     "METHODS", "Method", "MethodConfig", "build_method", "parse_method_config", "register_method",
-    "ema_update", "frozen_copy",
+    "ema_update", "frozen_copy", "stochastic_layers",
     "BYOL", "BYOLConfig", "DINO", "DINOConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV3Config",
     "SimCLR", "SimCLRConfig", "SimSiam", "SimSiamConfig", "SwAV", "SwAVConfig",
 ]

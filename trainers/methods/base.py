@@ -4,13 +4,16 @@ A runner drives any method the same way (one step, every rank)::
 
     method = build_method(config, seed=seed)            # registry by config.name, SyncBN inside
     optimizer = build_optimizer(opt_cfg, method.parameter_groups(opt_cfg.weight_decay), global_batch)
+    schedule = optimizer_schedule(opt_cfg, global_batch, total_steps)  # per-group LR and WD
     for step in range(start, total_steps):
+        schedule.apply(optimizer, step)
         views = batch.views                             # global crops first, then local crops
         loss, logs = method.training_step(views, step)  # loss: this rank's local mean;
                                                         # logs local too: reduce_logs(logs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(method)                       # trainers.distributed, instead of DDP
+        method.clip_gradients(max_norm)                 # if configured; DINO clips per parameter
         optimizer.step()
         method.on_after_optimizer_step(step, total_steps)  # EMA teachers/targets
 
@@ -25,7 +28,7 @@ import copy
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import Tensor, nn
 
 from trainers.backbones import BACKBONES, BackboneConfig, build_backbone
@@ -41,6 +44,7 @@ __all__ = [
     "build_method",
     "ema_update",
     "frozen_copy",
+    "stochastic_layers",
 ]
 
 
@@ -50,14 +54,23 @@ class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     supports_local_views: ClassVar[bool] = False
+    backbone_defaults: ClassVar[dict[str, Any]] = {}  # the method's own defaults (e.g. zero_init_residual)
 
     name: str
-    backbone: BackboneConfig = BackboneConfig()
+    backbone: BackboneConfig = Field(default_factory=dict, validate_default=True)
     num_global_views: int = Field(2, ge=2, le=2, description="global crops per sample (methods use 2)")
     num_local_views: int = Field(0, ge=0, description="small crops per sample (multi-crop: SwAV, DINO)")
     global_batch_size: int | None = Field(
         None, ge=1, description="samples per step over all ranks; lets construction check queue sizes"
     )
+
+    @field_validator("backbone", mode="before")
+    @classmethod
+    def _method_backbone_defaults(cls, value: Any) -> Any:
+        """Fields the config leaves out take the method's official defaults, not BackboneConfig's."""
+        if isinstance(value, dict):
+            return {**cls.backbone_defaults, **value}
+        return value
 
     @model_validator(mode="after")
     def _check_common(self) -> "MethodConfig":
@@ -113,24 +126,41 @@ class Method(nn.Module):
         """Updates after `optimizer.step()` of `step` (EMA copies); a no-op by default."""
 
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """Two optimizer groups: decayed weights, and biases/norms/tokens with weight_decay=0.
+        """Optimizer groups: decayed weights, and biases/norms/tokens with weight_decay=0.
 
-        LARS (timm) skips the trust ratio for the zero-decay group, so biases and norms are
-        excluded from both weight decay and LARS adaptation. Frozen (EMA) parameters are left out.
+        Each group carries its flags (see trainers.optim): `lars_adaptation` (off for biases and
+        norms, as SimCLR/BYOL/MoCo v3 exclude them), `norm_or_bias`, and `fixed_lr` (groups of
+        :meth:`fixed_lr_modules`, e.g. SimSiam's predictor). Frozen (EMA) parameters are left out.
         """
-        no_decay_names = {f"backbone.{n}" for n in getattr(self.backbone, "no_weight_decay", lambda: set())()}
-        decay, no_decay = [], []
+        no_decay_names = self.no_weight_decay_names()
+        fixed = {id(p) for m in self.fixed_lr_modules() for p in m.parameters()}
+        buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            if param.ndim <= 1 or name.endswith(".bias") or name in no_decay_names:
-                no_decay.append(param)
-            else:
-                decay.append(param)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+            plain = param.ndim <= 1 or name.endswith(".bias") or name in no_decay_names
+            buckets.setdefault((id(param) in fixed, plain), []).append(param)
+        groups = []
+        for fixed_lr in (False, True):
+            for plain in (False, True):
+                params = buckets.get((fixed_lr, plain), [])
+                if fixed_lr and not params:
+                    continue
+                groups.append({"params": params, "weight_decay": 0.0 if plain else weight_decay,
+                               "lars_adaptation": not plain, "norm_or_bias": plain, "fixed_lr": fixed_lr})
+        return groups
+
+    def no_weight_decay_names(self) -> set[str]:
+        """Parameter names kept out of weight decay besides biases and 1-D tensors (ViT tokens)."""
+        return {f"backbone.{n}" for n in getattr(self.backbone, "no_weight_decay", lambda: set())()}
+
+    def fixed_lr_modules(self) -> list[nn.Module]:
+        """Modules whose LR stays at the peak (no warm-up, no decay); none by default."""
+        return []
+
+    def clip_gradients(self, max_norm: float) -> None:
+        """Clip gradients before the optimizer step: the global norm by default (DINO overrides)."""
+        torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.grad is not None], max_norm)
 
     # ------------------------------------------------------------------ helpers for methods
     def check_views(self, views: list[Tensor]) -> None:
@@ -163,11 +193,37 @@ class Method(nn.Module):
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
-    """A copy of `module` that gets no gradient: the EMA target/teacher/key encoder."""
+    """A copy of `module` that gets no gradient: the EMA target/teacher/key encoder.
+
+    Stochastic layers become identities: the official teachers/targets are built without
+    drop-path (DINO main_dino.py builds `teacher = vits.__dict__[args.arch](patch_size=...)`
+    with no drop_path_rate) and no dropout, whatever the student uses.
+    """
     target = copy.deepcopy(module)
     for p in target.parameters():
         p.requires_grad_(False)
+    _remove_stochastic_layers(target)
     return target
+
+
+def _is_stochastic(module: nn.Module) -> bool:
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    return type(module).__name__ == "DropPath" and getattr(module, "drop_prob", 0.0) > 0  # timm's
+
+
+def _remove_stochastic_layers(module: nn.Module) -> None:
+    """Zero every dropout/drop-path probability in place (timm's fused attention reads `attn_drop.p`)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.p = 0.0
+        elif type(m).__name__ == "DropPath":
+            m.drop_prob = 0.0
+
+
+def stochastic_layers(module: nn.Module) -> list[str]:
+    """Names of the active dropout/drop-path layers in `module` (tests: teachers have none)."""
+    return [name for name, m in module.named_modules() if _is_stochastic(m)]
 
 
 @torch.no_grad()

@@ -2,6 +2,11 @@
 
 The teacher sees the global crops, the student all crops; the center is an EMA of the
 teacher's mean output over ALL ranks (all-reduced); the teacher temperature warms up linearly.
+As facebookresearch/dino main_dino.py: drop-path only on the student (lines 162-166; the
+teacher copy has none, see `frozen_copy`), gradients clipped per parameter (`utils.clip_gradients`,
+utils.py lines 132-141, called at main_dino.py line 332), the last layer's gradients cancelled for
+the first epoch (`cancel_gradients_last_layer`, utils.py 144-149), and weight decay on every
+weight that is not a bias or 1-D (`get_params_groups`, utils.py 632-643: pos_embed/cls_token decay).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from trainers.schedules import ema_momentum, teacher_temperature
 
 class DINOConfig(MethodConfig):
     supports_local_views = True
+    backbone_defaults = {"drop_path_rate": 0.1}  # main_dino.py --drop_path_rate 0.1 (student; ViTs only)
 
     name: Literal["dino"] = "dino"
     out_dim: int = Field(65536, ge=1, description="prototypes of the last layer")
@@ -48,6 +54,23 @@ class DINO(Method):
     @property
     def eval_backbone(self) -> torch.nn.Module:
         return self.teacher_backbone
+
+    def no_weight_decay_names(self) -> set[str]:
+        return set()  # DINO decays ViT tokens too (utils.get_params_groups)
+
+    @torch.no_grad()
+    def clip_gradients(self, max_norm: float) -> None:
+        """Each parameter's gradient to norm <= max_norm (DINO utils.clip_gradients).
+
+        Written with foreach ops and a clamp instead of DINO's `if clip_coef < 1`: the same
+        result without a host sync per parameter.
+        """
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norms = torch._foreach_norm(grads)
+        coefs = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
+        torch._foreach_mul_(grads, coefs)
 
     def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
         self.check_views(views)

@@ -1,4 +1,11 @@
-"""MoCo v3 (Chen et al. 2021): symmetric contrastive loss against momentum keys of all ranks."""
+"""MoCo v3 (Chen et al. 2021): symmetric contrastive loss against momentum keys of all ranks.
+
+Heads as facebookresearch/moco-v3 moco/builder.py builds them: `_build_mlp` (lines 36-52) has
+bias-free linear layers, BN + ReLU between them and a BN(affine=False) after the last one; the
+ResNet projector has 2 layers (line 105), the ViT projector 3 (line 118); the ResNet predictor
+has NO last BN (`_build_mlp(2, dim, mlp_dim, dim, False)`, line 109), the ViT predictor keeps it
+(line 122). ResNets are built with `zero_init_residual=True` (main_moco.py line 186).
+"""
 from __future__ import annotations
 
 from typing import Literal
@@ -14,17 +21,21 @@ from trainers.schedules import ema_momentum
 
 
 class MoCoV3Config(MethodConfig):
+    backbone_defaults = {"zero_init_residual": True}
+
     name: Literal["moco_v3"] = "moco_v3"
-    temperature: float = Field(0.2, gt=0, description="paper: 0.2 for ViT, 1.0 for ResNet")
+    temperature: float = Field(1.0, gt=0, description="main_moco.py --moco-t default 1.0 (ResNet); ViT recipes 0.2")
     projection_hidden_dim: int = Field(4096, ge=1)
     projection_dim: int = Field(256, ge=1)
     projection_layers: int | None = Field(None, ge=2, le=3, description="default: 3 for ViT, 2 for ResNet")
+    predictor_last_batch_norm: bool | None = Field(None, description="default: True for ViT, False for ResNet")
     prediction_hidden_dim: int = Field(4096, ge=1)
     ema_momentum: float = Field(0.99, ge=0, le=1, description="base of the cosine schedule to 1")
 
 
-def _moco_v3_mlp(dims: list[int]) -> nn.Sequential:
-    return mlp(dims, last_batch_norm=True, last_batch_norm_affine=False, bias=False)
+def _moco_v3_mlp(dims: list[int], last_bn: bool = True) -> nn.Sequential:
+    """moco/builder.py `_build_mlp`: Linear(bias=False), BN, ReLU ...; BN(affine=False) last if `last_bn`."""
+    return mlp(dims, last_batch_norm=last_bn, last_batch_norm_affine=False, bias=False)
 
 
 @register_method
@@ -34,10 +45,12 @@ class MoCoV3(Method):
 
     def __init__(self, config: MoCoV3Config) -> None:
         super().__init__(config)
-        layers = config.projection_layers or (3 if config.backbone.name.startswith("vit") else 2)
+        vit = config.backbone.name.startswith("vit")
+        layers = config.projection_layers or (3 if vit else 2)
         hidden = [config.projection_hidden_dim] * (layers - 1)
         self.projector = _moco_v3_mlp([self.feature_dim, *hidden, config.projection_dim])
-        self.predictor = _moco_v3_mlp([config.projection_dim, config.prediction_hidden_dim, config.projection_dim])
+        last_bn = vit if config.predictor_last_batch_norm is None else config.predictor_last_batch_norm
+        self.predictor = _moco_v3_mlp([config.projection_dim, config.prediction_hidden_dim, config.projection_dim], last_bn)
         self.momentum_backbone = frozen_copy(self.backbone)
         self.momentum_projector = frozen_copy(self.projector)
 

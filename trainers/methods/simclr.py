@@ -1,4 +1,8 @@
-"""SimCLR (Chen et al. 2020): two views, one encoder, NT-Xent over all ranks' embeddings."""
+"""SimCLR (Chen et al. 2020): two views, one encoder, NT-Xent over all ranks' embeddings.
+
+The head is the official one (google-research/simclr tf2/model.py `ProjectionHead`): 3 layers,
+BN after every layer including the output, no output bias (see trainers.heads).
+"""
 from __future__ import annotations
 
 from typing import Literal
@@ -6,16 +10,17 @@ from typing import Literal
 from pydantic import Field
 from torch import Tensor
 
-from trainers.heads import mlp
+from trainers.heads import simclr_projection_head
 from trainers.losses import nt_xent
 from trainers.methods.base import Method, MethodConfig, register_method
 
 
 class SimCLRConfig(MethodConfig):
     name: Literal["simclr"] = "simclr"
-    temperature: float = Field(0.5, gt=0)
-    projection_hidden_dim: int = Field(2048, ge=1)
+    temperature: float = Field(0.5, gt=0, description="ImageNet recipe: 0.1 (tf2/run.py default; configs/full/simclr.yaml)")
+    projection_hidden_dim: int | None = Field(None, ge=1, description="default: the backbone width (official)")
     projection_dim: int = Field(128, ge=1)
+    projection_layers: int = Field(3, ge=1, description="tf2/run.py num_proj_layers default 3")
 
 
 @register_method
@@ -25,8 +30,8 @@ class SimCLR(Method):
 
     def __init__(self, config: SimCLRConfig) -> None:
         super().__init__(config)
-        dims = [self.feature_dim, config.projection_hidden_dim, config.projection_dim]
-        self.projector = mlp(dims)
+        self.projector = simclr_projection_head(self.feature_dim, config.projection_dim,
+                                                config.projection_layers, config.projection_hidden_dim)
 
     def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
         self.check_views(views)
