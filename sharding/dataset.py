@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from dataclasses import dataclass
-from typing import Iterator
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -93,7 +90,8 @@ def read_quarantine(root: str, storage: Storage | None = None) -> pa.Table:
     storage = _storage(storage)
     folder = join(_root(root), QUARANTINE_DIR)
     try:
-        entries = sorted(e.relpath for e in storage.list(folder) if e.relpath.endswith(".parquet"))
+        entries = sorted(e.relpath for e in storage.list_files(folder)
+                         if e.relpath.endswith(".parquet") and "/" not in e.relpath)
     except FileNotFoundError:
         entries = []
     parts = [_read_table(join(folder, name), QUARANTINE_SCHEMA, storage) for name in entries]
@@ -159,21 +157,3 @@ def read_sample(root: str, shard_name: str, key: str, storage: Storage | None = 
         raise KeyError(f"{key!r} is not in shard {shard_name}")
     uri = shard_uri(root, shard_name)
     return {m.ext: storage.read_range(uri, m.offset, m.size) for m in index[key]}
-
-
-def iter_shard(uri: str, storage: Storage | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Stream a shard's samples as (key, {ext: bytes}) in tar order (no random access needed)."""
-    with _storage(storage).open_read(uri) as stream:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            key, members = None, {}
-            for info in tar:
-                if not info.isfile():
-                    continue
-                base, _, ext = info.name.partition(".")
-                if key is not None and base != key:
-                    yield key, members
-                    members = {}
-                key = base
-                members[ext] = tar.extractfile(info).read()
-            if key is not None:
-                yield key, members
