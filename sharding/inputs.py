@@ -81,7 +81,7 @@ def decode(value: bytes | None) -> str | None:
 
 def resolve_source(source: str, storage: Storage) -> InputSource:
     """Decide what `source` is (see module docstring); UsageError when it holds nothing."""
-    if any(c in source for c in GLOB_CHARS):
+    if any(c in source for c in GLOB_CHARS) and (is_s3(source) or not os.path.exists(source)):
         files = _glob(source, storage)
         bad = [f for f in files if not f.lower().endswith(MANIFEST_EXTS)]
         if not files:

@@ -152,16 +152,15 @@ def shard_dataset(
     manifest = ManifestWriter(output, storage, config, source, stats)
     records: dict[str, ShardRecord] = {}
     order: list[str] = []
-    bar = tqdm(unit="img", desc="sharding", disable=not progress)
+    bar = _LazyBar(progress)
     built = built_inputs = 0
 
     def tasks() -> Iterator[ShardTask]:
         """Planned shards that need building (finished ones are recorded and skipped)."""
-        for shard in plan_stream(_batches(source, storage, config, resolved), config.name,
-                                 config.shard_bytes, config.shard_samples, config.shuffle_seed, stats):
-            if bar.total is None:
-                bar.total = stats.num_inputs
-                bar.refresh()
+        batches = _counted(_batches(source, storage, config, resolved), progress, "planning")
+        for shard in plan_stream(batches, config.name, config.shard_bytes, config.shard_samples,
+                                 config.shuffle_seed, stats):
+            bar.start(stats.num_inputs)
             order.append(shard.name)
             data = parquet_bytes(shard.rows)
             fingerprint = shard_fingerprint(shard, asdict(options), data)
@@ -220,10 +219,10 @@ def plan_dataset(
     source = _absolute(source)
     resolved = resolve_source(source, storage)
     stats = PlanStats()
-    with tqdm(unit="shard", desc="planning", disable=not progress) as bar:
-        for _ in plan_stream(_batches(source, storage, config, resolved), config.name,
-                             config.shard_bytes, config.shard_samples, config.shuffle_seed, stats):
-            bar.update(1)
+    batches = _counted(_batches(source, storage, config, resolved), progress, "planning")
+    for _ in plan_stream(batches, config.name, config.shard_bytes, config.shard_samples,
+                         config.shuffle_seed, stats):
+        pass
     if stats.num_inputs == 0:
         raise UsageError(f"input {source!r} holds no files (expected images in a folder or manifest rows)")
     return PlanSummary(source, resolved.kind, max(1, len(resolved.files)), stats, time.perf_counter() - started)
@@ -256,6 +255,40 @@ class PlanSummary:
                 f"time         {self.seconds:.2f} s, {s.num_inputs / max(self.seconds, 1e-9):.0f} inputs/s",
             ]
         )
+
+
+class _LazyBar:
+    """The build's progress bar, shown from the first planned shard on (so that an input
+    error before it stays a one-line message)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self._bar = enabled, None
+
+    def start(self, total: int) -> None:
+        if self._bar is None:
+            self._bar = tqdm(total=total, unit="img", desc="sharding", disable=not self.enabled)
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _counted(batches: Iterator[pa.RecordBatch], progress: bool, desc: str) -> Iterator[pa.RecordBatch]:
+    """`batches`, with a bar of rows read that appears after the first batch parsed."""
+    bar = None
+    try:
+        for batch in batches:
+            if bar is None:
+                bar = tqdm(unit="input", desc=desc, disable=not progress)
+            bar.update(batch.num_rows)
+            yield batch
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _absolute(source: str) -> str:

@@ -7,7 +7,7 @@ import json
 import boto3
 import pytest
 
-from sharding.dataset import load_manifest, read_index, read_sample, shard_uri
+from sharding.dataset import read_index, read_sample, read_shards
 from sharding.inspect import inspect_dataset
 from sharding.run import shard_dataset
 from sharding.storage import Storage, _S3AtomicWriter
@@ -47,7 +47,7 @@ def test_s3_output_identical_to_local(view_corpus, tmp_path, s3_endpoint, bucket
     members = read_sample(remote, row["shard"], row["key"], storage)
     assert json.loads(members["json"])["group_id"] == row["group_id"]
     report = inspect_dataset(remote, grid=f"{remote}/sheet.png", grid_groups=3, endpoint_url=s3_endpoint)
-    assert report.ok and report.verified == len(load_manifest(remote, storage)["shards"])
+    assert report.ok and report.verified == len(read_shards(remote, storage).to_pylist())
     # A rerun against S3 skips every finished shard.
     again = shard_dataset(str(view_corpus), remote, endpoint_url=s3_endpoint, progress=False, **OPTIONS)
     assert again.num_shards_built == 0
