@@ -283,11 +283,12 @@ def _parquet_batches(uri: str, storage: Storage, columns: list[str], required: s
     # Parquet needs random access: a local file is read in place; an object is fetched whole
     # (one manifest part; split a huge manifest into several files, which are read one by one).
     source = uri if not is_s3(uri) else io.BytesIO(storage.read_bytes(uri))
-    parquet = pq.ParquetFile(source)
+    # Buffered page reads, one thread: memory of a batch, not of a (possibly 128 MB) row group.
+    parquet = pq.ParquetFile(source, pre_buffer=False, buffer_size=1 << 20)
     present = [c for c in columns if c in parquet.schema_arrow.names]
     if required and required not in present:
         raise _no_uri(uri, parquet.schema_arrow.names)
-    yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=present)
+    yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=present, use_threads=False)
 
 
 def _csv_batches(path: str, storage: Storage):
