@@ -15,7 +15,8 @@ Memory: inputs are never held together. Each batch is ranked and appended to one
 partition files by the rank's top byte (a range partition, so partition order is rank order);
 partitions are then sorted one at a time (in Arrow) and packed in order, the open shard
 carried from one partition to the next. A partition too big to sort comfortably is split again
-by the next byte of its rank. Hand-written rather than Ray Data / DuckDB: the plan must run in
+by the next byte of its rank (in sorted order: of its group id, so ids with a long common
+prefix still split; only one group bigger than MAX_PARTITION_ROWS is ever sorted whole). Hand-written rather than Ray Data / DuckDB: the plan must run in
 a plain driver with bounded memory and no cluster, and it is ~100 lines of Arrow.
 
 Keys: ``{slug}-{hash}`` where `slug` is the group id with every character outside
@@ -43,8 +44,9 @@ from sharding.inputs import INPUT_SCHEMA, InputRecord, decode, encode
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 SLUG_CHARS = 40
 HASH_CHARS = 16
-PARTITION_BITS = 8                   # 256 partitions per level
+PARTITION_BITS = 8                   # 256 partitions per level, one byte of the order each
 MAX_PARTITION_ROWS = 2_000_000       # split a partition again above this (~300 MB to sort)
+MAX_SORTED_DEPTH = 32                # sorted order: split by group-id bytes up to this one
 
 SPILL_SCHEMA = pa.schema([("rank", pa.uint64())] + list(INPUT_SCHEMA))
 # A shard's input list (written as _plan/{stem}.parquet, read by its build task), in plan order.
@@ -164,19 +166,32 @@ def ranks(group_ids: pa.Array, seed: int | None) -> pa.Array:
 
 
 class _Spill:
-    """Rows appended to 2**PARTITION_BITS local Arrow IPC files by one byte of their rank."""
+    """Rows appended to 256 local Arrow IPC files by one byte of their order: byte `depth` of
+    the rank (depth < 8), or, in sorted order, byte `depth` of the group id itself (the rank
+    *is* its first 8 bytes), so that a long common prefix can still be split."""
 
-    def __init__(self, folder: str, shift: int):
-        self.folder, self.shift = folder, shift
+    def __init__(self, folder: str, depth: int, by_group_id: bool):
+        self.folder, self.depth, self.by_group_id = folder, depth, by_group_id
         os.makedirs(folder, exist_ok=True)
         self._writers: dict[int, tuple] = {}
         self.counts = np.zeros(1 << PARTITION_BITS, np.int64)
 
+    @property
+    def can_split_again(self) -> bool:
+        return self.depth + 1 < (MAX_SORTED_DEPTH if self.by_group_id else 8)
+
+    def _parts(self, batch: pa.RecordBatch) -> np.ndarray:
+        if self.depth < 8:
+            rank = batch.column(0).to_numpy(zero_copy_only=False)
+            shift = np.uint64(64 - PARTITION_BITS * (self.depth + 1))
+            return ((rank >> shift) & np.uint64(0xFF)).astype(np.int64)
+        d = self.depth
+        return np.array([g[d] if len(g) > d else 0 for g in batch.column("group_id").to_pylist()], np.int64)
+
     def add(self, batch: pa.RecordBatch) -> None:
         if not batch.num_rows:
             return
-        rank = batch.column(0).to_numpy(zero_copy_only=False)
-        part = ((rank >> np.uint64(self.shift)) & np.uint64((1 << PARTITION_BITS) - 1)).astype(np.int64)
+        part = self._parts(batch)
         counts = np.bincount(part, minlength=1 << PARTITION_BITS)
         self.counts += counts
         ordered = batch.take(pa.array(np.argsort(part, kind="stable")))
@@ -193,20 +208,21 @@ class _Spill:
         return self._writers[p][1]
 
     def partitions(self) -> Iterator[tuple[int, str]]:
-        """(rows, path) of each non-empty partition in rank order (files removed by the caller)."""
+        """(rows, path) of each non-empty partition in order (files removed by the caller)."""
         for sink, writer in self._writers.values():
             writer.close()
             sink.close()
+        self._writers = {}
         for p in np.flatnonzero(self.counts):
             yield int(self.counts[p]), os.path.join(self.folder, f"{int(p):03d}.arrow")
 
 
 def _sorted_partitions(spill: _Spill) -> Iterator[pa.Table]:
-    """Each partition sorted by SORT_KEYS, in rank order; oversized ones split again."""
+    """Each partition sorted by SORT_KEYS, in order; oversized ones split by the next byte."""
     for rows, path in spill.partitions():
         try:
-            if rows > MAX_PARTITION_ROWS and spill.shift >= PARTITION_BITS:
-                inner = _Spill(path + ".d", spill.shift - PARTITION_BITS)
+            if rows > MAX_PARTITION_ROWS and spill.can_split_again:
+                inner = _Spill(path + ".d", spill.depth + 1, spill.by_group_id)
                 with pa.memory_map(path) as source:
                     for batch in pa.ipc.open_stream(source):
                         inner.add(batch)
@@ -237,7 +253,7 @@ def plan_stream(
         raise ValueError("max_bytes and max_samples must be positive")
     stats = stats if stats is not None else PlanStats()
     with tempfile.TemporaryDirectory(prefix="viewstream-plan-", dir=spill_dir) as tmp:
-        spill = _Spill(tmp, 64 - PARTITION_BITS)
+        spill = _Spill(tmp, 0, by_group_id=shuffle_seed is None)
         max_file = 0
         for batch in batches:
             if not batch.num_rows:

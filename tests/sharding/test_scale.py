@@ -136,11 +136,14 @@ def test_plan_is_the_same_when_partitions_split_again(monkeypatch):
     """A partition over MAX_PARTITION_ROWS is split by the next rank byte: same plan."""
     records = [InputRecord(f"g{g:05d}", f"/in/{g}/{v}.jpg", None, 10 + v) for g in range(3000) for v in range(g % 3 + 1)]
     expected = plan_shards(records, "data", max_bytes=200, max_samples=7)
+    expected_sorted = plan_shards(records, "data", max_samples=7, shuffle_seed=None)
     monkeypatch.setattr(plan_module, "MAX_PARTITION_ROWS", 5)
-    monkeypatch.setattr(plan_module, "PARTITION_BITS", 4)
     assert plan_shards(list(reversed(records)), "data", max_bytes=200, max_samples=7) == expected
-    sorted_plan = plan_shards(records, "data", max_samples=7, shuffle_seed=None)
-    assert [g.group_id for t in sorted_plan for g in t.groups] == sorted({r.group_id for r in records})
+    # Sorted order: ids "g00000".. share 2 bytes, and are split by group-id bytes past the 8th too.
+    long_ids = [InputRecord("listing/" + r.group_id, r.uri, None, r.size) for r in records]
+    sorted_plan = plan_shards(long_ids, "data", max_samples=7, shuffle_seed=None)
+    assert [g.group_id for t in sorted_plan for g in t.groups] == sorted({r.group_id for r in long_ids})
+    assert plan_shards(list(reversed(records)), "data", max_samples=7, shuffle_seed=None) == expected_sorted
 
 
 def test_glob_that_matches_no_manifest(tmp_path):
