@@ -137,12 +137,12 @@ def build_shard(task: ShardTask, output: str, options: BuildOptions, storage: St
                 continue
             if writer is None:  # opened lazily: a shard whose every input is bad writes no tar
                 writer = TarWriter(stack.enter_context(storage.open_atomic_write(tar_uri)))
-            members = [(f"{i}.{v.ext}", v.data) for i, (_, v) in enumerate(views)]
+            members = [(f"{i}.{v.ext}", v.data) for i, (_, v, _) in enumerate(views)]
             members.append(("json", group_metadata(group, views)))
             writer.write_sample(group.key, members)
             record.num_samples += 1
             record.num_views += len(views)
-            record.num_reencoded += sum(v.reencoded for _, v in views)
+            record.num_reencoded += sum(v.reencoded for _, v, _ in views)
             label = text(group.label) if group.label is not None else None
             if label is not None:
                 labels.add(label)
@@ -152,10 +152,10 @@ def build_shard(task: ShardTask, output: str, options: BuildOptions, storage: St
                     "key": group.key,
                     "group_id": text(group.group_id),
                     "num_views": len(views),
-                    "view_exts": [v.ext for _, v in views],
-                    "bytes": sum(len(v.data) for _, v in views),
+                    "view_exts": [v.ext for _, v, _ in views],
+                    "bytes": sum(len(v.data) for _, v, _ in views),
                     "label": label,
-                    "view_sha256": [v.sha256 for _, v in views],
+                    "view_sha256": [digest for _, _, digest in views],
                 }
             )
         if writer is not None:
@@ -204,10 +204,11 @@ def _prefetched(groups: list[Group], storage: Storage, depth: int) -> Iterator[b
 
 def validate_group(
     group: Group, options: BuildOptions, reads: Iterator[bytes | BaseException]
-) -> tuple[list[tuple[str, ValidImage]], list[dict]]:
-    """The group's valid views as (source uri, image), and quarantine rows for the rest; the
-    group's bytes are the next len(group.inputs) items of `reads`."""
-    views: list[tuple[str, ValidImage]] = []
+) -> tuple[list[tuple[str, ValidImage, str]], list[dict]]:
+    """The group's valid views as (source uri, image, sha256 of the stored bytes), and
+    quarantine rows for the rest; the group's bytes are the next len(group.inputs) items of
+    `reads`. Each image is hashed once (kept bytes reuse the duplicate check's digest)."""
+    views: list[tuple[str, ValidImage, str]] = []
     rejected: list[dict] = []
     first_with_hash: dict[str, str] = {}
     for record in group.inputs:
@@ -227,7 +228,8 @@ def validate_group(
                  "reason": outcome.reason, "detail": text(outcome.detail)}
             )
         else:
-            views.append((text(record.uri), outcome))
+            stored = digest if not outcome.reencoded else outcome.sha256
+            views.append((text(record.uri), outcome, stored))
     return views, rejected
 
 
@@ -245,15 +247,15 @@ def _validate(data: bytes, options: BuildOptions) -> ValidImage | Rejected:
         return Rejected(CORRUPT, f"{type(err).__name__}: {err}")
 
 
-def group_metadata(group: Group, views: list[tuple[str, ValidImage]]) -> bytes:
+def group_metadata(group: Group, views: list[tuple[str, ValidImage, str]]) -> bytes:
     """The ``{key}.json`` member: group id, label, and per view its source, sha256 and size."""
     meta = {
         "group_id": text(group.group_id),
         "label": text(group.label) if group.label is not None else None,
-        "sources": [source for source, _ in views],
-        "sha256": [v.sha256 for _, v in views],
-        "width": [v.width for _, v in views],
-        "height": [v.height for _, v in views],
-        "reencoded": [v.reencoded for _, v in views],
+        "sources": [source for source, _, _ in views],
+        "sha256": [digest for _, _, digest in views],
+        "width": [v.width for _, v, _ in views],
+        "height": [v.height for _, v, _ in views],
+        "reencoded": [v.reencoded for _, v, _ in views],
     }
     return json.dumps(meta, sort_keys=True).encode("utf-8")
