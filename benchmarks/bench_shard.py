@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sharding.run import shard_dataset  # noqa: E402
 from sharding.synthetic import generate_view_corpus  # noqa: E402
 
-OPTIONS = dict(group_by="dir", label_from="parent")  # + shard_samples: ~8 shards per core
+OPTIONS = dict(group_by="dir", label_from="parent")  # + shard_samples: ~4 shards per core
 
 
 def validate_files(paths: list[str]) -> int:
@@ -91,7 +91,7 @@ def main() -> None:
                 out = tmp / "out"
                 shutil.rmtree(out, ignore_errors=True)
                 summary = shard_dataset(str(corpus), str(out), workers=workers, progress=False,
-                                        shard_samples=max(1, args.groups // (8 * cores)), **OPTIONS, **extra)
+                                        shard_samples=max(1, args.groups // (4 * cores)), **OPTIONS, **extra)
                 assert summary.num_views == images
             return go
 

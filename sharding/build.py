@@ -1,7 +1,8 @@
 """Phase two of a build: turn one planned shard into a finished, atomically published shard.
 
-`build_shard` reads its own input list (``_plan/{stem}.parquet``, written by the planner), reads
-and validates each group's images (a small thread pool fetches the next inputs while this one
+`build_shard` gets its own input list from the planner (a small Parquet blob inside the task:
+a few hundred KB for a shard of 1,500 groups, shipped through the executor, on Ray through its
+object store, so nothing of it is written to the output), reads and validates each group's images (a small thread pool fetches the next inputs while this one
 is decoded: on S3 a GET waits 20-30 ms for its first byte), streams the samples through a
 `TarWriter` into an atomic writer (temporary file + rename, or a multipart upload completed at
 the end), then publishes the `.idx`, the shard's index part (``index/{stem}.parquet``), its
@@ -50,7 +51,6 @@ from sharding.validate import (
     validate_image,
 )
 
-PLAN_DIR = "_plan"       # the planner's per-shard input lists (readers ignore it)
 DEFAULT_PREFETCH = 16    # concurrent reads per task: ~16 x 100 KB in flight hides S3's latency
 
 
@@ -65,13 +65,14 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class ShardTask:
-    """What an executor ships to a build: a few names, never the shard's records."""
+    """What an executor ships to a build: its name and input list (Parquet bytes, LIST_SCHEMA),
+    made by the planner as the shard closes; a few are in flight at a time, never the plan."""
 
     number: int
     name: str
-    list_uri: str
-    fingerprint: str
-    num_inputs: int
+    rows: bytes = field(repr=False)
+    fingerprint: str = ""
+    num_inputs: int = 0
 
 
 @dataclass
@@ -106,11 +107,6 @@ def part_uri(output: str, shard_name: str) -> str:
     return join(output, PARTS_DIR, shard_name[: -len(".tar")] + ".json")
 
 
-def list_uri(output: str, shard_name: str) -> str:
-    """Where the planner puts the input list of `shard_name`."""
-    return join(output, PLAN_DIR, shard_name[: -len(".tar")] + ".parquet")
-
-
 def parquet_bytes(table: pa.Table) -> bytes:
     """A table as Parquet bytes (deterministic for one pyarrow version: no timestamps)."""
     buffer = io.BytesIO()
@@ -121,7 +117,7 @@ def parquet_bytes(table: pa.Table) -> bytes:
 def build_shard(task: ShardTask, output: str, options: BuildOptions, storage: Storage,
                 prefetch: int = DEFAULT_PREFETCH) -> ShardRecord:
     """Build, publish and record shard `task` under `output` (see module docstring)."""
-    groups = groups_of(pq.read_table(io.BytesIO(storage.read_bytes(task.list_uri))))
+    groups = groups_of(pq.read_table(io.BytesIO(task.rows)))
     record = ShardRecord(task.name, task.fingerprint, task.num_inputs)
     tar_uri = join(output, SHARDS_DIR, task.name)
     index_rows: list[dict] = []

@@ -49,7 +49,7 @@ MAX_PARTITION_ROWS = 2_000_000       # split a partition again above this (~300 
 MAX_SORTED_DEPTH = 32                # sorted order: split by group-id bytes up to this one
 
 SPILL_SCHEMA = pa.schema([("rank", pa.uint64())] + list(INPUT_SCHEMA))
-# A shard's input list (written as _plan/{stem}.parquet, read by its build task), in plan order.
+# A shard's input list (Parquet bytes in its build task), in plan order.
 LIST_SCHEMA = pa.schema([f for f in INPUT_SCHEMA if f.name != "file"])
 SORT_KEYS = [("rank", "ascending"), ("group_id", "ascending"), ("uri", "ascending"),
              ("label", "ascending"), ("size", "ascending")]

@@ -2,8 +2,8 @@
 
 `shard_dataset` is the library entry point behind ``viewstream shard``; `plan_dataset` behind
 ``viewstream shard --dry-run``. Nothing in the driver grows with the number of inputs: input
-batches stream into the plan (`sharding.plan`), each planned shard's input list is written to
-``_plan/`` and only its name travels to the executor, each build writes its own index and
+batches stream into the plan (`sharding.plan`), each planned shard's input list travels to
+the executor inside its task (a few tasks in flight at a time), each build writes its own index and
 quarantine parts, and the driver keeps one small record per shard (O(shards)). It is resumable:
 shards whose part record matches the plan are skipped, so rerunning an interrupted command
 finishes it, and the result is byte-identical to a run that never stopped. manifest.json is a
@@ -30,12 +30,10 @@ from viewstream.errors import UsageError
 
 from sharding.build import (
     DEFAULT_PREFETCH,
-    PLAN_DIR,
     BuildOptions,
     ShardRecord,
     ShardTask,
     build_shard,
-    list_uri,
     parquet_bytes,
     part_uri,
     text,
@@ -144,7 +142,7 @@ def shard_dataset(
     output = output.rstrip("/") if is_s3(output) else os.path.abspath(output)
     check_output(output, storage)
     storage.remove_unfinished_writes(  # a killed run's debris
-        output, ("", SHARDS_DIR, PARTS_DIR, INDEX_DIR, QUARANTINE_DIR, PLAN_DIR))
+        output, ("", SHARDS_DIR, PARTS_DIR, INDEX_DIR, QUARANTINE_DIR))
     resolved = resolve_source(source, storage)
     options = config.build_options()
     listed = {e.relpath for e in _safe_list(storage, join(output, PARTS_DIR))}
@@ -172,9 +170,7 @@ def shard_dataset(
                 continue
             # Before any shard is (re)written, drop an older build's claims about it.
             manifest.invalidate()
-            uri = list_uri(output, shard.name)
-            storage.write_bytes(uri, data)
-            yield ShardTask(shard.number, shard.name, uri, fingerprint, shard.num_inputs)
+            yield ShardTask(shard.number, shard.name, data, fingerprint, shard.num_inputs)
 
     owned = executor is None
     try:

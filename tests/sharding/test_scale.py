@@ -159,11 +159,10 @@ PLAN_2M = textwrap.dedent(
     """
     import sys
     from sharding.run import plan_dataset
-def peak_rss_kb():  # VmHWM: this process's own peak (ru_maxrss keeps the forking parent's across exec)
-    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+    def peak_rss_kb():  # VmHWM: this process's own peak (ru_maxrss keeps the forking parent's across exec)
+        return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
     summary = plan_dataset(sys.argv[1], shard_samples=1500, progress=False)
-    print(summary.stats.num_inputs, summary.stats.num_groups, summary.stats.num_shards,
-          peak_rss_kb() // 1024)
+    print(summary.stats.num_inputs, summary.stats.num_groups, summary.stats.num_shards, peak_rss_kb() // 1024)
     """
 )
 
