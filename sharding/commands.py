@@ -14,7 +14,7 @@ from viewstream.errors import UsageError
 from viewstream.argtypes import positive_int
 from sharding.validate import DEFAULT_MAX_PIXELS
 
-DEFAULT_PREFETCH = 16  # sharding.build.DEFAULT_PREFETCH (not imported: it would pull in PIL at start-up)
+DEFAULT_PREFETCH = 8  # sharding.build.DEFAULT_PREFETCH (not imported: it would pull in PIL at start-up)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
