@@ -4,7 +4,8 @@ Kinds of input, one output type (Arrow record batches of INPUT_SCHEMA, never the
   * a folder tree (local or ``s3://bucket/prefix``), listed as a stream: each file is a sample,
     or with ``group_by="dir"`` each leaf folder is one natural-view group;
   * a manifest (``.csv``, ``.jsonl``, ``.parquet``; local or s3) with a ``uri`` column and
-    optional ``group`` and ``label`` columns, read in record batches;
+    optional ``group``, ``label`` and ``size`` (bytes, for --shard-bytes) columns, read in
+    record batches;
   * several manifests as one input: a glob (``lists/part-*.parquet``), a folder that holds only
     manifest files, or an S3 Inventory ``manifest.json`` (its Parquet data files list
     bucket/key/size: the way to enumerate 1e9 objects without a LIST of the bucket).
@@ -240,10 +241,11 @@ def _inventory_entries(uri: str, storage: Storage) -> Iterator[FileEntry]:
 
 # ---- manifests -------------------------------------------------------------------------------
 def read_manifest_batches(path: str, storage: Storage, file_number: int = 0) -> Iterator[pa.RecordBatch]:
-    """Records of a CSV / JSONL / Parquet manifest with columns uri [, group, label], in batches.
+    """Records of a CSV / JSONL / Parquet manifest with columns uri [, group, label, size], in
+    batches.
 
     Relative local uris are resolved against the manifest's folder. A row without a group is a
-    group of one (its uri). Sizes are not listed in manifests; the plan then counts samples.
+    group of one (its uri). Without a size column sizes are 0: the plan then counts samples.
     """
     base = posixpath.dirname(path) if is_s3(path) else os.path.dirname(os.path.abspath(path))
     row = 0
@@ -270,7 +272,7 @@ def _no_uri(path: str, columns) -> UsageError:
 def _raw_batches(path: str, storage: Storage) -> Iterator[pa.RecordBatch | pa.Table]:
     lower = path.lower()
     if lower.endswith(".parquet"):
-        yield from _parquet_batches(path, storage, ["uri", "group", "label"], required="uri")
+        yield from _parquet_batches(path, storage, ["uri", "group", "label", "size"], required="uri")
     elif lower.endswith(".jsonl"):
         yield from _jsonl_batches(path, storage)
     else:
@@ -300,11 +302,12 @@ def _csv_batches(path: str, storage: Storage):
         columns = next(csv.reader([first_line]), [])
         if "uri" not in columns:
             raise _no_uri(path, columns)
-        wanted = [c for c in ("uri", "group", "label") if c in columns]
+        wanted = [c for c in ("uri", "group", "label", "size") if c in columns]
         reader = pacsv.open_csv(
             _Chained(head, stream),
             read_options=pacsv.ReadOptions(block_size=1 << 22),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in wanted},
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.int64() if c == "size" else pa.string()
+                                                                for c in wanted},
                                                   include_columns=wanted, strings_can_be_null=False),
         )
         for batch in reader:
@@ -371,11 +374,18 @@ def _json_table(rows: list[dict], path: str, seen: set[str]) -> pa.Table:
         return pa.array([None if v is None else (v if isinstance(v, str) else _json_text(v)) for v in values],
                         pa.string())
 
-    return pa.table({"uri": column("uri"), "group": column("group"), "label": column("label")})
+    sizes = pa.array([int(row["size"]) if row.get("size") not in (None, "") else 0 for row in rows], pa.int64())
+    return pa.table({"uri": column("uri"), "group": column("group"), "label": column("label"), "size": sizes})
 
 
 def _json_text(value) -> str:
     return str(value) if not isinstance(value, (dict, list)) else json.dumps(value)
+
+
+def _sizes(raw) -> pa.Array:
+    column = raw.column("size")
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return pc.fill_null(pc.cast(column, pa.int64()), 0)
 
 
 def _normalize(raw, base: str, path: str, first_row: int, file_number: int) -> pa.RecordBatch:
@@ -405,7 +415,7 @@ def _normalize(raw, base: str, path: str, first_row: int, file_number: int) -> p
     label = pc.if_else(pc.fill_null(pc.equal(pc.utf8_length(label), 0), True), pa.scalar(None, pa.string()), label)
     return pa.record_batch(
         [pc.cast(group, pa.binary()), pc.cast(uri, pa.binary()), pc.cast(label, pa.binary()),
-         pa.nulls(n, pa.int64()).fill_null(0),
+         _sizes(raw) if "size" in names else pa.nulls(n, pa.int64()).fill_null(0),
          pa.nulls(n, pa.int32()).fill_null(file_number)],
         schema=INPUT_SCHEMA,
     )

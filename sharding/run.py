@@ -245,7 +245,8 @@ class PlanSummary:
                 f"groups       {s.num_groups} ({s.groups_split_across_files} split across manifest files)",
                 f"shards       {s.num_shards}",
                 f"per shard    {s.min_shard_groups}-{s.max_shard_groups} groups (mean {mean_groups:.1f}), "
-                f"{s.min_shard_bytes}-{s.max_shard_bytes} input bytes (mean {mean_bytes:.0f})",
+                + (f"{s.min_shard_bytes}-{s.max_shard_bytes} input bytes (mean {mean_bytes:.0f})" if s.input_bytes
+                   else "input bytes unknown (the manifest lists no sizes: packed by --shard-samples)"),
                 f"largest      {s.largest_group_inputs} inputs, {s.largest_group_bytes} bytes: "
                 f"{text(s.largest_group_id or '')}",
                 f"time         {self.seconds:.2f} s, {s.num_inputs / max(self.seconds, 1e-9):.0f} inputs/s",

@@ -234,3 +234,17 @@ def test_prefetch_keeps_reads_in_flight_and_in_order():
     assert [g if isinstance(g, bytes) else type(g) for g in got] == [
         FileNotFoundError if u.endswith("7") else u.encode() for u in uris]
     assert storage.most == 8 and elapsed < 0.04 * len(uris) / 3
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
+def test_manifest_sizes_pack_by_bytes(tmp_path, kind):
+    rows = [{"uri": f"/in/{i}.jpg", "group": f"g{i // 2}", "size": 100} for i in range(20)]
+    path = tmp_path / f"m.{kind}"
+    if kind == "csv":
+        path.write_text("uri,group,size\n" + "".join(f"{r['uri']},{r['group']},{r['size']}\n" for r in rows))
+    elif kind == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    stats = plan_dataset(str(path), shard_bytes=450, progress=False).stats
+    assert (stats.input_bytes, stats.num_groups, stats.num_shards, stats.max_shard_bytes) == (2000, 10, 5, 400)
