@@ -134,15 +134,26 @@ def corpus_rows_from(manifests) -> list[dict]:
 
 def test_plan_is_the_same_when_partitions_split_again(monkeypatch):
     """A partition over MAX_PARTITION_ROWS is split by the next rank byte: same plan."""
-    records = [InputRecord(f"g{g:05d}", f"/in/{g}/{v}.jpg", None, 10 + v) for g in range(3000) for v in range(g % 3 + 1)]
+    records = [InputRecord(f"g{g:05d}", f"/in/{g}/{v}.jpg", None, 10 + v) for g in range(800) for v in range(g % 3 + 1)]
     expected = plan_shards(records, "data", max_bytes=200, max_samples=7)
     expected_sorted = plan_shards(records, "data", max_samples=7, shuffle_seed=None)
-    monkeypatch.setattr(plan_module, "MAX_PARTITION_ROWS", 5)
+    depths = set()
+    spill_init = plan_module._Spill.__init__
+
+    def init(self, folder, depth, by_group_id):
+        depths.add((depth, by_group_id))
+        spill_init(self, folder, depth, by_group_id)
+
+    monkeypatch.setattr(plan_module._Spill, "__init__", init)
+    monkeypatch.setattr(plan_module, "MAX_PARTITION_ROWS", 3)  # ~6 rows per first-level partition
     assert plan_shards(list(reversed(records)), "data", max_bytes=200, max_samples=7) == expected
+    assert (1, False) in depths
+    monkeypatch.setattr(plan_module, "MAX_PARTITION_ROWS", 40)
     # Sorted order: ids "g00000".. share 2 bytes, and are split by group-id bytes past the 8th too.
     long_ids = [InputRecord("listing/" + r.group_id, r.uri, None, r.size) for r in records]
     sorted_plan = plan_shards(long_ids, "data", max_samples=7, shuffle_seed=None)
     assert [g.group_id for t in sorted_plan for g in t.groups] == sorted({r.group_id for r in long_ids})
+    assert (9, True) in depths  # split by group-id bytes past the rank's 8
     assert plan_shards(list(reversed(records)), "data", max_samples=7, shuffle_seed=None) == expected_sorted
 
 
