@@ -88,7 +88,8 @@ QUARANTINE_SCHEMA = pa.schema(
 #                                       every planned shard, its index part and shards.parquet exist
 #   num_inputs: int                     inputs found (the whole plan)
 #   num_planned_shards: int             shards in the plan (a shard whose inputs were all
-#                                       quarantined has no tar and is not listed)
+#                                       quarantined has no tar and is not listed); while a build
+#                                       runs, the shards planned so far (planning overlaps building)
 #   num_samples, num_views, num_quarantined: int     over the listed (finished) shards
 #   quarantined_by_reason: {reason: count}
 #   total_bytes: int                    sum of shard file sizes
