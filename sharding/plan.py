@@ -154,15 +154,22 @@ def make_groups(records: list[InputRecord]) -> list[Group]:
 
 
 def ranks(group_ids: pa.Array, seed: int | None) -> pa.Array:
-    """The rank (see module docstring) of every group id of a binary array."""
-    ids = group_ids.to_pylist()
+    """The rank (see module docstring) of every group id of a binary array. Hashed once per
+    run of equal ids (manifests usually list a group's photos together), the only per-input
+    Python work of the plan."""
+    n = len(group_ids)
+    if n == 0:
+        return pa.array([], pa.uint64())
+    same = pc.equal(group_ids.slice(1), group_ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    ids = group_ids.take(pa.array(starts)).to_pylist()
     if seed is None:
         values = [int.from_bytes(g[:8].ljust(8, b"\0"), "big") for g in ids]
     else:
         prefix = f"{seed}\0".encode()
         sha = hashlib.sha256
         values = [int.from_bytes(sha(prefix + g).digest()[:8], "big") for g in ids]
-    return pa.array(values, pa.uint64())
+    return pa.array(np.repeat(np.array(values, dtype=np.uint64), np.diff(np.append(starts, n))))
 
 
 class _Spill:
