@@ -11,7 +11,8 @@ shards of at most `max_bytes` input bytes and `max_samples` groups (a group bigg
 and of how many partitions the sort uses, so every executor builds the same shards and a rerun
 finds the same shard names for the same work.
 
-Memory: inputs are never held together. Each batch is ranked and appended to one of 256
+Memory: inputs are never held together (beyond IN_MEMORY_ROWS, below which one in-memory sort
+is cheaper than 256 files). Each batch is ranked and appended to one of 256
 partition files by the rank's top byte (a range partition, so partition order is rank order);
 partitions are then sorted one at a time (in Arrow) and packed in order, the open shard
 carried from one partition to the next. A partition too big to sort comfortably is split again
@@ -47,6 +48,7 @@ HASH_CHARS = 16
 PARTITION_BITS = 8                   # 256 partitions per level, one byte of the order each
 MAX_PARTITION_ROWS = 2_000_000       # split a partition again above this (~300 MB to sort)
 MAX_SORTED_DEPTH = 32                # sorted order: split by group-id bytes up to this one
+IN_MEMORY_ROWS = 200_000             # inputs up to this many are sorted without spilling (~20 MB)
 
 SPILL_SCHEMA = pa.schema([("rank", pa.uint64())] + list(INPUT_SCHEMA))
 # A shard's input list (Parquet bytes in its build task), in plan order.
@@ -260,7 +262,8 @@ def plan_stream(
         raise ValueError("max_bytes and max_samples must be positive")
     stats = stats if stats is not None else PlanStats()
     with tempfile.TemporaryDirectory(prefix="viewstream-plan-", dir=spill_dir) as tmp:
-        spill = _Spill(tmp, 0, by_group_id=shuffle_seed is None)
+        spill: _Spill | None = None
+        held: list[pa.RecordBatch] = []  # a small input is sorted in memory, never spilled
         max_file = 0
         for batch in batches:
             if not batch.num_rows:
@@ -268,9 +271,22 @@ def plan_stream(
             stats.num_inputs += batch.num_rows
             max_file = max(max_file, pc.max(batch.column("file")).as_py())
             rank = ranks(batch.column("group_id"), shuffle_seed)
-            spill.add(pa.RecordBatch.from_arrays([rank, *batch.columns], schema=SPILL_SCHEMA))
+            ranked = pa.RecordBatch.from_arrays([rank, *batch.columns], schema=SPILL_SCHEMA)
+            if spill is not None:
+                spill.add(ranked)
+                continue
+            held.append(ranked)
+            if stats.num_inputs > IN_MEMORY_ROWS:
+                spill = _Spill(tmp, 0, by_group_id=shuffle_seed is None)
+                for ranked in held:
+                    spill.add(ranked)
+                held = []
         stats.num_files = max_file + 1
-        yield from _pack(_sorted_partitions(spill), name, max_bytes, max_samples, stats)
+        if spill is not None:
+            tables = _sorted_partitions(spill)
+        else:
+            tables = iter([pa.Table.from_batches(held, SPILL_SCHEMA).sort_by(SORT_KEYS).combine_chunks()] if held else [])
+        yield from _pack(tables, name, max_bytes, max_samples, stats)
 
 
 def _pack(tables: Iterator[pa.Table], name: str, max_bytes: int, max_samples: int,
@@ -337,5 +353,5 @@ def plan_shards(
     shuffle_seed: int | None = 0,
 ) -> list[PlannedShard]:
     """The plan of an in-memory list of records (tests and small tools; builds stream)."""
-    batches = _records_table(records).to_batches()
+    batches = _records_table(records).to_batches(max_chunksize=1000)
     return list(plan_stream(batches, name, max_bytes, max_samples, shuffle_seed))

@@ -145,6 +145,7 @@ def test_plan_is_the_same_when_partitions_split_again(monkeypatch):
         spill_init(self, folder, depth, by_group_id)
 
     monkeypatch.setattr(plan_module._Spill, "__init__", init)
+    monkeypatch.setattr(plan_module, "IN_MEMORY_ROWS", 100)    # spill from the second batch on
     monkeypatch.setattr(plan_module, "MAX_PARTITION_ROWS", 3)  # ~6 rows per first-level partition
     assert plan_shards(list(reversed(records)), "data", max_bytes=200, max_samples=7) == expected
     assert (1, False) in depths
