@@ -194,3 +194,13 @@ def test_build_never_raises_on_an_image(monkeypatch):
     monkeypatch.setattr(build, "validate_image", explode)
     outcome = build._validate(b"\x89PNG....", build.BuildOptions())
     assert outcome.reason == "corrupt" and "decoder blew up" in outcome.detail
+
+
+@pytest.mark.parametrize("name,size", [("a-1.0.jpg", 0), ("k" * 57 + ".12.png", 700), ("x-y.json", 8**11 - 1),
+                                       ("фото-1.json", 5), ("n" * 100, 1), ("d/" + "n" * 100, 1)])
+def test_ustar_header_is_what_tarfile_writes(name, size):
+    from sharding.tar_writer import ustar_header
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    assert ustar_header(name, size) == info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
