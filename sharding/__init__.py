@@ -3,13 +3,13 @@
 Modules, one job each (read in this order):
   format      the shard format contract shared with `pipeline`
   storage     bytes at local paths and s3:// (read, ranged read, list, atomic/multipart write)
-  inputs      folder / manifest / s3 prefix -> sorted InputRecords (uri, group, label)
+  inputs      folder / manifest(s) / S3 Inventory / s3 prefix -> streamed record batches
   validate    decode each image for real: keep its bytes, re-encode it, or say why not
-  plan        deterministic plan: groups -> shards, stable keys
+  plan        deterministic streamed plan: ranked, spilled partitions -> shards, stable keys
   tar_writer  deterministic streaming tar + DALI wds2idx index
-  build       build and publish one shard atomically (tar, .idx, part record)
+  build       build one shard from its input list, prefetching reads (tar, .idx, index part, record)
   executors   run builds inline, in local processes, or as Ray tasks
-  run         shard_dataset(): orchestrate, resume, manifest, index/quarantine tables
+  run         shard_dataset() / plan_dataset() (--dry-run): orchestrate, resume, summary, shards.parquet
   dataset     read a built dataset (manifest, index, shard URIs, samples by ranged reads)
   inspect     summary, sha256 verification, contact sheet
   commands    `viewstream shard` / `viewstream inspect`

@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import re
 
+from viewstream.errors import UsageError
+
 from viewstream.argtypes import positive_int
 from sharding.validate import DEFAULT_MAX_PIXELS
 
+DEFAULT_PREFETCH = 8  # sharding.build.DEFAULT_PREFETCH (not imported: it would pull in PIL at start-up)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -35,12 +38,15 @@ def add_commands(subparsers) -> None:
     """Register `shard` and `inspect` on the front door's subparsers."""
     shard = subparsers.add_parser(
         "shard", help="pack images / natural-view groups into WebDataset shards",
-        description="Pack a folder, a manifest (.csv/.jsonl/.parquet with a uri column) or an "
-                    "s3:// prefix into WebDataset shards with .idx, index.parquet, "
-                    "quarantine.parquet and manifest.json. Rerun the same command to resume.",
+        description="Pack a folder, a manifest (.csv/.jsonl/.parquet with a uri column), several "
+                    "manifests (a glob, a folder of manifest files, an S3 Inventory manifest.json) "
+                    "or an s3:// prefix into WebDataset shards with .idx, per-shard index and "
+                    "quarantine parts, shards.parquet and manifest.json. Rerun the same command "
+                    "to resume.",
     )
-    shard.add_argument("input", help="folder, manifest file, or s3://bucket/prefix")
-    shard.add_argument("output", help="output folder or s3://bucket/prefix")
+    shard.add_argument("input", help="folder, manifest file, glob of manifests ('lists/*.parquet'), "
+                                     "S3 Inventory manifest.json, or s3://bucket/prefix")
+    shard.add_argument("output", nargs="?", help="output folder or s3://bucket/prefix (not with --dry-run)")
     shard.add_argument("--group-by", choices=("file", "dir"), default="file",
                        help="file: each image is a sample; dir: each leaf folder is one natural-view group")
     shard.add_argument("--label-from", choices=("none", "parent"), default="none",
@@ -67,6 +73,12 @@ def add_commands(subparsers) -> None:
     shard.add_argument("--ray-cpus", type=positive_int, default=None, help="CPUs of a local Ray started here")
     shard.add_argument("--endpoint-url", default=None,
                        help="S3 endpoint (default: AWS_ENDPOINT_URL, else AWS)")
+    shard.add_argument("--prefetch", type=positive_int, default=DEFAULT_PREFETCH,
+                       help=f"reads in flight per shard task (default {DEFAULT_PREFETCH}, sized for S3 latency; "
+                            "does not change the output)")
+    shard.add_argument("--dry-run", action="store_true",
+                       help="only plan: print inputs, groups, shards, bytes per shard, the largest group "
+                            "and groups split across manifest files; build nothing")
     shard.add_argument("--no-progress", action="store_true", help="no progress bar")
     shard.set_defaults(func=run_shard)
 
@@ -83,16 +95,23 @@ def add_commands(subparsers) -> None:
 
 
 def run_shard(args: argparse.Namespace) -> int:
-    from sharding.run import shard_dataset
+    from sharding.run import plan_dataset, shard_dataset
 
+    fields = dict(name=args.name, group_by=args.group_by, label_from=args.label_from,
+                  shard_bytes=args.shard_bytes, shard_samples=args.shard_samples, max_side=args.max_side,
+                  quality=args.quality, max_pixels=args.max_pixels,
+                  shuffle_seed=None if args.sorted else args.shuffle_seed)
+    if args.dry_run:
+        print(plan_dataset(args.input, endpoint_url=args.endpoint_url, progress=not args.no_progress,
+                           **fields).format())
+        return 0
+    if args.output is None:
+        raise UsageError("shard needs an OUTPUT folder or s3://bucket/prefix (or --dry-run)")
     summary = shard_dataset(
-        args.input, args.output,
-        name=args.name, group_by=args.group_by, label_from=args.label_from,
-        shard_bytes=args.shard_bytes, shard_samples=args.shard_samples, max_side=args.max_side,
-        quality=args.quality, max_pixels=args.max_pixels,
-        shuffle_seed=None if args.sorted else args.shuffle_seed,
+        args.input, args.output, **fields,
         workers=args.workers if not args.ray else (args.ray_cpus or 1), ray=args.ray,
         ray_address=args.ray_address, endpoint_url=args.endpoint_url, progress=not args.no_progress,
+        prefetch=args.prefetch,
     )
     print(summary.format())
     return 0

@@ -1,29 +1,34 @@
-"""Read a built dataset (local folder or s3:// prefix): manifest, index, shard locations, samples.
+"""Read a built dataset (local folder or s3:// prefix): manifest, shard table, index parts, samples.
 
-The reading half of the shard format, for `pipeline` and `inspect`. Functions take the dataset
-root and an optional `Storage` (for a custom S3 endpoint); none of them unpickle anything.
+The reading half of the shard format (format version 2, see `sharding.format`), for `pipeline`,
+`inspect` and `evaluation`. Functions take the dataset root and an optional `Storage` (for a
+custom S3 endpoint); none of them unpickle anything. A rank plans from `read_shards` (one row
+per shard) and reads `read_index_part` for its own shards only; `read_index` (every sample of
+the dataset in one table) is for small datasets and tools that visit every sample anyway.
 """
 from __future__ import annotations
 
 import io
 import json
-import tarfile
 from dataclasses import dataclass
-from typing import Iterator
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from viewstream.errors import UsageError
 
 from sharding.format import (
-    INDEX_FILE,
+    FORMAT_VERSION,
+    INDEX_DIR,
     INDEX_SCHEMA,
     MANIFEST_FILE,
-    QUARANTINE_FILE,
+    QUARANTINE_DIR,
     QUARANTINE_SCHEMA,
+    READABLE_FORMAT_VERSIONS,
     SHARDS_DIR,
+    SHARDS_FILE,
+    SHARDS_SCHEMA,
     idx_name,
+    index_part_name,
 )
 from sharding.storage import Storage, is_s3, join
 
@@ -37,7 +42,7 @@ def _root(root: str) -> str:
 
 
 def load_manifest(root: str, storage: Storage | None = None) -> dict:
-    """The dataset's manifest.json as a dict; UsageError if `root` holds no dataset."""
+    """The dataset's manifest.json as a dict; UsageError if `root` holds no readable dataset."""
     uri = join(_root(root), MANIFEST_FILE)
     try:
         data = _storage(storage).read_bytes(uri)
@@ -47,17 +52,50 @@ def load_manifest(root: str, storage: Storage | None = None) -> dict:
         if is_s3(uri):
             raise UsageError(f"cannot read {uri!r}: {err}") from None
         raise
-    return json.loads(data)
+    manifest = json.loads(data)
+    version = manifest.get("format_version")
+    if version not in READABLE_FORMAT_VERSIONS:
+        hint = (f"; run `viewstream migrate {root}` to rewrite it as version {FORMAT_VERSION}"
+                if isinstance(version, int) and version < FORMAT_VERSION else "")
+        raise UsageError(f"{root!r} is a dataset of format version {version}, this viewstream reads "
+                         f"{list(READABLE_FORMAT_VERSIONS)}{hint}")
+    return manifest
+
+
+def read_shards(root: str, storage: Storage | None = None) -> pa.Table:
+    """shards.parquet (format.SHARDS_SCHEMA): one row per finished shard, in shard order."""
+    return _read_table(join(_root(root), SHARDS_FILE), SHARDS_SCHEMA, storage)
+
+
+def index_part_uri(root: str, shard_name: str) -> str:
+    """Where the index part of shard `shard_name` lives."""
+    return join(_root(root), INDEX_DIR, index_part_name(shard_name))
+
+
+def read_index_part(root: str, shard_name: str, storage: Storage | None = None) -> pa.Table:
+    """The index rows (format.INDEX_SCHEMA) of one shard, in tar order."""
+    return _read_table(index_part_uri(root, shard_name), INDEX_SCHEMA, storage)
 
 
 def read_index(root: str, storage: Storage | None = None) -> pa.Table:
-    """index.parquet (format.INDEX_SCHEMA): one row per sample, in shard order."""
-    return _read_table(join(_root(root), INDEX_FILE), INDEX_SCHEMA, storage)
+    """Every sample's index row, in shard order: for small datasets and whole-dataset tools only
+    (it is one table of the whole dataset; a training rank reads `read_index_part`)."""
+    names = read_shards(root, storage).column("name").to_pylist()
+    parts = [read_index_part(root, name, storage) for name in names]
+    return pa.concat_tables(parts) if parts else INDEX_SCHEMA.empty_table()
 
 
 def read_quarantine(root: str, storage: Storage | None = None) -> pa.Table:
-    """quarantine.parquet (format.QUARANTINE_SCHEMA): one row per input not in any shard."""
-    return _read_table(join(_root(root), QUARANTINE_FILE), QUARANTINE_SCHEMA, storage)
+    """Every input that is in no shard (format.QUARANTINE_SCHEMA), from the quarantine parts."""
+    storage = _storage(storage)
+    folder = join(_root(root), QUARANTINE_DIR)
+    try:
+        entries = sorted(e.relpath for e in storage.list_files(folder)
+                         if e.relpath.endswith(".parquet") and "/" not in e.relpath)
+    except FileNotFoundError:
+        entries = []
+    parts = [_read_table(join(folder, name), QUARANTINE_SCHEMA, storage) for name in entries]
+    return pa.concat_tables(parts) if parts else QUARANTINE_SCHEMA.empty_table()
 
 
 def _read_table(uri: str, schema: pa.Schema, storage: Storage | None) -> pa.Table:
@@ -75,7 +113,7 @@ def shard_uri(root: str, shard_name: str) -> str:
 
 def shard_uris(root: str, storage: Storage | None = None) -> list[str]:
     """Every finished shard of the dataset, in order."""
-    return [shard_uri(root, s["name"]) for s in load_manifest(root, storage)["shards"]]
+    return [shard_uri(root, name) for name in read_shards(root, storage).column("name").to_pylist()]
 
 
 def idx_uri(root: str, shard_name: str) -> str:
@@ -119,21 +157,3 @@ def read_sample(root: str, shard_name: str, key: str, storage: Storage | None = 
         raise KeyError(f"{key!r} is not in shard {shard_name}")
     uri = shard_uri(root, shard_name)
     return {m.ext: storage.read_range(uri, m.offset, m.size) for m in index[key]}
-
-
-def iter_shard(uri: str, storage: Storage | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Stream a shard's samples as (key, {ext: bytes}) in tar order (no random access needed)."""
-    with _storage(storage).open_read(uri) as stream:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            key, members = None, {}
-            for info in tar:
-                if not info.isfile():
-                    continue
-                base, _, ext = info.name.partition(".")
-                if key is not None and base != key:
-                    yield key, members
-                    members = {}
-                key = base
-                members[ext] = tar.extractfile(info).read()
-            if key is not None:
-                yield key, members

@@ -1,15 +1,27 @@
 """The shard format: the contract between `sharding` (writes it) and `pipeline` (reads it).
 
-See shared/ARCHITECTURE.md section 1. Everything both sides must agree on lives here, so a
-change to the format is a change to one file.
+See ARCHITECTURE.md section 1. Everything both sides must agree on lives here, so a change to
+the format is a change to one file.
 
-A dataset is a folder or an ``s3://bucket/prefix`` holding::
+Format version 2 (the scale layout: nothing in it is one table of every sample). A dataset is a
+folder or an ``s3://bucket/prefix`` holding::
 
     shards/{name}-{000000}.tar     WebDataset tar, one sample = one natural-view group
     shards/{name}-{000000}.idx     DALI wds2idx index of that tar (DALI never scans tars)
-    index.parquet                  one row per sample (INDEX_SCHEMA)
-    manifest.json                  format version, counts, bytes, sha256 per shard, build config
-    quarantine.parquet             inputs that are not in any shard, with the reason (QUARANTINE_SCHEMA)
+    index/{name}-{000000}.parquet  the index part of that shard: one row per sample, tar order
+                                   (INDEX_SCHEMA); a reader reads only the parts of its shards
+    quarantine/{name}-{000000}.parquet   inputs of that shard's plan that are in no shard, with
+                                   the reason (QUARANTINE_SCHEMA); written only when non-empty
+    shards.parquet                 one row per finished shard (SHARDS_SCHEMA), in shard order:
+                                   what a rank plans an epoch from (O(shards), not O(samples))
+    manifest.json                  a small summary: format version, counts, label vocabulary,
+                                   the build config (see MANIFEST_KEYS below); never a list
+                                   that grows with the shards
+    _parts/{name}-{000000}.json    the finished-shard record a rerun checks (readers ignore it)
+
+Format version 1 (before): one ``index.parquet`` and one ``quarantine.parquet`` for the whole
+dataset and a ``shards`` list inside manifest.json. `viewstream migrate ROOT` rewrites such a
+dataset in place as version 2 (the tars and .idx files are unchanged).
 
 Sample members: ``{key}.{i}.{ext}`` for views i = 0..n-1 and ``{key}.json`` with the group's
 metadata (group id, sources, label, per-view sha256). Keys contain no dots.
@@ -18,12 +30,18 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (2,)  # version 1 is migrated (`viewstream migrate`), not read
 
 SHARDS_DIR = "shards"
-INDEX_FILE = "index.parquet"
+INDEX_DIR = "index"
+QUARANTINE_DIR = "quarantine"
+SHARDS_FILE = "shards.parquet"
 MANIFEST_FILE = "manifest.json"
-QUARANTINE_FILE = "quarantine.parquet"
+PARTS_DIR = "_parts"
+# Format version 1 only (read by the migration):
+V1_INDEX_FILE = "index.parquet"
+V1_QUARANTINE_FILE = "quarantine.parquet"
 
 # Extensions the decoders (DALI and PIL) read as-is; anything else is re-encoded.
 KEPT_IMAGE_EXTS = ("jpg", "png")
@@ -37,6 +55,20 @@ INDEX_SCHEMA = pa.schema(
         ("view_exts", pa.list_(pa.string())),  # extension of each view, e.g. ["jpg", "png"]
         ("bytes", pa.int64()),         # total bytes of the sample's image members
         ("label", pa.string()),        # label if any (null otherwise)
+        ("view_sha256", pa.list_(pa.string())),  # sha256 (hex) of each view's bytes, as in {key}.json
+    ]
+)
+
+# Version 1 index rows had no view_sha256 (the migration reads it from the {key}.json members).
+V1_INDEX_SCHEMA = pa.schema([f for f in INDEX_SCHEMA if f.name != "view_sha256"])
+
+SHARDS_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),         # shard file name relative to SHARDS_DIR, e.g. "data-000000.tar"
+        ("num_samples", pa.int64()),   # rows in its index part
+        ("num_views", pa.int64()),     # photos in it
+        ("bytes", pa.int64()),         # tar size
+        ("sha256", pa.string()),       # of the tar
     ]
 )
 
@@ -49,25 +81,25 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
-# manifest.json keys (a plain JSON object):
+# manifest.json keys (a plain JSON object, small whatever the dataset's size):
 #   format_version: int                 FORMAT_VERSION
 #   name: str                           shard name prefix
 #   complete: bool                      false while a build is running or was interrupted; true once
-#                                       every planned shard, index.parquet and quarantine.parquet exist
+#                                       every planned shard, its index part and shards.parquet exist
 #   num_inputs: int                     inputs found (the whole plan)
 #   num_planned_shards: int             shards in the plan (a shard whose inputs were all
-#                                       quarantined has no tar and is not listed)
+#                                       quarantined has no tar and is not listed); while a build
+#                                       runs, the shards planned so far (planning overlaps building)
 #   num_samples, num_views, num_quarantined: int     over the listed (finished) shards
 #   quarantined_by_reason: {reason: count}
 #   total_bytes: int                    sum of shard file sizes
-#   shards: list of {"name": "data-000000.tar", "idx": "data-000000.idx", "num_samples": int,
-#                    "num_views": int, "bytes": int, "sha256": str}   only finished shards are listed
+#   num_shards: int                     finished shards (rows of shards.parquet)
+#   labels: list[str]                   sorted distinct labels of all samples ([] if unlabelled):
+#                                       the label vocabulary, so no reader scans the index for it
 #   config: dict                        the (secret-free) configuration that built the dataset,
 #                                       including "input"; never the executor or worker count
-#
-# Besides these, a dataset holds _parts/{name}-{000000}.json: one record per finished shard (its
-# index and quarantine rows, sha256 and a fingerprint of its inputs and options). They are how a
-# rerun knows which shards are done; readers ignore them.
+# (Version 1 also had "shards": a list of {"name", "idx", "num_samples", "num_views", "bytes",
+# "sha256"}; version 2 keeps those rows in shards.parquet.)
 
 
 def shard_name(name: str, number: int) -> str:
@@ -88,3 +120,13 @@ def view_member(key: str, view: int, ext: str) -> str:
 def meta_member(key: str) -> str:
     """The tar member holding a sample's JSON metadata."""
     return f"{key}.json"
+
+
+def index_part_name(tar_name: str) -> str:
+    """The index part (relative to INDEX_DIR) of a shard, e.g. ``data-000000.parquet``."""
+    return tar_name[: -len(".tar")] + ".parquet"
+
+
+def quarantine_part_name(tar_name: str) -> str:
+    """The quarantine part (relative to QUARANTINE_DIR) of a shard's plan."""
+    return tar_name[: -len(".tar")] + ".parquet"

@@ -1,14 +1,18 @@
-"""Orchestrate a sharding run: inputs -> plan -> build shards (any executor) -> index and manifest.
+"""Orchestrate a sharding run: inputs -> streamed plan -> build shards (any executor) -> summary.
 
-`shard_dataset` is the library entry point behind ``viewstream shard``. It is resumable: shards
-whose part record matches the plan are skipped, so rerunning an interrupted command finishes it,
-and the result is byte-identical to a run that never stopped. manifest.json is rewritten
-(atomically) as shards finish and lists only finished ones; ``"complete": true`` and the
-index/quarantine tables appear only when every shard is done.
+`shard_dataset` is the library entry point behind ``viewstream shard``; `plan_dataset` behind
+``viewstream shard --dry-run``. Nothing in the driver grows with the number of inputs: input
+batches stream into the plan (`sharding.plan`), each planned shard's input list travels to
+the executor inside its task (a few tasks in flight at a time), each build writes its own index and
+quarantine parts, and the driver keeps one small record per shard (O(shards)). It is resumable:
+shards whose part record matches the plan are skipped, so rerunning an interrupted command
+finishes it, and the result is byte-identical to a run that never stopped. manifest.json is a
+constant-size summary rewritten (atomically) at most every MANIFEST_INTERVAL_S; shards.parquet
+and ``"complete": true`` appear when every shard is done.
 """
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import os
 import tempfile
@@ -16,28 +20,37 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Literal
+from typing import Iterator, Literal
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
 from viewstream.errors import UsageError
 
-from sharding.build import PARTS_DIR, BuildOptions, ShardRecord, build_shard, part_uri, text
+from sharding.build import (
+    DEFAULT_PREFETCH,
+    BuildOptions,
+    ShardRecord,
+    ShardTask,
+    build_shard,
+    parquet_bytes,
+    part_uri,
+    text,
+)
 from sharding.executors import Executor, make_executor
 from sharding.format import (
     FORMAT_VERSION,
-    INDEX_FILE,
-    INDEX_SCHEMA,
+    INDEX_DIR,
     MANIFEST_FILE,
-    QUARANTINE_FILE,
-    QUARANTINE_SCHEMA,
+    PARTS_DIR,
+    QUARANTINE_DIR,
     SHARDS_DIR,
+    SHARDS_FILE,
+    SHARDS_SCHEMA,
 )
-from sharding.inputs import discover_inputs
-from sharding.plan import ShardTask, plan_shards
+from sharding.inputs import InputSource, iter_input_batches, resolve_source
+from sharding.plan import PlannedShard, PlanStats, plan_stream
 from sharding.storage import Storage, is_s3, join, split_s3
 from sharding.validate import DEFAULT_MAX_PIXELS
 
@@ -108,54 +121,191 @@ def shard_dataset(
     endpoint_url: str | None = None,
     progress: bool = True,
     executor: Executor | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
     **config_fields,
 ) -> ShardSummary:
-    """Shard the images at `source` (folder, manifest, s3:// prefix) into a dataset at `output`.
+    """Shard the images at `source` (folder, manifest(s), s3:// prefix) into a dataset at `output`.
 
     `config` (or keyword fields of ShardConfig, e.g. ``group_by="dir", shard_samples=64``)
-    decides the bytes; `workers`/`ray` only decide where shards are built. Raises UsageError for
-    bad input or output; bad images are quarantined, never raised.
+    decides the bytes; `workers`/`ray` only decide where shards are built and `prefetch` how
+    many reads a build keeps in flight. Raises UsageError for bad input or output; bad images
+    are quarantined, never raised.
     """
     config = make_config(config, **config_fields)
     if workers < 1:
         raise UsageError(f"workers must be >= 1, got {workers}")
+    if prefetch < 1:
+        raise UsageError(f"prefetch must be >= 1, got {prefetch}")
     started = time.perf_counter()
     storage = Storage(endpoint_url)
-    source = source if is_s3(source) else os.path.abspath(source)
+    source = _absolute(source)
     output = output.rstrip("/") if is_s3(output) else os.path.abspath(output)
     check_output(output, storage)
-    storage.remove_unfinished_writes(output, ("", SHARDS_DIR, PARTS_DIR))  # a killed run's debris
-    records = discover_inputs(source, storage, config.group_by, config.label_from)
-    tasks = plan_shards(records, config.name, config.shard_bytes, config.shard_samples, config.shuffle_seed)
+    storage.remove_unfinished_writes(  # a killed run's debris
+        output, ("", SHARDS_DIR, PARTS_DIR, INDEX_DIR, QUARANTINE_DIR))
+    resolved = resolve_source(source, storage)
     options = config.build_options()
-    done = finished_records(tasks, output, options, storage)
-    todo = [t for t in tasks if t.name not in done]
-    manifest = ManifestWriter(output, storage, config, source, len(records), len(tasks))
+    listed = {e.relpath for e in _safe_list(storage, join(output, PARTS_DIR))}
+    stats = PlanStats()
+    manifest = ManifestWriter(output, storage, config, source, stats)
+    records: dict[str, ShardRecord] = {}
+    order: list[str] = []
+    bar = _LazyBar(progress)
     built = built_inputs = 0
-    if todo:
-        # Before any shard is (re)written, drop an older manifest's claims about it.
-        manifest.update(done.values())
-        owned = executor is None
-        executor = executor or make_executor(workers, ray, ray_address)
-        bar = tqdm(total=len(records), initial=sum(t.num_inputs for t in tasks if t.name in done),
-                   unit="img", desc="sharding", disable=not progress)
-        try:
-            build = partial(build_shard, output=output, options=options, storage=storage)
-            for record in executor.map_unordered(build, todo):
-                done[record.name] = record
+
+    def tasks() -> Iterator[ShardTask]:
+        """Planned shards that need building (finished ones are recorded and skipped)."""
+        batches = _counted(_batches(source, storage, config, resolved), progress, "planning")
+        for shard in plan_stream(batches, config.name, config.shard_bytes, config.shard_samples,
+                                 config.shuffle_seed, stats):
+            bar.start(stats.num_inputs)
+            order.append(shard.name)
+            data = parquet_bytes(shard.rows)
+            fingerprint = shard_fingerprint(shard, asdict(options), data)
+            done = _finished(output, shard.name, fingerprint, listed, storage)
+            if done is not None:
+                manifest.add(done)
+                records[shard.name] = done
+                bar.update(done.num_inputs)
+                continue
+            # Before any shard is (re)written, drop an older build's claims about it.
+            manifest.invalidate()
+            yield ShardTask(shard.number, shard.name, data, fingerprint, shard.num_inputs)
+
+    owned = executor is None
+    try:
+        todo = tasks()
+        first = next(todo, None)  # plans up to the first shard to build (or to the end)
+        if first is not None:
+            executor = executor or make_executor(workers, ray, ray_address)
+            build = partial(build_shard, output=output, options=options, storage=storage, prefetch=prefetch)
+            for record in executor.map_unordered(build, _chain(first, todo)):
+                manifest.add(record)
+                records[record.name] = record
                 built += 1
                 built_inputs += record.num_inputs
                 bar.update(record.num_inputs)
-                manifest.update(done.values())
-        finally:
-            bar.close()
-            if owned:
-                executor.close()
-    ordered = [done[t.name] for t in tasks]
-    write_tables(output, ordered, storage)
-    manifest.update(ordered, complete=True)
+                manifest.write()
+    finally:
+        bar.close()
+        if owned and executor is not None:
+            executor.close()
+    if stats.num_inputs == 0:
+        raise UsageError(f"input {source!r} holds no files (expected images in a folder or manifest rows)")
+    ordered = [records[name] for name in order]
+    write_shards_table(output, ordered, storage)
+    manifest.write(complete=True)
     seconds = time.perf_counter() - started
-    return summarize(output, ordered, len(records), built, built_inputs, seconds)
+    return summarize(output, ordered, stats.num_inputs, built, built_inputs, seconds)
+
+
+def plan_dataset(
+    source: str,
+    config: ShardConfig | None = None,
+    *,
+    endpoint_url: str | None = None,
+    progress: bool = True,
+    **config_fields,
+) -> PlanSummary:
+    """The plan of `source` under `config`, summarized, without building (``--dry-run``):
+    reads only the listing or manifests, in bounded memory (the plan spills to TMPDIR)."""
+    config = make_config(config, **config_fields)
+    started = time.perf_counter()
+    storage = Storage(endpoint_url)
+    source = _absolute(source)
+    resolved = resolve_source(source, storage)
+    stats = PlanStats()
+    batches = _counted(_batches(source, storage, config, resolved), progress, "planning")
+    for _ in plan_stream(batches, config.name, config.shard_bytes, config.shard_samples,
+                         config.shuffle_seed, stats):
+        pass
+    if stats.num_inputs == 0:
+        raise UsageError(f"input {source!r} holds no files (expected images in a folder or manifest rows)")
+    return PlanSummary(source, resolved.kind, max(1, len(resolved.files)), stats, time.perf_counter() - started)
+
+
+@dataclass
+class PlanSummary:
+    """What ``--dry-run`` prints."""
+
+    source: str
+    kind: str
+    num_files: int
+    stats: PlanStats
+    seconds: float
+
+    def format(self) -> str:
+        s = self.stats
+        mean_bytes = s.input_bytes / s.num_shards if s.num_shards else 0
+        mean_groups = s.num_groups / s.num_shards if s.num_shards else 0
+        return "\n".join(
+            [
+                f"input        {self.source} ({self.kind}, {self.num_files} file(s))",
+                f"inputs       {s.num_inputs}",
+                f"groups       {s.num_groups} ({s.groups_split_across_files} split across manifest files)",
+                f"shards       {s.num_shards}",
+                f"per shard    {s.min_shard_groups}-{s.max_shard_groups} groups (mean {mean_groups:.1f}), "
+                + (f"{s.min_shard_bytes}-{s.max_shard_bytes} input bytes (mean {mean_bytes:.0f})" if s.input_bytes
+                   else "input bytes unknown (the manifest lists no sizes: packed by --shard-samples)"),
+                f"largest      {s.largest_group_inputs} inputs, {s.largest_group_bytes} bytes: "
+                f"{text(s.largest_group_id or '')}",
+                f"time         {self.seconds:.2f} s, {s.num_inputs / max(self.seconds, 1e-9):.0f} inputs/s",
+            ]
+        )
+
+
+class _LazyBar:
+    """The build's progress bar, shown from the first planned shard on (so that an input
+    error before it stays a one-line message)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self._bar = enabled, None
+
+    def start(self, total: int) -> None:
+        if self._bar is None:
+            self._bar = tqdm(total=total, unit="img", desc="sharding", disable=not self.enabled)
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _counted(batches: Iterator[pa.RecordBatch], progress: bool, desc: str) -> Iterator[pa.RecordBatch]:
+    """`batches`, with a bar of rows read that appears after the first batch parsed."""
+    bar = None
+    try:
+        for batch in batches:
+            if bar is None:
+                bar = tqdm(unit="input", desc=desc, disable=not progress)
+            bar.update(batch.num_rows)
+            yield batch
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _absolute(source: str) -> str:
+    return source if is_s3(source) else os.path.abspath(source)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _batches(source: str, storage: Storage, config: ShardConfig, resolved: InputSource) -> Iterator[pa.RecordBatch]:
+    return iter_input_batches(source, storage, config.group_by, config.label_from, resolved)
+
+
+def shard_fingerprint(shard: PlannedShard, options: dict, list_bytes: bytes) -> str:
+    """sha256 of everything that decides a shard's bytes (its name, the build options, its input
+    list): a finished shard is reused on rerun only if its recorded fingerprint matches."""
+    head = json.dumps({"name": shard.name, "config": options}, sort_keys=True).encode()
+    return hashlib.sha256(head + b"\0" + list_bytes).hexdigest()
 
 
 def make_config(config: ShardConfig | None = None, **fields) -> ShardConfig:
@@ -187,85 +337,106 @@ def check_output(output: str, storage: Storage) -> None:
         raise UsageError(f"output {output!r} is not writable: {err.strerror or err}") from None
 
 
-def finished_records(
-    tasks: list[ShardTask], output: str, options: BuildOptions, storage: Storage
-) -> dict[str, ShardRecord]:
-    """Part records of shards already built with exactly this plan and these options."""
-    listed = {e.relpath for e in _safe_list(storage, join(output, PARTS_DIR))}
-    opts = asdict(options)
-    done = {}
-    for task in tasks:
-        uri = part_uri(output, task.name)
-        if uri.rsplit("/", 1)[-1] not in listed:
-            continue
-        try:
-            record = ShardRecord.from_json(storage.read_bytes(uri))
-        except Exception:  # unreadable or foreign: rebuild the shard
-            continue
-        if record.fingerprint == task.fingerprint(opts):
-            done[task.name] = record
-    return done
+def _finished(output: str, name: str, fingerprint: str, listed: set[str], storage: Storage) -> ShardRecord | None:
+    """The part record of shard `name` if it was built with exactly this plan and options."""
+    uri = part_uri(output, name)
+    if uri.rsplit("/", 1)[-1] not in listed:
+        return None
+    try:
+        record = ShardRecord.from_json(storage.read_bytes(uri))
+    except Exception:  # unreadable or foreign: rebuild the shard
+        return None
+    return record if record.fingerprint == fingerprint else None
 
 
 def _safe_list(storage: Storage, root: str):
     try:
         if not is_s3(root) and not os.path.isdir(root):
             return []
-        return storage.list_files(root)
+        return storage.iter_files(root)
     except Exception:
         return []
 
 
 class ManifestWriter:
-    """Rewrites manifest.json atomically, at most every MANIFEST_INTERVAL_S while building."""
+    """Keeps the dataset's running totals and rewrites manifest.json (a constant-size summary)
+    atomically, at most every MANIFEST_INTERVAL_S while building."""
 
-    def __init__(self, output: str, storage: Storage, config: ShardConfig, source: str,
-                 num_inputs: int, num_planned: int):
+    def __init__(self, output: str, storage: Storage, config: ShardConfig, source: str, stats: PlanStats):
         self.uri = join(output, MANIFEST_FILE)
+        self.output = output
         self.storage = storage
-        self.base = {
-            "format_version": FORMAT_VERSION,
-            "name": config.name,
-            "num_inputs": num_inputs,
-            "num_planned_shards": num_planned,
-            "config": {"input": text(source), **config.model_dump()},
-        }
+        self.stats = stats
+        self.config = {"input": text(source), **config.model_dump()}
+        self.name = config.name
+        self.totals = Counter()
+        self.reasons: Counter = Counter()
+        self.labels: set[str] = set()
         self._last = 0.0
+        self._invalidated = False
 
-    def update(self, records, complete: bool = False) -> None:
+    def add(self, record: ShardRecord) -> None:
+        """Count a finished shard (its label list is merged and dropped: records stay small)."""
+        self.totals.update(num_samples=record.num_samples, num_views=record.num_views,
+                           total_bytes=record.bytes, num_shards=int(record.num_samples > 0))
+        self.reasons.update(record.quarantined_by_reason)
+        self.labels.update(record.labels)
+        record.labels = []
+
+    def invalidate(self) -> None:
+        """Once, before the first shard is (re)built: the manifest says incomplete and
+        shards.parquet lists nothing, so no reader trusts a shard that is about to change."""
+        if self._invalidated:
+            return
+        self._invalidated = True
+        write_shards_table(self.output, [], self.storage)
+        self.write(force=True)
+
+    def write(self, complete: bool = False, force: bool = False) -> None:
         now = time.monotonic()
-        if not complete and now - self._last < MANIFEST_INTERVAL_S:
+        if not (complete or force) and now - self._last < MANIFEST_INTERVAL_S:
             return
         self._last = now
-        records = sorted(records, key=lambda r: r.name)
-        reasons = Counter(row["reason"] for r in records for row in r.quarantine_rows)
         manifest = {
-            **self.base,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
             "complete": complete,
-            "num_samples": sum(r.num_samples for r in records),
-            "num_views": sum(r.num_views for r in records),
-            "num_quarantined": sum(reasons.values()),
-            "quarantined_by_reason": dict(sorted(reasons.items())),
-            "total_bytes": sum(r.bytes for r in records),
-            "shards": [r.manifest_entry() for r in records if r.num_samples > 0],
+            "num_inputs": self.stats.num_inputs,
+            "num_planned_shards": self.stats.num_shards,
+            "num_samples": self.totals["num_samples"],
+            "num_views": self.totals["num_views"],
+            "num_quarantined": sum(self.reasons.values()),
+            "quarantined_by_reason": dict(sorted(self.reasons.items())),
+            "total_bytes": self.totals["total_bytes"],
+            "num_shards": self.totals["num_shards"],
+            "labels": sorted(self.labels),
+            "config": self.config,
         }
         data = json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
         self.storage.write_bytes(self.uri, data.encode("utf-8"))
 
 
-def write_tables(output: str, records: list[ShardRecord], storage: Storage) -> None:
-    """index.parquet and quarantine.parquet, rows in plan order."""
-    index = pa.Table.from_pylist([row for r in records for row in r.index_rows], schema=INDEX_SCHEMA)
-    quarantine = pa.Table.from_pylist([row for r in records for row in r.quarantine_rows], schema=QUARANTINE_SCHEMA)
-    for name, table in ((INDEX_FILE, index), (QUARANTINE_FILE, quarantine)):
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        storage.write_bytes(join(output, name), buffer.getvalue())
+def write_shards_table(output: str, records: list[ShardRecord], storage: Storage) -> None:
+    """shards.parquet: one row per shard with samples, in plan order."""
+    rows = [r for r in records if r.num_samples > 0]
+    table = pa.table(
+        {
+            "name": pa.array([r.name for r in rows], pa.string()),
+            "num_samples": pa.array([r.num_samples for r in rows], pa.int64()),
+            "num_views": pa.array([r.num_views for r in rows], pa.int64()),
+            "bytes": pa.array([r.bytes for r in rows], pa.int64()),
+            "sha256": pa.array([r.sha256 for r in rows], pa.string()),
+        },
+        schema=SHARDS_SCHEMA,
+    )
+    storage.write_bytes(join(output, SHARDS_FILE), parquet_bytes(table))
 
 
 def summarize(output: str, records: list[ShardRecord], num_inputs: int, built: int,
               built_inputs: int, seconds: float) -> ShardSummary:
-    reasons = Counter(row["reason"] for r in records for row in r.quarantine_rows)
+    reasons: Counter = Counter()
+    for r in records:
+        reasons.update(r.quarantined_by_reason)
     return ShardSummary(
         output=output,
         num_inputs=num_inputs,

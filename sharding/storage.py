@@ -153,6 +153,11 @@ class Storage:
         entries.sort(key=lambda e: e.relpath)
         return entries
 
+    def iter_files(self, root: str) -> Iterator[FileEntry]:
+        """Every file under `root` like `list_files`, but streamed (S3: page by page) and in no
+        guaranteed order: for listings too big to hold (the shard plan does not need order)."""
+        return self._list_s3(root) if is_s3(root) else self._list_local(root)
+
     def _list_local(self, root: str) -> Iterator[FileEntry]:
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             dirnames.sort()

@@ -21,6 +21,30 @@ IDX_VERSION = "v1.2"
 MEMBER_MODE = 0o644
 
 
+# The fixed parts of every header, as tarfile.TarInfo.tobuf(USTAR_FORMAT) writes them.
+_MODE_IDS_ = b"%07o\0" % MEMBER_MODE + b"0000000\0" * 2          # mode, uid, gid
+_MTIME = b"00000000000\0"
+_TAIL = (b"0" + b"\0" * 100 + tarfile.POSIX_MAGIC + b"\0" * 64      # type, linkname, magic, names
+         + b"\0" * 16 + b"\0" * 155)                                # devmajor, devminor, prefix
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """The 512-byte ustar header of a regular member with our fixed metadata, byte for byte what
+    tarfile writes (tested against it), built directly: tarfile's generic path was ~0.15 ms per
+    member, a visible share of sharding small images."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100 or size >= 8**11:  # long names or huge members: let tarfile handle them
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uid, info.gid = size, 0, MEMBER_MODE, 0, 0
+        info.uname = info.gname = ""
+        return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+    head = raw + b"\0" * (100 - len(raw)) + _MODE_IDS_ + b"%011o\0" % size + _MTIME
+    block = head + b" " * 8 + _TAIL
+    block += b"\0" * (BLOCK - len(block))
+    checksum = sum(block)  # unsigned sum with the checksum field as spaces (POSIX)
+    return head + b"%06o\0 " % checksum + block[len(head) + 8:]
+
+
 class TarWriter:
     """Write samples to `sink` as a tar; `close()` ends the archive. Not thread-safe.
 
@@ -41,15 +65,7 @@ class TarWriter:
         self._offset += len(data)
 
     def _add_member(self, name: str, data: bytes) -> tuple[int, int]:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = 0
-        info.mode = MEMBER_MODE
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.type = tarfile.REGTYPE
-        header = info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
-        self._write(header)
+        self._write(ustar_header(name, len(data)))
         data_offset = self._offset
         self._write(data)
         padding = -len(data) % BLOCK

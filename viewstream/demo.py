@@ -73,7 +73,7 @@ def prepare_shards(out: Path, size: DemoSize, source: Path) -> dict[str, str]:
     shards = {}
     for split, limit in (("train", size.train_images), ("test", size.test_images)):
         dataset = out / "shards" / split
-        if not (dataset / "manifest.json").is_file() or not (dataset / "index.parquet").is_file():
+        if not (dataset / "manifest.json").is_file() or not (dataset / "shards.parquet").is_file():
             export_fashion_mnist(out / "png", split, limit_per_split=limit, source_dir=source)
             shard_dataset(str(out / "png" / split), str(dataset), label_from="parent",
                           shard_samples=2048, workers=2, progress=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sharding.dataset import load_manifest, read_index, read_quarantine, shard_uri
+from sharding.dataset import load_manifest, read_index, read_quarantine, read_shards, shard_uri
 from sharding.build import text
 from sharding.validate import REASONS
 
@@ -121,7 +121,7 @@ def hostile(tmp_path_factory):
 def views_by_source(out: Path) -> dict[str, tuple[bytes, dict, int]]:
     """source uri -> (stored bytes, group json, view number) for every view in every shard."""
     found = {}
-    for shard in load_manifest(str(out))["shards"]:
+    for shard in read_shards(str(out)).to_pylist():
         with tarfile.open(shard_uri(str(out), shard["name"])) as tar:
             members = {m.name: tar.extractfile(m).read() for m in tar}
         for name, data in members.items():
@@ -194,7 +194,7 @@ def test_dali_decodes_every_stored_view(hostile):
     from nvidia.dali import fn, pipeline_def
 
     _, out, _, _ = hostile
-    shards = [s["name"] for s in load_manifest(str(out))["shards"]]
+    shards = [s["name"] for s in read_shards(str(out)).to_pylist()]
     rows = read_index(str(out)).to_pylist()
     max_views = max(r["num_views"] for r in rows)
 
@@ -239,7 +239,7 @@ def test_shard_whose_inputs_are_all_bad_is_not_listed(tmp_path):
     out = tmp_path / "out"
     summary = shard_dataset(str(corpus), str(out), shard_samples=2, shuffle_seed=None, progress=False)
     manifest = load_manifest(str(out))
-    assert [s["name"] for s in manifest["shards"]] == ["data-000001.tar"]
+    assert read_shards(str(out)).column("name").to_pylist() == ["data-000001.tar"]
     assert manifest["num_planned_shards"] == 2 and manifest["complete"]
     assert not (out / "shards" / "data-000000.tar").exists()
     assert summary.num_samples == 1 and summary.quarantined_by_reason == {"not_an_image": 1, "zero_bytes": 1}

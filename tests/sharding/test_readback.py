@@ -1,5 +1,5 @@
 """Acceptance 1: Fashion-MNIST and a natural-view corpus shard without error and read back, with
-the keys, counts and bytes index.parquet promises, through webdataset, DALI (CPU, .idx) and tarfile."""
+the keys, counts and bytes the index parts promise, through webdataset, DALI (CPU, .idx) and tarfile."""
 from __future__ import annotations
 
 import io
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sharding.dataset import idx_uri, load_manifest, read_index, read_quarantine, read_sample, shard_uri
+from sharding.dataset import idx_uri, load_manifest, read_index, read_quarantine, read_sample, read_shards, shard_uri
 from sharding.run import shard_dataset
 
 from tests.sharding.conftest import run_cli
@@ -37,14 +37,14 @@ def fashion_dataset(fashion_corpus, tmp_path_factory) -> Path:
 
 
 def expected_samples(root: Path) -> list[dict]:
-    """index.parquet rows, in shard order."""
+    """Index rows of every shard, in shard order."""
     return read_index(str(root)).to_pylist()
 
 
 def tar_samples(root: Path) -> dict[str, dict[str, bytes]]:
     """key -> {ext: bytes} read with Python's tarfile."""
     samples: dict[str, dict[str, bytes]] = {}
-    for shard in load_manifest(str(root))["shards"]:
+    for shard in read_shards(str(root)).to_pylist():
         with tarfile.open(shard_uri(str(root), shard["name"])) as tar:
             for info in tar:
                 assert info.isfile() and info.mtime == 0 and info.uid == 0 and info.mode == 0o644
@@ -73,7 +73,7 @@ def test_tarfile_reads_what_index_says(which, request):
     root = request.getfixturevalue(f"{which}_dataset")
     manifest = load_manifest(str(root))
     assert manifest["complete"] and manifest["num_quarantined"] == 0
-    assert len(manifest["shards"]) >= 3  # small shard limits: several shards
+    assert len(read_shards(str(root))) >= 3  # small shard limits: several shards
     samples = tar_samples(root)
     check_against_index(root, samples)
     assert manifest["num_samples"] == len(samples)
@@ -109,7 +109,7 @@ def test_webdataset_reads_same_keys_and_bytes(which, request):
     import webdataset as wds
 
     root = request.getfixturevalue(f"{which}_dataset")
-    urls = [shard_uri(str(root), s["name"]) for s in load_manifest(str(root))["shards"]]
+    urls = [shard_uri(str(root), s["name"]) for s in read_shards(str(root)).to_pylist()]
     seen = {}
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
         seen[sample["__key__"]] = {k: v for k, v in sample.items() if not k.startswith("__")}
@@ -121,7 +121,7 @@ def test_dali_reads_with_idx_files(which, request):
     from nvidia.dali import fn, pipeline_def
 
     root = request.getfixturevalue(f"{which}_dataset")
-    shards = [s["name"] for s in load_manifest(str(root))["shards"]]
+    shards = [s["name"] for s in read_shards(str(root)).to_pylist()]
     rows = expected_samples(root)
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
@@ -147,7 +147,7 @@ def test_dali_reads_with_idx_files(which, request):
 
 def test_idx_files_match_dali_wds2idx(view_dataset, tmp_path):
     wds2idx = Path(__import__("sys").executable).parent / "wds2idx"
-    for shard in load_manifest(str(view_dataset))["shards"]:
+    for shard in read_shards(str(view_dataset)).to_pylist():
         theirs = tmp_path / "theirs.idx"
         subprocess.run([str(wds2idx), shard_uri(str(view_dataset), shard["name"]), str(theirs)],
                        check=True, capture_output=True)
@@ -158,7 +158,7 @@ def test_inspect_verifies_and_draws_grid(view_dataset, tmp_path):
     grid = tmp_path / "sheet.png"
     result = run_cli("inspect", str(view_dataset), "--grid", str(grid), "--groups", "5")
     assert result.returncode == 0, result.stderr
-    shards = len(load_manifest(str(view_dataset))["shards"])
+    shards = len(read_shards(str(view_dataset)).to_pylist())
     assert f"{shards} sha256 verified" in result.stdout and result.stdout.strip().endswith("ok")
     sheet = Image.open(grid)
     assert sheet.size == (6 * 96, 5 * 96)
@@ -167,7 +167,7 @@ def test_inspect_verifies_and_draws_grid(view_dataset, tmp_path):
     # Corrupt one shard: inspect must notice and fail (library call: same code, no start-up cost).
     from sharding.inspect import inspect_dataset
 
-    victim = Path(shard_uri(str(view_dataset), load_manifest(str(view_dataset))["shards"][0]["name"]))
+    victim = Path(shard_uri(str(view_dataset), read_shards(str(view_dataset)).to_pylist()[0]["name"]))
     original = victim.read_bytes()
     try:
         victim.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))

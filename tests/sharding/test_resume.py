@@ -1,9 +1,10 @@
 """Acceptance 3: a run SIGKILLed at several points, then rerun, equals an uninterrupted run byte
-for byte, and manifest.json never lists a shard that is not complete.
+for byte, and nothing a reader trusts (shards.parquet, the manifest's counts) ever claims a shard
+that is not complete.
 
 Each killed run is a child process that SIGKILLs itself at an exact point (patched in the child
 only: mid-tar, after a shard's tar and .idx but before its part record, half-way through a
-manifest write, just before the final tables), plus one killed from outside at a moment in the
+manifest write, just before shards.parquet), plus one killed from outside at a moment in the
 middle of shard building while the parent keeps checking the manifest.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from sharding.run import shard_dataset
@@ -49,7 +51,7 @@ CHILD = textwrap.dedent(
         def write_bytes(self, uri, data):
             if point == "before_part" and uri.endswith("/_parts/" + arg):
                 die()
-            if point == "before_tables" and uri.endswith("/index.parquet"):
+            if point == "before_tables" and uri.endswith("/shards.parquet") and "final" in calls:
                 die()
             if point == "mid_manifest" and uri.endswith("/manifest.json"):
                 calls["n"] += 1
@@ -58,6 +60,13 @@ CHILD = textwrap.dedent(
                         f.write(data[: len(data) // 2]); f.flush(); die()
             return original(self, uri, data)
         sharding.storage.Storage.write_bytes = write_bytes
+    if point == "before_tables":  # shards.parquet is also written (empty) before building
+        original_write = sharding.run.write_shards_table
+        def write_shards_table(output, records, storage):
+            if records:
+                calls["final"] = True
+            return original_write(output, records, storage)
+        sharding.run.write_shards_table = write_shards_table
     elif point == "slow":
         original = sharding.run.build_shard
         def slow(*a, **k):
@@ -75,17 +84,31 @@ def start_child(corpus: Path, out: Path, point: str, arg: str) -> subprocess.Pop
 
 
 def assert_manifest_lists_only_finished(out: Path, reference: dict[str, str]) -> int:
-    """Every shard the manifest lists is fully there, with the final bytes; returns how many."""
+    """Every shard shards.parquet lists is fully there with the final bytes, and the manifest
+    counts no more shards than have finished records; returns how many finished shards the
+    manifest counts."""
     path = out / "manifest.json"
     if not path.exists():
         return 0
     manifest = json.loads(path.read_bytes())  # atomic writes: never a torn manifest
-    for shard in manifest["shards"]:
+    listed = pq.read_table(out / "shards.parquet").to_pylist() if (out / "shards.parquet").exists() else []
+    if not manifest["complete"]:
+        assert listed == [], "an incomplete build's shards.parquet lists shards"
+    for shard in listed:
         tar = out / "shards" / shard["name"]
         assert hashlib.sha256(tar.read_bytes()).hexdigest() == shard["sha256"] == reference[f"shards/{shard['name']}"]
-        assert (out / "shards" / shard["idx"]).exists()
-        assert (out / "_parts" / shard["name"].replace(".tar", ".json")).exists()
-    return len(manifest["shards"])
+        assert (out / "shards" / shard["name"].replace(".tar", ".idx")).exists()
+        assert (out / "index" / shard["name"].replace(".tar", ".parquet")).exists()
+    finished = 0
+    for record_path in sorted((out / "_parts").glob("*.json")) if (out / "_parts").exists() else []:
+        record = json.loads(record_path.read_bytes())
+        if record["fingerprint"] and reference.get(f"_parts/{record_path.name}") == hashlib.sha256(record_path.read_bytes()).hexdigest():
+            finished += record["num_samples"] > 0
+            tar = out / "shards" / record["name"]
+            assert hashlib.sha256(tar.read_bytes()).hexdigest() == record["sha256"] == reference[f"shards/{record['name']}"]
+            assert (out / "index" / record["name"].replace(".tar", ".parquet")).exists()
+    assert manifest["num_shards"] <= finished
+    return manifest["num_shards"]
 
 
 @pytest.fixture(scope="module")

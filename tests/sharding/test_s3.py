@@ -2,12 +2,13 @@
 byte-identical to the local output, and s3:// input (prefix or manifest) works too."""
 from __future__ import annotations
 
+import io
 import json
 
 import boto3
 import pytest
 
-from sharding.dataset import load_manifest, read_index, read_sample, shard_uri
+from sharding.dataset import read_index, read_sample, read_shards
 from sharding.inspect import inspect_dataset
 from sharding.run import shard_dataset
 from sharding.storage import Storage, _S3AtomicWriter
@@ -47,7 +48,7 @@ def test_s3_output_identical_to_local(view_corpus, tmp_path, s3_endpoint, bucket
     members = read_sample(remote, row["shard"], row["key"], storage)
     assert json.loads(members["json"])["group_id"] == row["group_id"]
     report = inspect_dataset(remote, grid=f"{remote}/sheet.png", grid_groups=3, endpoint_url=s3_endpoint)
-    assert report.ok and report.verified == len(load_manifest(remote, storage)["shards"])
+    assert report.ok and report.verified == len(read_shards(remote, storage).to_pylist())
     # A rerun against S3 skips every finished shard.
     again = shard_dataset(str(view_corpus), remote, endpoint_url=s3_endpoint, progress=False, **OPTIONS)
     assert again.num_shards_built == 0
@@ -98,3 +99,40 @@ def test_multipart_upload_is_atomic(s3_endpoint, bucket):
             raise RuntimeError("writer died")
     assert not storage.exists(f"s3://{bucket}/failed.bin")
     assert not storage.s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_s3_inventory_is_one_input_equal_to_the_listing(view_corpus, tmp_path, s3_endpoint, bucket):
+    """An S3 Inventory (manifest.json + Parquet data files, in another bucket) lists the same
+    objects as a LIST of the source bucket: the datasets are identical."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    source = f"{bucket}-src"[:63]
+    client.create_bucket(Bucket=source)
+    files = sorted(p for p in view_corpus.rglob("*") if p.is_file())
+    rows = []
+    for path in files:
+        key = str(path.relative_to(view_corpus))
+        client.upload_file(str(path), source, key)
+        rows.append({"bucket": source, "key": key, "size": path.stat().st_size, "is_latest": True})
+    rows.append({"bucket": source, "key": "folder/", "size": 0, "is_latest": True})  # a console placeholder
+    listed = []
+    for number, part in enumerate((rows[1::2], rows[0::2])):  # two data files, rows interleaved
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(part), buffer)
+        key = f"inventory/{source}/all/data/part-{number}.parquet"
+        client.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+        listed.append({"key": key, "size": len(buffer.getvalue()), "MD5checksum": "x"})
+    inventory = {"sourceBucket": source, "destinationBucket": f"arn:aws:s3:::{bucket}", "version": "2016-11-30",
+                 "fileFormat": "Parquet", "fileSchema": "message s3.inventory { ... }", "files": listed}
+    manifest_uri = f"s3://{bucket}/inventory/{source}/all/2026-12-01T01-00Z/manifest.json"
+    client.put_object(Bucket=bucket, Key=manifest_uri.split("/", 3)[3], Body=json.dumps(inventory).encode())
+
+    by_listing, by_inventory = tmp_path / "listing", tmp_path / "inventory"
+    shard_dataset(f"s3://{source}", str(by_listing), endpoint_url=s3_endpoint, progress=False, **OPTIONS)
+    summary = shard_dataset(manifest_uri, str(by_inventory), endpoint_url=s3_endpoint, progress=False, **OPTIONS)
+    assert summary.num_inputs == len(files) and summary.num_samples == 24
+    ours, theirs = tree_digest(by_inventory), tree_digest(by_listing)
+    assert ours.pop("manifest.json") != theirs.pop("manifest.json")  # config.input names the input
+    assert ours == theirs

@@ -15,7 +15,9 @@ from viewstream.errors import UsageError
 
 from sharding.commands import parse_size
 from sharding.inputs import InputRecord, discover_inputs
+from sharding.build import parquet_bytes
 from sharding.plan import group_key, make_groups, plan_shards
+from sharding.run import shard_fingerprint
 from sharding.storage import Storage, join
 from sharding.tar_writer import TarWriter
 from sharding.validate import ValidImage, validate_image
@@ -76,7 +78,9 @@ def test_plan_packs_by_bytes_and_samples_and_keeps_groups_whole():
         assert len(task.groups) <= 3
         assert sum(g.input_bytes for g in task.groups) <= 350 or len(task.groups) == 1
     assert sum(t.num_inputs for t in plan) == len(records)
-    assert plan[0].fingerprint({"q": 1}) != plan[0].fingerprint({"q": 2})
+    data = parquet_bytes(plan[0].rows)
+    assert shard_fingerprint(plan[0], {"q": 1}, data) != shard_fingerprint(plan[0], {"q": 2}, data)
+    assert shard_fingerprint(plan[0], {"q": 1}, data) != shard_fingerprint(plan[1], {"q": 1}, parquet_bytes(plan[1].rows))
 
 
 def test_seeded_shuffle_mixes_classes_across_shards_deterministically():
@@ -190,3 +194,13 @@ def test_build_never_raises_on_an_image(monkeypatch):
     monkeypatch.setattr(build, "validate_image", explode)
     outcome = build._validate(b"\x89PNG....", build.BuildOptions())
     assert outcome.reason == "corrupt" and "decoder blew up" in outcome.detail
+
+
+@pytest.mark.parametrize("name,size", [("a-1.0.jpg", 0), ("k" * 57 + ".12.png", 700), ("x-y.json", 8**11 - 1),
+                                       ("фото-1.json", 5), ("n" * 100, 1), ("d/" + "n" * 100, 1)])
+def test_ustar_header_is_what_tarfile_writes(name, size):
+    from sharding.tar_writer import ustar_header
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    assert ustar_header(name, size) == info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
