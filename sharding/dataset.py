@@ -25,7 +25,7 @@ from sharding.format import (
     SHARDS_DIR,
     idx_name,
 )
-from sharding.storage import Storage, is_s3, join
+from sharding.storage import Storage, join
 
 
 def _storage(storage: Storage | None) -> Storage:
@@ -43,10 +43,10 @@ def load_manifest(root: str, storage: Storage | None = None) -> dict:
         data = _storage(storage).read_bytes(uri)
     except FileNotFoundError:
         raise UsageError(f"{root!r} is not a viewstream dataset (no {MANIFEST_FILE})") from None
-    except Exception as err:
-        if is_s3(uri):
-            raise UsageError(f"cannot read {uri!r}: {err}") from None
+    except (IsADirectoryError, NotADirectoryError, PermissionError):
         raise
+    except Exception as err:  # remote: no bucket, no credentials, unreachable endpoint
+        raise UsageError(f"cannot read {uri!r}: {err}") from None
     return json.loads(data)
 
 

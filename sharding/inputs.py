@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import posixpath
 from dataclasses import dataclass
 from typing import Literal
 
 from viewstream.errors import UsageError
 
-from sharding.storage import Storage, is_s3
+from sharding.storage import Storage, resolve_relative
 
 GroupBy = Literal["file", "dir"]
 LabelFrom = Literal["none", "parent"]
@@ -70,7 +69,7 @@ def list_folder(
     label_from="parent" the label is the name of the folder above the sample: the image's
     folder for single images, the group folder's parent for dir groups (ImageFolder style).
     """
-    if not is_s3(root) and not os.path.isdir(root):
+    if not storage.is_folder(root):
         raise UsageError(
             f"input {root!r} does not exist or is not a folder "
             f"(expected a folder, a manifest {'/'.join(MANIFEST_EXTS)} or s3://bucket/prefix)"
@@ -97,7 +96,7 @@ def read_manifest(path: str, storage: Storage) -> list[InputRecord]:
     Relative local uris are resolved against the manifest's folder. A row without a group is a
     group of one (its uri). Sizes are not listed in manifests; the plan then counts samples.
     """
-    if not is_s3(path) and not os.path.isfile(path):
+    if not storage.exists(path):
         raise UsageError(f"manifest {path!r} does not exist")
     try:
         rows = _manifest_rows(path, storage.read_bytes(path))
@@ -105,14 +104,12 @@ def read_manifest(path: str, storage: Storage) -> list[InputRecord]:
         raise
     except Exception as err:
         raise UsageError(f"manifest {path!r} cannot be parsed: {err}") from None
-    base = posixpath.dirname(path) if is_s3(path) else os.path.dirname(os.path.abspath(path))
     records = []
     for number, row in enumerate(rows, start=1):
         uri = row.get("uri")
         if not isinstance(uri, str) or not uri:
             raise UsageError(f"manifest {path!r} row {number} has an empty 'uri'")
-        if not is_s3(uri) and not os.path.isabs(uri):
-            uri = posixpath.join(base, uri) if is_s3(base) else os.path.join(base, uri)
+        uri = resolve_relative(path, uri)
         group = row.get("group")
         label = row.get("label")
         records.append(

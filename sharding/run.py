@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -38,7 +36,7 @@ from sharding.format import (
 )
 from sharding.inputs import discover_inputs
 from sharding.plan import ShardTask, plan_shards
-from sharding.storage import Storage, is_s3, join, split_s3
+from sharding.storage import Storage, absolute, join
 from sharding.validate import DEFAULT_MAX_PIXELS
 
 MANIFEST_INTERVAL_S = 2.0
@@ -121,8 +119,7 @@ def shard_dataset(
         raise UsageError(f"workers must be >= 1, got {workers}")
     started = time.perf_counter()
     storage = Storage(endpoint_url)
-    source = source if is_s3(source) else os.path.abspath(source)
-    output = output.rstrip("/") if is_s3(output) else os.path.abspath(output)
+    source, output = absolute(source), absolute(output)
     check_output(output, storage)
     storage.remove_unfinished_writes(output, ("", SHARDS_DIR, PARTS_DIR))  # a killed run's debris
     records = discover_inputs(source, storage, config.group_by, config.label_from)
@@ -170,21 +167,7 @@ def make_config(config: ShardConfig | None = None, **fields) -> ShardConfig:
 
 def check_output(output: str, storage: Storage) -> None:
     """Fail early, with the reason, if `output` cannot be written."""
-    if is_s3(output):
-        bucket, _ = split_s3(output)
-        try:
-            storage.s3.head_bucket(Bucket=bucket)
-        except Exception as err:
-            raise UsageError(f"output {output!r} is not writable: bucket {bucket!r}: {err}") from None
-        return
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise UsageError(f"output {output!r} exists and is not a folder")
-    try:
-        os.makedirs(output, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output):
-            pass
-    except OSError as err:
-        raise UsageError(f"output {output!r} is not writable: {err.strerror or err}") from None
+    storage.check_writable(output)
 
 
 def finished_records(
@@ -209,7 +192,7 @@ def finished_records(
 
 def _safe_list(storage: Storage, root: str):
     try:
-        if not is_s3(root) and not os.path.isdir(root):
+        if not storage.is_folder(root):
             return []
         return storage.list_files(root)
     except Exception:

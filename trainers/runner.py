@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from sharding.dataset import load_manifest
-from sharding.storage import Storage
+from sharding.storage import Storage, absolute, join, resolve_endpoint
 from trainers.config import TrainConfig
 from trainers.storage import storage_for
 from viewstream.errors import UsageError
@@ -53,11 +53,11 @@ def check_inputs(config: TrainConfig) -> None:
             load_manifest(root, storage)
         except UsageError as err:
             raise UsageError(f"{field}: {err}") from None
-    if not config.run.storage.startswith("s3://"):
+    if storage.local_path(config.run.storage) is not None:  # remote stores are checked by Ray Train
         try:
-            Path(config.run.storage).mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UsageError(f"run.storage={config.run.storage!r} is not writable: {err.strerror}") from None
+            storage.check_writable(config.run.storage)
+        except UsageError as err:
+            raise UsageError(f"run.storage: {err}") from None
 
 
 def connect_ray(address: Optional[str], num_cpus: Optional[int] = None) -> bool:
@@ -99,8 +99,8 @@ def check_cluster(config: TrainConfig) -> None:
 
 def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     """Local paths made absolute here: workers run in other directories (and maybe nodes)."""
-    absolute = lambda p: p if p.startswith("s3://") else os.path.abspath(p)
     config = config.model_copy(deep=True)
+    config.data.endpoint_url = resolve_endpoint(config=config.data.endpoint_url)  # workers lack the env
     config.data.dataset = absolute(config.data.dataset)
     if config.monitor:
         config.monitor.train_dataset = absolute(config.monitor.train_dataset)
@@ -137,7 +137,7 @@ def _fit(config: TrainConfig, epoch_hooks: Sequence[Any] = ()) -> TrainResult:
 
     from trainers.train_loop import train_loop_per_worker
 
-    storage_path, filesystem = storage_for(config.run.storage)
+    storage_path, filesystem = storage_for(config.run.storage, config.data.endpoint_url)
     s = config.scaling
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -155,6 +155,6 @@ def _fit(config: TrainConfig, epoch_hooks: Sequence[Any] = ()) -> TrainResult:
     )
     result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint else None
-    if checkpoint and config.run.storage.startswith("s3://"):
-        checkpoint = "s3://" + checkpoint.lstrip("/")
+    if checkpoint and filesystem is not None:  # a path inside the remote root: give the URI back
+        checkpoint = join(config.run.storage, checkpoint[len(storage_path):])
     return TrainResult(dict(result.metrics or {}), checkpoint, config.run.output_dir())

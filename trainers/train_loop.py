@@ -173,7 +173,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
     trainer = Trainer(config, rank, world_size, device)
 
-    latest = find_latest_checkpoint(config.run.storage, config.run.name)
+    latest = find_latest_checkpoint(config.run.storage, config.run.name, config.data.endpoint_url)
     if latest is not None:
         trainer.restore(str(latest))
     elif (checkpoint := ray.train.get_checkpoint()) is not None:

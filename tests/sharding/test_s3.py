@@ -10,7 +10,8 @@ import pytest
 from sharding.dataset import load_manifest, read_index, read_sample, shard_uri
 from sharding.inspect import inspect_dataset
 from sharding.run import shard_dataset
-from sharding.storage import Storage, _S3AtomicWriter
+from sharding.storage import Storage
+from sharding.storage.s3 import _S3AtomicWriter
 
 from tests.sharding.conftest import tree_digest
 
