@@ -314,11 +314,12 @@ def _search_grid(args, source, index, result, pictures) -> None:
 def _export(args: argparse.Namespace) -> int:
     from evaluation.export import export_backbone
     from evaluation.sources import load_checkpoint_backbone
+    from pipeline.spec import IMAGENET_MEAN, IMAGENET_STD
 
     backbone, info = load_checkpoint_backbone(args.checkpoint)
     meta = info.producer()
     if info.image_size:
-        meta["input"] = {"image_size": info.image_size, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+        meta["input"] = {"image_size": info.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     exported = export_backbone(backbone, args.out, metadata=meta)
     print(f"wrote {exported.weights} ({exported.metadata['library']} {exported.metadata['architecture']}) "
           f"and {exported.sidecar}\nload it without viewstream:\n")

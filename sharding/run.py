@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
-from viewstream.errors import UsageError
+from viewstream.errors import UsageError, usage_error_from
 
 from sharding.build import PARTS_DIR, BuildOptions, ShardRecord, build_shard, part_uri, text
 from sharding.executors import Executor, make_executor
@@ -160,9 +160,7 @@ def make_config(config: ShardConfig | None = None, **fields) -> ShardConfig:
     try:
         return ShardConfig(**{**(config.model_dump() if config else {}), **fields})
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise UsageError(f"{where}: {first['msg']} (got {first.get('input')!r})") from None
+        raise usage_error_from(err, "shard config") from None
 
 
 def check_output(output: str, storage: Storage) -> None:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from viewstream.errors import UsageError
+from viewstream.errors import UsageError, usage_error_from
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -56,17 +56,4 @@ def validate(model: type[ModelT], data: dict[str, Any]) -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise UsageError(describe_validation_error(err)) from None
-
-
-def describe_validation_error(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "<config>"
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown field {where!r}")
-        else:
-            got = e.get("input")
-            got_txt = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-            parts.append(f"{where}: {e['msg']}{got_txt}")
-    return "invalid config: " + "; ".join(parts)
+        raise usage_error_from(err) from None

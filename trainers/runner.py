@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from sharding.dataset import load_manifest
+from sharding.ray_connect import connect_ray
 from sharding.storage import Storage, absolute, join, resolve_endpoint
 from trainers.config import TrainConfig
 from trainers.storage import storage_for
@@ -58,24 +59,6 @@ def check_inputs(config: TrainConfig) -> None:
             storage.check_writable(config.run.storage)
         except UsageError as err:
             raise UsageError(f"run.storage: {err}") from None
-
-
-def connect_ray(address: Optional[str], num_cpus: Optional[int] = None) -> bool:
-    """Join `address`, or start a local Ray bound to 127.0.0.1 (dashboard off).
-
-    Returns True when this call started Ray (and so should shut it down).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return False
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, _node_ip_address="127.0.0.1",
-             include_dashboard=False, configure_logging=False)
-    return True
 
 
 def check_cluster(config: TrainConfig) -> None:
