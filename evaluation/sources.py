@@ -50,11 +50,11 @@ def describe_checkpoint(path: str, meta: dict[str, Any]) -> CheckpointInfo:
                           (meta.get("progress") or {}).get("step"), size, monitor.get("crop_fraction"))
 
 
-def load_checkpoint_backbone(path: str) -> tuple[nn.Module, CheckpointInfo]:
+def load_checkpoint_backbone(path: str, endpoint_url: Optional[str] = None) -> tuple[nn.Module, CheckpointInfo]:
     """The evaluation backbone of a checkpoint (eval mode) and what it is."""
     from trainers.checkpoint import load_backbone  # training side: imported only when needed
 
-    backbone, meta = load_backbone(path)
+    backbone, meta = load_backbone(path, endpoint_url)
     return backbone.eval(), describe_checkpoint(path, meta)
 
 

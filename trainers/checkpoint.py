@@ -176,7 +176,7 @@ def _download(store: Storage, uri: str, local: Path) -> None:
         raise UsageError(f"nothing stored under {uri!r}")
 
 
-def load_method(path: str):
+def load_method(path: str, endpoint_url: str | None = None):
     """The trained method of a checkpoint (or the newest one of a run), in eval mode, and its meta.
 
     The method is rebuilt from the config stored with the checkpoint, so only the path is needed.
@@ -184,7 +184,7 @@ def load_method(path: str):
     from trainers.config import TrainConfig
     from trainers.methods import build_method
 
-    directory = resolve_checkpoint(path)
+    directory = resolve_checkpoint(path, endpoint_url)
     meta = load_meta(directory)
     config = TrainConfig.model_validate(meta["config"])
     method = build_method(config.method_config(), seed=config.seed)
@@ -197,7 +197,7 @@ def load_method(path: str):
     return method.eval(), meta
 
 
-def load_backbone(path: str):
+def load_backbone(path: str, endpoint_url: str | None = None):
     """(backbone to evaluate or export, meta) of a checkpoint; DINO gives its teacher."""
-    method, meta = load_method(path)
+    method, meta = load_method(path, endpoint_url)
     return method.eval_backbone.eval(), meta

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 
 from pipeline import RECIPES, ViewSpec
 from sharding.storage import local_path
-from trainers.config_loading import load_yaml_config, validate
+from viewstream.config_files import load_yaml_config, validate
 from trainers.methods import MethodConfig, parse_method_config
 from trainers.optim import OptimizerConfig
 from viewstream.errors import UsageError

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, TextIO
 
 from sharding.dataset import load_manifest
 from sharding.ray_connect import connect_ray
@@ -93,20 +93,27 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     return config
 
 
+RAY_LOG_FILE = "ray.log"
+
+
 def run_training(config: TrainConfig, address: Optional[str] = None,
-                 epoch_hooks: Sequence[Any] = ()) -> TrainResult:
+                 epoch_hooks: Sequence[Any] = (), *, verbose: bool = True,
+                 progress: Optional[TextIO] = None) -> TrainResult:
     """Train `config` on Ray Train (resuming the run if it has checkpoints) and return the result.
 
     `epoch_hooks` are `trainers.train_loop.EpochHook` objects (e.g. the online kNN probe that
-    the front door adds from `evaluation`); they are pickled to every worker.
+    the front door adds from `evaluation`); they are pickled to every worker. Unless `verbose`,
+    Ray's own log lines go to ``<out_dir>/ray.log`` instead of the terminal. With `progress`
+    (a stream, e.g. sys.stdout), the driver draws the live progress line there.
     """
     config.method_config()
     config = with_absolute_paths(config)
     check_inputs(config)
-    started_ray = connect_ray(address or config.run.address, num_cpus=None)
+    log_file = None if verbose else Path(config.run.out_dir) / RAY_LOG_FILE
+    started_ray = connect_ray(address or config.run.address, num_cpus=None, log_file=log_file)
     try:
         check_cluster(config)
-        return _fit(config, epoch_hooks)
+        return _fit(config, epoch_hooks, progress)
     finally:
         if started_ray:
             import ray
@@ -114,17 +121,23 @@ def run_training(config: TrainConfig, address: Optional[str] = None,
             ray.shutdown()
 
 
-def _fit(config: TrainConfig, epoch_hooks: Sequence[Any] = ()) -> TrainResult:
+def _fit(config: TrainConfig, epoch_hooks: Sequence[Any] = (), progress: Optional[TextIO] = None) -> TrainResult:
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from trainers.train_loop import train_loop_per_worker
 
+    from trainers.progress import ProgressLine, board_name, create_board
+
     storage_path, filesystem = storage_for(config.run.storage, config.data.endpoint_url)
+    name = board_name()
+    board = create_board(name)
     s = config.scaling
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.model_dump(mode="json"), "epoch_hooks": list(epoch_hooks)},
+        train_loop_config={"config": config.model_dump(mode="json"), "epoch_hooks": list(epoch_hooks),
+                           "progress_board": name},
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
         ),
@@ -136,7 +149,14 @@ def _fit(config: TrainConfig, epoch_hooks: Sequence[Any] = ()) -> TrainResult:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
         ),
     )
-    result = trainer.fit()
+    try:
+        if progress is not None:
+            with ProgressLine(board, progress):
+                result = trainer.fit()
+        else:
+            result = trainer.fit()
+    finally:
+        ray.kill(board)
     checkpoint = result.checkpoint.path if result.checkpoint else None
     if checkpoint and filesystem is not None:  # a path inside the remote root: give the URI back
         checkpoint = join(config.run.storage, checkpoint[len(storage_path):])

@@ -180,7 +180,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             trainer.restore(directory)
     out_dir = config.run.output_dir()
-    logger = MetricsLogger(out_dir, resume_step=trainer.step, enabled=rank == 0)
+    logger = MetricsLogger(out_dir, resume_step=trainer.step, enabled=rank == 0,
+                           progress_board=payload.get("progress_board"), total_steps=trainer.total_steps)
     timer = StepTimer()
     resumed_from = trainer.step
     last: dict[str, float] = {}
