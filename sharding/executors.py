@@ -113,7 +113,7 @@ def _call(fn: Callable[[T], R], task: T) -> R:
 
 
 def make_executor(workers: int = 1, ray: bool = False, ray_address: str | None = None) -> Executor:
-    """The executor for the CLI flags ``--workers N`` / ``--ray [--ray-address A]``."""
+    """The executor for the CLI flags ``--workers N`` / ``--ray [--address A]``."""
     if ray:
         return RayExecutor(ray_address, num_cpus=workers if workers > 1 else None)
     if workers <= 1:
