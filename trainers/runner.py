@@ -43,7 +43,7 @@ class TrainResult:
 
 
 def check_inputs(config: TrainConfig) -> None:
-    """Fail fast on inputs that don't exist: the datasets and a local storage folder."""
+    """Fail fast on inputs that don't exist: the datasets, and where checkpoints go."""
     storage = Storage(config.data.endpoint_url)
     datasets = [("data.dataset", config.data.dataset)]
     if config.monitor:
@@ -54,11 +54,10 @@ def check_inputs(config: TrainConfig) -> None:
             load_manifest(root, storage)
         except UsageError as err:
             raise UsageError(f"{field}: {err}") from None
-    if storage.local_path(config.run.storage) is not None:  # remote stores are checked by Ray Train
-        try:
-            storage.check_writable(config.run.storage)
-        except UsageError as err:
-            raise UsageError(f"run.storage: {err}") from None
+    try:  # a local folder is made; a bucket must exist; http(s) is read-only
+        storage.check_writable(config.run.storage)
+    except UsageError as err:
+        raise UsageError(f"run.storage: {err}") from None
 
 
 def check_cluster(config: TrainConfig) -> None:
