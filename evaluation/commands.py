@@ -330,9 +330,9 @@ def _search_grid(args, source, index, result, pictures) -> None:
     group_of = dict(zip(index.keys, index.groups))
     queries, rows = [], []
     for q, picture in zip(result["queries"], pictures):
-        queries.append(picture if picture is not None else read_sample_image(dataset, q["query"]))
+        queries.append(picture if picture is not None else read_sample_image(dataset, q["query"], endpoint_url=args.endpoint_url))
         q_group = group_of.get(q["query"])
-        rows.append([(read_sample_image(dataset, h["key"]), h["score"], None if q_group is None else h["group"] == q_group)
+        rows.append([(read_sample_image(dataset, h["key"], endpoint_url=args.endpoint_url), h["score"], None if q_group is None else h["group"] == q_group)
                      for h in q["results"]])
     path = plot_retrieval_grid(queries, rows, args.grid, query_labels=[Path(q["query"]).name for q in result["queries"]])
     print(f"wrote {path}")
