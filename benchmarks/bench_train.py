@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from sharding.ray_connect import connect_ray  # noqa: E402
 from sharding.fashion_mnist import export_fashion_mnist  # noqa: E402
 from sharding.run import shard_dataset  # noqa: E402
 from trainers.config import TrainConfig  # noqa: E402
@@ -98,8 +99,7 @@ def main() -> int:
         plain["wall_s"] = time.perf_counter() - t0
         print(f"(a) plain loop:      {plain['step_s'] * 1000:.1f} ms/step, data wait {plain['data_wait_fraction']:.1%}")
 
-        ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, configure_logging=False,
-                 log_to_driver=False)
+        connect_ray(None, num_cpus=2, log_to_driver=False)
         try:
             one = ray_run(make_config(dataset, storage, "ray1", 1, args.steps, args.batch), args.warmup)
             print(f"(b) Ray, 1 worker:   {one['step_s'] * 1000:.1f} ms/step, start-up {one['startup_s']:.1f} s, "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from viewstream.argtypes import positive_int
+from viewstream.cliflags import add_device, add_endpoint_url, add_json, resolve_device, with_example, write_json
 from viewstream.errors import UsageError
 
 
@@ -22,18 +23,31 @@ def _add_model_inputs(p: argparse.ArgumentParser) -> None:
                    help="eval crop size (default: the checkpoint's monitor/recipe size)")
     p.add_argument("--crop-fraction", type=float, default=None, help="center-crop fraction (default 0.875)")
     p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// shards")
-    p.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON here")
+    add_device(p)
+    add_endpoint_url(p)
+    add_json(p)
+
+
+EXAMPLES = {
+    "knn": "viewstream eval knn --checkpoint runs/simclr --train ds/train --test ds/test --json knn.json",
+    "linear": "viewstream eval linear --train-embeddings train.parquet --test-embeddings test.parquet",
+    "retrieval": "viewstream eval retrieval --checkpoint runs/simclr --dataset ds/views --k 1 5",
+    "embed": "viewstream embed --checkpoint runs/simclr --dataset ds/train --out train.parquet",
+    "build": "viewstream search build train.parquet index/ --index-kind hnsw",
+    "query": "viewstream search query index/ --image shoe.jpg --k 5 --grid grid.png",
+    "export": "viewstream export --checkpoint runs/simclr --out backbone.safetensors",
+}
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `eval`, `embed`, `search` and `export` on the front door."""
-    ev = subparsers.add_parser("eval", help="evaluate a checkpoint: kNN, linear probe, retrieval recall")
+    ev = subparsers.add_parser("eval", help="evaluate a checkpoint: kNN, linear probe, retrieval recall",
+                               **with_example(EXAMPLES["knn"], EXAMPLES["linear"], EXAMPLES["retrieval"]))
     ev_sub = ev.add_subparsers(dest="eval_command", metavar="EVAL", required=True)
 
     for name, help_text, func in (("knn", "weighted kNN (cosine, T=0.07) top-1/top-5", _eval_knn),
                                   ("linear", "linear probe on frozen features, top-1/top-5", _eval_linear)):
-        p = ev_sub.add_parser(name, help=help_text)
+        p = ev_sub.add_parser(name, help=help_text, **with_example(EXAMPLES[name]))
         _add_model_inputs(p)
         p.add_argument("--train", help="labelled train shards (dataset folder or s3://)")
         p.add_argument("--test", help="labelled test shards")
@@ -47,7 +61,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--seed", type=int, default=0, help="seed of the held-out split that chooses C")
         p.set_defaults(func=func)
 
-    p = ev_sub.add_parser("retrieval", help="recall@k of another photo of the same group")
+    p = ev_sub.add_parser("retrieval", help="recall@k of another photo of the same group",
+                          **with_example(EXAMPLES["retrieval"]))
     _add_model_inputs(p)
     p.add_argument("--dataset", help="shards with natural-view groups")
     p.add_argument("--embeddings", help="instead of checkpoint + shards: embeddings Parquet (rows sharing a group)")
@@ -55,22 +70,27 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--index-kind", choices=("auto", "flat", "hnsw", "ivf"), default="auto")
     p.set_defaults(func=_eval_retrieval)
 
-    p = subparsers.add_parser("embed", help="checkpoint + shards -> embeddings Parquet")
+    p = subparsers.add_parser("embed", help="checkpoint + shards -> embeddings Parquet",
+                              **with_example(EXAMPLES["embed"]))
     _add_model_inputs(p)
     p.add_argument("--dataset", required=True, help="shards to embed")
     p.add_argument("--out", required=True, help="embeddings Parquet file to write")
     p.set_defaults(func=_embed)
 
-    search = subparsers.add_parser("search", help="FAISS index of embeddings: build it, query it")
+    search = subparsers.add_parser("search", help="FAISS index of embeddings: build it, query it",
+                                   **with_example(EXAMPLES["build"], EXAMPLES["query"]))
     s_sub = search.add_subparsers(dest="search_command", metavar="SEARCH", required=True)
-    p = s_sub.add_parser("build", help="build and save an index from embeddings Parquet")
+    p = s_sub.add_parser("build", help="build and save an index from embeddings Parquet",
+                         **with_example(EXAMPLES["build"]))
     p.add_argument("embeddings", help="embeddings Parquet (from `viewstream embed`)")
     p.add_argument("index", help="folder to save the index in")
-    p.add_argument("--kind", choices=("auto", "flat", "hnsw", "ivf"), default="auto",
+    p.add_argument("--index-kind", choices=("auto", "flat", "hnsw", "ivf"), default="auto",
                    help="auto: exact up to --exact-max vectors, HNSW above")
     p.add_argument("--exact-max", type=positive_int, default=100_000)
+    add_json(p)
     p.set_defaults(func=_search_build)
-    p = s_sub.add_parser("query", help="top-k neighbours of keys or image files")
+    p = s_sub.add_parser("query", help="top-k neighbours of keys or image files",
+                         **with_example(EXAMPLES["query"]))
     p.add_argument("index", help="index folder (from `viewstream search build`)")
     p.add_argument("--key", nargs="+", default=[], help="query with stored rows' keys")
     p.add_argument("--image", nargs="+", default=[], help="query with image files (needs the checkpoint)")
@@ -78,13 +98,18 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=positive_int, default=10)
     p.add_argument("--grid", default=None, help="write a retrieval grid PNG here (needs the dataset)")
     p.add_argument("--dataset", default=None, help="default: the dataset the embeddings came from")
-    p.add_argument("--json", dest="json_out", default=None)
+    add_device(p)
+    add_endpoint_url(p)
+    add_json(p)
     p.set_defaults(func=_search_query)
 
     p = subparsers.add_parser(
-        "export", help="backbone -> plain torchvision/timm state_dict (.safetensors) + how to load it")
+        "export", help="backbone -> plain torchvision/timm state_dict (.safetensors) + how to load it",
+        **with_example(EXAMPLES["export"]))
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="output .safetensors (a .json with the load code is written beside)")
+    add_endpoint_url(p)
+    add_json(p)
     p.set_defaults(func=_export)
 
 
@@ -92,9 +117,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def _emit(result: dict[str, Any], json_out: Optional[str], lines: list[str]) -> int:
     for line in lines:
         print(line)
-    if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_json(json_out, result)
     return 0
 
 
@@ -104,7 +127,8 @@ def _model(args: argparse.Namespace):
 
     if not args.checkpoint:
         raise UsageError("--checkpoint is required (or pass embeddings files instead)")
-    backbone, info = load_checkpoint_backbone(args.checkpoint)
+    backbone, info = load_checkpoint_backbone(args.checkpoint, args.endpoint_url)
+    backbone = backbone.to(resolve_device(args.device))
     size = args.image_size or info.image_size
     if not size:
         raise UsageError(f"checkpoint {args.checkpoint!r} does not say its image size; pass --image-size")
@@ -140,7 +164,8 @@ def _labelled_splits(args: argparse.Namespace):
     from evaluation.sources import eval_loader, labelled_features
 
     backbone, info, size, crop = _model(args)
-    make = lambda ds: eval_loader(ds, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url)
+    make = lambda ds: eval_loader(ds, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url,
+                                  device=resolve_device(args.device))
     train_loader, test_loader = make(args.train), make(args.test)
     if not test_loader.label_vocabulary:  # fail before spending time on the train split
         raise UsageError(f"dataset {args.test!r} has no labels; kNN and linear probes need labelled shards "
@@ -203,7 +228,7 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
         backbone, info, size, crop = _model(args)
         loader = eval_loader(args.dataset, size, args.batch_size, crop_fraction=crop, views=2,
-                             endpoint_url=args.endpoint_url)
+                             endpoint_url=args.endpoint_url, device=resolve_device(args.device))
         vectors, groups, _ = natural_view_features(backbone, loader)
         producer = info.producer()
     result = group_recall_at_k(vectors, groups, args.k, config=IndexConfig(kind=args.index_kind))
@@ -219,12 +244,13 @@ def _embed(args: argparse.Namespace) -> int:
     from evaluation.sources import eval_loader
 
     backbone, info, size, crop = _model(args)
-    loader = eval_loader(args.dataset, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url)
+    loader = eval_loader(args.dataset, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url,
+                         device=resolve_device(args.device))
     meta = info.producer() | {"dataset": args.dataset, "image_size": size, "crop_fraction": crop,
                               "label_vocabulary": loader.label_vocabulary}
     rows = write_embeddings(args.out, iter_features(backbone, loader.iter_epoch(0)), metadata=meta,
                             total=loader.batches_per_epoch)
-    return _emit({"rows": rows, "out": args.out}, getattr(args, "json_out", None),
+    return _emit({"rows": rows, "out": args.out}, args.json_out,
                  [f"wrote {rows} embeddings to {args.out}"])
 
 
@@ -233,12 +259,12 @@ def _search_build(args: argparse.Namespace) -> int:
     from evaluation.search import IndexConfig, SearchIndex
 
     emb = read_embeddings(args.embeddings)
-    index = SearchIndex.build(emb.vectors, emb.keys, emb.groups, IndexConfig(kind=args.kind, exact_max=args.exact_max))
+    index = SearchIndex.build(emb.vectors, emb.keys, emb.groups, IndexConfig(kind=args.index_kind, exact_max=args.exact_max))
     index.save(args.index)
     source = Path(args.index) / "source.json"
     source.write_text(json.dumps(emb.metadata | {"embeddings": args.embeddings}, indent=2, sort_keys=True) + "\n")
-    print(f"indexed {len(index)} vectors of dim {index.dim} ({index.kind}) in {args.index}")
-    return 0
+    return _emit({"index": args.index, "vectors": len(index), "dim": index.dim, "kind": index.kind}, args.json_out,
+                 [f"indexed {len(index)} vectors of dim {index.dim} ({index.kind}) in {args.index}"])
 
 
 def _search_query(args: argparse.Namespace) -> int:
@@ -269,7 +295,8 @@ def _search_query(args: argparse.Namespace) -> int:
         if not size:
             raise UsageError(f"index {args.index!r} does not record its image size; rebuild it from `viewstream embed` output")
         images = [load_query_image(p, int(size), float(source.get("crop_fraction", 0.875))) for p in args.image]
-        backbone, info = load_checkpoint_backbone(checkpoint)
+        backbone, info = load_checkpoint_backbone(checkpoint, args.endpoint_url)
+        backbone = backbone.to(resolve_device(args.device))
         check_same_producer(source, info.producer(), f"index {args.index!r}", f"checkpoint {checkpoint!r}")
         feats = extract_features(backbone, [torch.cat([x for x, _ in images])]).features.numpy()
         if feats.shape[1] != index.dim:
@@ -303,9 +330,9 @@ def _search_grid(args, source, index, result, pictures) -> None:
     group_of = dict(zip(index.keys, index.groups))
     queries, rows = [], []
     for q, picture in zip(result["queries"], pictures):
-        queries.append(picture if picture is not None else read_sample_image(dataset, q["query"]))
+        queries.append(picture if picture is not None else read_sample_image(dataset, q["query"], endpoint_url=args.endpoint_url))
         q_group = group_of.get(q["query"])
-        rows.append([(read_sample_image(dataset, h["key"]), h["score"], None if q_group is None else h["group"] == q_group)
+        rows.append([(read_sample_image(dataset, h["key"], endpoint_url=args.endpoint_url), h["score"], None if q_group is None else h["group"] == q_group)
                      for h in q["results"]])
     path = plot_retrieval_grid(queries, rows, args.grid, query_labels=[Path(q["query"]).name for q in result["queries"]])
     print(f"wrote {path}")
@@ -314,13 +341,16 @@ def _search_grid(args, source, index, result, pictures) -> None:
 def _export(args: argparse.Namespace) -> int:
     from evaluation.export import export_backbone
     from evaluation.sources import load_checkpoint_backbone
+    from pipeline.spec import IMAGENET_MEAN, IMAGENET_STD
 
-    backbone, info = load_checkpoint_backbone(args.checkpoint)
+    backbone, info = load_checkpoint_backbone(args.checkpoint, args.endpoint_url)
     meta = info.producer()
     if info.image_size:
-        meta["input"] = {"image_size": info.image_size, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+        meta["input"] = {"image_size": info.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     exported = export_backbone(backbone, args.out, metadata=meta)
     print(f"wrote {exported.weights} ({exported.metadata['library']} {exported.metadata['architecture']}) "
           f"and {exported.sidecar}\nload it without viewstream:\n")
     print(exported.metadata["load_code"])
+    write_json(args.json_out, {"weights": str(exported.weights), "sidecar": str(exported.sidecar),
+                               "metadata": exported.metadata})
     return 0

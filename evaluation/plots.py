@@ -19,11 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pipeline.spec import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402  (written once, in the pipeline)
 from trainers.metrics import METRICS_FILE, read_metrics  # noqa: E402
 from viewstream.errors import UsageError  # noqa: E402
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:

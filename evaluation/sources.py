@@ -50,11 +50,11 @@ def describe_checkpoint(path: str, meta: dict[str, Any]) -> CheckpointInfo:
                           (meta.get("progress") or {}).get("step"), size, monitor.get("crop_fraction"))
 
 
-def load_checkpoint_backbone(path: str) -> tuple[nn.Module, CheckpointInfo]:
+def load_checkpoint_backbone(path: str, endpoint_url: Optional[str] = None) -> tuple[nn.Module, CheckpointInfo]:
     """The evaluation backbone of a checkpoint (eval mode) and what it is."""
     from trainers.checkpoint import load_backbone  # training side: imported only when needed
 
-    backbone, meta = load_backbone(path)
+    backbone, meta = load_backbone(path, endpoint_url)
     return backbone.eval(), describe_checkpoint(path, meta)
 
 
@@ -76,12 +76,13 @@ def eval_spec(image_size: int, crop_fraction: float = DEFAULT_CROP_FRACTION, vie
 
 
 def eval_loader(dataset: str, image_size: int, batch_size: int = 256, *, crop_fraction: float = DEFAULT_CROP_FRACTION,
-                views: int = 1, num_threads: int = 2, endpoint_url: Optional[str] = None):
-    """A ViewLoader over the whole dataset with the eval recipe (one rank, epoch 0)."""
+                views: int = 1, num_threads: int = 2, endpoint_url: Optional[str] = None, device: str = "cpu"):
+    """A ViewLoader over the whole dataset with the eval recipe (one rank, epoch 0): the one
+    used by the eval commands, the online monitor and the demo."""
     from pipeline import ViewLoader
 
     return ViewLoader(dataset, eval_spec(image_size, crop_fraction, views), batch_size, num_threads=num_threads,
-                      endpoint_url=endpoint_url)
+                      endpoint_url=endpoint_url, device=device)
 
 
 def labelled_features(backbone: nn.Module, loader, vocabulary: Optional[list[str]] = None,
@@ -137,29 +138,25 @@ def natural_view_features(backbone: nn.Module, loader) -> tuple[np.ndarray, list
     return torch.stack(vectors).numpy(), groups, keys
 
 
-def load_query_image(path: str, image_size: int, crop_fraction: float = DEFAULT_CROP_FRACTION,
-                     mean: tuple = (0.485, 0.456, 0.406), std: tuple = (0.229, 0.224, 0.225)) -> tuple[torch.Tensor, np.ndarray]:
-    """(normalised [1, 3, S, S] tensor, displayable HxWx3 uint8) of an image file, as the eval recipe sees it."""
-    from PIL import Image, UnidentifiedImageError
+def load_query_image(path: str, image_size: int, crop_fraction: float = DEFAULT_CROP_FRACTION
+                     ) -> tuple[torch.Tensor, np.ndarray]:
+    """(normalised [1, 3, S, S] tensor, displayable SxSx3 uint8) of an image file, made by the
+    pipeline's own eval recipe (`pipeline.single_image`), exactly as indexed photos were."""
+    from pipeline.single_image import eval_view
 
     try:
         data = Path(path).read_bytes()
-        with Image.open(io.BytesIO(data)) as opened:
-            image = opened.convert("RGB")
     except FileNotFoundError:
         raise UsageError(f"query image {path!r} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise UsageError(f"query image {path!r} cannot be decoded ({err.__class__.__name__}); expected a JPEG or PNG") from None
-    resize = max(image_size, int(round(image_size / crop_fraction)))
-    w, h = image.size
-    scale = resize / min(w, h)
-    image = image.resize((max(resize, round(w * scale)), max(resize, round(h * scale))), Image.BILINEAR)
-    left, top = (image.size[0] - image_size) // 2, (image.size[1] - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
-    pixels = np.asarray(image, dtype=np.uint8)
-    x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div(255)
-    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    return x.unsqueeze(0), pixels
+    spec = eval_spec(image_size, crop_fraction)
+    try:
+        x = eval_view(data, spec)
+    except Exception as err:  # PIL header or DALI decoder: not an image we can read
+        raise UsageError(f"query image {path!r} cannot be decoded ({err.__class__.__name__}); "
+                         "expected a JPEG or PNG") from None
+    mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
+    pixels = (x[0] * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return x, pixels
 
 
 def read_sample_image(dataset: str, key: str, view: int = 0, endpoint_url: Optional[str] = None) -> np.ndarray:

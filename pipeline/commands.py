@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from viewstream.cliflags import add_endpoint_url, add_json, with_example, write_json
 from viewstream.errors import UsageError
 
 
 def add_commands(subparsers) -> None:
-    parser = subparsers.add_parser("views", help="preview a view recipe on a dataset (PNG grid)")
+    parser = subparsers.add_parser(
+        "views", help="preview a view recipe on a dataset (PNG grid)",
+        **with_example("viewstream views ds/ --recipe multicrop --size 96 --out views.png",
+                       "viewstream views s3://bucket/ds --endpoint-url http://127.0.0.1:9000 --json views.json"))
     parser.add_argument("dataset", help="dataset folder or s3://bucket/prefix")
     parser.add_argument("--recipe", default="simclr", help="simclr, byol, multicrop or eval")
     parser.add_argument("--size", type=int, default=64, help="global view size in pixels")
@@ -21,7 +25,8 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epoch", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--endpoint-url", default=None, help="S3 endpoint (MinIO, moto)")
+    add_endpoint_url(parser)
+    add_json(parser)
     parser.add_argument("--out", default="views.png", help="where to write the grid")
     parser.set_defaults(func=run_views)
 
@@ -55,7 +60,9 @@ def run_views(args: argparse.Namespace) -> int:
                for view in batch.views]
     grid = torch.stack(columns, dim=1).flatten(0, 1).clamp(0, 1)  # one row per sample
     save_image(grid, args.out, nrow=len(spec.views), padding=2)
-    print(json.dumps({"out": args.out, "samples": len(batch), "views": len(spec.views),
-                      "keys": batch.keys, "view_sources": batch.view_sources.tolist(),
-                      "read": loader.stats.as_dict()}))
+    result = {"out": args.out, "samples": len(batch), "views": len(spec.views),
+              "keys": batch.keys, "view_sources": batch.view_sources.tolist(),
+              "read": loader.stats.as_dict()}
+    print(json.dumps(result))
+    write_json(args.json_out, result)
     return 0

@@ -189,12 +189,6 @@ def draw_batch(spec: ViewSpec, seed: int, epoch: int, rows: list[int],
     return [SampleDraw(a, b, params[i]) for i, (a, b) in enumerate(pairs)]
 
 
-def draw_sample(spec: ViewSpec, seed: int, epoch: int, row: int,
-                photo_sizes: dict[int, tuple[int, int]]) -> SampleDraw:
-    """`draw_batch` for one sample (the draw does not depend on the batch it is in)."""
-    return draw_batch(spec, seed, epoch, [row], [photo_sizes])[0]
-
-
 def batch_arguments(params: np.ndarray, view: int) -> dict[str, np.ndarray]:
     """Per-sample DALI argument arrays of view `view` from stacked rows [B, num_views, P].
 

@@ -2,7 +2,9 @@
 
 Modules, one job each (read in this order):
   format      the shard format contract shared with `pipeline`
-  storage     bytes at local paths and s3:// (read, ranged read, list, atomic/multipart write)
+  storage/    the storage layer: URI -> backend (local, s3://, http(s)://), read, ranged read,
+              streamed sorted listing, atomic write; the one S3 client and endpoint rule
+  ray_connect the one way to join or start (127.0.0.1) a Ray cluster
   inputs      folder / manifest(s) / S3 Inventory / s3 prefix -> streamed record batches
   validate    decode each image for real: keep its bytes, re-encode it, or say why not
   plan        deterministic streamed plan: ranked, spilled partitions -> shards, stable keys

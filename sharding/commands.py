@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import re
 
-from viewstream.errors import UsageError
+from dataclasses import asdict, is_dataclass
 
 from viewstream.argtypes import positive_int
+from viewstream.cliflags import add_address, add_config, add_endpoint_url, add_json, with_example, write_json
+from viewstream.errors import UsageError
 from sharding.validate import DEFAULT_MAX_PIXELS
 
 DEFAULT_PREFETCH = 8  # sharding.build.DEFAULT_PREFETCH (not imported: it would pull in PIL at start-up)
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -34,86 +37,134 @@ def parse_size(text: str) -> int:
     return value
 
 
+SHARD_EXAMPLES = (
+    "viewstream shard photos/ ds/ --group-by dir --label-from parent",
+    "viewstream shard s3://bucket/photos s3://bucket/ds --ray --address auto",
+    "viewstream shard inputs.csv ds/   # a manifest of local paths, s3:// or https:// URIs",
+    "viewstream shard --config configs/shard.yaml --set shard_samples=5000",
+    "viewstream shard 'lists/*.parquet' --dry-run   # plan only: shards, bytes per shard, largest group",
+)
+# Flags that are also fields of the YAML config (flag dest -> config key); a flag given on the
+# command line wins over --set, which wins over the YAML file, which wins over the defaults.
+_CONFIG_FLAGS = ("input", "output", "name", "group_by", "label_from", "shard_bytes", "shard_samples",
+                 "shuffle_seed", "max_side", "quality", "max_pixels", "workers", "ray", "address",
+                 "ray_cpus", "endpoint_url", "prefetch")
+_RUN_KEYS = ("input", "output", "workers", "ray", "address", "ray_cpus", "endpoint_url", "prefetch")
+
+
 def add_commands(subparsers) -> None:
     """Register `shard` and `inspect` on the front door's subparsers."""
     shard = subparsers.add_parser(
         "shard", help="pack images / natural-view groups into WebDataset shards",
-        description="Pack a folder, a manifest (.csv/.jsonl/.parquet with a uri column), several "
-                    "manifests (a glob, a folder of manifest files, an S3 Inventory manifest.json) "
-                    "or an s3:// prefix into WebDataset shards with .idx, per-shard index and "
-                    "quarantine parts, shards.parquet and manifest.json. Rerun the same command "
-                    "to resume.",
+        description="Pack a folder, a manifest (.csv/.jsonl/.parquet with a uri column of local "
+                    "paths or s3:// / http(s):// URIs), several manifests (a glob, a folder of "
+                    "manifest files, an S3 Inventory manifest.json) or an s3:// prefix into "
+                    "WebDataset shards with .idx, per-shard index and quarantine parts, "
+                    "shards.parquet and manifest.json. Rerun the same command to resume.",
+        **with_example(*SHARD_EXAMPLES),
     )
-    shard.add_argument("input", help="folder, manifest file, glob of manifests ('lists/*.parquet'), "
-                                     "S3 Inventory manifest.json, or s3://bucket/prefix")
-    shard.add_argument("output", nargs="?", help="output folder or s3://bucket/prefix (not with --dry-run)")
-    shard.add_argument("--group-by", choices=("file", "dir"), default="file",
-                       help="file: each image is a sample; dir: each leaf folder is one natural-view group")
-    shard.add_argument("--label-from", choices=("none", "parent"), default="none",
+    shard.add_argument("input", nargs="?", default=None,
+                       help="folder, manifest file, glob of manifests ('lists/*.parquet'), S3 Inventory "
+                            "manifest.json, or s3://bucket/prefix (or `input:` in --config)")
+    shard.add_argument("output", nargs="?", default=None,
+                       help="output folder or s3://bucket/prefix (or `output:` in --config; not with --dry-run)")
+    add_config(shard)
+    shard.add_argument("--group-by", choices=("file", "dir"), default=None,
+                       help="file (default): each image is a sample; dir: each leaf folder is one natural-view group")
+    shard.add_argument("--label-from", choices=("none", "parent"), default=None,
                        help="parent: the folder above the sample is its label (ImageFolder style)")
-    shard.add_argument("--name", default="data", help="shard name prefix (letters, digits, _ and -)")
-    shard.add_argument("--shard-bytes", type=parse_size, default=256 * 2**20,
-                       help="target input bytes per shard (e.g. 256MiB)")
-    shard.add_argument("--shard-samples", type=positive_int, default=10_000, help="max samples per shard")
+    shard.add_argument("--name", default=None, help="shard name prefix (letters, digits, _ and -; default data)")
+    shard.add_argument("--shard-bytes", type=parse_size, default=None,
+                       help="target input bytes per shard (default 256MiB)")
+    shard.add_argument("--shard-samples", type=positive_int, default=None, help="max samples per shard (default 10000)")
     order = shard.add_mutually_exclusive_group()
-    order.add_argument("--shuffle-seed", type=int, default=0,
+    order.add_argument("--shuffle-seed", type=int, default=None,
                        help="groups are spread over shards in this seeded order (default 0), so every "
                             "shard is a fair mix even when paths cluster classes")
     order.add_argument("--sorted", action="store_true", help="keep groups sorted by id instead of shuffled")
     shard.add_argument("--max-side", type=positive_int, default=None,
                        help="resize images whose longer side exceeds this (re-encodes them)")
-    shard.add_argument("--quality", type=positive_int, default=90, help="JPEG quality of re-encoded images (1-100)")
-    shard.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                       help="quarantine images with more pixels (decompression bombs)")
+    shard.add_argument("--quality", type=positive_int, default=None, help="JPEG quality of re-encoded images (1-100, default 90)")
+    shard.add_argument("--max-pixels", type=positive_int, default=None,
+                       help=f"quarantine images with more pixels (decompression bombs; default {DEFAULT_MAX_PIXELS})")
     where = shard.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=positive_int, default=1, help="local worker processes")
-    where.add_argument("--ray", action="store_true", help="build shards as Ray tasks")
-    shard.add_argument("--ray-address", default=None,
-                       help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    where.add_argument("--workers", type=positive_int, default=None, help="local worker processes (default 1)")
+    where.add_argument("--ray", action="store_true", default=None, help="build shards as Ray tasks")
+    add_address(shard)
     shard.add_argument("--ray-cpus", type=positive_int, default=None, help="CPUs of a local Ray started here")
-    shard.add_argument("--endpoint-url", default=None,
-                       help="S3 endpoint (default: AWS_ENDPOINT_URL, else AWS)")
-    shard.add_argument("--prefetch", type=positive_int, default=DEFAULT_PREFETCH,
+    add_endpoint_url(shard)
+    shard.add_argument("--prefetch", type=positive_int, default=None,
                        help=f"reads in flight per shard task (default {DEFAULT_PREFETCH}, sized for S3 latency; "
                             "does not change the output)")
     shard.add_argument("--dry-run", action="store_true",
                        help="only plan: print inputs, groups, shards, bytes per shard, the largest group "
                             "and groups split across manifest files; build nothing")
+    add_json(shard)
     shard.add_argument("--no-progress", action="store_true", help="no progress bar")
     shard.set_defaults(func=run_shard)
 
     inspect = subparsers.add_parser(
         "inspect", help="summarize a dataset, verify shard checksums, draw a contact sheet",
+        **with_example("viewstream inspect ds/ --grid sheet.png",
+                       "viewstream inspect s3://bucket/ds --no-verify --json report.json"),
     )
     inspect.add_argument("dataset", help="dataset folder or s3://bucket/prefix")
     inspect.add_argument("--grid", default=None, help="write a contact sheet PNG here")
     inspect.add_argument("--groups", type=positive_int, default=8, help="groups (rows) in the contact sheet")
     inspect.add_argument("--seed", type=int, default=0, help="which random groups the sheet shows")
     inspect.add_argument("--no-verify", action="store_true", help="skip the sha256 check of every shard")
-    inspect.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    add_endpoint_url(inspect)
+    add_json(inspect)
     inspect.set_defaults(func=run_inspect)
+
+
+def shard_settings(args: argparse.Namespace) -> dict:
+    """The shard run's settings: defaults < YAML --config < --set < flags given on the line."""
+    from viewstream.config_files import apply_override, load_yaml_config
+
+    data: dict = {}
+    if args.config:
+        data = load_yaml_config(args.config, args.overrides)
+    else:
+        for assignment in args.overrides:
+            apply_override(data, assignment)
+    for key in _CONFIG_FLAGS:
+        value = getattr(args, key, None)
+        if value is not None:
+            data[key] = value
+    if args.sorted:
+        data["shuffle_seed"] = None
+    if isinstance(data.get("shard_bytes"), str):
+        try:
+            data["shard_bytes"] = parse_size(data["shard_bytes"])
+        except argparse.ArgumentTypeError as err:
+            raise UsageError(f"shard_bytes: {err}") from None
+    for key in ("input",) if getattr(args, "dry_run", False) else ("input", "output"):
+        if not data.get(key):
+            raise UsageError(f"no {key}: pass it as an argument or as `{key}:` in --config")
+    return data
 
 
 def run_shard(args: argparse.Namespace) -> int:
     from sharding.run import plan_dataset, shard_dataset
 
-    fields = dict(name=args.name, group_by=args.group_by, label_from=args.label_from,
-                  shard_bytes=args.shard_bytes, shard_samples=args.shard_samples, max_side=args.max_side,
-                  quality=args.quality, max_pixels=args.max_pixels,
-                  shuffle_seed=None if args.sorted else args.shuffle_seed)
+    settings = shard_settings(args)
+    run = {key: settings.pop(key) for key in _RUN_KEYS if key in settings}
     if args.dry_run:
-        print(plan_dataset(args.input, endpoint_url=args.endpoint_url, progress=not args.no_progress,
-                           **fields).format())
+        plan = plan_dataset(run["input"], endpoint_url=run.get("endpoint_url"), progress=not args.no_progress,
+                            **settings)
+        print(plan.format())
+        write_json(args.json_out, asdict(plan) if is_dataclass(plan) else vars(plan))
         return 0
-    if args.output is None:
-        raise UsageError("shard needs an OUTPUT folder or s3://bucket/prefix (or --dry-run)")
+    ray = bool(run.get("ray"))
     summary = shard_dataset(
-        args.input, args.output, **fields,
-        workers=args.workers if not args.ray else (args.ray_cpus or 1), ray=args.ray,
-        ray_address=args.ray_address, endpoint_url=args.endpoint_url, progress=not args.no_progress,
-        prefetch=args.prefetch,
+        run["input"], run["output"], **settings,
+        workers=run.get("workers") or 1 if not ray else (run.get("ray_cpus") or 1), ray=ray,
+        ray_address=run.get("address"), endpoint_url=run.get("endpoint_url"), progress=not args.no_progress,
+        prefetch=run.get("prefetch") or DEFAULT_PREFETCH,
     )
     print(summary.format())
+    write_json(args.json_out, asdict(summary))
     return 0
 
 
@@ -123,4 +174,5 @@ def run_inspect(args: argparse.Namespace) -> int:
     report = inspect_dataset(args.dataset, verify=not args.no_verify, grid=args.grid,
                              grid_groups=args.groups, seed=args.seed, endpoint_url=args.endpoint_url)
     print(report.format())
+    write_json(args.json_out, asdict(report) if is_dataclass(report) else vars(report))
     return 0 if report.ok else 1

@@ -30,7 +30,7 @@ from sharding.format import (
     idx_name,
     index_part_name,
 )
-from sharding.storage import Storage, is_s3, join
+from sharding.storage import Storage, join
 
 
 def _storage(storage: Storage | None) -> Storage:
@@ -48,10 +48,10 @@ def load_manifest(root: str, storage: Storage | None = None) -> dict:
         data = _storage(storage).read_bytes(uri)
     except FileNotFoundError:
         raise UsageError(f"{root!r} is not a viewstream dataset (no {MANIFEST_FILE})") from None
-    except Exception as err:
-        if is_s3(uri):
-            raise UsageError(f"cannot read {uri!r}: {err}") from None
+    except (IsADirectoryError, NotADirectoryError, PermissionError):
         raise
+    except Exception as err:  # remote: no bucket, no credentials, unreachable endpoint
+        raise UsageError(f"cannot read {uri!r}: {err}") from None
     manifest = json.loads(data)
     version = manifest.get("format_version")
     if version not in READABLE_FORMAT_VERSIONS:

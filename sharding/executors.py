@@ -9,7 +9,6 @@ byte-identical: the executor only decides *where* a shard is built, never *what*
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, Protocol, TypeVar
 
@@ -82,21 +81,10 @@ class RayExecutor:
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
         import ray
 
+        from sharding.ray_connect import connect_ray
+
         self._ray = ray
-        self._started_here = False
-        if not ray.is_initialized():
-            address = address or os.environ.get("RAY_ADDRESS") or None
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(
-                    num_cpus=num_cpus or os.cpu_count() or 1,
-                    _node_ip_address="127.0.0.1",
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    configure_logging=False,
-                )
-                self._started_here = True
+        self._started_here = connect_ray(address, num_cpus, log_to_driver=False)
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         ray = self._ray
@@ -125,7 +113,7 @@ def _call(fn: Callable[[T], R], task: T) -> R:
 
 
 def make_executor(workers: int = 1, ray: bool = False, ray_address: str | None = None) -> Executor:
-    """The executor for the CLI flags ``--workers N`` / ``--ray [--ray-address A]``."""
+    """The executor for the CLI flags ``--workers N`` / ``--ray [--address A]``."""
     if ray:
         return RayExecutor(ray_address, num_cpus=workers if workers > 1 else None)
     if workers <= 1:

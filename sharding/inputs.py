@@ -32,7 +32,8 @@ import pyarrow.compute as pc
 
 from viewstream.errors import UsageError
 
-from sharding.storage import FileEntry, Storage, is_s3
+from sharding.storage import FileEntry, Storage, local_path
+from sharding.storage.uri import ABSOLUTE_URI_REGEX, parent_folder, s3_uri
 
 GroupBy = Literal["file", "dir"]
 LabelFrom = Literal["none", "parent"]
@@ -82,7 +83,8 @@ def decode(value: bytes | None) -> str | None:
 
 def resolve_source(source: str, storage: Storage) -> InputSource:
     """Decide what `source` is (see module docstring); UsageError when it holds nothing."""
-    if any(c in source for c in GLOB_CHARS) and (is_s3(source) or not os.path.exists(source)):
+    local = local_path(source)
+    if any(c in source for c in GLOB_CHARS) and (local is None or not os.path.exists(local)):
         files = _glob(source, storage)
         bad = [f for f in files if not f.lower().endswith(MANIFEST_EXTS)]
         if not files:
@@ -94,10 +96,10 @@ def resolve_source(source: str, storage: Storage) -> InputSource:
     if posixpath.basename(source) == INVENTORY_FILE:
         return InputSource("inventory", source, tuple(_inventory_files(source, storage)))
     if source.lower().endswith(MANIFEST_EXTS):
-        if not is_s3(source) and not os.path.isfile(source):
+        if local is not None and not os.path.isfile(local):
             raise UsageError(f"manifest {source!r} does not exist")
         return InputSource("manifests", source, (source,))
-    if not is_s3(source) and not os.path.isdir(source):
+    if not storage.is_folder(source):
         raise UsageError(
             f"input {source!r} does not exist or is not a folder "
             f"(expected a folder, a manifest {'/'.join(MANIFEST_EXTS)}, a glob of manifests, "
@@ -200,8 +202,9 @@ def _batch(groups, uris, labels, sizes, file_number: int) -> pa.RecordBatch:
 
 
 def _glob(pattern: str, storage: Storage) -> list[str]:
-    if not is_s3(pattern):
-        return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    local = local_path(pattern)
+    if local is not None:
+        return sorted(p for p in glob.glob(local, recursive=True) if os.path.isfile(p))
     cut = min(pattern.index(c) for c in GLOB_CHARS if c in pattern)
     prefix = pattern[:cut].rsplit("/", 1)[0]
     try:
@@ -227,7 +230,7 @@ def _inventory_files(path: str, storage: Storage) -> list[str]:
     bucket = str(manifest.get("destinationBucket", "")).rsplit(":", 1)[-1]
     if not bucket:
         raise UsageError(f"inventory manifest {path!r} has no destinationBucket")
-    return sorted(f"s3://{bucket}/{f['key']}" for f in manifest["files"])
+    return sorted(s3_uri(bucket, f["key"]) for f in manifest["files"])
 
 
 def _inventory_entries(uri: str, storage: Storage) -> Iterator[FileEntry]:
@@ -236,7 +239,7 @@ def _inventory_entries(uri: str, storage: Storage) -> Iterator[FileEntry]:
         for bucket, key, size in zip(*(batch.column(c).to_pylist() for c in ("bucket", "key", "size"))):
             if not key or key.endswith("/"):  # folder placeholder objects
                 continue
-            yield FileEntry(f"s3://{bucket}/{key}", key, int(size or 0))
+            yield FileEntry(s3_uri(bucket, key), key, int(size or 0))
 
 
 # ---- manifests -------------------------------------------------------------------------------
@@ -247,7 +250,7 @@ def read_manifest_batches(path: str, storage: Storage, file_number: int = 0) -> 
     Relative local uris are resolved against the manifest's folder. A row without a group is a
     group of one (its uri). Without a size column sizes are 0: the plan then counts samples.
     """
-    base = posixpath.dirname(path) if is_s3(path) else os.path.dirname(os.path.abspath(path))
+    base = parent_folder(path)
     row = 0
     try:
         for raw in _raw_batches(path, storage):
@@ -284,7 +287,8 @@ def _parquet_batches(uri: str, storage: Storage, columns: list[str], required: s
 
     # Parquet needs random access: a local file is read in place; an object is fetched whole
     # (one manifest part; split a huge manifest into several files, which are read one by one).
-    source = uri if not is_s3(uri) else io.BytesIO(storage.read_bytes(uri))
+    local = local_path(uri)
+    source = local if local is not None else io.BytesIO(storage.read_bytes(uri))
     # Buffered page reads, one thread: memory of a batch, not of a (possibly 128 MB) row group.
     parquet = pq.ParquetFile(source, pre_buffer=False, buffer_size=1 << 20)
     present = [c for c in columns if c in parquet.schema_arrow.names]
@@ -405,7 +409,7 @@ def _normalize(raw, base: str, path: str, first_row: int, file_number: int) -> p
     if n and pc.any(empty).as_py():
         bad = pc.index(empty, True).as_py()
         raise UsageError(f"manifest {path!r} row {first_row + bad + 1} has an empty 'uri'")
-    relative = pc.invert(pc.or_(pc.starts_with(uri, "s3://"), pc.starts_with(uri, "/")))
+    relative = pc.invert(pc.match_substring_regex(uri, ABSOLUTE_URI_REGEX))
     if n and pc.any(relative).as_py():
         joined = pc.binary_join_element_wise(pa.scalar(base.rstrip("/") + "/"), uri, "")
         uri = pc.if_else(relative, joined, uri)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -26,7 +24,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
-from viewstream.errors import UsageError
+from viewstream.errors import UsageError, usage_error_from
 
 from sharding.build import (
     DEFAULT_PREFETCH,
@@ -51,7 +49,7 @@ from sharding.format import (
 )
 from sharding.inputs import InputSource, iter_input_batches, resolve_source
 from sharding.plan import PlannedShard, PlanStats, plan_stream
-from sharding.storage import Storage, is_s3, join, split_s3
+from sharding.storage import Storage, absolute, join
 from sharding.validate import DEFAULT_MAX_PIXELS
 
 MANIFEST_INTERVAL_S = 2.0
@@ -138,8 +136,7 @@ def shard_dataset(
         raise UsageError(f"prefetch must be >= 1, got {prefetch}")
     started = time.perf_counter()
     storage = Storage(endpoint_url)
-    source = _absolute(source)
-    output = output.rstrip("/") if is_s3(output) else os.path.abspath(output)
+    source, output = absolute(source), absolute(output)
     check_output(output, storage)
     storage.remove_unfinished_writes(  # a killed run's debris
         output, ("", SHARDS_DIR, PARTS_DIR, INDEX_DIR, QUARANTINE_DIR))
@@ -212,7 +209,7 @@ def plan_dataset(
     config = make_config(config, **config_fields)
     started = time.perf_counter()
     storage = Storage(endpoint_url)
-    source = _absolute(source)
+    source = absolute(source)
     resolved = resolve_source(source, storage)
     stats = PlanStats()
     batches = _counted(_batches(source, storage, config, resolved), progress, "planning")
@@ -288,10 +285,6 @@ def _counted(batches: Iterator[pa.RecordBatch], progress: bool, desc: str) -> It
             bar.close()
 
 
-def _absolute(source: str) -> str:
-    return source if is_s3(source) else os.path.abspath(source)
-
-
 def _chain(first, rest):
     yield first
     yield from rest
@@ -313,28 +306,12 @@ def make_config(config: ShardConfig | None = None, **fields) -> ShardConfig:
     try:
         return ShardConfig(**{**(config.model_dump() if config else {}), **fields})
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise UsageError(f"{where}: {first['msg']} (got {first.get('input')!r})") from None
+        raise usage_error_from(err, "shard config") from None
 
 
 def check_output(output: str, storage: Storage) -> None:
     """Fail early, with the reason, if `output` cannot be written."""
-    if is_s3(output):
-        bucket, _ = split_s3(output)
-        try:
-            storage.s3.head_bucket(Bucket=bucket)
-        except Exception as err:
-            raise UsageError(f"output {output!r} is not writable: bucket {bucket!r}: {err}") from None
-        return
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise UsageError(f"output {output!r} exists and is not a folder")
-    try:
-        os.makedirs(output, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output):
-            pass
-    except OSError as err:
-        raise UsageError(f"output {output!r} is not writable: {err.strerror or err}") from None
+    storage.check_writable(output)
 
 
 def _finished(output: str, name: str, fingerprint: str, listed: set[str], storage: Storage) -> ShardRecord | None:
@@ -351,7 +328,7 @@ def _finished(output: str, name: str, fingerprint: str, listed: set[str], storag
 
 def _safe_list(storage: Storage, root: str):
     try:
-        if not is_s3(root) and not os.path.isdir(root):
+        if not storage.is_folder(root):
             return []
         return storage.iter_files(root)
     except Exception:

@@ -8,8 +8,8 @@ A checkpoint is a directory with two files:
 - ``meta.json``: the validated training config and the progress (step, epoch, batch), readable
   without torch, so tools can tell what a checkpoint is before loading it.
 
-Checkpoints live wherever Ray Train persists them (a folder or ``s3://``); ``resolve_checkpoint``
-turns a run folder, a checkpoint folder or an ``s3://`` URI into a local checkpoint folder.
+Checkpoints live wherever Ray Train persists them (any `sharding.storage` URI); ``resolve_checkpoint``
+turns a run folder, a checkpoint folder or a remote URI into a local checkpoint folder.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from sharding.storage import Storage, join
 from viewstream.errors import UsageError
 
 STATE_FILE = "state.pt"
@@ -45,7 +46,6 @@ def save_checkpoint(
     optimizer_state: dict[str, Any],
     progress: Progress,
     config: dict[str, Any],
-    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint into `directory` (created if missing) and return its path."""
     directory = Path(directory)
@@ -55,7 +55,6 @@ def save_checkpoint(
         "optimizer": optimizer_state,
         "torch_rng": torch.get_rng_state(),
         "progress": {"step": progress.step, "epoch": progress.epoch, "batch": progress.batch},
-        "extra": extra or {},
     }
     tmp = directory / (STATE_FILE + ".tmp")
     torch.save(state, tmp)
@@ -112,50 +111,49 @@ def _valid_step(directory: Path) -> int | None:
     return meta_step if meta_step == state_step else None
 
 
-def find_latest_checkpoint(storage: str, run_name: str) -> Path | None:
-    """The newest complete checkpoint of run `run_name` under `storage` (folder or s3://), local.
+def find_latest_checkpoint(storage: str, run_name: str, endpoint_url: str | None = None) -> Path | None:
+    """The newest complete checkpoint of run `run_name` under `storage` (folder or URI), local.
 
     The run's storage is the source of truth: every checkpoint Ray Train persisted is there,
     including one whose report the controller had not yet processed when a worker died.
     """
-    if storage.startswith("s3://"):
-        return _latest_s3_checkpoint(storage.rstrip("/") + "/" + run_name)
-    run_dir = Path(storage) / run_name
+    store = Storage(endpoint_url)
+    local = store.local_path(storage)
+    if local is None:
+        return _latest_remote_checkpoint(store, join(storage, run_name))
+    run_dir = Path(local) / run_name
     return latest_checkpoint_dir(run_dir) if run_dir.is_dir() else None
 
 
-def _latest_s3_checkpoint(run_uri: str) -> Path | None:
-    import pyarrow.fs as pafs
-
-    from trainers.storage import s3_filesystem
-
-    fs, prefix = s3_filesystem(run_uri)
-    selector = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
-    metas = [i.path for i in fs.get_file_info(selector) if i.path.endswith("/" + META_FILE)]
+def _latest_remote_checkpoint(store: Storage, run_uri: str) -> Path | None:
+    """Download the newest complete checkpoint under `run_uri` (only meta.json files are read
+    until one is chosen)."""
     steps = []
-    for path in metas:
-        with fs.open_input_stream(path) as f:
-            steps.append((int(json.loads(f.read())["progress"]["step"]), path.rsplit("/", 1)[0]))
+    for entry in store.iter_files(run_uri):
+        if entry.relpath == META_FILE or entry.relpath.endswith("/" + META_FILE):
+            step = int(json.loads(store.read_bytes(entry.uri))["progress"]["step"])
+            steps.append((step, entry.uri[: -len(META_FILE) - 1]))
     for step, directory in sorted(steps, reverse=True):
         local = Path(tempfile.mkdtemp(prefix="viewstream-ckpt-"))
-        _download_s3_prefix("s3://" + directory, local)
+        _download(store, directory, local)
         if _valid_step(local) == step:
             return local
     return None
 
 
-def resolve_checkpoint(path: str) -> Path:
-    """A local checkpoint folder for `path`: a checkpoint folder, a run folder, or s3://...
+def resolve_checkpoint(path: str, endpoint_url: str | None = None) -> Path:
+    """A local checkpoint folder for `path`: a checkpoint folder, a run folder, or a remote URI.
 
-    For a run folder, the checkpoint with the most steps is taken. S3 checkpoints are
+    For a run folder, the checkpoint with the most steps is taken. Remote checkpoints are
     downloaded to a temporary folder.
     """
-    if path.startswith("s3://"):
-        found = _latest_s3_checkpoint(path.rstrip("/"))
+    store = Storage(endpoint_url)
+    if store.local_path(path) is None:
+        found = _latest_remote_checkpoint(store, path.rstrip("/"))
         if found is None:
             raise UsageError(f"no complete viewstream checkpoint under {path!r}")
         return found
-    p = Path(path)
+    p = Path(store.local_path(path))
     if not p.exists():
         raise UsageError(f"checkpoint path {path!r} does not exist")
     if (p / STATE_FILE).is_file():
@@ -166,24 +164,19 @@ def resolve_checkpoint(path: str) -> Path:
     return found
 
 
-def _download_s3_prefix(uri: str, local: Path) -> None:
-    import pyarrow.fs as pafs
-
-    from trainers.storage import s3_filesystem
-
-    fs, prefix = s3_filesystem(uri)
-    selector = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
-    infos = [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
-    if not infos:
-        raise UsageError(f"nothing stored under {uri!r}")
-    for info in infos:
-        target = local / os.path.relpath(info.path, prefix)
+def _download(store: Storage, uri: str, local: Path) -> None:
+    found = False
+    for entry in store.iter_files(uri):
+        found = True
+        target = local / entry.relpath
         target.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(info.path) as src, open(target, "wb") as dst:
+        with store.open_read(entry.uri) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst)
+    if not found:
+        raise UsageError(f"nothing stored under {uri!r}")
 
 
-def load_method(path: str):
+def load_method(path: str, endpoint_url: str | None = None):
     """The trained method of a checkpoint (or the newest one of a run), in eval mode, and its meta.
 
     The method is rebuilt from the config stored with the checkpoint, so only the path is needed.
@@ -191,7 +184,7 @@ def load_method(path: str):
     from trainers.config import TrainConfig
     from trainers.methods import build_method
 
-    directory = resolve_checkpoint(path)
+    directory = resolve_checkpoint(path, endpoint_url)
     meta = load_meta(directory)
     config = TrainConfig.model_validate(meta["config"])
     method = build_method(config.method_config(), seed=config.seed)
@@ -204,7 +197,7 @@ def load_method(path: str):
     return method.eval(), meta
 
 
-def load_backbone(path: str):
+def load_backbone(path: str, endpoint_url: str | None = None):
     """(backbone to evaluate or export, meta) of a checkpoint; DINO gives its teacher."""
-    method, meta = load_method(path)
+    method, meta = load_method(path, endpoint_url)
     return method.eval_backbone.eval(), meta

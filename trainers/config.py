@@ -13,7 +13,8 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from pipeline import RECIPES, ViewSpec
-from trainers.config_loading import load_yaml_config, validate
+from sharding.storage import local_path
+from viewstream.config_files import load_yaml_config, validate
 from trainers.methods import MethodConfig, parse_method_config
 from trainers.optim import OptimizerConfig
 from viewstream.errors import UsageError
@@ -33,7 +34,9 @@ class DataConfig(_Strict):
     )
     num_threads: PositiveInt = Field(1, description="DALI threads per worker")
     prefetch: PositiveInt = 2
-    endpoint_url: Optional[str] = Field(None, description="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    endpoint_url: Optional[str] = Field(
+        None, description="S3 endpoint for every URI of the run: datasets, monitor, run.storage "
+        "(--endpoint-url overrides it; default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)")
 
     @field_validator("recipe")
     @classmethod
@@ -97,8 +100,9 @@ class RunSettings(_Strict):
     def output_dir(self) -> Path:
         if self.out_dir:
             return Path(self.out_dir)
-        if not self.storage.startswith("s3://"):
-            return Path(self.storage) / self.name
+        local = local_path(self.storage)
+        if local is not None:
+            return Path(local) / self.name
         return Path("runs") / self.name
 
 

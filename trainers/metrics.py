@@ -17,8 +17,13 @@ TENSORBOARD_DIR = "tensorboard"
 class MetricsLogger:
     """Appends metrics records to ``<out_dir>/metrics.jsonl`` and TensorBoard (rank 0 only)."""
 
-    def __init__(self, out_dir: str | Path, *, resume_step: int = 0, enabled: bool = True) -> None:
+    def __init__(self, out_dir: str | Path, *, resume_step: int = 0, enabled: bool = True,
+                 progress_board: str | None = None, total_steps: int | None = None) -> None:
+        """`progress_board`: the named actor the driver shows progress from (trainers.progress)."""
+        from trainers.progress import ProgressPusher
+
         self.enabled = enabled
+        self._progress = ProgressPusher(progress_board if enabled else None, total_steps)
         self.path = Path(out_dir) / METRICS_FILE
         self._tb = None
         if not enabled:
@@ -38,6 +43,7 @@ class MetricsLogger:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
+        self._progress.push(record)
         if self._tb is not None:
             step = int(record["step"])
             for name, value in record.items():

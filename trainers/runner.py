@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, TextIO
 
 from sharding.dataset import load_manifest
-from sharding.storage import Storage
+from sharding.ray_connect import connect_ray
+from sharding.storage import Storage, absolute, join, resolve_endpoint
 from trainers.config import TrainConfig
 from trainers.storage import storage_for
 from viewstream.errors import UsageError
@@ -42,7 +43,7 @@ class TrainResult:
 
 
 def check_inputs(config: TrainConfig) -> None:
-    """Fail fast on inputs that don't exist: the datasets and a local storage folder."""
+    """Fail fast on inputs that don't exist: the datasets, and where checkpoints go."""
     storage = Storage(config.data.endpoint_url)
     datasets = [("data.dataset", config.data.dataset)]
     if config.monitor:
@@ -53,29 +54,10 @@ def check_inputs(config: TrainConfig) -> None:
             load_manifest(root, storage)
         except UsageError as err:
             raise UsageError(f"{field}: {err}") from None
-    if not config.run.storage.startswith("s3://"):
-        try:
-            Path(config.run.storage).mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UsageError(f"run.storage={config.run.storage!r} is not writable: {err.strerror}") from None
-
-
-def connect_ray(address: Optional[str], num_cpus: Optional[int] = None) -> bool:
-    """Join `address`, or start a local Ray bound to 127.0.0.1 (dashboard off).
-
-    Returns True when this call started Ray (and so should shut it down).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return False
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, _node_ip_address="127.0.0.1",
-             include_dashboard=False, configure_logging=False)
-    return True
+    try:  # a local folder is made; a bucket must exist; http(s) is read-only
+        storage.check_writable(config.run.storage)
+    except UsageError as err:
+        raise UsageError(f"run.storage: {err}") from None
 
 
 def check_cluster(config: TrainConfig) -> None:
@@ -99,8 +81,8 @@ def check_cluster(config: TrainConfig) -> None:
 
 def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     """Local paths made absolute here: workers run in other directories (and maybe nodes)."""
-    absolute = lambda p: p if p.startswith("s3://") else os.path.abspath(p)
     config = config.model_copy(deep=True)
+    config.data.endpoint_url = resolve_endpoint(config=config.data.endpoint_url)  # workers lack the env
     config.data.dataset = absolute(config.data.dataset)
     if config.monitor:
         config.monitor.train_dataset = absolute(config.monitor.train_dataset)
@@ -110,20 +92,27 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     return config
 
 
+RAY_LOG_FILE = "ray.log"
+
+
 def run_training(config: TrainConfig, address: Optional[str] = None,
-                 epoch_hooks: Sequence[Any] = ()) -> TrainResult:
+                 epoch_hooks: Sequence[Any] = (), *, verbose: bool = True,
+                 progress: Optional[TextIO] = None) -> TrainResult:
     """Train `config` on Ray Train (resuming the run if it has checkpoints) and return the result.
 
     `epoch_hooks` are `trainers.train_loop.EpochHook` objects (e.g. the online kNN probe that
-    the front door adds from `evaluation`); they are pickled to every worker.
+    the front door adds from `evaluation`); they are pickled to every worker. Unless `verbose`,
+    Ray's own log lines go to ``<out_dir>/ray.log`` instead of the terminal. With `progress`
+    (a stream, e.g. sys.stdout), the driver draws the live progress line there.
     """
     config.method_config()
     config = with_absolute_paths(config)
     check_inputs(config)
-    started_ray = connect_ray(address or config.run.address, num_cpus=None)
+    log_file = None if verbose else Path(config.run.out_dir) / RAY_LOG_FILE
+    started_ray = connect_ray(address or config.run.address, num_cpus=None, log_file=log_file)
     try:
         check_cluster(config)
-        return _fit(config, epoch_hooks)
+        return _fit(config, epoch_hooks, progress)
     finally:
         if started_ray:
             import ray
@@ -131,17 +120,23 @@ def run_training(config: TrainConfig, address: Optional[str] = None,
             ray.shutdown()
 
 
-def _fit(config: TrainConfig, epoch_hooks: Sequence[Any] = ()) -> TrainResult:
+def _fit(config: TrainConfig, epoch_hooks: Sequence[Any] = (), progress: Optional[TextIO] = None) -> TrainResult:
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from trainers.train_loop import train_loop_per_worker
 
-    storage_path, filesystem = storage_for(config.run.storage)
+    from trainers.progress import ProgressLine, board_name, create_board
+
+    storage_path, filesystem = storage_for(config.run.storage, config.data.endpoint_url)
+    name = board_name()
+    board = create_board(name)
     s = config.scaling
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.model_dump(mode="json"), "epoch_hooks": list(epoch_hooks)},
+        train_loop_config={"config": config.model_dump(mode="json"), "epoch_hooks": list(epoch_hooks),
+                           "progress_board": name},
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
         ),
@@ -153,8 +148,15 @@ def _fit(config: TrainConfig, epoch_hooks: Sequence[Any] = ()) -> TrainResult:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
         ),
     )
-    result = trainer.fit()
+    try:
+        if progress is not None:
+            with ProgressLine(board, progress):
+                result = trainer.fit()
+        else:
+            result = trainer.fit()
+    finally:
+        ray.kill(board)
     checkpoint = result.checkpoint.path if result.checkpoint else None
-    if checkpoint and config.run.storage.startswith("s3://"):
-        checkpoint = "s3://" + checkpoint.lstrip("/")
+    if checkpoint and filesystem is not None:  # a path inside the remote root: give the URI back
+        checkpoint = join(config.run.storage, checkpoint[len(storage_path):])
     return TrainResult(dict(result.metrics or {}), checkpoint, config.run.output_dir())

@@ -173,14 +173,15 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
     trainer = Trainer(config, rank, world_size, device)
 
-    latest = find_latest_checkpoint(config.run.storage, config.run.name)
+    latest = find_latest_checkpoint(config.run.storage, config.run.name, config.data.endpoint_url)
     if latest is not None:
         trainer.restore(str(latest))
     elif (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as directory:
             trainer.restore(directory)
     out_dir = config.run.output_dir()
-    logger = MetricsLogger(out_dir, resume_step=trainer.step, enabled=rank == 0)
+    logger = MetricsLogger(out_dir, resume_step=trainer.step, enabled=rank == 0,
+                           progress_board=payload.get("progress_board"), total_steps=trainer.total_steps)
     timer = StepTimer()
     resumed_from = trainer.step
     last: dict[str, float] = {}

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from viewstream.cliflags import add_address, add_json, add_verbose, with_example, write_json
 from viewstream.errors import UsageError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -103,8 +105,12 @@ def demo_config(method: str, shards: dict[str, str], out: Path, size: DemoSize) 
     }
 
 
-def run_demo(method: str, out: Path, quick: bool) -> dict[str, Any]:
-    """Run the demo end to end and return the report (also written to out/report.json)."""
+def run_demo(method: str, out: Path, quick: bool, *, address: Optional[str] = None,
+             verbose: bool = False, json_out: Optional[str] = None) -> dict[str, Any]:
+    """Run the demo end to end and return the report (also written to out/report.json).
+
+    The terminal shows the stages and the live training line; Ray's own log lines go to the
+    run folder's ray.log unless `verbose`."""
     from trainers.config import TrainConfig
     from viewstream.demo_eval import evaluate_encoders, write_demo_plots
     from viewstream.train_command import run_monitored_training
@@ -118,7 +124,7 @@ def run_demo(method: str, out: Path, quick: bool) -> dict[str, Any]:
     shards = prepare_shards(out, size, find_fashion_mnist(out))
     config = TrainConfig.model_validate(demo_config(method, shards, out, size))
     print(f"[demo] training {method} with {config.scaling.num_workers} Ray workers on the CPU")
-    result = run_monitored_training(config)
+    result = run_monitored_training(config, address=address, verbose=verbose, progress=sys.stdout)
     print(result.summary())
     print("[demo] kNN (k=20) of trained vs random-init encoder vs raw pixels")
     scores = evaluate_encoders(config, result.checkpoint, shards)
@@ -138,12 +144,19 @@ def run_demo(method: str, out: Path, quick: bool) -> dict[str, Any]:
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps({k: report[k] for k in ("method", "knn_top1_trained", "knn_top1_random_init",
                                               "knn_top1_raw_pixels", "minutes")}))
+    write_json(json_out, report)
     return report
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    demo = subparsers.add_parser("demo", help="shard Fashion-MNIST, train on 2 Ray workers, compare kNN accuracy")
+    demo = subparsers.add_parser(
+        "demo", help="shard Fashion-MNIST, train on 2 Ray workers, compare kNN accuracy",
+        **with_example("viewstream demo --quick", "viewstream demo --method byol --out demo_byol --json report.json"))
     demo.add_argument("--method", default="simclr", help=f"one of {sorted(METHOD_SETTINGS)} (default simclr)")
     demo.add_argument("--quick", action="store_true", help="reduced size (a couple of minutes)")
     demo.add_argument("--out", default="demo_out", help="folder for shards, run, plots and report.json")
-    demo.set_defaults(func=lambda args: run_demo(args.method, Path(args.out), args.quick) and 0)
+    add_address(demo)
+    add_json(demo)
+    add_verbose(demo)
+    demo.set_defaults(func=lambda args: run_demo(args.method, Path(args.out), args.quick, address=args.address,
+                                                 verbose=args.verbose, json_out=args.json_out) and 0)

@@ -15,7 +15,7 @@ from pipeline import ViewLoader, ViewSpec
 from trainers.checkpoint import load_backbone
 from trainers.config import TrainConfig
 from evaluation.features import extract_features
-from evaluation.sources import labelled_features
+from evaluation.sources import eval_loader, labelled_features
 from evaluation.knn import knn_evaluate
 from trainers.methods import build_method
 
@@ -35,10 +35,10 @@ class _RawPixels(torch.nn.Module):
         return (images * self.std + self.mean).mean(dim=1).flatten(1)
 
 
-def eval_loader(dataset: str, config: TrainConfig, batch_size: int = 512) -> ViewLoader:
+def demo_loader(dataset: str, config: TrainConfig, batch_size: int = 512) -> ViewLoader:
+    """The shared eval loader at the monitor's image size, whole image (no centre crop)."""
     size = config.monitor.image_size if config.monitor else 28
-    return ViewLoader(dataset, ViewSpec.eval(size=size, crop_fraction=1.0), batch_size,
-                      num_threads=2, endpoint_url=config.data.endpoint_url)
+    return eval_loader(dataset, size, batch_size, crop_fraction=1.0, endpoint_url=config.data.endpoint_url)
 
 
 def _knn_top1(encoder: torch.nn.Module, train: ViewLoader, test: ViewLoader, name: str) -> float:
@@ -50,7 +50,7 @@ def _knn_top1(encoder: torch.nn.Module, train: ViewLoader, test: ViewLoader, nam
 
 def evaluate_encoders(config: TrainConfig, checkpoint: str, shards: dict[str, str]) -> dict[str, float]:
     """kNN top-1 of the trained encoder, the same encoder at random init, and raw pixels."""
-    train, test = eval_loader(shards["train"], config), eval_loader(shards["test"], config)
+    train, test = demo_loader(shards["train"], config), demo_loader(shards["test"], config)
     trained, _ = load_backbone(checkpoint)
     random_init = build_method(config.method_config(), seed=config.seed).eval_backbone
     return {
@@ -74,7 +74,7 @@ def write_demo_plots(config: TrainConfig, result: Any, shards: dict[str, str], o
     views = ViewLoader(config.data.dataset, config.view_spec(), 8, seed=config.seed, num_threads=1)
     paths.append(plot_view_grid(next(iter(views.iter_epoch(0))), plots_dir / "augmented_views.png"))
 
-    test = eval_loader(shards["test"], config, batch_size=256)
+    test = demo_loader(shards["test"], config, batch_size=256)
     trained, _ = load_backbone(result.checkpoint)
     batch = next(iter(test.iter_epoch(0)))
     feats = extract_features(trained, [batch]).features.numpy()

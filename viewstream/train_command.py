@@ -1,4 +1,4 @@
-"""`viewstream train CONFIG.yaml [--set a.b=c ...] [--address ADDR]`.
+"""`viewstream train CONFIG.yaml [--set a.b=c ...] [--address ADDR] [--verbose]`.
 
 Lives in the front door because it composes two stages: the trainers' Ray Train runner and
 the evaluation stage's online kNN monitor (an epoch hook), which trainers must not import.
@@ -6,28 +6,35 @@ the evaluation stage's online kNN monitor (an epoch hook), which trainers must n
 from __future__ import annotations
 
 import argparse
+import sys
+
+from viewstream.cliflags import (add_address, add_config, add_endpoint_url, add_json, add_verbose,
+                                 with_example, write_json)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
-        "train", help="train an SSL method on shards with Ray Train (resumes a run with the same name)"
+        "train", help="train an SSL method on shards with Ray Train (resumes a run with the same name)",
+        **with_example("viewstream train configs/simclr_fmnist.yaml",
+                       "viewstream train configs/simclr_fmnist.yaml --set optimizer.base_lr=0.5 --address auto",
+                       "viewstream train run.yaml --endpoint-url http://127.0.0.1:9000 --json result.json"),
     )
-    train.add_argument("config", help="YAML training config (see configs/)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field, e.g. --set optimizer.base_lr=0.5 (repeatable)")
-    train.add_argument("--address", default=None,
-                       help="Ray cluster address ('auto' for the cluster this machine is part of); "
-                            "default: start a local Ray on 127.0.0.1")
+    add_config(train, positional=True)
+    add_address(train)
+    add_endpoint_url(train)
+    add_json(train)
+    add_verbose(train)
     train.add_argument("--check", action="store_true", help="validate the config and inputs, then stop")
     train.set_defaults(func=_train)
 
 
-def run_monitored_training(config, address=None):
+def run_monitored_training(config, address=None, verbose: bool = True, progress=None):
     """`trainers.runner.run_training` with the epoch hooks the config asks for (the kNN monitor)."""
     from evaluation.monitor import monitor_hooks
     from trainers.runner import run_training
 
-    return run_training(config, address=address, epoch_hooks=monitor_hooks(config))
+    return run_training(config, address=address, epoch_hooks=monitor_hooks(config),
+                        verbose=verbose, progress=progress)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -35,11 +42,15 @@ def _train(args: argparse.Namespace) -> int:
     from trainers.runner import check_inputs
 
     config = TrainConfig.load(args.config, args.overrides)
+    if args.endpoint_url:
+        config.data.endpoint_url = args.endpoint_url  # the flag wins (sharding.storage.settings)
     if args.check:
         check_inputs(config)
         print(f"config OK: {config.method['name']} on {config.data.dataset}, "
               f"{config.scaling.num_workers} workers, batch {config.batch_size}")
         return 0
-    result = run_monitored_training(config, address=args.address)
+    result = run_monitored_training(config, address=args.address, verbose=args.verbose, progress=sys.stdout)
     print(result.summary())
+    write_json(args.json_out, {"metrics": result.metrics, "checkpoint": result.checkpoint,
+                               "out_dir": str(result.out_dir)})
     return 0

@@ -52,7 +52,7 @@ def test_shard_on_two_nodes_is_byte_identical_to_local(two_node_cluster: LocalRa
     local, on_ray = tmp_path / "local", tmp_path / "ray"
 
     viewstream("shard", str(corpus), str(local), *SHARD_ARGS)
-    viewstream("shard", str(corpus), str(on_ray), *SHARD_ARGS, "--ray", "--ray-address",
+    viewstream("shard", str(corpus), str(on_ray), *SHARD_ARGS, "--ray", "--address",
                two_node_cluster.address, env=two_node_cluster.env)
 
     local_files, ray_files = tree_digest(local), tree_digest(on_ray)

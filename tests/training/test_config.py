@@ -10,7 +10,7 @@ import yaml
 
 from tests.training.conftest import small_config
 from trainers.config import TrainConfig
-from trainers.config_loading import apply_override
+from viewstream.config_files import apply_override
 from viewstream.errors import UsageError
 
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from trainers.backbones import BACKBONES, BackboneConfig, build_backbone
 from trainers.distributed import convert_sync_batchnorm
-from viewstream.errors import UsageError
+from viewstream.errors import UsageError, usage_error_from
 
 __all__ = [
     "MethodConfig",
@@ -249,16 +249,6 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def _one_line(error: ValidationError, prefix: str) -> UsageError:
-    parts = []
-    for item in error.errors():
-        field = ".".join(str(x) for x in item["loc"]) or "config"
-        value = item.get("input")
-        shown = "" if isinstance(value, dict) else f" = {value!r}"
-        parts.append(f"{field}{shown}: {item['msg']}")
-    return UsageError(f"{prefix}: " + "; ".join(parts))
-
-
 def parse_method_config(data: MethodConfig | dict[str, Any]) -> MethodConfig:
     """Validate `data` with the config class of the method it names; UsageError if bad."""
     if isinstance(data, MethodConfig):
@@ -271,7 +261,7 @@ def parse_method_config(data: MethodConfig | dict[str, Any]) -> MethodConfig:
     try:
         return METHODS[name].config_class(**data)
     except ValidationError as error:
-        raise _one_line(error, f"invalid {name} config") from None
+        raise usage_error_from(error, f"{name} config") from None
 
 
 def build_method(config: MethodConfig | dict[str, Any], seed: int | None = None) -> Method:

@@ -1,7 +1,9 @@
-"""YAML configs with ``--set a.b=c`` overrides, validated by a pydantic model.
+"""YAML configs with ``--set a.b=c`` overrides, validated by a pydantic model: one loader for
+every command that takes a config (`viewstream train`, `viewstream shard`).
 
-Errors name the field path and what was expected, in one line, so the CLI can print them
-without a traceback (UsageError).
+A leaf module (imports nothing of ours but `viewstream.errors`), so every stage can use it.
+Errors name the field path and what was expected, in one line (see
+`viewstream.errors.describe_validation_error`), so the CLI prints them without a traceback.
 """
 from __future__ import annotations
 
@@ -9,11 +11,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
-from viewstream.errors import UsageError
+from viewstream.errors import UsageError, usage_error_from
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
+ModelT = TypeVar("ModelT")
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -51,22 +52,11 @@ def load_yaml_config(path: str | Path, overrides: list[str] | None = None) -> di
     return data
 
 
-def validate(model: type[ModelT], data: dict[str, Any]) -> ModelT:
-    """Validate `data` into `model`, turning pydantic's report into one readable line."""
+def validate(model: type[ModelT], data: dict[str, Any], what: str = "config") -> ModelT:
+    """Validate `data` into pydantic `model`, turning pydantic's report into one readable line."""
+    from pydantic import ValidationError
+
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise UsageError(describe_validation_error(err)) from None
-
-
-def describe_validation_error(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "<config>"
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown field {where!r}")
-        else:
-            got = e.get("input")
-            got_txt = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-            parts.append(f"{where}: {e['msg']}{got_txt}")
-    return "invalid config: " + "; ".join(parts)
+        raise usage_error_from(err, what) from None
