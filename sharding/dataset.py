@@ -93,7 +93,7 @@ def read_quarantine(root: str, storage: Storage | None = None) -> pa.Table:
     storage = _storage(storage)
     folder = join(_root(root), QUARANTINE_DIR)
     try:
-        entries = sorted(e.relpath for e in storage.list(folder) if e.relpath.endswith(".parquet"))
+        entries = sorted(e.relpath for e in storage.list_files(folder) if e.relpath.endswith(".parquet"))
     except FileNotFoundError:
         entries = []
     parts = [_read_table(join(folder, name), QUARANTINE_SCHEMA, storage) for name in entries]

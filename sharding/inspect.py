@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from sharding.dataset import load_manifest, read_index, read_quarantine, read_sample, read_shard_index, shard_uri
+from sharding.dataset import load_manifest, read_index, read_quarantine, read_shards, read_sample, read_shard_index, shard_uri
 from sharding.storage import Storage
 
 THUMB = 96
@@ -76,7 +76,7 @@ def inspect_dataset(
     if index.num_rows != manifest.get("num_samples"):
         report.problems.append(f"index has {index.num_rows} rows, manifest says {manifest.get('num_samples')} samples")
     if verify:
-        for shard in manifest.get("shards", []):
+        for shard in read_shards(root, storage).to_pylist():
             digest = sha256_of(shard_uri(root, shard["name"]), storage)
             if digest != shard["sha256"]:
                 report.problems.append(f"{shard['name']}: sha256 {digest} != manifest {shard['sha256']}")

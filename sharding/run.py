@@ -28,14 +28,17 @@ from viewstream.errors import UsageError
 from sharding.build import PARTS_DIR, BuildOptions, ShardRecord, build_shard, part_uri, text
 from sharding.executors import Executor, make_executor
 from sharding.format import (
-    FORMAT_VERSION,
-    INDEX_FILE,
-    INDEX_SCHEMA,
     MANIFEST_FILE,
-    QUARANTINE_FILE,
     QUARANTINE_SCHEMA,
     SHARDS_DIR,
+    V1_INDEX_FILE as INDEX_FILE,
+    V1_INDEX_SCHEMA as INDEX_SCHEMA,
+    V1_QUARANTINE_FILE as QUARANTINE_FILE,
 )
+
+# This writer still writes format version 1 (helper `shard` moves it to version 2);
+# `sharding.migrate` rewrites its output as version 2.
+FORMAT_VERSION = 1
 from sharding.inputs import discover_inputs
 from sharding.plan import ShardTask, plan_shards
 from sharding.storage import Storage, is_s3, join, split_s3
