@@ -12,15 +12,18 @@ import hashlib
 import io
 import json
 import logging
+import queue
 import tarfile
-from collections import Counter
+import threading
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from PIL import Image
 
-from sharding.storage import Storage, join
-from sharding.format import SHARDS_DIR, meta_member, view_member
+from sharding.storage import Storage
+from sharding.format import meta_member, view_member
 from pipeline.streams import open_shard, stream_resumes
 
 log = logging.getLogger(__name__)
@@ -28,12 +31,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SampleRef:
-    """Where one sample lives, from index.parquet: its row, shard, key and expected views."""
+    """Where one sample lives, from its shard's index part: its item id (`row`, see
+    `pipeline.epochs`), shard, key, expected views, and the metadata a batch reports."""
 
     row: int
     shard: str
     key: str
     view_exts: tuple[str, ...]
+    uri: str = ""               # the shard's full uri (root/shards/name)
+    group_id: str = ""
+    label: int = -1             # index into the loader's label vocabulary, -1 if none
+    index: int = 0              # position in the rank's stream order (RankEpoch.stream_rows)
 
 
 @dataclass
@@ -43,6 +51,9 @@ class LoadedSample:
     row: int
     photos: dict[int, bytes]
     sizes: dict[int, tuple[int, int]]
+    key: str = ""
+    group_id: str = ""
+    label: int = -1
 
 
 @dataclass
@@ -84,8 +95,10 @@ def looks_complete(data: bytes, image_format: str | None) -> bool:
     return True
 
 
-def check_sample(ref: SampleRef, members: dict[str, bytes], stats: ReadStats) -> LoadedSample | None:
-    """The sample's good photos, or None when none is left (warning and counts in `stats`)."""
+def check_sample(ref: SampleRef, members: dict[str, bytes], stats: ReadStats,
+                 verify: bool = True) -> LoadedSample | None:
+    """The sample's good photos, or None when none is left (warning and counts in `stats`).
+    `verify=False` (``data.verify: none``) skips the sha256 check, not the header check."""
     meta: dict = {}
     raw_meta = members.get(meta_member(ref.key))
     if raw_meta is not None:
@@ -95,7 +108,7 @@ def check_sample(ref: SampleRef, members: dict[str, bytes], stats: ReadStats) ->
                 meta = {}
         except (ValueError, UnicodeDecodeError):
             meta = {}
-    shas = _recorded_sha256(meta, len(ref.view_exts))
+    shas = _recorded_sha256(meta, len(ref.view_exts)) if verify else [None] * len(ref.view_exts)
     photos, sizes = {}, {}
     for i, ext in enumerate(ref.view_exts):
         name = view_member(ref.key, i, ext)
@@ -126,7 +139,7 @@ def check_sample(ref: SampleRef, members: dict[str, bytes], stats: ReadStats) ->
         stats.reasons["no_good_view"] += 1
         log.warning("shard %s: skipping sample %s (no good view)", ref.shard, ref.key)
         return None
-    return LoadedSample(ref.row, photos, sizes)
+    return LoadedSample(ref.row, photos, sizes, ref.key, ref.group_id, ref.label)
 
 
 def _member_key(name: str) -> str:
@@ -171,28 +184,82 @@ def read_shard_members(storage: Storage, uri: str, keys: set[str], stats: ReadSt
         stream.close()
 
 
-def read_samples(storage: Storage, root: str, refs: Iterable[SampleRef], stats: ReadStats
-                 ) -> Iterator[tuple[SampleRef, LoadedSample | None]]:
-    """Each ref with its checked sample, streaming each run of same-shard refs in one pass.
+class _Run:
+    """One shard run being read by a worker thread into a small bounded queue."""
 
-    Within a run, samples come in tar order (which the index follows); nothing of a run is
-    held in memory beyond the sample being yielded.
+    def __init__(self, describe: Callable[[], list[SampleRef]], depth: int):
+        self.describe = describe
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+
+
+def _read_run(storage: Storage, run: _Run, stats: ReadStats, verify: bool,
+              stop: threading.Event) -> None:
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                run.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        refs = run.describe()
+        if refs:
+            by_key = {r.key: r for r in refs}
+            for key, members in read_shard_members(storage, refs[0].uri, set(by_key), stats):
+                ref = by_key.pop(key)
+                if not put((ref, check_sample(ref, members, stats, verify))):
+                    return
+            for ref in refs:  # never reached: missing from the shard (tar order kept)
+                if ref.key in by_key and not put((ref, check_sample(ref, {}, stats, verify))):
+                    return
+        put(_RUN_END)
+    except BaseException as err:  # handed to the consumer, which raises it
+        put(err)
+
+
+_RUN_END = object()
+
+
+def read_samples(storage: Storage, runs: Iterable[Callable[[], list[SampleRef]]],
+                 stats: ReadStats, *, streams: int = 1, verify: bool = True,
+                 run_buffer: int = 64) -> Iterator[tuple[SampleRef, LoadedSample | None]]:
+    """Each ref of each run with its checked sample, in order, `streams` runs read at once.
+
+    A run is a callable that lists the refs of one stretch of one shard (it reads that shard's
+    index part, so index parts are read in the worker threads, ahead, too). Each run is
+    streamed in one pass in tar order by its own thread; up to `streams` runs are in flight,
+    each buffering at most `run_buffer` checked samples, so S3 first-byte latency and
+    per-connection bandwidth overlap while memory stays bounded. sha256 (hashlib) and the
+    zlib/tar work release the GIL, which is what makes threads pay here.
     """
-    run: list[SampleRef] = []
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max(1, streams), thread_name_prefix="viewstream-shard")
+    inflight: deque[_Run] = deque()
+    runs = iter(runs)
 
-    def flush(run: list[SampleRef]) -> Iterator[tuple[SampleRef, LoadedSample | None]]:
-        uri = join(root, SHARDS_DIR, run[0].shard)
-        by_key = {r.key: r for r in run}
-        for key, members in read_shard_members(storage, uri, set(by_key), stats):
-            ref = by_key.pop(key)
-            yield ref, check_sample(ref, members, stats)
-        for ref in by_key.values():  # never reached: missing from the shard
-            yield ref, check_sample(ref, {}, stats)
+    def submit() -> None:
+        describe = next(runs, None)
+        if describe is not None:
+            run = _Run(describe, run_buffer)
+            pool.submit(_read_run, storage, run, stats, verify, stop)
+            inflight.append(run)
 
-    for ref in refs:
-        if run and ref.shard != run[0].shard:
-            yield from flush(run)
-            run = []
-        run.append(ref)
-    if run:
-        yield from flush(run)
+    try:
+        for _ in range(max(1, streams)):
+            submit()
+        while inflight:
+            run = inflight[0]
+            while True:
+                item = run.queue.get()
+                if item is _RUN_END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            inflight.popleft()
+            submit()
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
