@@ -149,7 +149,9 @@ class ViewLoader:
         shards = plan.stream_shards[start:]
         if not len(shards):
             return
-        cuts = np.concatenate([[0], np.flatnonzero(np.diff(shards)) + 1, [len(shards)]]) + start
+        copies = plan.stream_rows[start:] // max(1, self.mixture.table.total_rows)
+        change = (np.diff(shards) != 0) | (np.diff(copies) != 0)  # a repeated shard: two runs
+        cuts = np.concatenate([[0], np.flatnonzero(change) + 1, [len(shards)]]) + start
         for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
             yield lambda lo=lo, hi=hi: self._run_refs(plan, lo, hi)
 

@@ -128,7 +128,8 @@ def load_mixture(dataset: Union[RootSpec, Sequence[RootSpec]], storage: Storage,
         manifests.append(load_manifest(root.root, storage))
         shards = read_shards(root.root, storage)
         names.append(shards.column("name").to_pylist())
-        counts.append(shards.column("num_samples").to_numpy().astype(np.int64))
+        # to_pylist, not to_numpy: ChunkedArray.to_numpy imports pandas (~30 MB RSS)
+        counts.append(np.array(shards.column("num_samples").to_pylist(), dtype=np.int64))
     sizes = [int(c.sum()) for c in counts]
     choose = np.array(epoch_sizes(roots, sizes, epoch_size), dtype=np.int64)
     all_counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
