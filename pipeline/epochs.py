@@ -166,6 +166,7 @@ class RankEpoch:
     rows: np.ndarray              # int64 item ids, consumption order (blocks shuffled)
     sizes: list[int]
     block: int
+    epoch: int = 0
 
     def bounds(self, batch: int) -> tuple[int, int]:
         """[start, end) of batch `batch` in consumption order."""
@@ -223,4 +224,4 @@ def plan_rank_epoch(table: ShardTable | np.ndarray, *, seed: int, epoch: int, ra
         rng = np.random.default_rng([seed, epoch, 2, rank, world_size, b])
         rows[lo:lo + shuffle_block] = rng.permutation(rows[lo:lo + shuffle_block])
     sizes = batch_sizes(len(rows), num_batches, batch_size)
-    return RankEpoch(stream_rows, stream_shards, stream_positions, rows, sizes, shuffle_block)
+    return RankEpoch(stream_rows, stream_shards, stream_positions, rows, sizes, shuffle_block, epoch)

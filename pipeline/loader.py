@@ -21,6 +21,7 @@ from pipeline.batch import ViewBatch
 from pipeline.dali_graph import build_view_pipeline, feed_arrays
 from pipeline.epochs import DataPosition, RankEpoch, batches_per_epoch, check_arguments, plan_rank_epoch
 from pipeline.producer import BatchProducer, PreparedBatch
+from pipeline.params import pick_photos
 from pipeline.recovery import recheck_batch
 from pipeline.roots import load_mixture
 from pipeline.samples import ReadStats, SampleRef, read_samples
@@ -175,8 +176,10 @@ class ViewLoader:
                     part.column("group_id").to_pylist(), part.column("label").to_pylist())]
 
     def _read(self, plan: RankEpoch, start: int):
+        spec, seed, epoch = self.spec, self.seed, plan.epoch
         return read_samples(self.storage, self._runs(plan, start), self.stats,
-                            streams=self.streams, verify=self.verify == "sha256")
+                            streams=self.streams, verify=self.verify == "sha256",
+                            pick=lambda ref, c: pick_photos(spec, seed, epoch, ref.row, c))
 
     def _recover(self) -> bool:
         """After DALI aborted: drop undecodable samples from the batches in flight and replay

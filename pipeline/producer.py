@@ -178,7 +178,7 @@ class BatchProducer:
             return PreparedBatch(b, [], np.zeros((0, num_views), np.int64), None)
         meta = ([s.key for s in samples], [s.group_id for s in samples], [s.label for s in samples])
         draws = draw_batch(self._spec, self._seed, self._epoch, [s.row for s in samples],
-                           [s.sizes for s in samples])
+                           [s.sizes for s in samples], [s.candidates for s in samples])
         enc_a, enc_b = [], []
         for sample, draw in zip(samples, draws):
             a = np.frombuffer(sample.photos[draw.photo_a], dtype=np.uint8)

@@ -54,6 +54,7 @@ class LoadedSample:
     key: str = ""
     group_id: str = ""
     label: int = -1
+    candidates: list[int] | None = None  # photos not known bad (the draw picks among them)
 
 
 @dataclass
@@ -95,10 +96,35 @@ def looks_complete(data: bytes, image_format: str | None) -> bool:
     return True
 
 
+def _photo_problem(data: bytes | None, sha: str | None) -> tuple[str | None, tuple[int, int]]:
+    """(reason it is bad or None, (width, height)) of one photo: sha256, header, end marker."""
+    if not data:
+        return "missing_view", (0, 0)
+    if sha and hashlib.sha256(data).hexdigest() != sha:
+        return "sha256_mismatch", (0, 0)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            (width, height), image_format = im.size, im.format
+    except Exception:  # PIL raises many types for garbage; all mean "not an image"
+        return "undecodable", (0, 0)
+    if width < 1 or height < 1:
+        return "empty_image", (0, 0)
+    if not looks_complete(data, image_format):
+        return "truncated", (0, 0)
+    return None, (width, height)
+
+
 def check_sample(ref: SampleRef, members: dict[str, bytes], stats: ReadStats,
-                 verify: bool = True) -> LoadedSample | None:
+                 verify: bool = True, pick: Callable[[SampleRef, list[int]], tuple[int, ...]] | None = None
+                 ) -> LoadedSample | None:
     """The sample's good photos, or None when none is left (warning and counts in `stats`).
-    `verify=False` (``data.verify: none``) skips the sha256 check, not the header check."""
+
+    `pick(ref, candidates)` names the photos the epoch draws from the candidates (a pure
+    function of (seed, epoch, sample): `params.pick_photos`); only those are checked, and a bad
+    one is dropped from the candidates and the pick redone. Without `pick` every photo is
+    checked. `verify=False` (``data.verify: none``) skips the sha256 check, not the header
+    check (which gives the sizes the crop windows need).
+    """
     meta: dict = {}
     raw_meta = members.get(meta_member(ref.key))
     if raw_meta is not None:
@@ -109,37 +135,30 @@ def check_sample(ref: SampleRef, members: dict[str, bytes], stats: ReadStats,
         except (ValueError, UnicodeDecodeError):
             meta = {}
     shas = _recorded_sha256(meta, len(ref.view_exts)) if verify else [None] * len(ref.view_exts)
+    candidates = list(range(len(ref.view_exts)))
     photos, sizes = {}, {}
-    for i, ext in enumerate(ref.view_exts):
-        name = view_member(ref.key, i, ext)
-        data = members.get(name)
-        reason = None
-        if not data:
-            reason = "missing_view"
-        elif shas[i] and hashlib.sha256(data).hexdigest() != shas[i]:
-            reason = "sha256_mismatch"
-        else:
-            try:
-                with Image.open(io.BytesIO(data)) as im:
-                    (width, height), image_format = im.size, im.format
-                if width < 1 or height < 1:
-                    reason = "empty_image"
-                elif not looks_complete(data, image_format):
-                    reason = "truncated"
-            except Exception:  # PIL raises many types for garbage; all mean "not an image"
-                reason = "undecodable"
-        if reason:
-            stats.bad_photos += 1
-            stats.reasons[reason] += 1
-            log.warning("shard %s sample %s: skipping view %s (%s)", ref.shard, ref.key, name, reason)
-            continue
-        photos[i], sizes[i] = data, (width, height)
+    while candidates:
+        wanted = pick(ref, candidates) if pick is not None else tuple(candidates)
+        unchecked = [i for i in dict.fromkeys(wanted) if i not in photos]
+        if not unchecked:
+            break
+        for i in unchecked:
+            name = view_member(ref.key, i, ref.view_exts[i])
+            data = members.get(name)
+            reason, size = _photo_problem(data, shas[i])
+            if reason:
+                stats.bad_photos += 1
+                stats.reasons[reason] += 1
+                log.warning("shard %s sample %s: skipping view %s (%s)", ref.shard, ref.key, name, reason)
+                candidates.remove(i)
+            else:
+                photos[i], sizes[i] = data, size
     if not photos:
         stats.skipped_samples += 1
         stats.reasons["no_good_view"] += 1
         log.warning("shard %s: skipping sample %s (no good view)", ref.shard, ref.key)
         return None
-    return LoadedSample(ref.row, photos, sizes, ref.key, ref.group_id, ref.label)
+    return LoadedSample(ref.row, photos, sizes, ref.key, ref.group_id, ref.label, candidates)
 
 
 def _member_key(name: str) -> str:
@@ -192,7 +211,7 @@ class _Run:
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
 
 
-def _read_run(storage: Storage, run: _Run, stats: ReadStats, verify: bool,
+def _read_run(storage: Storage, run: _Run, stats: ReadStats, verify: bool, pick,
               stop: threading.Event) -> None:
     def put(item) -> bool:
         while not stop.is_set():
@@ -209,10 +228,10 @@ def _read_run(storage: Storage, run: _Run, stats: ReadStats, verify: bool,
             by_key = {r.key: r for r in refs}
             for key, members in read_shard_members(storage, refs[0].uri, set(by_key), stats):
                 ref = by_key.pop(key)
-                if not put((ref, check_sample(ref, members, stats, verify))):
+                if not put((ref, check_sample(ref, members, stats, verify, pick))):
                     return
             for ref in refs:  # never reached: missing from the shard (tar order kept)
-                if ref.key in by_key and not put((ref, check_sample(ref, {}, stats, verify))):
+                if ref.key in by_key and not put((ref, check_sample(ref, {}, stats, verify, pick))):
                     return
         put(_RUN_END)
     except BaseException as err:  # handed to the consumer, which raises it
@@ -223,7 +242,7 @@ _RUN_END = object()
 
 
 def read_samples(storage: Storage, runs: Iterable[Callable[[], list[SampleRef]]],
-                 stats: ReadStats, *, streams: int = 1, verify: bool = True,
+                 stats: ReadStats, *, streams: int = 1, verify: bool = True, pick=None,
                  run_buffer: int = 64) -> Iterator[tuple[SampleRef, LoadedSample | None]]:
     """Each ref of each run with its checked sample, in order, `streams` runs read at once.
 
@@ -243,7 +262,7 @@ def read_samples(storage: Storage, runs: Iterable[Callable[[], list[SampleRef]]]
         describe = next(runs, None)
         if describe is not None:
             run = _Run(describe, run_buffer)
-            pool.submit(_read_run, storage, run, stats, verify, stop)
+            pool.submit(_read_run, storage, run, stats, verify, pick, stop)
             inflight.append(run)
 
     try:
