@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pipeline import ViewLoader, ViewSpec
-from trainers.config import MonitorConfig, TrainConfig
+from trainers.config import MonitorConfig, TrainConfig, dataset_arg
 from evaluation.sources import labelled_features
 from evaluation.knn import knn_evaluate
 from viewstream.errors import UsageError
@@ -24,8 +24,8 @@ class OnlineKnn:
     def __init__(self, config: MonitorConfig, device: str = "cpu", endpoint_url: Optional[str] = None) -> None:
         self.config = config
         spec = ViewSpec.eval(size=config.image_size, crop_fraction=config.crop_fraction)
-        make = lambda ds: ViewLoader(ds, spec, config.batch_size, device=device, num_threads=1,
-                                     endpoint_url=endpoint_url)
+        make = lambda ds: ViewLoader(dataset_arg(ds), spec, config.batch_size, device=device,
+                                     num_threads=1, endpoint_url=endpoint_url)  # one root or a list
         self.train_loader, self.test_loader = make(config.train_dataset), make(config.test_dataset)
         for name, loader in (("train_dataset", self.train_loader), ("test_dataset", self.test_loader)):
             if not loader.label_vocabulary:

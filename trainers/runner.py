@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 from sharding.dataset import load_manifest
 from sharding.storage import Storage
-from trainers.config import TrainConfig
+from trainers.config import TrainConfig, dataset_roots
 from trainers.storage import storage_for
 from viewstream.errors import UsageError
 
@@ -44,10 +44,10 @@ class TrainResult:
 def check_inputs(config: TrainConfig) -> None:
     """Fail fast on inputs that don't exist: the datasets and a local storage folder."""
     storage = Storage(config.data.endpoint_url)
-    datasets = [("data.dataset", config.data.dataset)]
+    datasets = [("data.dataset", r) for r in dataset_roots(config.data.dataset)]
     if config.monitor:
-        datasets += [("monitor.train_dataset", config.monitor.train_dataset),
-                     ("monitor.test_dataset", config.monitor.test_dataset)]
+        datasets += [("monitor.train_dataset", r) for r in dataset_roots(config.monitor.train_dataset)]
+        datasets += [("monitor.test_dataset", r) for r in dataset_roots(config.monitor.test_dataset)]
     for field, root in datasets:
         try:
             load_manifest(root, storage)
@@ -99,7 +99,12 @@ def check_cluster(config: TrainConfig) -> None:
 
 def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     """Local paths made absolute here: workers run in other directories (and maybe nodes)."""
-    absolute = lambda p: p if p.startswith("s3://") else os.path.abspath(p)
+    def absolute(spec):  # a root, or a list of roots / {root, ...} entries
+        if isinstance(spec, list):
+            return [absolute(d) if isinstance(d, str) else d.model_copy(update={"root": absolute(d.root)})
+                    for d in spec]
+        return spec if spec.startswith("s3://") else os.path.abspath(spec)
+
     config = config.model_copy(deep=True)
     config.data.dataset = absolute(config.data.dataset)
     if config.monitor:
