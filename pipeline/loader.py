@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from sharding.dataset import read_index_part, shard_uri
-from sharding.storage import Storage
+from sharding.storage import Storage, is_s3
 from pipeline.batch import ViewBatch
 from pipeline.dali_graph import build_view_pipeline, feed_arrays
 from pipeline.epochs import DataPosition, RankEpoch, batches_per_epoch, check_arguments, plan_rank_epoch
 from pipeline.producer import BatchProducer, PreparedBatch
-from pipeline.params import pick_photos
+from pipeline.params import pair_uniforms, pick_photos
 from pipeline.recovery import recheck_batch
 from pipeline.roots import load_mixture
 from pipeline.samples import ReadStats, SampleRef, read_samples
@@ -31,7 +31,8 @@ from viewstream.errors import UsageError
 log = logging.getLogger(__name__)
 DEVICES = ("cpu", "cuda")
 VERIFY = ("sha256", "none")
-DEFAULT_STREAMS = 6  # shard streams in flight per rank: hides ~20-30 ms S3 first-byte latency
+S3_STREAMS = 6  # shard streams in flight per rank on S3: hides ~20-30 ms first-byte latency
+LOCAL_STREAMS = 1  # local disk: one stream is fastest (more only contend for the GIL)
 
 
 class ViewLoader:
@@ -46,7 +47,8 @@ class ViewLoader:
     batches. `drop_last=False`: every sample exactly once per epoch, the same number of batches
     on every rank, only the last batch(es) of a rank smaller (empty on a rank without data).
     Batches shrink when bad samples are skipped (`stats` counts them). One `iter_epoch`
-    iterator may be open at a time. `streams` shard streams are read at once; `verify`
+    iterator may be open at a time. `streams` shard streams are read at once (default: 6 when
+    a root is on S3, else 1); `verify`
     "sha256" checks every photo against its recorded digest, "none" skips that.
 
     Construction reads only shard-level metadata (manifest.json, shards.parquet); the index
@@ -57,7 +59,7 @@ class ViewLoader:
                  world_size: int = 1, seed: int = 0, device: str = "cpu", num_threads: int = 2,
                  drop_last: bool = False, shuffle_block: int = 1024, prefetch: int = 2,
                  endpoint_url: Optional[str] = None, device_id: Optional[int] = None,
-                 epoch_size: Optional[int] = None, streams: int = DEFAULT_STREAMS,
+                 epoch_size: Optional[int] = None, streams: Optional[int] = None,
                  verify: str = "sha256"):
         if device not in DEVICES:
             raise UsageError(f"device={device!r}: expected one of {list(DEVICES)}")
@@ -65,7 +67,7 @@ class ViewLoader:
             raise UsageError(f"num_threads={num_threads}: expected an integer >= 1")
         if prefetch < 1:
             raise UsageError(f"prefetch={prefetch}: expected an integer >= 1")
-        if streams < 1:
+        if streams is not None and streams < 1:
             raise UsageError(f"streams={streams}: expected an integer >= 1")
         if verify not in VERIFY:
             raise UsageError(f"verify={verify!r}: expected one of {list(VERIFY)}")
@@ -74,11 +76,15 @@ class ViewLoader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device, self.num_threads, self.drop_last = device, num_threads, drop_last
         self.shuffle_block, self.prefetch = shuffle_block, prefetch
-        self.streams, self.verify = streams, verify
+        self.verify = verify
         self.device_id = device_id if device_id is not None else (
             torch.cuda.current_device() if device == "cuda" else 0)
         self.storage = Storage(endpoint_url)
         self.mixture = load_mixture(dataset, self.storage, epoch_size)
+        if streams is None:
+            remote = any(is_s3(root) for root in self.mixture.roots)
+            streams = S3_STREAMS if remote else LOCAL_STREAMS
+        self.streams = streams
         self.manifest = self.mixture.manifests[0]
         self.label_vocabulary = self.mixture.label_vocabulary
         self._label_number = {l: i for i, l in enumerate(self.label_vocabulary)}
@@ -168,18 +174,20 @@ class ViewLoader:
         part = part.take(positions)
         uri = shard_uri(root, name)
         lookup = self._label_number
+        ids = plan.stream_rows[lo:hi]
+        pair_u = pair_uniforms(self.seed, plan.epoch, ids).tolist()
         return [SampleRef(int(row), name, key, tuple(exts), uri, group,
-                          lookup.get(label, -1) if label is not None else -1, index)
-                for index, row, key, exts, group, label in zip(
-                    range(lo, hi), plan.stream_rows[lo:hi].tolist(),
+                          lookup.get(label, -1) if label is not None else -1, index, tuple(u))
+                for index, row, u, key, exts, group, label in zip(
+                    range(lo, hi), ids.tolist(), pair_u,
                     part.column("key").to_pylist(), part.column("view_exts").to_pylist(),
                     part.column("group_id").to_pylist(), part.column("label").to_pylist())]
 
     def _read(self, plan: RankEpoch, start: int):
-        spec, seed, epoch = self.spec, self.seed, plan.epoch
+        num_global = self.spec.num_global
         return read_samples(self.storage, self._runs(plan, start), self.stats,
                             streams=self.streams, verify=self.verify == "sha256",
-                            pick=lambda ref, c: pick_photos(spec, seed, epoch, ref.row, c))
+                            pick=lambda ref, c: pick_photos(num_global, ref.u, c))
 
     def _recover(self) -> bool:
         """After DALI aborted: drop undecodable samples from the batches in flight and replay

@@ -140,11 +140,15 @@ def _pick_pair(num_global: int, u0: np.ndarray, photos: list[int]) -> tuple[int,
     return photos[first], photos[second + (second >= first)]
 
 
-def pick_photos(spec: ViewSpec, seed: int, epoch: int, row: int, candidates: list[int]
-                ) -> tuple[int, int]:
-    """The two photos `draw_batch` gives the global views of sample `row` when `candidates`
-    are its usable photos: lets the reader check only these two (sha256, header)."""
-    return _pick_pair(spec.num_global, uniforms(seed, epoch, np.asarray([row]), 2)[0], candidates)
+def pair_uniforms(seed: int, epoch: int, rows: np.ndarray) -> np.ndarray:
+    """[len(rows), 2]: the uniforms `draw_batch` picks each sample's two photos with."""
+    return uniforms(seed, epoch, rows, 2)
+
+
+def pick_photos(num_global: int, u: tuple[float, float], candidates: list[int]) -> tuple[int, int]:
+    """The two photos `draw_batch` gives the global views of a sample whose usable photos are
+    `candidates` (`u`: its `pair_uniforms`): lets the reader check only these two."""
+    return _pick_pair(num_global, u, candidates)
 
 
 def draw_batch(spec: ViewSpec, seed: int, epoch: int, rows: list[int],

@@ -18,12 +18,12 @@ import threading
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
-
-from PIL import Image
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from sharding.storage import Storage
-from sharding.format import meta_member, view_member
+from sharding.dataset import read_shard_index
+from sharding.format import SHARDS_DIR, meta_member, view_member
+from pipeline.imageinfo import image_info
 from pipeline.streams import open_shard, stream_resumes
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class SampleRef:
     group_id: str = ""
     label: int = -1             # index into the loader's label vocabulary, -1 if none
     index: int = 0              # position in the rank's stream order (RankEpoch.stream_rows)
+    u: tuple[float, float] = (0.0, 0.0)  # params.pair_uniforms: which photos the epoch draws
 
 
 @dataclass
@@ -103,8 +104,7 @@ def _photo_problem(data: bytes | None, sha: str | None) -> tuple[str | None, tup
     if sha and hashlib.sha256(data).hexdigest() != sha:
         return "sha256_mismatch", (0, 0)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            (width, height), image_format = im.size, im.format
+        image_format, width, height = image_info(data)
     except Exception:  # PIL raises many types for garbage; all mean "not an image"
         return "undecodable", (0, 0)
     if width < 1 or height < 1:
@@ -203,6 +203,100 @@ def read_shard_members(storage: Storage, uri: str, keys: set[str], stats: ReadSt
         stream.close()
 
 
+TAR_BLOCK = 512
+
+
+def read_indexed_members(storage: Storage, uri: str, wanted: list[tuple[str, list]],
+                         stats: ReadStats) -> Iterator[tuple[str, dict[str, bytes] | None]]:
+    """(key, members) for each wanted sample, via the shard's .idx offsets: one sequential
+    stream from the first wanted member, skipping what is not wanted, no tar header parsing.
+
+    `wanted` is (key, [Member]) in tar order. Each member's tar header is compared with the
+    name the .idx gives it (a cheap check that the .idx belongs to this tar); on a mismatch it
+    yields (key, None) for that key and stops, and the caller reads the rest by scanning the
+    tar. A stream that ends early (truncated shard) ends the iteration with a warning; the keys
+    not reached are then reported missing by the caller.
+    """
+    if not wanted:
+        return
+    first = wanted[0][1][0].offset - TAR_BLOCK
+    stream = open_shard(storage, uri, start=first)
+    pos = first
+    try:
+        for key, members in wanted:
+            out: dict[str, bytes] = {}
+            for m in members:
+                header_at = m.offset - TAR_BLOCK
+                if header_at < pos:
+                    yield key, None
+                    return
+                _skip(stream, header_at - pos)
+                header = stream.read(TAR_BLOCK)
+                name = f"{key}.{m.ext}"
+                if len(header) < TAR_BLOCK:
+                    raise EOFError(f"shard ends before member {name}")
+                if header[:100].split(b"\0", 1)[0].rsplit(b"/", 1)[-1] != name.encode():
+                    yield key, None
+                    return
+                data = stream.read(m.size)
+                if len(data) < m.size:
+                    raise EOFError(f"shard ends inside member {name}")
+                out[name] = data
+                pos = m.offset + m.size
+            yield key, out
+    except (EOFError, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        log.warning("shard %s: unreadable after some members (%s)", uri, err)
+        stats.reasons["corrupt_tar"] += 1
+    finally:
+        stats.s3_resumes += stream_resumes(stream)
+        stream.close()
+
+
+def _skip(stream: BinaryIO, count: int) -> None:
+    if count <= 0:
+        return
+    if stream.seekable():
+        stream.seek(count, io.SEEK_CUR)
+        return
+    while count > 0:
+        chunk = stream.read(min(count, 1 << 20))
+        if not chunk:
+            raise EOFError("shard ends in a gap between wanted samples")
+        count -= len(chunk)
+
+
+def _run_members(storage: Storage, refs: list[SampleRef], stats: ReadStats
+                 ) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, members) of a run's samples in tar order: by the .idx where it fits the tar,
+    else by scanning the tar (`read_shard_members`)."""
+    uri = refs[0].uri
+    try:
+        index = read_idx(storage, uri)
+    except FileNotFoundError:
+        index = None
+    keys = [r.key for r in refs]
+    if index is None or any(k not in index for k in keys):
+        yield from read_shard_members(storage, uri, set(keys), stats)
+        return
+    wanted = sorted(((k, index[k]) for k in keys), key=lambda kv: kv[1][0].offset)
+    done: set[str] = set()
+    for key, members in read_indexed_members(storage, uri, wanted, stats):
+        if members is None:  # the .idx does not describe this tar: scan for the rest
+            log.warning("shard %s: .idx does not match the tar; scanning it", uri)
+            yield from read_shard_members(storage, uri, set(keys) - done, stats)
+            return
+        done.add(key)
+        yield key, members
+
+
+def read_idx(storage: Storage, uri: str) -> dict[str, list]:
+    """The shard's .idx (DALI wds2idx) as key -> [Member], read next to the tar at `uri`."""
+    root, _, name = uri.rpartition(f"/{SHARDS_DIR}/")
+    return read_shard_index(root, name, storage)
+
+
 class _Run:
     """One shard run being read by a worker thread into a small bounded queue."""
 
@@ -226,7 +320,7 @@ def _read_run(storage: Storage, run: _Run, stats: ReadStats, verify: bool, pick,
         refs = run.describe()
         if refs:
             by_key = {r.key: r for r in refs}
-            for key, members in read_shard_members(storage, refs[0].uri, set(by_key), stats):
+            for key, members in _run_members(storage, refs, stats):
                 ref = by_key.pop(key)
                 if not put((ref, check_sample(ref, members, stats, verify, pick))):
                     return

@@ -98,3 +98,38 @@ if __name__ == "__main__":
     import sys
 
     print(json.dumps(measure_rank(sys.argv[1], *map(int, sys.argv[2:]))))
+
+
+def write_photo_corpus(out_dir: str, num_groups: int, views: tuple[int, int], *, seed: int = 0,
+                       side: tuple[int, int] = (400, 500), progress: bool = False) -> int:
+    """ImageNet-like product photos for benchmarks: `num_groups` folders of `views` (lo, hi)
+    JPEGs each, 400-500 px, ~100 KB (textured: flat synthetic shapes compress to ~15 KB and
+    would understate the read, hash and decode work). Returns the number of photos written."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pool = []
+    for _ in range(16):  # a few large textures, cropped differently per photo (fast to make)
+        y, x = np.mgrid[0:side[1] + 64, 0:side[1] + 64]
+        base = np.stack([128 + 100 * np.sin(x / rng.uniform(8, 40) + c) * np.cos(y / rng.uniform(8, 40))
+                         for c in range(3)], -1)
+        pool.append(np.clip(base + rng.normal(0, 16, base.shape), 0, 255).astype(np.uint8))
+    written = 0
+    for g in tqdm(range(num_groups), desc="photos", unit="group", disable=not progress):
+        folder = os.path.join(out_dir, f"class{g % 10}", f"obj{g:06d}")
+        os.makedirs(folder, exist_ok=True)
+        for v in range(int(rng.integers(views[0], views[1] + 1))):
+            w, h = (int(s) for s in rng.integers(side[0], side[1] + 1, 2))
+            src = pool[int(rng.integers(len(pool)))]
+            top, left = (int(s) for s in rng.integers(0, 64, 2))
+            crop = src[top:top + h, left:left + w]
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            buffer = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(crop)).save(buffer, format="JPEG", quality=90)
+            with open(os.path.join(folder, f"{v}.jpg"), "wb") as f:
+                f.write(buffer.getvalue())
+            written += 1
+    return written

@@ -39,11 +39,11 @@ class ResumableS3Stream(io.RawIOBase):
     """
 
     def __init__(self, client, bucket: str, key: str, *, max_retries: int = 6,
-                 backoff_s: float = 0.1):
+                 backoff_s: float = 0.1, start: int = 0):
         super().__init__()
         self._client, self._bucket, self._key = client, bucket, key
         self._max_retries, self._backoff_s = max_retries, backoff_s
-        self._pos = 0
+        self._pos = start
         self._size: int | None = None
         self._body = None
         self.resumes = 0
@@ -103,12 +103,16 @@ class ResumableS3Stream(io.RawIOBase):
         super().close()
 
 
-def open_shard(storage: Storage, uri: str) -> BinaryIO:
-    """A buffered binary stream of the shard at `uri` (local path or s3://)."""
+def open_shard(storage: Storage, uri: str, start: int = 0) -> BinaryIO:
+    """A buffered binary stream of the shard at `uri` (local path or s3://) from byte `start`."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        return io.BufferedReader(ResumableS3Stream(storage.s3, bucket, key), STREAM_BUFFER_BYTES)
-    return open(uri, "rb", buffering=STREAM_BUFFER_BYTES)
+        return io.BufferedReader(ResumableS3Stream(storage.s3, bucket, key, start=start),
+                                 STREAM_BUFFER_BYTES)
+    stream = open(uri, "rb", buffering=STREAM_BUFFER_BYTES)
+    if start:
+        stream.seek(start)
+    return stream
 
 
 def stream_resumes(stream: BinaryIO) -> int:

@@ -61,7 +61,8 @@ class DataConfig(_Strict):
                     "of them read as one (items: a root or {root, repeat | choose | proportion})")
     epoch_size: Optional[PositiveInt] = Field(None, description="samples per epoch when roots have a proportion")
     verify: Literal["sha256", "none"] = Field("sha256", description="check each drawn photo's sha256")
-    streams: PositiveInt = Field(6, description="shard streams read at once per worker (S3 latency)")
+    streams: Optional[PositiveInt] = Field(
+        None, description="shard streams read at once per worker (default: 6 if a root is on S3, else 1)")
     recipe: str = Field("simclr", description=f"view recipe: one of {sorted(RECIPES)}")
     recipe_options: dict[str, Any] = Field(
         default_factory=dict, description="arguments of the recipe (size, global_size, local_size, num_local, ...)"
