@@ -69,3 +69,22 @@ def test_migration_is_idempotent_and_a_crash_before_the_manifest_leaves_version_
 def test_migrate_rejects_a_folder_that_is_no_dataset(tmp_path, capsys):
     assert main(["migrate", str(tmp_path)]) == 2
     assert "not a viewstream dataset" in capsys.readouterr().err
+
+
+def test_a_migrated_v1_dataset_reads_every_sample_with_its_metadata(v1_dataset):
+    from pipeline import ViewLoader, ViewSpec
+
+    v1_index = pq.read_table(f"{v1_dataset}/index.parquet").to_pylist()
+    migrate_dataset(v1_dataset, progress=False)
+    truth = {r["key"]: r for r in v1_index}
+    vocabulary = sorted({r["label"] for r in v1_index if r["label"]})
+    seen = []
+    for rank in range(2):
+        loader = ViewLoader(v1_dataset, ViewSpec.simclr(size=24), 3, rank=rank, world_size=2)
+        assert loader.label_vocabulary == vocabulary and loader.num_samples == len(v1_index)
+        for batch in loader.iter_epoch(0):
+            for key, group, label in zip(batch.keys, batch.group_ids, batch.labels.tolist()):
+                assert group == truth[key]["group_id"]
+                assert vocabulary[label] == truth[key]["label"]
+                seen.append(key)
+    assert sorted(seen) == sorted(truth)

@@ -138,3 +138,16 @@ def test_bad_root_lists_are_one_line_errors():
         parse_roots([{"root": "a", "choose": 2.5}])
     with pytest.raises(UsageError, match="epoch_size"):
         epoch_sizes([Root("a")], [3], epoch_size=10)
+
+
+def test_a_training_config_takes_a_list_of_roots(uneven_dataset, two_shard_dataset):
+    from trainers.config import DataConfig, dataset_arg, dataset_roots
+
+    data = DataConfig(dataset=[uneven_dataset, {"root": two_shard_dataset, "choose": 3}],
+                      verify="none")
+    assert dataset_roots(data.dataset) == [uneven_dataset, two_shard_dataset]
+    loader = ViewLoader(dataset_arg(data.dataset), SPEC, 4, verify=data.verify)
+    assert loader.num_samples == 23 + 3
+    assert sum(len(b) for b in loader.iter_epoch(0)) == 26
+    with pytest.raises(Exception, match="at most one"):
+        DataConfig(dataset=[{"root": "a", "repeat": 1, "choose": 2}])
