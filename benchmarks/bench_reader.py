@@ -9,7 +9,9 @@ over, for groups of 1, 2 and 4 photos of ~100 KB JPEGs.
 * all_photos_checked_samples_per_s_4photos / one_stream_samples_per_s_4photos: the same local
   read checking every photo of a group (the old reader), and with one shard stream: what
   checking only the drawn photos and several streams in flight each bring.
-Each figure is samples over wall time of whole epochs repeated for at least `--seconds`.
+Each figure is samples over wall time of whole epochs repeated for at least `--seconds`;
+`*_samples_per_cpu_s` are the same per CPU second of this process (what load barely moves;
+the S3 server's CPU is not counted, as a real object store's would not be).
 The last line is one JSON object.
 """
 from __future__ import annotations
@@ -46,15 +48,21 @@ def build(tmp: str, photos: int, groups: int) -> str:
     return out
 
 
-def rate(loader: ViewLoader, seconds: float, check_all: bool = False) -> float:
-    """Samples/s of the loader's reading half over whole epochs (>= `seconds` in all)."""
-    samples, elapsed, epoch = 0, 0.0, 1
+CPU_RATES: dict[str, float] = {}
+
+
+def rate(loader: ViewLoader, seconds: float, check_all: bool = False, name: str = "") -> float:
+    """Samples/s of the loader's reading half over whole epochs (>= `seconds` in all); the
+    samples per CPU second of this process (all its threads) go to CPU_RATES[name]."""
+    samples, elapsed, cpu, epoch = 0, 0.0, 0.0, 1
     list(reader(loader, 0, check_all))  # warm-up: page cache, connections, imports
     while elapsed < seconds:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         samples += sum(1 for _, s in reader(loader, epoch, check_all) if s is not None)
         elapsed += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
         epoch += 1
+    CPU_RATES[name] = samples / max(cpu, 1e-9)
     return samples / elapsed
 
 
@@ -79,10 +87,10 @@ def main() -> int:
         datasets = {p: build(tmp, p, args.groups) for p in (1, 2, 4)}
         for photos, dataset in datasets.items():
             figures[f"local_samples_per_s_{photos}photos"] = rate(
-                ViewLoader(dataset, SPEC, 64), args.seconds)
+                ViewLoader(dataset, SPEC, 64), args.seconds, name=f"local_{photos}photos")
         four = datasets[4]
         figures["all_photos_checked_samples_per_s_4photos"] = rate(
-            ViewLoader(four, SPEC, 64), args.seconds, check_all=True)
+            ViewLoader(four, SPEC, 64), args.seconds, check_all=True, name="all_photos_checked_4photos")
         figures["one_stream_samples_per_s_4photos"] = rate(
             ViewLoader(four, SPEC, 64, streams=1), args.seconds)
         figures["verify_none_samples_per_s_4photos"] = rate(
@@ -101,7 +109,7 @@ def main() -> int:
                                         streams=streams)
                     key = ("s3_latency_samples_per_s_4photos" if streams == 6 else
                            "s3_latency_one_stream_samples_per_s_4photos")
-                    figures[key] = rate(loader, args.seconds)
+                    figures[key] = rate(loader, args.seconds, name=key.replace("_samples_per_s", ""))
             finally:
                 proxy.close()
         finally:
@@ -109,6 +117,7 @@ def main() -> int:
             server.wait(timeout=10)
     figures["s3_latency_vs_local_4photos"] = (figures["s3_latency_samples_per_s_4photos"]
                                               / figures["local_samples_per_s_4photos"])
+    figures.update({f"{k}_samples_per_cpu_s": v for k, v in CPU_RATES.items() if k})
     figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
     figures.update(groups=args.groups, latency_ms=args.latency_ms, cpu_count=os.cpu_count(),
                    load_average_1min=os.getloadavg()[0])

@@ -88,3 +88,11 @@ def test_a_migrated_v1_dataset_reads_every_sample_with_its_metadata(v1_dataset):
                 assert vocabulary[label] == truth[key]["label"]
                 seen.append(key)
     assert sorted(seen) == sorted(truth)
+
+
+def test_inspect_checks_a_migrated_dataset(v1_dataset):
+    from sharding.inspect import inspect_dataset
+
+    migrate_dataset(v1_dataset, progress=False)
+    report = inspect_dataset(v1_dataset)
+    assert report.ok and report.verified == len(read_shards(v1_dataset)) >= 2
