@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from sharding.fashion_mnist import export_fashion_mnist  # noqa: E402
+from sharding.migrate import migrate_dataset  # noqa: E402
 from sharding.run import shard_dataset  # noqa: E402
 from trainers.config import TrainConfig  # noqa: E402
 from trainers.metrics import read_metrics  # noqa: E402
@@ -90,6 +91,7 @@ def main() -> int:
         export_fashion_mnist(Path(tmp) / "png", "train", limit_per_split=args.images)
         dataset = str(Path(tmp) / "shards")
         shard_dataset(str(Path(tmp) / "png" / "train"), dataset, label_from="parent", shard_samples=512, progress=False)
+        migrate_dataset(dataset, progress=False)  # a no-op once the sharder writes version 2
         storage = str(Path(tmp) / "runs")
 
         plain_cfg = make_config(dataset, storage, "plain", 1, args.steps, args.batch)
