@@ -9,6 +9,8 @@ over, for groups of 1, 2 and 4 photos of ~100 KB JPEGs.
 * all_photos_checked_samples_per_s_4photos / one_stream_samples_per_s_4photos: the same local
   read checking every photo of a group (the old reader), and with one shard stream: what
   checking only the drawn photos and several streams in flight each bring.
+* s3_no_proxy_samples_per_s_4photos: moto S3 without the proxy (the proxy pumps every byte
+  through Python threads of this process, so it costs the reader CPU a real network does not).
 Each figure is samples over wall time of whole epochs repeated for at least `--seconds`;
 `*_samples_per_cpu_s` are the same per CPU second of this process (what load barely moves;
 the S3 server's CPU is not counted, as a real object store's would not be).
@@ -101,6 +103,9 @@ def main() -> int:
             storage.s3.create_bucket(Bucket="bench")
             for entry in storage.list_files(four):
                 storage.s3.upload_file(entry.uri, "bench", f"ds4/{entry.relpath}")
+            figures["s3_no_proxy_samples_per_s_4photos"] = rate(
+                ViewLoader("s3://bench/ds4", SPEC, 64, endpoint_url=url), args.seconds,
+                name="s3_no_proxy_4photos")
             proxy = DroppingProxy(int(url.rsplit(":", 1)[1]),
                                   first_byte_latency_s=args.latency_ms / 1000)
             try:
