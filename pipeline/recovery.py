@@ -44,9 +44,7 @@ def recheck_batch(item: PreparedBatch, spec: ViewSpec, stats: ReadStats
         ok = all(decodes(item.feed[p][i]) for p in photo_inputs)
         keep.append(ok)
         if not ok:
-            stats.bad_photos += 1
-            stats.skipped_samples += 1
-            stats.reasons["decode_failed"] += 1
+            stats.add("decode_failed", bad_photo=True, skipped=True)
             log.warning("sample %s: a photo does not decode (DALI aborted its batch); skipping it",
                         item.keys[i])
     dropped = keep.count(False)
