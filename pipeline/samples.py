@@ -286,7 +286,7 @@ def _run_members(storage: Storage, refs: list[SampleRef], stats: ReadStats
     except FileNotFoundError:
         index = None
     keys = [r.key for r in refs]
-    if index is None or any(k not in index for k in keys):
+    if index is None or any(not index.get(k) for k in keys):
         yield from read_shard_members(storage, uri, set(keys), stats)
         return
     wanted = sorted(((k, index[k]) for k in keys), key=lambda kv: kv[1][0].offset)
