@@ -1,7 +1,10 @@
 """Pipeline speed: viewstream's DALI CPU pipeline against a webdataset + PIL + torchvision
 DataLoader (2 workers) on the same shards and augmentations, measured in the same run.
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--groups 192] [--size 256] [--epochs 3]
+    .venv/bin/python benchmarks/bench_pipeline.py [--groups 1000] [--epochs 2]
+
+The data is representative of product photos: `--groups` groups of 1-6 JPEGs of 400-500 px,
+~100 KB each (`pipeline.scale.write_photo_corpus`), in shards of 100 groups.
 
 * two_view_ratio: SimCLR two views at 224 (natural-view pair), samples/s of viewstream /
   samples/s of the baseline (goal >= 2 on a 2-core CPU).
@@ -11,7 +14,8 @@ DataLoader (2 workers) on the same shards and augmentations, measured in the sam
 The baseline decodes only the photos it uses (the pair), like viewstream, and applies the
 same recipe with torchvision.transforms.v2 on PIL images (PIL's own Gaussian blur). Numbers
 on a shared machine are noisy: the two sides of each ratio run interleaved, epoch by epoch,
-and every figure is the best of `--epochs` timed epochs after a warm-up epoch. The last line
+and every figure is the best of `--epochs` timed epochs after a warm-up epoch (start-up:
+worker processes, DALI pipeline build, connections, is in the untimed warm-up epoch). The last line
 of output is one JSON object with the figures. Because wall-clock rates swing with other
 users' load, it also reports `*_cpu_ratio`: the same ratios in samples per CPU second
 (this process + the baseline's worker processes), which the load barely moves.
@@ -36,10 +40,11 @@ from tqdm import tqdm  # noqa: E402
 
 from pipeline import ViewLoader, ViewSpec  # noqa: E402
 from pipeline.spec import IMAGENET_MEAN, IMAGENET_STD, Augmentation  # noqa: E402
-from sharding.dataset import read_index, shard_uris  # noqa: E402
+from pipeline.scale import write_photo_corpus  # noqa: E402
+from sharding.dataset import load_manifest, shard_uris  # noqa: E402
+from sharding.migrate import migrate_dataset  # noqa: E402
 from sharding.run import shard_dataset  # noqa: E402
 from sharding.storage import Storage  # noqa: E402
-from sharding.synthetic import generate_view_corpus  # noqa: E402
 
 
 # ---- baseline: webdataset + PIL + torchvision.transforms.v2 ------------------------------------
@@ -190,22 +195,23 @@ def start_s3_server() -> tuple[subprocess.Popen, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--groups", type=int, default=192)
-    parser.add_argument("--size", type=int, default=256, help="photo side in pixels")
+    parser.add_argument("--groups", type=int, default=1000)
+    parser.add_argument("--views", type=int, nargs=2, default=[1, 6], help="photos per group (lo hi)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="DALI threads")
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per measurement")
     args = parser.parse_args()
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                       AWS_DEFAULT_REGION="us-east-1")
 
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         images, dataset = Path(tmp) / "images", str(Path(tmp) / "dataset")
-        generate_view_corpus(images, args.groups, seed=0, size=args.size, min_views=1,
-                             max_views=4, formats=("jpg",))
+        photos = write_photo_corpus(str(images), args.groups, tuple(args.views), progress=True)
+        photo_bytes = sum(f.stat().st_size for f in images.rglob("*.jpg"))
         shard_dataset(str(images), dataset, group_by="dir", label_from="parent",
-                      shard_samples=32, progress=False)
-        num_samples = len(read_index(dataset))
+                      shard_samples=100, workers=2, progress=False)
+        migrate_dataset(dataset, progress=False)  # a no-op once the sharder writes version 2
+        num_samples = load_manifest(dataset)["num_samples"]
         two_view = ViewSpec.simclr(size=224)
         multi_crop = ViewSpec.multicrop(global_size=224, local_size=96, num_local=6)
 
@@ -239,7 +245,8 @@ def main() -> int:
         "multi_crop_ratio": results["multi_crop_samples_per_s"] / results["multi_crop_baseline_samples_per_s"],
         "s3_vs_local_ratio": results["s3_samples_per_s"] / results["local_samples_per_s"],
         **results,
-        "samples": num_samples, "photo_size": args.size, "batch_size": args.batch_size,
+        "samples": num_samples, "photos": photos, "mean_photo_kb": photo_bytes / photos / 1e3,
+        "batch_size": args.batch_size,
         "dali_threads": args.threads, "cpu_count": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0],
     }

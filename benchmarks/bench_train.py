@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 from sharding.ray_connect import connect_ray  # noqa: E402
 from sharding.fashion_mnist import export_fashion_mnist  # noqa: E402
+from sharding.migrate import migrate_dataset  # noqa: E402
 from sharding.run import shard_dataset  # noqa: E402
 from trainers.config import TrainConfig  # noqa: E402
 from trainers.metrics import read_metrics  # noqa: E402
@@ -91,6 +92,7 @@ def main() -> int:
         export_fashion_mnist(Path(tmp) / "png", "train", limit_per_split=args.images)
         dataset = str(Path(tmp) / "shards")
         shard_dataset(str(Path(tmp) / "png" / "train"), dataset, label_from="parent", shard_samples=512, progress=False)
+        migrate_dataset(dataset, progress=False)  # a no-op once the sharder writes version 2
         storage = str(Path(tmp) / "runs")
 
         plain_cfg = make_config(dataset, storage, "plain", 1, args.steps, args.batch)

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from trainers.config import MonitorConfig, TrainConfig
+from trainers.config import MonitorConfig, TrainConfig, dataset_arg
 from evaluation.sources import eval_loader, labelled_features
 from evaluation.knn import knn_evaluate
 from viewstream.errors import UsageError
@@ -22,8 +22,9 @@ class OnlineKnn:
 
     def __init__(self, config: MonitorConfig, device: str = "cpu", endpoint_url: Optional[str] = None) -> None:
         self.config = config
-        make = lambda ds: eval_loader(ds, config.image_size, config.batch_size, crop_fraction=config.crop_fraction,
-                                      num_threads=1, endpoint_url=endpoint_url, device=device)
+        make = lambda ds: eval_loader(dataset_arg(ds), config.image_size, config.batch_size,  # one root or a list
+                                      crop_fraction=config.crop_fraction, num_threads=1,
+                                      endpoint_url=endpoint_url, device=device)
         self.train_loader, self.test_loader = make(config.train_dataset), make(config.test_dataset)
         for name, loader in (("train_dataset", self.train_loader), ("test_dataset", self.test_loader)):
             if not loader.label_vocabulary:

@@ -75,14 +75,21 @@ def eval_spec(image_size: int, crop_fraction: float = DEFAULT_CROP_FRACTION, vie
     return spec if views == 1 else ViewSpec(views=[spec.views[0]] * views, mean=spec.mean, std=spec.std, recipe="eval")
 
 
-def eval_loader(dataset: str, image_size: int, batch_size: int = 256, *, crop_fraction: float = DEFAULT_CROP_FRACTION,
+def dataset_list(dataset):
+    """A CLI dataset argument as roots: ``a,s3://b/c`` (comma-separated) is a list of roots."""
+    if isinstance(dataset, str) and "," in dataset:
+        return [part for part in dataset.split(",") if part]
+    return dataset
+
+
+def eval_loader(dataset, image_size: int, batch_size: int = 256, *, crop_fraction: float = DEFAULT_CROP_FRACTION,
                 views: int = 1, num_threads: int = 2, endpoint_url: Optional[str] = None, device: str = "cpu"):
-    """A ViewLoader over the whole dataset with the eval recipe (one rank, epoch 0): the one
-    used by the eval commands, the online monitor and the demo."""
+    """A ViewLoader over the whole dataset (one root, a list, or ``a,b`` roots) with the eval
+    recipe (one rank, epoch 0): the one used by the eval commands, the online monitor and the demo."""
     from pipeline import ViewLoader
 
-    return ViewLoader(dataset, eval_spec(image_size, crop_fraction, views), batch_size, num_threads=num_threads,
-                      endpoint_url=endpoint_url, device=device)
+    return ViewLoader(dataset_list(dataset), eval_spec(image_size, crop_fraction, views), batch_size,
+                      num_threads=num_threads, endpoint_url=endpoint_url, device=device)
 
 
 def labelled_features(backbone: nn.Module, loader, vocabulary: Optional[list[str]] = None,
@@ -167,12 +174,16 @@ def read_sample_image(dataset: str, key: str, view: int = 0, endpoint_url: Optio
     from sharding.storage import Storage
 
     storage = Storage(endpoint_url)
-    index = read_index(dataset, storage)
-    keys = index.column("key").to_pylist()
-    if key not in keys:
+    roots = dataset_list(dataset)
+    for root in [roots] if isinstance(roots, str) else [r if isinstance(r, str) else r["root"] for r in roots]:
+        index = read_index(root, storage)  # a whole-dataset tool: small datasets
+        keys = index.column("key").to_pylist()
+        if key in keys:
+            break
+    else:
         raise UsageError(f"key {key!r} is not in dataset {dataset!r}")
     row = keys.index(key)
     shard, ext = index.column("shard")[row].as_py(), index.column("view_exts")[row].as_py()[view]
-    members = read_sample(dataset, shard, key, storage)
+    members = read_sample(root, shard, key, storage)
     data = members[f"{view}.{ext}"] if f"{view}.{ext}" in members else members[f"{key}.{view}.{ext}"]
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))

@@ -9,9 +9,12 @@
         loss = method(batch.views)            # list of [B, 3, H, W], normalized, on device
         save_checkpoint(..., data_position=batch.position.as_dict())
 
-Modules: `spec` (what views), `epochs` (exact per-rank plans), `samples`/`streams` (reading
-and checking shards, S3 resume), `params` (all randomness, drawn in numpy), `dali_graph`
-(the DALI graph for both backends), `producer` (background reading ahead), `loader`.
+Modules: `spec` (what views), `epochs` (exact per-rank plans from per-shard counts), `roots`
+(several dataset roots as one, per-root epoch sizes), `samples`/`streams`/`imageinfo`
+(reading and checking shards, S3 resume, image headers), `params` (all randomness, drawn in
+numpy), `dali_graph` (the DALI graph for both backends), `producer` (background reading
+ahead), `loader`; `scale` (metadata-only and photo datasets for benchmarks) and
+`faulty_proxy` (a misbehaving TCP proxy for S3 tests and benchmarks) are tooling.
 """
 import importlib
 from typing import TYPE_CHECKING

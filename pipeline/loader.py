@@ -15,65 +15,80 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from sharding.dataset import load_manifest, read_index
+from sharding.dataset import read_index_part, shard_uri
 from sharding.storage import Storage
 from pipeline.batch import ViewBatch
 from pipeline.dali_graph import build_view_pipeline, feed_arrays
-from pipeline.epochs import DataPosition, batches_per_epoch, plan_rank_epoch
+from pipeline.epochs import DataPosition, RankEpoch, batches_per_epoch, check_arguments, plan_rank_epoch
 from pipeline.producer import BatchProducer, PreparedBatch
+from pipeline.params import pair_uniforms, pick_photos
 from pipeline.recovery import recheck_batch
+from pipeline.roots import load_mixture
 from pipeline.samples import ReadStats, SampleRef, read_samples
 from pipeline.spec import ViewSpec
 from viewstream.errors import UsageError
 
 log = logging.getLogger(__name__)
 DEVICES = ("cpu", "cuda")
+VERIFY = ("sha256", "none")
+S3_STREAMS = 6  # shard streams in flight per rank on S3: hides ~20-30 ms first-byte latency
+LOCAL_STREAMS = 1  # local disk: one stream is fastest (more only contend for the GIL)
 
 
 class ViewLoader:
     """Batches of views for one rank of a data-parallel run (see ARCHITECTURE.md section 2).
 
-    `dataset` is a dataset root (folder or s3:// prefix, `endpoint_url` for non-AWS S3).
+    `dataset` is a dataset root (folder or s3:// prefix, `endpoint_url` for non-AWS S3) or a
+    list of roots read as one, each optionally ``{"root": ..., "repeat" | "choose" |
+    "proportion": ...}`` (`pipeline.roots`; `epoch_size` for proportions).
     `device` "cpu" runs DALI without a GPU; "cuda" decodes on the GPU (nvJPEG, ``mixed``).
     `shuffle_block` bounds how many samples are held in memory for shuffling within a rank.
     `drop_last=True` (SSL training): every rank yields N // (world_size * batch_size) full
     batches. `drop_last=False`: every sample exactly once per epoch, the same number of batches
     on every rank, only the last batch(es) of a rank smaller (empty on a rank without data).
     Batches shrink when bad samples are skipped (`stats` counts them). One `iter_epoch`
-    iterator may be open at a time.
+    iterator may be open at a time. `streams` shard streams are read at once (default: 6 when
+    a root is on S3, else 1); `verify`
+    "sha256" checks every photo against its recorded digest, "none" skips that.
+
+    Construction reads only shard-level metadata (manifest.json, shards.parquet); the index
+    part of a shard is read when this rank reads that shard (memory O(shards + own samples)).
     """
 
-    def __init__(self, dataset: str, spec: ViewSpec, batch_size: int, *, rank: int = 0,
+    def __init__(self, dataset, spec: ViewSpec, batch_size: int, *, rank: int = 0,
                  world_size: int = 1, seed: int = 0, device: str = "cpu", num_threads: int = 2,
                  drop_last: bool = False, shuffle_block: int = 1024, prefetch: int = 2,
-                 endpoint_url: Optional[str] = None, device_id: Optional[int] = None):
+                 endpoint_url: Optional[str] = None, device_id: Optional[int] = None,
+                 epoch_size: Optional[int] = None, streams: Optional[int] = None,
+                 verify: str = "sha256"):
         if device not in DEVICES:
             raise UsageError(f"device={device!r}: expected one of {list(DEVICES)}")
         if num_threads < 1:
             raise UsageError(f"num_threads={num_threads}: expected an integer >= 1")
         if prefetch < 1:
             raise UsageError(f"prefetch={prefetch}: expected an integer >= 1")
+        if streams is not None and streams < 1:
+            raise UsageError(f"streams={streams}: expected an integer >= 1")
+        if verify not in VERIFY:
+            raise UsageError(f"verify={verify!r}: expected one of {list(VERIFY)}")
+        check_arguments(rank, world_size, batch_size, shuffle_block)
         self.dataset, self.spec, self.batch_size = dataset, spec, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device, self.num_threads, self.drop_last = device, num_threads, drop_last
         self.shuffle_block, self.prefetch = shuffle_block, prefetch
+        self.verify = verify
         self.device_id = device_id if device_id is not None else (
             torch.cuda.current_device() if device == "cuda" else 0)
         self.storage = Storage(endpoint_url)
-        self.manifest = load_manifest(dataset, self.storage)
-        index = read_index(dataset, self.storage)
-        self._shards = np.asarray(index.column("shard").to_pylist(), dtype=object)
-        self._keys = index.column("key").to_pylist()
-        self._groups = index.column("group_id").to_pylist()
-        self._exts = [tuple(e) for e in index.column("view_exts").to_pylist()]
-        raw_labels = index.column("label").to_pylist()
-        self.label_vocabulary = sorted({l for l in raw_labels if l is not None})
-        lookup = {l: i for i, l in enumerate(self.label_vocabulary)}
-        self._labels = np.array([lookup.get(l, -1) for l in raw_labels], dtype=np.int64)
+        self.mixture = load_mixture(dataset, self.storage, epoch_size)
+        if streams is None:
+            remote = any(self.storage.local_path(root) is None for root in self.mixture.roots)
+            streams = S3_STREAMS if remote else LOCAL_STREAMS
+        self.streams = streams
+        self.manifest = self.mixture.manifests[0]
+        self.label_vocabulary = self.mixture.label_vocabulary
+        self._label_number = {l: i for i, l in enumerate(self.label_vocabulary)}
         self.stats = ReadStats()
-        # validate rank/batch arguments once, where they enter
-        plan_rank_epoch(self._shards[:0], seed=seed, epoch=0, rank=rank, world_size=world_size,
-                        batch_size=batch_size, drop_last=drop_last, shuffle_block=shuffle_block)
         self._pipe = None
         self._producer: Optional[BatchProducer] = None
         self._pending: deque[PreparedBatch] = deque()  # fed to DALI, not yet yielded
@@ -81,16 +96,17 @@ class ViewLoader:
 
     @property
     def num_samples(self) -> int:
-        return len(self._keys)
+        """Samples per epoch over all roots (with their repeat/choose/proportion)."""
+        return self.mixture.table.epoch_samples
 
     @property
     def batches_per_epoch(self) -> int:
         """Batches every rank yields per epoch (equal across ranks and epochs)."""
         return batches_per_epoch(self.num_samples, self.batch_size, self.world_size, self.drop_last)
 
-    def plan(self, epoch: int):
-        """This rank's exact plan for `epoch` (rows, batch sizes); see `pipeline.epochs`."""
-        return plan_rank_epoch(self._shards, seed=self.seed, epoch=epoch, rank=self.rank,
+    def plan(self, epoch: int) -> RankEpoch:
+        """This rank's exact plan for `epoch` (item ids, shards, batch sizes); see `pipeline.epochs`."""
+        return plan_rank_epoch(self.mixture.table, seed=self.seed, epoch=epoch, rank=self.rank,
                                world_size=self.world_size, batch_size=self.batch_size,
                                drop_last=self.drop_last, shuffle_block=self.shuffle_block)
 
@@ -104,7 +120,7 @@ class ViewLoader:
                              "close() it first (a loader runs one epoch iterator at a time)")
         plan = self.plan(epoch)
         producer = BatchProducer(plan, start_batch, self.spec, seed=self.seed, epoch=epoch,
-                                 refs=self._refs, read=self._read, feed=feed_arrays,
+                                 read=lambda start: self._read(plan, start), feed=feed_arrays,
                                  stats=self.stats, depth=self.prefetch + 2)
         self._producer, self._pending, self._replay = producer, deque(), deque()
         finished = False
@@ -134,16 +150,49 @@ class ViewLoader:
                 self._pipe = None
 
     # ---- internals -------------------------------------------------------------------------
-    def _refs(self, rows: np.ndarray) -> list[SampleRef]:
-        return [SampleRef(int(r), self._shards[r], self._keys[r], self._exts[r]) for r in rows]
+    def _runs(self, plan: RankEpoch, start: int) -> Iterator:
+        """One callable per run of same-shard samples of the stream from `start` on; each reads
+        its shard's index part (in a reader thread) and lists the run's SampleRefs."""
+        shards = plan.stream_shards[start:]
+        if not len(shards):
+            return
+        copies = plan.stream_rows[start:] // max(1, self.mixture.table.total_rows)
+        change = (np.diff(shards) != 0) | (np.diff(copies) != 0)  # a repeated shard: two runs
+        cuts = np.concatenate([[0], np.flatnonzero(change) + 1, [len(shards)]]) + start
+        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+            yield lambda lo=lo, hi=hi: self._run_refs(plan, lo, hi)
 
-    def _read(self, refs: list[SampleRef]):
-        return read_samples(self.storage, self.dataset, refs, self.stats)
+    def _run_refs(self, plan: RankEpoch, lo: int, hi: int) -> list[SampleRef]:
+        r, name = self.mixture.locate(int(plan.stream_shards[lo]))
+        root = self.mixture.roots[r]
+        part = read_index_part(root, name, self.storage).select(
+            ["key", "view_exts", "group_id", "label"])
+        positions = plan.stream_positions[lo:hi]
+        if len(positions) and int(positions.max()) >= part.num_rows:
+            raise UsageError(f"{root!r}: index part of {name} has {part.num_rows} rows, "
+                             "shards.parquet says more; the dataset is inconsistent")
+        part = part.take(positions)
+        uri = shard_uri(root, name)
+        lookup = self._label_number
+        ids = plan.stream_rows[lo:hi]
+        pair_u = pair_uniforms(self.seed, plan.epoch, ids).tolist()
+        return [SampleRef(int(row), name, key, tuple(exts), uri, group,
+                          lookup.get(label, -1) if label is not None else -1, index, tuple(u))
+                for index, row, u, key, exts, group, label in zip(
+                    range(lo, hi), ids.tolist(), pair_u,
+                    part.column("key").to_pylist(), part.column("view_exts").to_pylist(),
+                    part.column("group_id").to_pylist(), part.column("label").to_pylist())]
+
+    def _read(self, plan: RankEpoch, start: int):
+        num_global = self.spec.num_global
+        return read_samples(self.storage, self._runs(plan, start), self.stats,
+                            streams=self.streams, verify=self.verify == "sha256",
+                            pick=lambda ref, c: pick_photos(num_global, ref.u, c))
 
     def _recover(self) -> bool:
         """After DALI aborted: drop undecodable samples from the batches in flight and replay
         them on a fresh pipeline. False when no photo is to blame (the error is re-raised)."""
-        rechecked = [recheck_batch(item, self.spec, self.stats, self._keys)
+        rechecked = [recheck_batch(item, self.spec, self.stats)
                      for item in self._pending]
         if not any(dropped for _, dropped in rechecked):
             return False
@@ -180,10 +229,10 @@ class ViewLoader:
 
     def _meta(self, item: PreparedBatch, epoch: int, views: list[torch.Tensor]) -> ViewBatch:
         rows = np.asarray(item.rows, dtype=np.int64)
-        labels = torch.from_numpy(self._labels[rows]) if self.label_vocabulary else None
+        labels = (torch.tensor(item.labels, dtype=torch.int64).reshape(len(item.rows))
+                  if self.label_vocabulary else None)
         return ViewBatch(
-            views=views, keys=[self._keys[r] for r in item.rows],
-            group_ids=[self._groups[r] for r in item.rows], labels=labels,
+            views=views, keys=list(item.keys), group_ids=list(item.group_ids), labels=labels,
             label_vocabulary=self.label_vocabulary,
             view_sources=torch.from_numpy(item.view_sources), rows=torch.from_numpy(rows),
             epoch=epoch, batch=item.batch, position=self._position_after(epoch, item.batch))

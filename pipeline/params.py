@@ -140,11 +140,24 @@ def _pick_pair(num_global: int, u0: np.ndarray, photos: list[int]) -> tuple[int,
     return photos[first], photos[second + (second >= first)]
 
 
+def pair_uniforms(seed: int, epoch: int, rows: np.ndarray) -> np.ndarray:
+    """[len(rows), 2]: the uniforms `draw_batch` picks each sample's two photos with."""
+    return uniforms(seed, epoch, rows, 2)
+
+
+def pick_photos(num_global: int, u: tuple[float, float], candidates: list[int]) -> tuple[int, int]:
+    """The two photos `draw_batch` gives the global views of a sample whose usable photos are
+    `candidates` (`u`: its `pair_uniforms`): lets the reader check only these two."""
+    return _pick_pair(num_global, u, candidates)
+
+
 def draw_batch(spec: ViewSpec, seed: int, epoch: int, rows: list[int],
-               photo_sizes: list[dict[int, tuple[int, int]]]) -> list[SampleDraw]:
+               photo_sizes: list[dict[int, tuple[int, int]]],
+               candidates: list[list[int] | None] | None = None) -> list[SampleDraw]:
     """Draw the views of samples `rows` (index.parquet rows) for `epoch`.
 
-    `photo_sizes[i]` maps each *valid* photo index of sample i to its (width, height). Groups
+    `candidates[i]` are the photos of sample i not known bad (default: those in
+    `photo_sizes[i]`); `photo_sizes[i]` maps at least the two picked ones to (width, height). Groups
     with >= 2 valid photos give two different photos to the two global views (natural views);
     local views crop either of them; a group of one gives all views from its one photo.
     """
@@ -152,7 +165,9 @@ def draw_batch(spec: ViewSpec, seed: int, epoch: int, rows: list[int],
     u = uniforms(seed, epoch, np.asarray(rows), (num_views + 1) * _U_WIDTH).reshape(
         len(rows), num_views + 1, _U_WIDTH)
     num_global = spec.num_global
-    pairs = [_pick_pair(num_global, u[i, 0], sorted(sizes)) for i, sizes in enumerate(photo_sizes)]
+    pools = [c if c is not None else sorted(sizes) for c, sizes in
+             zip(candidates or [None] * len(rows), photo_sizes)]
+    pairs = [_pick_pair(num_global, u[i, 0], pool) for i, pool in enumerate(pools)]
     uv = u[:, 1:]
     slot = np.where(t["local"], uv[..., _U_SLOT] < 0.5, np.arange(num_views) == 1)
     same = np.array([a == b for a, b in pairs])[:, None]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -31,6 +31,9 @@ class PreparedBatch:
     rows: list[int]
     view_sources: np.ndarray  # [b, num_views] int64
     feed: Optional[tuple]
+    keys: list[str] = field(default_factory=list)
+    group_ids: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
 
 
 class _Handoff:
@@ -74,12 +77,11 @@ class BatchProducer:
     """Prepares batches `start_batch..` of `plan`, `depth` batches ahead of the consumer."""
 
     def __init__(self, plan: RankEpoch, start_batch: int, spec: ViewSpec, *, seed: int, epoch: int,
-                 refs: Callable[[np.ndarray], list[SampleRef]],
-                 read: Callable[[list[SampleRef]], Iterator[tuple[SampleRef, Optional[LoadedSample]]]],
+                 read: Callable[[int], Iterator[tuple[SampleRef, Optional[LoadedSample]]]],
                  feed: Callable[..., tuple], stats: ReadStats, depth: int = 4):
         self._plan, self._start, self._spec = plan, start_batch, spec
         self._seed, self._epoch = seed, epoch
-        self._refs, self._read, self._feed = refs, read, feed
+        self._read, self._feed = read, feed
         self._stats = stats
         self._stop = threading.Event()
         self._ended = False
@@ -135,15 +137,12 @@ class BatchProducer:
         """
         plan, block = self._plan, self._plan.block
         start = self._first_block * block
-        rows = plan.stream_rows[start:]
-        block_of = {int(r): (start + i) // block for i, r in enumerate(rows)}
-        missing: dict[int, int] = {}
-        for k in block_of.values():
-            missing[k] = missing.get(k, 0) + 1
+        counts = np.bincount(np.arange(start, len(plan.stream_rows)) // block)
+        missing = {k: int(c) for k, c in enumerate(counts.tolist()) if k >= self._first_block}
         partial: dict[int, dict[int, Optional[LoadedSample]]] = {}
         next_block = self._first_block
-        for ref, sample in self._read(self._refs(rows)):
-            k = block_of[ref.row]
+        for ref, sample in self._read(start):
+            k = ref.index // block
             partial.setdefault(k, {})[ref.row] = sample
             missing[k] -= 1
             while next_block in missing and missing[next_block] == 0:
@@ -177,8 +176,9 @@ class BatchProducer:
         num_views = len(self._spec.views)
         if not samples:
             return PreparedBatch(b, [], np.zeros((0, num_views), np.int64), None)
+        meta = ([s.key for s in samples], [s.group_id for s in samples], [s.label for s in samples])
         draws = draw_batch(self._spec, self._seed, self._epoch, [s.row for s in samples],
-                           [s.sizes for s in samples])
+                           [s.sizes for s in samples], [s.candidates for s in samples])
         enc_a, enc_b = [], []
         for sample, draw in zip(samples, draws):
             a = np.frombuffer(sample.photos[draw.photo_a], dtype=np.uint8)
@@ -188,4 +188,4 @@ class BatchProducer:
         same = np.array([d.photo_a == d.photo_b for d in draws])
         params = np.stack([d.params for d in draws])
         return PreparedBatch(b, [s.row for s in samples], params[:, :, 0].astype(np.int64),
-                             self._feed(self._spec, enc_a, enc_b, same, params))
+                             self._feed(self._spec, enc_a, enc_b, same, params), *meta)

@@ -32,7 +32,7 @@ def decodes(data: np.ndarray) -> bool:
         return False
 
 
-def recheck_batch(item: PreparedBatch, spec: ViewSpec, stats: ReadStats, keys: list[str]
+def recheck_batch(item: PreparedBatch, spec: ViewSpec, stats: ReadStats
                   ) -> tuple[PreparedBatch, int]:
     """`item` without the samples whose photos do not decode, and how many were dropped."""
     if item.feed is None:
@@ -44,11 +44,9 @@ def recheck_batch(item: PreparedBatch, spec: ViewSpec, stats: ReadStats, keys: l
         ok = all(decodes(item.feed[p][i]) for p in photo_inputs)
         keep.append(ok)
         if not ok:
-            stats.bad_photos += 1
-            stats.skipped_samples += 1
-            stats.reasons["decode_failed"] += 1
+            stats.add("decode_failed", bad_photo=True, skipped=True)
             log.warning("sample %s: a photo does not decode (DALI aborted its batch); skipping it",
-                        keys[item.rows[i]])
+                        item.keys[i])
     dropped = keep.count(False)
     if not dropped:
         return item, 0
@@ -56,6 +54,7 @@ def recheck_batch(item: PreparedBatch, spec: ViewSpec, stats: ReadStats, keys: l
     rows = [item.rows[i] for i in index]
     if not rows:
         return PreparedBatch(item.batch, [], item.view_sources[:0], None), dropped
+    meta = tuple([column[i] for i in index] for column in (item.keys, item.group_ids, item.labels))
     feed = tuple([part[i] for i in index] if isinstance(part, list) else part[index]
                  for part in item.feed)
-    return PreparedBatch(item.batch, rows, item.view_sources[index], feed), dropped
+    return PreparedBatch(item.batch, rows, item.view_sources[index], feed, *meta), dropped

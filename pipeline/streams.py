@@ -12,9 +12,10 @@ from sharding.storage import STREAM_BUFFER_BYTES, ResumableS3Stream, Storage  # 
 
 
 
-def open_shard(storage: Storage, uri: str) -> BinaryIO:
-    """A buffered binary stream of the shard at `uri` (resumable on S3: see `Storage.open_stream`)."""
-    return storage.open_stream(uri, STREAM_BUFFER_BYTES)
+def open_shard(storage: Storage, uri: str, start: int = 0) -> BinaryIO:
+    """A buffered binary stream of the shard at `uri` from byte `start` (resumable on S3: see
+    `Storage.open_stream`)."""
+    return storage.open_stream(uri, STREAM_BUFFER_BYTES, start)
 
 
 def stream_resumes(stream: BinaryIO) -> int:

@@ -62,9 +62,11 @@ def load_manifest(root: str, storage: Storage | None = None) -> dict:
     return manifest
 
 
-def read_shards(root: str, storage: Storage | None = None) -> pa.Table:
-    """shards.parquet (format.SHARDS_SCHEMA): one row per finished shard, in shard order."""
-    return _read_table(join(_root(root), SHARDS_FILE), SHARDS_SCHEMA, storage)
+def read_shards(root: str, storage: Storage | None = None,
+                columns: list[str] | None = None) -> pa.Table:
+    """shards.parquet (format.SHARDS_SCHEMA): one row per finished shard, in shard order
+    (`columns`: only those, e.g. name and num_samples for a plan; the rest costs RSS)."""
+    return _read_table(join(_root(root), SHARDS_FILE), SHARDS_SCHEMA, storage, columns)
 
 
 def index_part_uri(root: str, shard_name: str) -> str:
@@ -98,12 +100,17 @@ def read_quarantine(root: str, storage: Storage | None = None) -> pa.Table:
     return pa.concat_tables(parts) if parts else QUARANTINE_SCHEMA.empty_table()
 
 
-def _read_table(uri: str, schema: pa.Schema, storage: Storage | None) -> pa.Table:
+def _read_table(uri: str, schema: pa.Schema, storage: Storage | None,
+                columns: list[str] | None = None) -> pa.Table:
     try:
         data = _storage(storage).read_bytes(uri)
     except FileNotFoundError:
         raise UsageError(f"{uri!r} is missing (the dataset is incomplete; rerun the shard command)") from None
-    return pq.read_table(io.BytesIO(data), schema=schema)
+    # ParquetFile, not read_table: read_table goes through pyarrow.dataset, whose first use
+    # costs a rank ~55 MB of RSS for nothing a one-file read needs.
+    names = columns if columns is not None else schema.names
+    table = pq.ParquetFile(io.BytesIO(data)).read(columns=names, use_threads=False)
+    return table.select(names).cast(pa.schema([schema.field(n) for n in names]))
 
 
 def shard_uri(root: str, shard_name: str) -> str:

@@ -8,7 +8,7 @@ costs nothing and the error names the field.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
@@ -24,10 +24,46 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class DatasetRoot(_Strict):
+    """One root of a multi-root dataset and what it gives per epoch (at most one knob)."""
+
+    root: str
+    repeat: Optional[float] = Field(None, ge=0, description="x the root's samples per epoch")
+    choose: Optional[int] = Field(None, ge=0, description="samples of this root per epoch")
+    proportion: Optional[float] = Field(None, ge=0, description="share of data.epoch_size")
+
+    @model_validator(mode="after")
+    def _one_knob(self) -> "DatasetRoot":
+        if sum(v is not None for v in (self.repeat, self.choose, self.proportion)) > 1:
+            raise ValueError("give at most one of repeat, choose, proportion")
+        return self
+
+
+DatasetSpec = Union[str, list[Union[str, DatasetRoot]]]
+
+
+def dataset_arg(dataset: DatasetSpec):
+    """A config's dataset as `ViewLoader` takes it (plain roots and dicts)."""
+    if isinstance(dataset, str):
+        return dataset
+    return [d if isinstance(d, str) else d.model_dump(exclude_none=True) for d in dataset]
+
+
+def dataset_roots(dataset: DatasetSpec) -> list[str]:
+    """The root folders / s3:// prefixes of a dataset spec."""
+    return [dataset] if isinstance(dataset, str) else [d if isinstance(d, str) else d.root for d in dataset]
+
+
 class DataConfig(_Strict):
     """The training shards and how to make views of them."""
 
-    dataset: str = Field(description="dataset folder or s3://bucket/prefix written by `viewstream shard`")
+    dataset: DatasetSpec = Field(
+        description="dataset folder or s3://bucket/prefix written by `viewstream shard`, or a list "
+                    "of them read as one (items: a root or {root, repeat | choose | proportion})")
+    epoch_size: Optional[PositiveInt] = Field(None, description="samples per epoch when roots have a proportion")
+    verify: Literal["sha256", "none"] = Field("sha256", description="check each drawn photo's sha256")
+    streams: Optional[PositiveInt] = Field(
+        None, description="shard streams read at once per worker (default: 6 if a root is on S3, else 1)")
     recipe: str = Field("simclr", description=f"view recipe: one of {sorted(RECIPES)}")
     recipe_options: dict[str, Any] = Field(
         default_factory=dict, description="arguments of the recipe (size, global_size, local_size, num_local, ...)"
@@ -52,8 +88,8 @@ class DataConfig(_Strict):
 class MonitorConfig(_Strict):
     """Online kNN on a held-out labelled split during training (frozen features, rank 0)."""
 
-    train_dataset: str = Field(description="labelled shards whose features form the kNN memory bank")
-    test_dataset: str = Field(description="labelled shards to classify")
+    train_dataset: DatasetSpec = Field(description="labelled shards whose features form the kNN memory bank")
+    test_dataset: DatasetSpec = Field(description="labelled shards to classify")
     every_epochs: PositiveInt = 1
     k: PositiveInt = 20
     temperature: float = Field(0.07, gt=0)

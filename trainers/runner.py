@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, TextIO
 from sharding.dataset import load_manifest
 from sharding.ray_connect import connect_ray
 from sharding.storage import Storage, absolute, join, resolve_endpoint
-from trainers.config import TrainConfig
+from trainers.config import TrainConfig, dataset_roots
 from trainers.storage import storage_for
 from viewstream.errors import UsageError
 
@@ -45,10 +45,10 @@ class TrainResult:
 def check_inputs(config: TrainConfig) -> None:
     """Fail fast on inputs that don't exist: the datasets, and where checkpoints go."""
     storage = Storage(config.data.endpoint_url)
-    datasets = [("data.dataset", config.data.dataset)]
+    datasets = [("data.dataset", r) for r in dataset_roots(config.data.dataset)]
     if config.monitor:
-        datasets += [("monitor.train_dataset", config.monitor.train_dataset),
-                     ("monitor.test_dataset", config.monitor.test_dataset)]
+        datasets += [("monitor.train_dataset", r) for r in dataset_roots(config.monitor.train_dataset)]
+        datasets += [("monitor.test_dataset", r) for r in dataset_roots(config.monitor.test_dataset)]
     for field, root in datasets:
         try:
             load_manifest(root, storage)
@@ -81,12 +81,18 @@ def check_cluster(config: TrainConfig) -> None:
 
 def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     """Local paths made absolute here: workers run in other directories (and maybe nodes)."""
+    def absolute_spec(spec):  # a root, or a list of roots / {root, ...} entries
+        if isinstance(spec, list):
+            return [absolute(d) if isinstance(d, str) else d.model_copy(update={"root": absolute(d.root)})
+                    for d in spec]
+        return absolute(spec)
+
     config = config.model_copy(deep=True)
     config.data.endpoint_url = resolve_endpoint(config=config.data.endpoint_url)  # workers lack the env
-    config.data.dataset = absolute(config.data.dataset)
+    config.data.dataset = absolute_spec(config.data.dataset)
     if config.monitor:
-        config.monitor.train_dataset = absolute(config.monitor.train_dataset)
-        config.monitor.test_dataset = absolute(config.monitor.test_dataset)
+        config.monitor.train_dataset = absolute_spec(config.monitor.train_dataset)
+        config.monitor.test_dataset = absolute_spec(config.monitor.test_dataset)
     config.run.storage = absolute(config.run.storage)
     config.run.out_dir = os.path.abspath(config.run.output_dir())
     return config

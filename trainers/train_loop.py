@@ -23,7 +23,7 @@ import torch
 
 from pipeline import DataPosition, ViewBatch, ViewLoader
 from trainers.checkpoint import Progress, find_latest_checkpoint, load_state, progress_of, save_checkpoint
-from trainers.config import TrainConfig
+from trainers.config import TrainConfig, dataset_arg
 from trainers.distributed import average_gradients, is_distributed, reduce_logs
 from trainers.methods import Method, build_method
 from trainers.metrics import MetricsLogger
@@ -86,10 +86,11 @@ class Trainer:
         self.config, self.rank, self.world_size, self.device = config, rank, world_size, device
         self.method: Method = build_method(config.method_config(), seed=config.seed).to(device)
         self.loader = ViewLoader(
-            config.data.dataset, config.view_spec(), config.per_worker_batch(), rank=rank,
+            dataset_arg(config.data.dataset), config.view_spec(), config.per_worker_batch(), rank=rank,
             world_size=world_size, seed=config.seed, device=device,
             num_threads=config.data.num_threads, prefetch=config.data.prefetch, drop_last=True,
-            endpoint_url=config.data.endpoint_url,
+            endpoint_url=config.data.endpoint_url, epoch_size=config.data.epoch_size,
+            streams=config.data.streams, verify=config.data.verify,
         )
         self.steps_per_epoch = self.loader.batches_per_epoch
         if self.steps_per_epoch == 0:

@@ -16,6 +16,7 @@ from viewstream.errors import UsageError
 # (ImportError on the module itself) is left out so the rest of the CLI keeps working.
 COMMAND_MODULES = (
     "sharding.commands",      # shard, inspect
+    "sharding.migrate_command",  # migrate (format version 1 -> 2)
     "pipeline.commands",      # views (what the pipeline feeds the model)
     "viewstream.train_command",  # train (trainers + the evaluation stage's online monitor)
     "evaluation.commands",       # eval, embed, search, export

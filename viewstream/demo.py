@@ -70,6 +70,7 @@ def find_fashion_mnist(out: Path) -> Path:
 def prepare_shards(out: Path, size: DemoSize, source: Path) -> dict[str, str]:
     """Export PNG folders and shard them (skipped when already done: the demo can be rerun)."""
     from sharding.fashion_mnist import export_fashion_mnist
+    from sharding.migrate import migrate_dataset
     from sharding.run import shard_dataset
 
     shards = {}
@@ -79,6 +80,7 @@ def prepare_shards(out: Path, size: DemoSize, source: Path) -> dict[str, str]:
             export_fashion_mnist(out / "png", split, limit_per_split=limit, source_dir=source)
             shard_dataset(str(out / "png" / split), str(dataset), label_from="parent",
                           shard_samples=2048, workers=2, progress=True)
+            migrate_dataset(str(dataset), progress=False)  # a no-op once the sharder writes v2
         shards[split] = str(dataset)
     return shards
 

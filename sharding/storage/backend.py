@@ -40,8 +40,9 @@ class Backend:
         raise NotImplementedError
         yield  # pragma: no cover
 
-    def open_stream(self, uri: str, buffer_bytes: int) -> BinaryIO:
-        """A buffered reader for long sequential reads (S3: resumes after a dropped connection)."""
+    def open_stream(self, uri: str, buffer_bytes: int, start: int = 0) -> BinaryIO:
+        """A buffered reader for long sequential reads from byte `start` (S3: resumes after a
+        dropped connection)."""
         raise NotImplementedError
 
     def exists(self, uri: str) -> bool:

@@ -62,10 +62,11 @@ class Storage:
         with self.backend(uri).open_read(uri) as f:
             yield f
 
-    def open_stream(self, uri: str, buffer_bytes: int = STREAM_BUFFER_BYTES) -> BinaryIO:
-        """A buffered reader for reading `uri` start to end over a long time: on S3 it resumes
-        after a dropped connection without losing or repeating a byte. The caller closes it."""
-        return self.backend(uri).open_stream(uri, buffer_bytes)
+    def open_stream(self, uri: str, buffer_bytes: int = STREAM_BUFFER_BYTES, start: int = 0) -> BinaryIO:
+        """A buffered reader for reading `uri` from byte `start` to the end over a long time: on
+        S3 it resumes after a dropped connection without losing or repeating a byte. The caller
+        closes it."""
+        return self.backend(uri).open_stream(uri, buffer_bytes, start)
 
     def exists(self, uri: str) -> bool:
         """True if `uri` is an existing file or object."""

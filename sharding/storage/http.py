@@ -72,8 +72,9 @@ class HttpBackend(Backend):
         finally:
             response.release_conn()
 
-    def open_stream(self, uri: str, buffer_bytes: int) -> BinaryIO:
-        return io.BufferedReader(self._request("GET", uri, stream=True), buffer_bytes)
+    def open_stream(self, uri: str, buffer_bytes: int, start: int = 0) -> BinaryIO:
+        headers = {"Range": f"bytes={start}-"} if start else None
+        return io.BufferedReader(self._request("GET", uri, headers=headers, stream=True), buffer_bytes)
 
     def exists(self, uri: str) -> bool:
         try:

@@ -33,8 +33,11 @@ class LocalBackend(Backend):
         with open(fs_path(uri), "rb") as f:
             yield f
 
-    def open_stream(self, uri: str, buffer_bytes: int) -> BinaryIO:
-        return open(fs_path(uri), "rb", buffering=buffer_bytes)
+    def open_stream(self, uri: str, buffer_bytes: int, start: int = 0) -> BinaryIO:
+        stream = open(fs_path(uri), "rb", buffering=buffer_bytes)
+        if start:
+            stream.seek(start)
+        return stream
 
     def exists(self, uri: str) -> bool:
         return os.path.isfile(fs_path(uri))

@@ -85,9 +85,9 @@ class S3Backend(Backend):
         finally:
             body.close()
 
-    def open_stream(self, uri: str, buffer_bytes: int) -> BinaryIO:
+    def open_stream(self, uri: str, buffer_bytes: int, start: int = 0) -> BinaryIO:
         bucket, key = _split(uri)
-        return io.BufferedReader(ResumableS3Stream(self.client, bucket, key), buffer_bytes)
+        return io.BufferedReader(ResumableS3Stream(self.client, bucket, key, start=start), buffer_bytes)
 
     def _head(self, uri: str) -> dict:
         bucket, key = _split(uri)
@@ -226,11 +226,11 @@ class ResumableS3Stream(io.RawIOBase):
     """
 
     def __init__(self, client, bucket: str, key: str, *, max_retries: int = 6,
-                 backoff_s: float = 0.1):
+                 backoff_s: float = 0.1, start: int = 0):
         super().__init__()
         self._client, self._bucket, self._key = client, bucket, key
         self._max_retries, self._backoff_s = max_retries, backoff_s
-        self._pos = 0
+        self._pos = start
         self._size: int | None = None
         self._body = None
         self.resumes = 0

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from sharding.fashion_mnist import export_fashion_mnist
+from sharding.migrate import migrate_dataset
 from sharding.run import shard_dataset
 from deploy.local.ray_cluster import LocalRayCluster
 from tests.training.conftest import small_config
@@ -45,6 +46,7 @@ def shards(tmp_path_factory) -> str:
     export_fashion_mnist(root / "png", "train", limit_per_split=192)
     shard_dataset(str(root / "png" / "train"), str(root / "shards"), label_from="parent",
                   shard_samples=64, progress=False)
+    migrate_dataset(str(root / "shards"), progress=False)  # a no-op once the sharder writes v2
     return str(root / "shards")
 
 

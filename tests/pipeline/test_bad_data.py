@@ -70,29 +70,49 @@ def fix_sha(meta_bytes: bytes, view: int, data: bytes) -> bytes:
 
 
 def test_bad_members_are_skipped_logged_and_counted(damaged, caplog):
+    """Only the photos an epoch draws are checked (sha256, header): a bad photo is counted in
+    the epochs that draw it, never used, and its group still gives views from the others."""
     root, keys, num_samples = damaged
     loader = ViewLoader(root, SPEC, 4, seed=1)
-    with caplog.at_level(logging.WARNING, logger="pipeline"):
-        batches = list(loader.iter_epoch(0))
-    assert len(batches) == loader.batches_per_epoch  # the batch count never changes
-    seen = [k for b in batches for k in b.keys]
-    assert sorted(seen) == sorted(set(seen))
-    assert keys["skipped"] not in seen
-    assert len(seen) == num_samples - 1
-    for name in ("mismatch", "undecodable", "missing"):
-        assert keys[name] in seen  # the group's other photos still make views
-    stats = loader.stats.as_dict()
-    assert stats["bad_photos"] == 4 and stats["skipped_samples"] == 1
-    assert stats["reasons"] == {"sha256_mismatch": 2, "undecodable": 1, "missing_view": 1,
-                                "no_good_view": 1}
+    reasons: set[str] = set()
+    for epoch in range(6):
+        before = loader.stats.as_dict()
+        with caplog.at_level(logging.WARNING, logger="pipeline"):
+            batches = list(loader.iter_epoch(epoch))
+        assert len(batches) == loader.batches_per_epoch  # the batch count never changes
+        seen = [k for b in batches for k in b.keys]
+        assert sorted(seen) == sorted(set(seen))
+        assert keys["skipped"] not in seen
+        assert len(seen) == num_samples - 1
+        for name in ("mismatch", "undecodable", "missing"):
+            assert keys[name] in seen  # the group's other photos still make views
+        stats = loader.stats.as_dict()
+        assert stats["skipped_samples"] - before["skipped_samples"] == 1
+        assert 1 <= stats["bad_photos"] - before["bad_photos"] <= 4
+        reasons |= set(stats["reasons"])
+        for batch in batches:  # bad photos are never named as a view's source
+            for key, sources in zip(batch.keys, batch.view_sources.tolist()):
+                if key == keys["missing"]:
+                    assert 0 not in sources
+                if key == keys["undecodable"]:
+                    assert 2 not in sources
+                if key == keys["mismatch"]:
+                    assert 1 not in sources
+    assert reasons == {"sha256_mismatch", "undecodable", "missing_view", "no_good_view"}
+    assert loader.stats.reasons["no_good_view"] == 6
     text = caplog.text
     assert "sha256_mismatch" in text and "undecodable" in text and "missing_view" in text
-    for batch in batches:  # bad photos are never named as a view's source
-        for key, sources in zip(batch.keys, batch.view_sources.tolist()):
-            if key == keys["missing"]:
-                assert 0 not in sources
-            if key == keys["undecodable"]:
-                assert 2 not in sources
+
+
+def test_verify_none_skips_the_sha256_check_only(damaged):
+    root, keys, _ = damaged
+    loader = ViewLoader(root, SPEC, 4, seed=1, verify="none")
+    for epoch in range(4):
+        list(loader.iter_epoch(epoch))
+    assert "sha256_mismatch" not in loader.stats.reasons  # garbage is still caught by its header
+    assert loader.stats.reasons["undecodable"] >= 1 and loader.stats.reasons["no_good_view"] == 4
+    with pytest.raises(Exception, match="verify"):
+        ViewLoader(root, SPEC, 4, verify="md5")
 
 
 def test_truncated_images_without_a_recorded_sha256_are_caught(tmp_path_factory):

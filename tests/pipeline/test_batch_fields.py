@@ -1,16 +1,28 @@
 """ViewBatch metadata: labels over the sorted vocabulary (-1 when missing), keys, groups."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from pipeline import ViewLoader, ViewSpec
-from sharding.dataset import read_index
-from sharding.format import INDEX_FILE, INDEX_SCHEMA
+from sharding.dataset import index_part_uri, read_index, read_shards
+from sharding.format import INDEX_SCHEMA
 
 SPEC = ViewSpec.eval(size=32)
+
+
+def rewrite_index(root, table: pa.Table) -> None:
+    """Write `table` back as the dataset's index parts, and the label vocabulary it implies."""
+    for name in read_shards(str(root)).column("name").to_pylist():
+        part = table.filter(pa.compute.equal(table.column("shard"), name))
+        pq.write_table(part, index_part_uri(str(root), name))
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["labels"] = sorted({l for l in table.column("label").to_pylist() if l is not None})
+    (root / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_labels_use_the_sorted_vocabulary_and_minus_one_when_missing(uneven_dataset, tmp_path):
@@ -23,7 +35,7 @@ def test_labels_use_the_sorted_vocabulary_and_minus_one_when_missing(uneven_data
                   for k, l in zip(index.column("key").to_pylist(), labels)]
     table = index.set_column(INDEX_SCHEMA.get_field_index("label"), INDEX_SCHEMA.field("label"),
                              pa.array(new_labels, pa.string()))
-    pq.write_table(table, root / INDEX_FILE)
+    rewrite_index(root, table)
     loader = ViewLoader(str(root), SPEC, 5)
     vocabulary = sorted({l for l in new_labels if l is not None})
     assert loader.label_vocabulary == vocabulary
@@ -41,6 +53,6 @@ def test_no_labels_at_all_gives_none(uneven_dataset, tmp_path):
     index = read_index(str(root))
     table = index.set_column(INDEX_SCHEMA.get_field_index("label"), INDEX_SCHEMA.field("label"),
                              pa.nulls(len(index), pa.string()))
-    pq.write_table(table, root / INDEX_FILE)
+    rewrite_index(root, table)
     batch = next(ViewLoader(str(root), SPEC, 4).iter_epoch(0))
     assert batch.labels is None and batch.label_vocabulary == []

@@ -13,7 +13,7 @@ from pipeline import ViewLoader, ViewSpec
 from pipeline.streams import ResumableS3Stream
 from sharding.storage import Storage
 
-from tests.pipeline.faulty_proxy import DroppingProxy
+from pipeline.faulty_proxy import DroppingProxy
 
 pytestmark = pytest.mark.integration
 SPEC = ViewSpec.multicrop(global_size=32, local_size=16, num_local=2)
@@ -105,3 +105,21 @@ def test_stream_gives_up_with_a_clear_error_when_the_server_is_gone(s3_server):
     with pytest.raises(ConnectionError, match="gave up"):
         while stream.read(1_000_000):
             pass
+
+
+def test_latency_proxy_delays_each_response_and_reads_stay_exact(s3_server, s3_dataset, uneven_dataset):
+    import time
+
+    proxy = DroppingProxy(s3_server, first_byte_latency_s=0.05)
+    try:
+        client = Storage(proxy.url).s3
+        client.head_bucket(Bucket="data")  # connection made
+        start = time.perf_counter()
+        for _ in range(3):  # one kept-alive connection, three requests: three delays
+            client.head_bucket(Bucket="data")
+        assert time.perf_counter() - start >= 0.15
+        remote = ViewLoader(s3_dataset, SPEC, 4, seed=3, endpoint_url=proxy.url)
+        assert remote.streams == 6  # the S3 default
+        assert_equal_epochs(batches(remote), batches(ViewLoader(uneven_dataset, SPEC, 4, seed=3)))
+    finally:
+        proxy.close()

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from sharding.fashion_mnist import export_fashion_mnist
+from sharding.migrate import migrate_dataset
 from sharding.run import shard_dataset
 
 
@@ -20,6 +21,7 @@ def fmnist_shards(tmp_path_factory) -> dict[str, str]:
     for split in ("train", "test"):
         shard_dataset(str(root / "png" / split), str(root / split), label_from="parent",
                       shard_samples=100, progress=False)
+        migrate_dataset(str(root / split), progress=False)  # a no-op on version 2
         out[split] = str(root / split)
     return out
 

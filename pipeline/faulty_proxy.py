@@ -1,8 +1,15 @@
-"""A TCP proxy on 127.0.0.1 that cuts a response mid-stream on demand (a dropped connection)."""
+"""A TCP proxy on 127.0.0.1 that cuts a response mid-stream on demand (a dropped connection) and
+can delay every response's first byte (S3's per-request latency, for benchmarks and tests).
+
+Written by hand (sockets and threads) because it must misbehave in exact, countable ways that
+a real proxy library does not offer. Test and benchmark tooling only: nothing in the training
+path imports it.
+"""
 from __future__ import annotations
 
 import socket
 import threading
+import time
 
 
 class DroppingProxy:
@@ -10,8 +17,9 @@ class DroppingProxy:
     connections whose server-to-client traffic passes `drop_after` bytes, in the middle of that
     traffic (both sockets closed, as when a network path dies)."""
 
-    def __init__(self, upstream_port: int, drop_after: int = 20_000):
+    def __init__(self, upstream_port: int, drop_after: int = 20_000, first_byte_latency_s: float = 0.0):
         self.upstream_port, self.drop_after = upstream_port, drop_after
+        self.first_byte_latency_s = first_byte_latency_s
         self._armed = 0
         self.drops = 0
         self._lock = threading.Lock()
@@ -58,8 +66,9 @@ class DroppingProxy:
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             with self._lock:
                 self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+            waiting = threading.Event()  # set: a request went up, its response has not started
+            threading.Thread(target=self._pump, args=(client, upstream, False, waiting), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True, waiting), daemon=True).start()
 
     def _should_drop(self, sent: int) -> bool:
         with self._lock:
@@ -69,13 +78,20 @@ class DroppingProxy:
                 return True
         return False
 
-    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool,
+              waiting: threading.Event) -> None:
         sent = 0
         try:
             while True:
-                data = src.recv(4096)
+                data = src.recv(1 << 16)
                 if not data:
                     break
+                if not downstream:
+                    waiting.set()
+                elif waiting.is_set():  # the first bytes of a response: S3's time to first byte
+                    waiting.clear()
+                    if self.first_byte_latency_s:
+                        time.sleep(self.first_byte_latency_s)
                 if downstream and self._should_drop(sent + len(data)):
                     dst.sendall(data[: len(data) // 2])
                     break
