@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from sharding.dataset import read_index
 from trainers.checkpoint import Progress, save_checkpoint
 from trainers.config import TrainConfig
 from trainers.methods import build_method
@@ -65,7 +66,7 @@ def test_embed_rows_are_samples_and_vectors_equal_a_direct_forward_pass(embedded
     from trainers.checkpoint import load_backbone
 
     table = pq.read_table(embedded["train"])
-    index = pq.read_table(f"{labelled_groups}/index.parquet")
+    index = read_index(labelled_groups)
     assert table.num_rows == index.num_rows == 20
     assert sorted(table.column("key").to_pylist()) == sorted(index.column("key").to_pylist())
     backbone, _ = load_backbone(ckpt)

@@ -11,6 +11,7 @@ from sharding.migrate import migrate_dataset
 from sharding.run import shard_dataset
 from sharding.storage import Storage
 from sharding.synthetic import generate_view_corpus
+from tests.pipeline.v1_layout import downgrade_to_v1
 from viewstream.cli import main
 from viewstream.errors import UsageError
 
@@ -22,6 +23,7 @@ def v1_dataset(tmp_path) -> str:
     out = str(tmp_path / "dataset")
     shard_dataset(str(tmp_path / "images"), out, group_by="dir", label_from="parent",
                   shard_samples=4, progress=False)
+    downgrade_to_v1(out)
     return out
 
 
