@@ -55,10 +55,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--index-kind", choices=("auto", "flat", "hnsw", "ivf"), default="auto")
     p.set_defaults(func=_eval_retrieval)
 
-    p = subparsers.add_parser("embed", help="checkpoint + shards -> embeddings Parquet")
+    p = subparsers.add_parser("embed", help="checkpoint + shards -> embeddings Parquet (one process, or --ray)")
     _add_model_inputs(p)
-    p.add_argument("--dataset", required=True, help="shards to embed")
-    p.add_argument("--out", required=True, help="embeddings Parquet file to write")
+    p.add_argument("--dataset", required=True, nargs="+", help="dataset root(s) to embed (folders or s3://)")
+    p.add_argument("--out", required=True,
+                   help="embeddings Parquet file to write; with --ray a folder or s3:// prefix (one file per shard)")
+    p.add_argument("--ray", action="store_true",
+                   help="embed shard by shard on a Ray cluster (resumable: a rerun skips finished shards)")
+    p.add_argument("--address", default=None, help="--ray: Ray cluster to join (default RAY_ADDRESS, else a local one)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="--ray: model copies (default: the cluster's GPUs, or CPUs / --cpus-per-worker)")
+    p.add_argument("--cpus-per-worker", type=positive_int, default=1, help="--ray: CPUs (DALI + torch threads) per worker")
     p.set_defaults(func=_embed)
 
     search = subparsers.add_parser("search", help="FAISS index of embeddings: build it, query it")
@@ -214,18 +221,55 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from evaluation.batch_embed import EmbedJob, embed_identity, embed_on_ray, union_vocabulary
+
+    roots = list(dict.fromkeys(args.dataset))
+    backbone, info, size, crop = _model(args)
+    from sharding.storage import Storage
+
+    vocab = union_vocabulary(roots, Storage(args.endpoint_url))
+    identity = embed_identity(info, backbone, size, crop, vocab, roots)
+    device = getattr(args, "device", None)  # --device comes with the gpu work; auto otherwise
+    if args.ray:
+        job = EmbedJob(args.checkpoint, size, crop, args.batch_size, args.out, identity, tuple(vocab), args.endpoint_url)
+        report = embed_on_ray(job, roots, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                              device=device, address=args.address)
+        return _emit(report.as_dict() | {"out": args.out}, getattr(args, "json_out", None),
+                     [f"embedded {report.embedded_shards} shards ({report.rows} images) on {report.workers} "
+                      f"{report.device} workers, skipped {report.skipped_shards} finished shards; {args.out}"])
+    if args.workers or args.address:
+        raise UsageError("--workers and --address go with --ray")
     from evaluation.embeddings import write_embeddings
+
+    batches, total = _single_process_batches(backbone, roots, size, crop, args, vocab, device)
+    meta = identity | {"dataset": roots[0]}
+    rows = write_embeddings(args.out, batches, metadata=meta, total=total, part_columns=True)
+    return _emit({"rows": rows, "out": args.out}, getattr(args, "json_out", None),
+                 [f"wrote {rows} embeddings to {args.out}"])
+
+
+def _single_process_batches(backbone, roots, size, crop, args, vocab, device):
+    """FeatureBatches of every root in turn (labels renumbered into the roots' union vocabulary)."""
+    import torch
+
     from evaluation.features import iter_features
     from evaluation.sources import eval_loader
 
-    backbone, info, size, crop = _model(args)
-    loader = eval_loader(args.dataset, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url)
-    meta = info.producer() | {"dataset": args.dataset, "image_size": size, "crop_fraction": crop,
-                              "label_vocabulary": loader.label_vocabulary}
-    rows = write_embeddings(args.out, iter_features(backbone, loader.iter_epoch(0)), metadata=meta,
-                            total=loader.batches_per_epoch)
-    return _emit({"rows": rows, "out": args.out}, getattr(args, "json_out", None),
-                 [f"wrote {rows} embeddings to {args.out}"])
+    loaders = [eval_loader(root, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url)
+               for root in roots]
+
+    def batches():
+        for loader in loaders:
+            remap = torch.tensor([vocab.index(n) for n in loader.label_vocabulary] + [-1], dtype=torch.long)
+            dev = device if device not in (None, "auto") else None
+            for fb in iter_features(backbone, loader.iter_epoch(0), device=dev):
+                if fb.labels is not None and vocab:
+                    fb.labels = remap[fb.labels]
+                elif vocab:
+                    fb.labels = torch.full((len(fb.features),), -1, dtype=torch.long)
+                yield fb, loader.dataset
+
+    return batches(), sum(l.batches_per_epoch for l in loaders)
 
 
 def _search_build(args: argparse.Namespace) -> int:
