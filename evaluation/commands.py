@@ -1,4 +1,4 @@
-"""`viewstream eval {knn,linear,retrieval}`, `embed`, `search {build,query}`, `export`.
+"""`viewstream eval {knn,linear,retrieval}`, `embed [--ray]`, `search {build,query,eval}`, `dedup`, `export`.
 
 Each command reads a checkpoint (through `trainers.checkpoint.load_backbone`) and shards
 (through the pipeline's ViewLoader with the eval recipe), or embeddings Parquet files made by
@@ -27,7 +27,7 @@ def _add_model_inputs(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register `eval`, `embed`, `search` and `export` on the front door."""
+    """Register `eval`, `embed`, `search`, `dedup` and `export` on the front door."""
     ev = subparsers.add_parser("eval", help="evaluate a checkpoint: kNN, linear probe, retrieval recall")
     ev_sub = ev.add_subparsers(dest="eval_command", metavar="EVAL", required=True)
 
@@ -70,12 +70,22 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     search = subparsers.add_parser("search", help="FAISS index of embeddings: build it, query it")
     s_sub = search.add_subparsers(dest="search_command", metavar="SEARCH", required=True)
-    p = s_sub.add_parser("build", help="build and save an index from embeddings Parquet")
-    p.add_argument("embeddings", help="embeddings Parquet (from `viewstream embed`)")
+    p = s_sub.add_parser("build", help="build and save an index from embeddings Parquet (a file or a dataset folder)")
+    p.add_argument("embeddings", help="embeddings Parquet file or folder (from `viewstream embed [--ray]`)")
     p.add_argument("index", help="folder to save the index in")
     p.add_argument("--kind", choices=("auto", "flat", "hnsw", "ivf"), default="auto",
-                   help="auto: exact up to --exact-max vectors, HNSW above")
+                   help="in-memory build (no --index): auto = exact up to --exact-max vectors, HNSW above")
     p.add_argument("--exact-max", type=positive_int, default=100_000)
+    p.add_argument("--index", dest="factory", default=None,
+                   help="FAISS factory string, built streaming: 'IVF4096,PQ32', 'OPQ32,IVF4096,PQ32', "
+                        "'IVF4096_HNSW32,PQ32', 'Flat', ...")
+    p.add_argument("--train-size", type=positive_int, default=None, help="training sample rows (default max(39 x lists, 65536))")
+    p.add_argument("--add-batch", type=positive_int, default=65536, help="rows added per batch (the memory bound)")
+    p.add_argument("--shards", type=positive_int, default=1, help="split into this many index shards (merged at query time)")
+    p.add_argument("--hold-out", type=int, default=0, help="rows kept out of the index as `search eval` queries")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gpu", action="store_true", help="train (k-means) on the GPUs if faiss-gpu sees one")
+    p.add_argument("--json", dest="json_out", default=None)
     p.set_defaults(func=_search_build)
     p = s_sub.add_parser("query", help="top-k neighbours of keys or image files")
     p.add_argument("index", help="index folder (from `viewstream search build`)")
@@ -85,8 +95,34 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=positive_int, default=10)
     p.add_argument("--grid", default=None, help="write a retrieval grid PNG here (needs the dataset)")
     p.add_argument("--dataset", default=None, help="default: the dataset the embeddings came from")
+    _add_search_params(p)
     p.add_argument("--json", dest="json_out", default=None)
     p.set_defaults(func=_search_query)
+    p = s_sub.add_parser("eval", help="recall@k of a compressed index vs exact search, bytes per vector")
+    p.add_argument("index", help="index folder built with --index FACTORY (and --hold-out N for its queries)")
+    p.add_argument("--queries", default=None, help="query embeddings instead of the held-out rows")
+    p.add_argument("--max-queries", type=positive_int, default=1000)
+    p.add_argument("--k", type=positive_int, default=10)
+    p.add_argument("--tune-nprobe", action="store_true", help="find the smallest nprobe reaching --target recall@k")
+    p.add_argument("--target", type=float, default=0.9)
+    _add_search_params(p)
+    p.add_argument("--json", dest="json_out", default=None)
+    p.set_defaults(func=_search_eval)
+
+    p = subparsers.add_parser("dedup", help="near-duplicate groups among embeddings (cosine distance), pairs as Parquet")
+    p.add_argument("embeddings", help="embeddings Parquet file or folder")
+    p.add_argument("--threshold", type=float, default=0.05, help="cosine distance (1 - cosine) at or under which two rows pair")
+    p.add_argument("--out", required=True, help="pairs Parquet to write")
+    p.add_argument("--index", dest="index_dir", default=None, help="a search index of these embeddings (default: built here)")
+    p.add_argument("--k", type=positive_int, default=20, help="neighbours looked at per row")
+    p.add_argument("--same-group", action="store_true", help="also list pairs inside one group")
+    p.add_argument("--grid", default=None, help="contact sheet PNG of the closest pairs (needs the dataset)")
+    p.add_argument("--grid-pairs", type=positive_int, default=16)
+    p.add_argument("--dataset", default=None, help="for --grid: default the dataset the embeddings came from")
+    p.add_argument("--endpoint-url", default=None)
+    _add_search_params(p)
+    p.add_argument("--json", dest="json_out", default=None)
+    p.set_defaults(func=_dedup)
 
     p = subparsers.add_parser(
         "export", help="backbone -> plain torchvision/timm state_dict (.safetensors) + how to load it")
@@ -96,6 +132,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---- helpers --------------------------------------------------------------------------------------
+def _add_search_params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nprobe", type=positive_int, default=None, help="IVF lists searched per query")
+    p.add_argument("--ef-search", type=positive_int, default=None, help="HNSW search breadth")
+    p.add_argument("--param", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+                   help="other FAISS search parameters, e.g. quantizer_efSearch=64")
+    p.add_argument("--gpu", action="store_true", help="search on the GPUs if faiss-gpu sees one (CPU otherwise, said so)")
+
+
+def _loaded_index(args: argparse.Namespace, directory: str):
+    from evaluation.sharded_index import load_index, search_params
+
+    return load_index(directory, params=search_params(args.nprobe, args.ef_search, args.param), gpu=args.gpu)
+
+
 def _emit(result: dict[str, Any], json_out: Optional[str], lines: list[str]) -> int:
     for line in lines:
         print(line)
@@ -273,16 +323,92 @@ def _single_process_batches(backbone, roots, size, crop, args, vocab, device):
 
 
 def _search_build(args: argparse.Namespace) -> int:
+    from evaluation.embeddings import read_embeddings_metadata
+
+    source = read_embeddings_metadata(args.embeddings) | {"embeddings": args.embeddings}
+    if args.factory:
+        from evaluation.index_build import BuildConfig, build_index
+
+        if args.hold_out < 0:
+            raise UsageError(f"--hold-out {args.hold_out}: expected a number >= 0")
+        report = build_index(args.embeddings, args.index, BuildConfig(
+            factory=args.factory, train_size=args.train_size, add_batch=args.add_batch, shards=args.shards,
+            hold_out=args.hold_out, seed=args.seed, gpu=args.gpu))
+        _write_source(args.index, source)
+        return _emit(report.as_dict() | {"index": args.index}, args.json_out, [
+            f"indexed {report.count} vectors of dim {report.dim} ({args.factory}, {report.shards} shard(s)) in {args.index}",
+            f"  trained on {report.train_rows} rows in {report.train_seconds:.1f} s{' (GPU)' if report.gpu_used else ''}, "
+            f"added in {report.add_seconds:.1f} s; {report.bytes_per_vector:.1f} index bytes per vector"])
     from evaluation.embeddings import read_embeddings
     from evaluation.search import IndexConfig, SearchIndex
 
     emb = read_embeddings(args.embeddings)
     index = SearchIndex.build(emb.vectors, emb.keys, emb.groups, IndexConfig(kind=args.kind, exact_max=args.exact_max))
     index.save(args.index)
-    source = Path(args.index) / "source.json"
-    source.write_text(json.dumps(emb.metadata | {"embeddings": args.embeddings}, indent=2, sort_keys=True) + "\n")
+    _write_source(args.index, source)
     print(f"indexed {len(index)} vectors of dim {index.dim} ({index.kind}) in {args.index}")
     return 0
+
+
+def _write_source(index_dir: str, source: dict) -> None:
+    (Path(index_dir) / "source.json").write_text(json.dumps(source, indent=2, sort_keys=True) + "\n")
+
+
+def _search_eval(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from evaluation.index_eval import evaluate, exact_top_k, load_queries, tune_nprobe
+    from evaluation.sharded_index import ShardedIndex, search_params
+
+    info_path = Path(args.index) / "index.json"
+    info = _json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if "shards" not in info:
+        raise UsageError(f"{args.index!r} is not a compressed index; build one with `search build --index FACTORY --hold-out N`")
+    index = ShardedIndex.load(args.index, gpu=args.gpu, with_rows=False)
+    queries = load_queries(args.index, args.queries, args.max_queries)
+    held = [] if args.queries else _held_rows(args.index)
+    _, exact_ids = exact_top_k(info["source"]["embeddings"], queries, args.k, held)
+    params = search_params(args.nprobe, args.ef_search, args.param)
+    if args.tune_nprobe:
+        chosen, tried = tune_nprobe(index, queries, exact_ids, args.k, args.target, params)
+    else:
+        chosen = evaluate(index, queries, exact_ids, args.k, params)
+        tried = [chosen]
+    out = {"index": args.index, "factory": info["factory"], "count": len(index), "dim": index.dim,
+           "bytes_per_vector": index.bytes_per_vector, "index_bytes": index.index_bytes,
+           "result": chosen.as_dict() if chosen else None, "tried": [t.as_dict() for t in tried], "target": args.target}
+    lines = [f"{info['factory']}: {len(index)} vectors, {index.bytes_per_vector:.1f} bytes per vector; "
+             f"{len(queries)} held-out queries vs exact"]
+    lines += [f"  {t.params}  recall@{t.k} {t.recall:.4f}  overlap@{t.k} {t.overlap:.4f}  {t.query_ms:.3f} ms/query"
+              for t in tried]
+    if args.tune_nprobe:
+        lines.append(f"  chosen: {chosen.params}" if chosen else f"  no nprobe reaches recall@{args.k} >= {args.target}")
+    return _emit(out, args.json_out, lines)
+
+
+def _held_rows(index_dir: str) -> list[int]:
+    import pyarrow.parquet as pq
+
+    path = Path(index_dir) / "queries.parquet"
+    return pq.read_table(path, columns=["row"]).column("row").to_pylist() if path.is_file() else []
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    from evaluation.dedup import find_near_duplicates
+
+    result = find_near_duplicates(args.embeddings, args.out, threshold=args.threshold, k=args.k,
+                                  index=_loaded_index(args, args.index_dir) if args.index_dir else None,
+                                  cross_group_only=not args.same_group)
+    lines = [f"{result.pairs} pairs within cosine distance {args.threshold} among {result.rows} rows "
+             f"({result.groups} groups involved) -> {args.out}"]
+    if args.grid:
+        from evaluation.dedup import contact_sheet
+
+        dataset = args.dataset or result.metadata.get("dataset")
+        if not dataset:
+            raise UsageError("--grid needs the images: pass --dataset")
+        lines.append(f"wrote {contact_sheet(args.out, dataset, args.grid, args.grid_pairs, args.endpoint_url)}")
+    return _emit(result.as_dict() | {"out": args.out}, args.json_out, lines)
 
 
 def _search_query(args: argparse.Namespace) -> int:
@@ -294,7 +420,7 @@ def _search_query(args: argparse.Namespace) -> int:
 
     if not args.key and not args.image:
         raise UsageError("pass --key KEY... or --image FILE...")
-    index = SearchIndex.load(args.index)
+    index = _loaded_index(args, args.index)
     source_file = Path(args.index) / "source.json"
     source = json.loads(source_file.read_text()) if source_file.is_file() else {}
     queries, names, pictures = [], [], []

@@ -33,6 +33,9 @@ COLUMNS = ("key", "group", "label", "vector")
 
 PART_COLUMNS = ("shard", "dataset")  # per-shard files of an embeddings dataset add these
 PARQUET_SUFFIX = ".parquet"
+# A reader holds at least one row group: 8192 rows keeps streaming readers (index building,
+# dedup) at a few MB even for 2048-d vectors (64 MiB), whatever the shard size.
+ROW_GROUP_ROWS = 8192
 
 
 def embeddings_schema(dim: int, metadata: Optional[dict[str, Any]] = None,
@@ -67,7 +70,7 @@ def write_embedding_table(uri: str, table: pa.Table, storage=None) -> None:
 
     storage = storage or Storage()
     with storage.open_atomic_write(uri) as f:
-        pq.write_table(table, f, row_group_size=65536)
+        pq.write_table(table, f, row_group_size=ROW_GROUP_ROWS)
 
 
 def embedding_files(path: str | os.PathLike, storage=None) -> list[str]:
