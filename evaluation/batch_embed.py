@@ -224,6 +224,7 @@ def embed_on_ray(job: EmbedJob, roots: Sequence[str], *, workers: Optional[int] 
 
     storage = Storage(job.endpoint_url)
     started = connect_ray(address)
+    pool: list = []
     try:
         device = resolve_device(device)
         resources = ray.cluster_resources()
@@ -261,7 +262,12 @@ def embed_on_ray(job: EmbedJob, roots: Sequence[str], *, workers: Optional[int] 
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
                 actor = pending.pop(ref)
-                result = ray.get(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:  # bad input on a worker: one line, not a trace
+                    if isinstance(err.cause, UsageError):
+                        raise err.cause from None
+                    raise
                 report.embedded_shards += 1
                 report.rows += result["rows"]
                 bad = {k: bad[k] + v for k, v in result["read_stats"].items()}
@@ -271,10 +277,10 @@ def embed_on_ray(job: EmbedJob, roots: Sequence[str], *, workers: Optional[int] 
                     submit(actor)
         report.seconds = time.perf_counter() - start
         report.read_stats = bad
-        for actor in pool:
-            ray.kill(actor)
         return report
     finally:
+        for actor in pool:
+            ray.kill(actor)
         if started:
             ray.shutdown()
 

@@ -415,7 +415,6 @@ def _search_query(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from evaluation.search import SearchIndex
     from evaluation.sources import check_same_producer
 
     if not args.key and not args.image:

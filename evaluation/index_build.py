@@ -155,11 +155,12 @@ def _sample_rows(total: int, size: int, seed: int, salt: int, exclude: np.ndarra
     return np.setdiff1d(rows, exclude)  # sorted
 
 
-def _gather(path: str, rows: np.ndarray, batch: int, desc: str) -> tuple[np.ndarray, list[str], list[str]]:
+def _gather(path: str, rows: np.ndarray, batch: int, desc: str, progress: bool = True
+            ) -> tuple[np.ndarray, list[str], list[str]]:
     """The vectors (and keys, groups) of sorted global `rows`, in one streaming pass."""
     vectors, keys, groups = [], [], []
     for start, chunk in tqdm(iter_rows(path, 0, int(rows[-1]) + 1 if len(rows) else 0, batch), desc=desc, unit="chunk",
-                             leave=False):
+                             leave=False, disable=not progress):
         local = rows[(rows >= start) & (rows < start + len(chunk))] - start
         if len(local):
             vectors.append(chunk.vectors[local])
@@ -205,7 +206,7 @@ def build_index(embeddings: str, out: str | Path, config: BuildConfig = BuildCon
     held = np.sort(np.random.default_rng([config.seed, 1]).choice(total, config.hold_out, replace=False)) \
         if config.hold_out else np.zeros(0, np.int64)
     if len(held):
-        vectors, keys, groups = _gather(embeddings, held, config.add_batch, "held-out queries")
+        vectors, keys, groups = _gather(embeddings, held, config.add_batch, "held-out queries", progress)
         pq.write_table(pa.table({"row": pa.array(held, pa.int64()), "key": keys, "group": groups,
                                  "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)}),
                        out / QUERIES_FILE)
@@ -214,7 +215,7 @@ def build_index(embeddings: str, out: str | Path, config: BuildConfig = BuildCon
     train_rows, gpu_used = 0, False
     if not template.is_trained:
         rows = _sample_rows(total, config.train_size or default_train_size(template), config.seed, 2, held)
-        sample, _, _ = _gather(embeddings, rows, config.add_batch, "training sample")
+        sample, _, _ = _gather(embeddings, rows, config.add_batch, "training sample", progress)
         train_rows = len(sample)
         gpu_used = _train(template, normalized(sample), config.gpu)
         del sample

@@ -36,7 +36,18 @@ def ckpt(tmp_path_factory, two_roots) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def s3_endpoint():
+    """moto on 127.0.0.1, started before the cluster so its workers inherit the test credentials."""
+    from sharding.storage import Storage
+    from tests.helpers.s3_server import moto_s3_server
+
+    with moto_s3_server() as endpoint:
+        Storage(endpoint).s3.create_bucket(Bucket="cat")
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint):
     """An existing 2-CPU Ray cluster on 127.0.0.1 (no auth: this process joins it too)."""
     import ray
 
@@ -129,3 +140,28 @@ def test_killed_run_resumes_without_recomputing_finished_shards(cluster, ckpt, t
         assert p.stat().st_mtime_ns == mtime  # not recomputed
     assert len(embedding_files(str(out))) == 12 and len(read_embeddings(str(out))) == 96
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_ray_reads_an_s3_root_and_writes_s3_output_equal_to_local(cluster, s3_endpoint, ckpt, two_roots, single,
+                                                                  tmp_path):
+    from sharding.storage import Storage
+
+    storage = Storage(s3_endpoint)
+    for entry in storage.list_files(two_roots[1]):
+        storage.s3.upload_file(entry.uri, "cat", f"b/{entry.relpath}")
+    out = "s3://cat/emb"
+    assert main(["embed", "--ray", "--workers", "2", "--checkpoint", ckpt, "--dataset", two_roots[0], "s3://cat/b",
+                 "--out", out, "--endpoint-url", s3_endpoint, "--batch-size", "4"]) == 0
+    files = [e.relpath for e in storage.list_files(out)]
+    assert "_embed.json" in files and len([f for f in files if f.endswith(".parquet")]) == 4
+    local = tmp_path / "copy"
+    local.mkdir()
+    for entry in storage.list_files(out):
+        storage.s3.download_file("cat", f"emb/{entry.relpath}", str(local / entry.relpath))
+    rows = _by_row(str(local))
+    assert {d for d, _ in rows} == {two_roots[0], "s3://cat/b"} and len(rows) == 24
+    single_rows = _by_row(single)
+    for (root, key), (vec, label) in rows.items():
+        reference = single_rows[(two_roots[1] if root == "s3://cat/b" else root, key)]
+        np.testing.assert_allclose(vec, reference[0], atol=1e-6)
+        assert label == reference[1]
