@@ -113,7 +113,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("embeddings", help="embeddings Parquet file or folder")
     p.add_argument("--threshold", type=float, default=0.05, help="cosine distance (1 - cosine) at or under which two rows pair")
     p.add_argument("--out", required=True, help="pairs Parquet to write")
-    p.add_argument("--index", dest="index_dir", default=None, help="a search index of these embeddings (default: built here)")
+    p.add_argument("--index-dir", default=None, help="a `search build` index folder of these embeddings (default: built here)")
     p.add_argument("--k", type=positive_int, default=20, help="neighbours looked at per row")
     p.add_argument("--same-group", action="store_true", help="also list pairs inside one group")
     p.add_argument("--grid", default=None, help="contact sheet PNG of the closest pairs (needs the dataset)")

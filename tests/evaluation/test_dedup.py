@@ -47,6 +47,13 @@ def test_dedup_lists_the_three_groups_sharing_a_photo_and_draws_them(shared_phot
     assert all(p["distance"] <= 1e-4 and p["score"] >= 1 - 1e-4 for p in pairs)
     width, height = Image.open(grid).size
     assert width > 100 and height > 50
+    # The same through a prebuilt (streaming, factory-string) index.
+    index_dir = tmp_path / "index"
+    assert main(["search", "build", emb, str(index_dir), "--index", "Flat"]) == 0
+    assert main(["dedup", emb, "--index-dir", str(index_dir), "--threshold", "1e-4",
+                 "--out", str(tmp_path / "via_index.parquet")]) == 0
+    via_index = pq.read_table(tmp_path / "via_index.parquet").to_pylist()
+    assert {frozenset((p["group_a"], p["group_b"])) for p in via_index} == found
     # A looser threshold finds at least those; inside-group pairs only with --same-group.
     assert main(["dedup", emb, "--threshold", "2", "--out", str(tmp_path / "all.parquet"), "--k", "30"]) == 0
     everything = pq.read_table(tmp_path / "all.parquet").to_pylist()
