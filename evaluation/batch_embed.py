@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 import time
 from collections import deque
@@ -180,7 +179,10 @@ def plan_shards(roots: Sequence[str], out: str, storage) -> tuple[list[tuple[str
     """(shards still to embed as (root, shard), number already finished) for `roots`."""
     from evaluation.dataset_parts import shard_names
 
-    finished = {e.relpath for e in storage.list_files(out)} if _exists_dir(out, storage) else set()
+    try:
+        finished = {e.relpath for e in storage.list_files(out)}
+    except FileNotFoundError:
+        finished = set()
     todo, done = [], 0
     for root in roots:
         for shard in shard_names(root, storage):
@@ -189,12 +191,6 @@ def plan_shards(roots: Sequence[str], out: str, storage) -> tuple[list[tuple[str
             else:
                 todo.append((root, shard))
     return todo, done
-
-
-def _exists_dir(out: str, storage) -> bool:
-    from sharding.storage import is_s3
-
-    return is_s3(out) or os.path.isdir(out)
 
 
 def resolve_device(device: Optional[str]) -> str:

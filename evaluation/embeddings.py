@@ -74,19 +74,24 @@ def write_embedding_table(uri: str, table: pa.Table, storage=None) -> None:
 
 
 def embedding_files(path: str | os.PathLike, storage=None) -> list[str]:
-    """The Parquet files of an embeddings file or dataset (folder or s3:// prefix), sorted."""
-    from sharding.storage import TEMP_PREFIX, Storage, is_s3
+    """The Parquet files of an embeddings file or dataset (folder or s3:// prefix), sorted.
+
+    In a folder, names starting with "." (unfinished atomic writes) or "_" (run records) are
+    not embeddings. No URI scheme is tested here: `sharding.storage` owns that.
+    """
+    from sharding.storage import Storage
 
     path = str(path)
-    if not is_s3(path) and os.path.isfile(path):
-        return [path]
-    if not is_s3(path) and not os.path.isdir(path):
-        raise UsageError(f"embeddings {path!r} do not exist (expected a Parquet file or a folder of them)")
     storage = storage or Storage()
-    files = [e.uri for e in storage.list_files(path) if e.relpath.endswith(PARQUET_SUFFIX)
-             and not posixpath.basename(e.relpath).startswith((TEMP_PREFIX, "_"))]
+    if path.endswith(PARQUET_SUFFIX) and storage.exists(path):
+        return [path]
+    try:
+        files = [e.uri for e in storage.list_files(path) if e.relpath.endswith(PARQUET_SUFFIX)
+                 and not posixpath.basename(e.relpath).startswith((".", "_"))]
+    except FileNotFoundError:
+        files = []
     if not files:
-        raise UsageError(f"{path!r} holds no embeddings Parquet files")
+        raise UsageError(f"embeddings {path!r}: no such Parquet file, or a folder holding none")
     return files
 
 
@@ -204,12 +209,12 @@ def read_embeddings_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def _open(path: str | os.PathLike) -> pq.ParquetFile:
     path = str(path)
     try:
-        if path.startswith("s3://"):
+        if os.path.isfile(path):
+            pf = pq.ParquetFile(path)
+        else:  # object storage: one file of an embeddings dataset is one shard's rows
             from sharding.storage import Storage
 
             pf = pq.ParquetFile(io.BytesIO(Storage().read_bytes(path)))
-        else:
-            pf = pq.ParquetFile(path)
     except (FileNotFoundError, OSError, pa.ArrowInvalid) as err:
         raise UsageError(f"cannot read embeddings file {str(path)!r}: {err}") from None
     missing = [c for c in COLUMNS if c not in pf.schema_arrow.names]
