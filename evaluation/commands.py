@@ -1,4 +1,4 @@
-"""`viewstream eval {knn,linear,retrieval}`, `embed`, `search {build,query}`, `export`.
+"""`viewstream eval {knn,linear,retrieval}`, `embed [--ray]`, `search {build,query,eval}`, `dedup`, `export`.
 
 Each command reads a checkpoint (through `trainers.checkpoint.load_backbone`) and shards
 (through the pipeline's ViewLoader with the eval recipe), or embeddings Parquet files made by
@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from viewstream.argtypes import positive_int
-from viewstream.cliflags import add_device, add_endpoint_url, add_json, resolve_device, with_example, write_json
+from viewstream.cliflags import (add_address, add_device, add_endpoint_url, add_json, resolve_device,
+                                 with_example, write_json)
 from viewstream.errors import UsageError
 
 
@@ -33,14 +34,18 @@ EXAMPLES = {
     "linear": "viewstream eval linear --train-embeddings train.parquet --test-embeddings test.parquet",
     "retrieval": "viewstream eval retrieval --checkpoint runs/simclr --dataset ds/views --k 1 5",
     "embed": "viewstream embed --checkpoint runs/simclr --dataset ds/train --out train.parquet",
+    "embed_ray": "viewstream embed --ray --address auto --checkpoint s3://b/run --dataset s3://b/a s3://b/b --out s3://b/emb",
     "build": "viewstream search build train.parquet index/ --index-kind hnsw",
+    "build_pq": "viewstream search build emb/ index/ --index 'IVF4096,PQ32' --shards 8 --hold-out 1000",
     "query": "viewstream search query index/ --image shoe.jpg --k 5 --grid grid.png",
+    "eval": "viewstream search eval index/ --tune-nprobe --target 0.9",
+    "dedup": "viewstream dedup emb/ --threshold 0.05 --out pairs.parquet --grid pairs.png",
     "export": "viewstream export --checkpoint runs/simclr --out backbone.safetensors",
 }
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register `eval`, `embed`, `search` and `export` on the front door."""
+    """Register `eval`, `embed`, `search`, `dedup` and `export` on the front door."""
     ev = subparsers.add_parser("eval", help="evaluate a checkpoint: kNN, linear probe, retrieval recall",
                                **with_example(EXAMPLES["knn"], EXAMPLES["linear"], EXAMPLES["retrieval"]))
     ev_sub = ev.add_subparsers(dest="eval_command", metavar="EVAL", required=True)
@@ -49,7 +54,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                                   ("linear", "linear probe on frozen features, top-1/top-5", _eval_linear)):
         p = ev_sub.add_parser(name, help=help_text, **with_example(EXAMPLES[name]))
         _add_model_inputs(p)
-        p.add_argument("--train", help="labelled train shards (dataset folder or s3://)")
+        p.add_argument("--train", help="labelled train shards (dataset folder or s3://; a,b for several roots)")
         p.add_argument("--test", help="labelled test shards")
         p.add_argument("--train-embeddings", help="instead of checkpoint + shards: embeddings Parquet of train")
         p.add_argument("--test-embeddings", help="embeddings Parquet of test")
@@ -70,23 +75,40 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--index-kind", choices=("auto", "flat", "hnsw", "ivf"), default="auto")
     p.set_defaults(func=_eval_retrieval)
 
-    p = subparsers.add_parser("embed", help="checkpoint + shards -> embeddings Parquet",
-                              **with_example(EXAMPLES["embed"]))
+    p = subparsers.add_parser("embed", help="checkpoint + shards -> embeddings Parquet (one process, or --ray)",
+                              **with_example(EXAMPLES["embed"], EXAMPLES["embed_ray"]))
     _add_model_inputs(p)
-    p.add_argument("--dataset", required=True, help="shards to embed")
-    p.add_argument("--out", required=True, help="embeddings Parquet file to write")
+    p.add_argument("--dataset", required=True, nargs="+", help="dataset root(s) to embed (folders or s3://)")
+    p.add_argument("--out", required=True,
+                   help="embeddings Parquet file to write; with --ray a folder or s3:// prefix (one file per shard)")
+    p.add_argument("--ray", action="store_true",
+                   help="embed shard by shard on a Ray cluster (resumable: a rerun skips finished shards)")
+    add_address(p)
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="--ray: model copies (default: the cluster's GPUs, or CPUs / --cpus-per-worker)")
+    p.add_argument("--cpus-per-worker", type=positive_int, default=1, help="--ray: CPUs (DALI + torch threads) per worker")
     p.set_defaults(func=_embed)
 
-    search = subparsers.add_parser("search", help="FAISS index of embeddings: build it, query it",
-                                   **with_example(EXAMPLES["build"], EXAMPLES["query"]))
+    search = subparsers.add_parser("search", help="FAISS index of embeddings: build it, query it, measure it",
+                                   **with_example(EXAMPLES["build"], EXAMPLES["build_pq"], EXAMPLES["query"],
+                                                  EXAMPLES["eval"]))
     s_sub = search.add_subparsers(dest="search_command", metavar="SEARCH", required=True)
-    p = s_sub.add_parser("build", help="build and save an index from embeddings Parquet",
-                         **with_example(EXAMPLES["build"]))
-    p.add_argument("embeddings", help="embeddings Parquet (from `viewstream embed`)")
+    p = s_sub.add_parser("build", help="build and save an index from embeddings Parquet (a file or a dataset folder)",
+                         **with_example(EXAMPLES["build"], EXAMPLES["build_pq"]))
+    p.add_argument("embeddings", help="embeddings Parquet file or folder (from `viewstream embed [--ray]`)")
     p.add_argument("index", help="folder to save the index in")
     p.add_argument("--index-kind", choices=("auto", "flat", "hnsw", "ivf"), default="auto",
-                   help="auto: exact up to --exact-max vectors, HNSW above")
+                   help="in-memory build (no --index): auto = exact up to --exact-max vectors, HNSW above")
     p.add_argument("--exact-max", type=positive_int, default=100_000)
+    p.add_argument("--index", dest="factory", default=None,
+                   help="FAISS factory string, built streaming: 'IVF4096,PQ32', 'OPQ32,IVF4096,PQ32', "
+                        "'IVF4096_HNSW32,PQ32', 'Flat', ...")
+    p.add_argument("--train-size", type=positive_int, default=None, help="training sample rows (default max(39 x lists, 65536))")
+    p.add_argument("--add-batch", type=positive_int, default=65536, help="rows added per batch (the memory bound)")
+    p.add_argument("--shards", type=positive_int, default=1, help="split into this many index shards (merged at query time)")
+    p.add_argument("--hold-out", type=int, default=0, help="rows kept out of the index as `search eval` queries")
+    p.add_argument("--seed", type=int, default=0)
+    add_device(p)  # cuda: train (k-means) with faiss-gpu when it sees a GPU (CPU otherwise, said so)
     add_json(p)
     p.set_defaults(func=_search_build)
     p = s_sub.add_parser("query", help="top-k neighbours of keys or image files",
@@ -98,10 +120,40 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=positive_int, default=10)
     p.add_argument("--grid", default=None, help="write a retrieval grid PNG here (needs the dataset)")
     p.add_argument("--dataset", default=None, help="default: the dataset the embeddings came from")
+    _add_search_params(p)
     add_device(p)
     add_endpoint_url(p)
     add_json(p)
     p.set_defaults(func=_search_query)
+    p = s_sub.add_parser("eval", help="recall@k of a compressed index vs exact search, bytes per vector",
+                         **with_example(EXAMPLES["eval"]))
+    p.add_argument("index", help="index folder built with --index FACTORY (and --hold-out N for its queries)")
+    p.add_argument("--queries", default=None, help="query embeddings instead of the held-out rows")
+    p.add_argument("--max-queries", type=positive_int, default=1000)
+    p.add_argument("--k", type=positive_int, default=10)
+    p.add_argument("--tune-nprobe", action="store_true", help="find the smallest nprobe reaching --target recall@k")
+    p.add_argument("--target", type=float, default=0.9)
+    _add_search_params(p)
+    add_device(p)
+    add_json(p)
+    p.set_defaults(func=_search_eval)
+
+    p = subparsers.add_parser("dedup", help="near-duplicate groups among embeddings (cosine distance), pairs as Parquet",
+                              **with_example(EXAMPLES["dedup"]))
+    p.add_argument("embeddings", help="embeddings Parquet file or folder")
+    p.add_argument("--threshold", type=float, default=0.05, help="cosine distance (1 - cosine) at or under which two rows pair")
+    p.add_argument("--out", required=True, help="pairs Parquet to write")
+    p.add_argument("--index-dir", default=None, help="a `search build` index folder of these embeddings (default: built here)")
+    p.add_argument("--k", type=positive_int, default=20, help="neighbours looked at per row")
+    p.add_argument("--same-group", action="store_true", help="also list pairs inside one group")
+    p.add_argument("--grid", default=None, help="contact sheet PNG of the closest pairs (needs the dataset)")
+    p.add_argument("--grid-pairs", type=positive_int, default=16)
+    p.add_argument("--dataset", default=None, help="for --grid: default the dataset the embeddings came from")
+    add_endpoint_url(p)
+    _add_search_params(p)
+    add_device(p)
+    add_json(p)
+    p.set_defaults(func=_dedup)
 
     p = subparsers.add_parser(
         "export", help="backbone -> plain torchvision/timm state_dict (.safetensors) + how to load it",
@@ -114,6 +166,25 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---- helpers --------------------------------------------------------------------------------------
+def _add_search_params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nprobe", type=positive_int, default=None, help="IVF lists searched per query")
+    p.add_argument("--ef-search", type=positive_int, default=None, help="HNSW search breadth")
+    p.add_argument("--param", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+                   help="other FAISS search parameters, e.g. quantizer_efSearch=64")
+
+
+def _faiss_gpu(args: argparse.Namespace) -> bool:
+    """--device cuda (or auto on a GPU machine): FAISS on the GPU where faiss-gpu can (the
+    index code falls back to the CPU and says so)."""
+    return resolve_device(args.device) == "cuda"
+
+
+def _loaded_index(args: argparse.Namespace, directory: str):
+    from evaluation.sharded_index import load_index, search_params
+
+    return load_index(directory, params=search_params(args.nprobe, args.ef_search, args.param), gpu=_faiss_gpu(args))
+
+
 def _emit(result: dict[str, Any], json_out: Optional[str], lines: list[str]) -> int:
     for line in lines:
         print(line)
@@ -239,44 +310,153 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from evaluation.embeddings import write_embeddings
-    from evaluation.features import iter_features
-    from evaluation.sources import eval_loader
+    from evaluation.batch_embed import EmbedJob, embed_identity, embed_on_ray, union_vocabulary
 
+    roots = list(dict.fromkeys(args.dataset))
     backbone, info, size, crop = _model(args)
-    loader = eval_loader(args.dataset, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url,
-                         device=resolve_device(args.device))
-    meta = info.producer() | {"dataset": args.dataset, "image_size": size, "crop_fraction": crop,
-                              "label_vocabulary": loader.label_vocabulary}
-    rows = write_embeddings(args.out, iter_features(backbone, loader.iter_epoch(0)), metadata=meta,
-                            total=loader.batches_per_epoch)
+    from sharding.storage import Storage
+
+    vocab = union_vocabulary(roots, Storage(args.endpoint_url))
+    identity = embed_identity(info, backbone, size, crop, vocab, roots)
+    if args.ray:
+        job = EmbedJob(args.checkpoint, size, crop, args.batch_size, args.out, identity, tuple(vocab), args.endpoint_url)
+        report = embed_on_ray(job, roots, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                              device=args.device, address=args.address)  # auto: the cluster's GPUs decide
+        return _emit(report.as_dict() | {"out": args.out}, args.json_out,
+                     [f"embedded {report.embedded_shards} shards ({report.rows} images) on {report.workers} "
+                      f"{report.device} workers, skipped {report.skipped_shards} finished shards; {args.out}"])
+    if args.workers or args.address:
+        raise UsageError("--workers and --address go with --ray")
+    from evaluation.embeddings import write_embeddings
+
+    batches, total = _single_process_batches(backbone, roots, size, crop, args, vocab, resolve_device(args.device))
+    meta = identity | {"dataset": roots[0]}
+    rows = write_embeddings(args.out, batches, metadata=meta, total=total, part_columns=True)
     return _emit({"rows": rows, "out": args.out}, args.json_out,
                  [f"wrote {rows} embeddings to {args.out}"])
 
 
+def _single_process_batches(backbone, roots, size, crop, args, vocab, device):
+    """FeatureBatches of every root in turn (labels renumbered into the roots' union vocabulary)."""
+    import torch
+
+    from evaluation.features import iter_features
+    from evaluation.sources import eval_loader
+
+    loaders = [eval_loader(root, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url,
+                           device=device) for root in roots]
+
+    def batches():
+        for loader in loaders:
+            remap = torch.tensor([vocab.index(n) for n in loader.label_vocabulary] + [-1], dtype=torch.long)
+            for fb in iter_features(backbone, loader.iter_epoch(0), device=device):
+                if fb.labels is not None and vocab:
+                    fb.labels = remap[fb.labels]
+                elif vocab:
+                    fb.labels = torch.full((len(fb.features),), -1, dtype=torch.long)
+                yield fb, loader.dataset
+
+    return batches(), sum(l.batches_per_epoch for l in loaders)
+
+
 def _search_build(args: argparse.Namespace) -> int:
+    from evaluation.embeddings import read_embeddings_metadata
+
+    source = read_embeddings_metadata(args.embeddings) | {"embeddings": args.embeddings}
+    if args.factory:
+        from evaluation.index_build import BuildConfig, build_index
+
+        if args.hold_out < 0:
+            raise UsageError(f"--hold-out {args.hold_out}: expected a number >= 0")
+        report = build_index(args.embeddings, args.index, BuildConfig(
+            factory=args.factory, train_size=args.train_size, add_batch=args.add_batch, shards=args.shards,
+            hold_out=args.hold_out, seed=args.seed, gpu=_faiss_gpu(args)))
+        _write_source(args.index, source)
+        return _emit(report.as_dict() | {"index": args.index}, args.json_out, [
+            f"indexed {report.count} vectors of dim {report.dim} ({args.factory}, {report.shards} shard(s)) in {args.index}",
+            f"  trained on {report.train_rows} rows in {report.train_seconds:.1f} s{' (GPU)' if report.gpu_used else ''}, "
+            f"added in {report.add_seconds:.1f} s; {report.bytes_per_vector:.1f} index bytes per vector"])
     from evaluation.embeddings import read_embeddings
     from evaluation.search import IndexConfig, SearchIndex
 
     emb = read_embeddings(args.embeddings)
     index = SearchIndex.build(emb.vectors, emb.keys, emb.groups, IndexConfig(kind=args.index_kind, exact_max=args.exact_max))
     index.save(args.index)
-    source = Path(args.index) / "source.json"
-    source.write_text(json.dumps(emb.metadata | {"embeddings": args.embeddings}, indent=2, sort_keys=True) + "\n")
+    _write_source(args.index, source)
     return _emit({"index": args.index, "vectors": len(index), "dim": index.dim, "kind": index.kind}, args.json_out,
                  [f"indexed {len(index)} vectors of dim {index.dim} ({index.kind}) in {args.index}"])
+
+
+def _write_source(index_dir: str, source: dict) -> None:
+    (Path(index_dir) / "source.json").write_text(json.dumps(source, indent=2, sort_keys=True) + "\n")
+
+
+def _search_eval(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from evaluation.index_eval import evaluate, exact_top_k, load_queries, tune_nprobe
+    from evaluation.sharded_index import ShardedIndex, search_params
+
+    info_path = Path(args.index) / "index.json"
+    info = _json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if "shards" not in info:
+        raise UsageError(f"{args.index!r} is not a compressed index; build one with `search build --index FACTORY --hold-out N`")
+    index = ShardedIndex.load(args.index, gpu=_faiss_gpu(args), with_rows=False)
+    queries = load_queries(args.index, args.queries, args.max_queries)
+    held = [] if args.queries else _held_rows(args.index)
+    _, exact_ids = exact_top_k(info["source"]["embeddings"], queries, args.k, held)
+    params = search_params(args.nprobe, args.ef_search, args.param)
+    if args.tune_nprobe:
+        chosen, tried = tune_nprobe(index, queries, exact_ids, args.k, args.target, params)
+    else:
+        chosen = evaluate(index, queries, exact_ids, args.k, params)
+        tried = [chosen]
+    out = {"index": args.index, "factory": info["factory"], "count": len(index), "dim": index.dim,
+           "bytes_per_vector": index.bytes_per_vector, "index_bytes": index.index_bytes,
+           "result": chosen.as_dict() if chosen else None, "tried": [t.as_dict() for t in tried], "target": args.target}
+    lines = [f"{info['factory']}: {len(index)} vectors, {index.bytes_per_vector:.1f} bytes per vector; "
+             f"{len(queries)} held-out queries vs exact"]
+    lines += [f"  {t.params}  recall@{t.k} {t.recall:.4f}  overlap@{t.k} {t.overlap:.4f}  {t.query_ms:.3f} ms/query"
+              for t in tried]
+    if args.tune_nprobe:
+        lines.append(f"  chosen: {chosen.params}" if chosen else f"  no nprobe reaches recall@{args.k} >= {args.target}")
+    return _emit(out, args.json_out, lines)
+
+
+def _held_rows(index_dir: str) -> list[int]:
+    import pyarrow.parquet as pq
+
+    path = Path(index_dir) / "queries.parquet"
+    return pq.read_table(path, columns=["row"]).column("row").to_pylist() if path.is_file() else []
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    from evaluation.dedup import find_near_duplicates
+
+    result = find_near_duplicates(args.embeddings, args.out, threshold=args.threshold, k=args.k,
+                                  index=_loaded_index(args, args.index_dir) if args.index_dir else None,
+                                  cross_group_only=not args.same_group)
+    lines = [f"{result.pairs} pairs within cosine distance {args.threshold} among {result.rows} rows "
+             f"({result.groups} groups involved) -> {args.out}"]
+    if args.grid:
+        from evaluation.dedup import contact_sheet
+
+        dataset = args.dataset or result.metadata.get("dataset")
+        if not dataset:
+            raise UsageError("--grid needs the images: pass --dataset")
+        lines.append(f"wrote {contact_sheet(args.out, dataset, args.grid, args.grid_pairs, args.endpoint_url)}")
+    return _emit(result.as_dict() | {"out": args.out}, args.json_out, lines)
 
 
 def _search_query(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from evaluation.search import SearchIndex
     from evaluation.sources import check_same_producer
 
     if not args.key and not args.image:
         raise UsageError("pass --key KEY... or --image FILE...")
-    index = SearchIndex.load(args.index)
+    index = _loaded_index(args, args.index)
     source_file = Path(args.index) / "source.json"
     source = json.loads(source_file.read_text()) if source_file.is_file() else {}
     queries, names, pictures = [], [], []

@@ -188,3 +188,22 @@ def _show(ax: plt.Axes, image: np.ndarray, edge: str, width: float) -> None:
     for spine in ax.spines.values():
         spine.set_edgecolor(edge)
         spine.set_linewidth(width)
+
+
+def plot_pair_sheet(pairs: Sequence[tuple[np.ndarray, np.ndarray, str]], out_png: str | os.PathLike,
+                    columns: int = 4) -> Path:
+    """A contact sheet of image pairs (near-duplicates): each cell the two images side by side
+    under a caption (score, groups), `columns` pairs per row."""
+    if not pairs:
+        raise UsageError("no pairs to show")
+    rows = math.ceil(len(pairs) / columns)
+    fig, axes = plt.subplots(rows, 2 * columns, squeeze=False, figsize=(1.5 * 2 * columns, 1.8 * rows))
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (a, b, caption) in enumerate(pairs):
+        r, c = divmod(i, columns)
+        for j, image in enumerate((a, b)):
+            _show(axes[r, 2 * c + j], image, "gray", 1)
+        axes[r, 2 * c].set_title(caption, fontsize=7, loc="left")
+    fig.suptitle("closest pairs across groups (near-duplicates), closest first", fontsize=9)
+    return _save(fig, out_png)
