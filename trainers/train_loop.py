@@ -103,6 +103,12 @@ def resolve_precision(precision: str, device: str) -> Optional[torch.dtype]:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
+def _full_precision(value: torch.Tensor) -> torch.Tensor:
+    """A detached log value, in at least float32 (autocast may hand back bf16/fp16 losses)."""
+    value = value.detach()
+    return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+
+
 class Trainer:
     """One worker's training state and its step, checkpoint and logging logic.
 
@@ -209,9 +215,9 @@ class Trainer:
                 with self.autocast():
                     loss, logs = self.step_module(list(micro), self.step)
                 self.scaler.scale(loss * weight if k > 1 else loss).backward()
-            loss_sum = loss_sum + loss.detach().float() * weight
+            loss_sum = loss_sum + _full_precision(loss) * weight
             for key, value in logs.items():
-                value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+                value = _full_precision(value) if isinstance(value, torch.Tensor) else float(value)
                 logs_sum[key] = logs_sum.get(key, 0.0) + value * weight
         self.nonfinite_steps += (~torch.isfinite(loss_sum)).to(self.nonfinite_steps.dtype)
         self.scaler.unscale_(self.optimizer)  # no-op without fp16; clipping sees true gradients
