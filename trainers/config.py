@@ -59,6 +59,9 @@ class MonitorConfig(_Strict):
     batch_size: PositiveInt = 256
     max_train_samples: Optional[PositiveInt] = Field(None, description="memory bank size cap (a seeded subset)")
     max_test_samples: Optional[PositiveInt] = Field(None, description="test samples cap (a seeded subset)")
+    budget_s: float = Field(
+        1800.0, gt=0, description="wall-clock budget of one probe: it stops embedding when the budget is spent, "
+        "and the process-group timeout is raised by it, so ranks waiting for rank 0 cannot time out")
 
 
 class ScalingSettings(_Strict):
