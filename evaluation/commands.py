@@ -24,6 +24,8 @@ def _add_model_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// shards")
     p.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON here")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to decode and embed (auto: cuda when available)")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -77,6 +79,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="default: the checkpoint the embeddings came from")
     p.add_argument("--k", type=positive_int, default=10)
     p.add_argument("--grid", default=None, help="write a retrieval grid PNG here (needs the dataset)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to embed --image queries")
     p.add_argument("--dataset", default=None, help="default: the dataset the embeddings came from")
     p.add_argument("--json", dest="json_out", default=None)
     p.set_defaults(func=_search_query)
@@ -100,11 +103,13 @@ def _emit(result: dict[str, Any], json_out: Optional[str], lines: list[str]) -> 
 
 def _model(args: argparse.Namespace):
     """(backbone, info, image_size, crop_fraction) from --checkpoint and the size flags."""
-    from evaluation.sources import DEFAULT_CROP_FRACTION, load_checkpoint_backbone
+    from evaluation.sources import DEFAULT_CROP_FRACTION, load_checkpoint_backbone, resolve_device
 
     if not args.checkpoint:
         raise UsageError("--checkpoint is required (or pass embeddings files instead)")
+    args.device = resolve_device(getattr(args, "device", "cpu"))
     backbone, info = load_checkpoint_backbone(args.checkpoint)
+    backbone = backbone.to(args.device)
     size = args.image_size or info.image_size
     if not size:
         raise UsageError(f"checkpoint {args.checkpoint!r} does not say its image size; pass --image-size")
@@ -140,7 +145,8 @@ def _labelled_splits(args: argparse.Namespace):
     from evaluation.sources import eval_loader, labelled_features
 
     backbone, info, size, crop = _model(args)
-    make = lambda ds: eval_loader(ds, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url)
+    make = lambda ds: eval_loader(ds, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url,
+                                 device=args.device)
     train_loader, test_loader = make(args.train), make(args.test)
     if not test_loader.label_vocabulary:  # fail before spending time on the train split
         raise UsageError(f"dataset {args.test!r} has no labels; kNN and linear probes need labelled shards "
@@ -203,7 +209,7 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
         backbone, info, size, crop = _model(args)
         loader = eval_loader(args.dataset, size, args.batch_size, crop_fraction=crop, views=2,
-                             endpoint_url=args.endpoint_url)
+                             endpoint_url=args.endpoint_url, device=args.device)
         vectors, groups, _ = natural_view_features(backbone, loader)
         producer = info.producer()
     result = group_recall_at_k(vectors, groups, args.k, config=IndexConfig(kind=args.index_kind))
@@ -219,7 +225,8 @@ def _embed(args: argparse.Namespace) -> int:
     from evaluation.sources import eval_loader
 
     backbone, info, size, crop = _model(args)
-    loader = eval_loader(args.dataset, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url)
+    loader = eval_loader(args.dataset, size, args.batch_size, crop_fraction=crop, endpoint_url=args.endpoint_url,
+                         device=args.device)
     meta = info.producer() | {"dataset": args.dataset, "image_size": size, "crop_fraction": crop,
                               "label_vocabulary": loader.label_vocabulary}
     rows = write_embeddings(args.out, iter_features(backbone, loader.iter_epoch(0)), metadata=meta,
@@ -260,7 +267,7 @@ def _search_query(args: argparse.Namespace) -> int:
         pictures += [None] * len(args.key)
     if args.image:
         from evaluation.features import extract_features
-        from evaluation.sources import load_checkpoint_backbone, load_query_image
+        from evaluation.sources import load_checkpoint_backbone, load_query_image, resolve_device
 
         checkpoint = args.checkpoint or source.get("checkpoint")
         if not checkpoint:
@@ -270,6 +277,7 @@ def _search_query(args: argparse.Namespace) -> int:
             raise UsageError(f"index {args.index!r} does not record its image size; rebuild it from `viewstream embed` output")
         images = [load_query_image(p, int(size), float(source.get("crop_fraction", 0.875))) for p in args.image]
         backbone, info = load_checkpoint_backbone(checkpoint)
+        backbone = backbone.to(resolve_device(args.device))
         check_same_producer(source, info.producer(), f"index {args.index!r}", f"checkpoint {checkpoint!r}")
         feats = extract_features(backbone, [torch.cat([x for x, _ in images])]).features.numpy()
         if feats.shape[1] != index.dim:

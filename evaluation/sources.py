@@ -76,12 +76,24 @@ def eval_spec(image_size: int, crop_fraction: float = DEFAULT_CROP_FRACTION, vie
 
 
 def eval_loader(dataset: str, image_size: int, batch_size: int = 256, *, crop_fraction: float = DEFAULT_CROP_FRACTION,
-                views: int = 1, num_threads: int = 2, endpoint_url: Optional[str] = None):
-    """A ViewLoader over the whole dataset with the eval recipe (one rank, epoch 0)."""
+                views: int = 1, num_threads: int = 2, endpoint_url: Optional[str] = None, device: str = "cpu"):
+    """A ViewLoader over the whole dataset with the eval recipe (one rank, epoch 0); `device`
+    "cuda" decodes on the GPU (DALI mixed) and hands the views over on it."""
     from pipeline import ViewLoader
 
     return ViewLoader(dataset, eval_spec(image_size, crop_fraction, views), batch_size, num_threads=num_threads,
-                      endpoint_url=endpoint_url)
+                      endpoint_url=endpoint_url, device=device)
+
+
+def resolve_device(device: str) -> str:
+    """`--device`: auto (cuda when torch sees a GPU, else cpu), cpu or cuda (UsageError without one)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device!r}: expected auto, cpu or cuda")
+    return device
 
 
 def labelled_features(backbone: nn.Module, loader, vocabulary: Optional[list[str]] = None,
