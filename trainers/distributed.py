@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "is_distributed",
+    "force_collectives",
     "rank",
     "world_size",
     "gather",
@@ -66,9 +67,24 @@ __all__ = [
 ]
 
 
+_FORCED = False
+
+
+def force_collectives(on: bool = True) -> None:
+    """Treat a 1-rank process group as distributed: every collective (and DDP) really runs.
+
+    For checks on one GPU (benchmarks/gpu_check.py): the NCCL path is then exercised, not
+    skipped as the no-op fallback would.
+    """
+    global _FORCED
+    _FORCED = on
+
+
 def is_distributed() -> bool:
-    """True when a process group with more than one rank is active."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True when a process group with more than one rank is active (or forced on one rank)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return dist.get_world_size() > 1 or _FORCED
 
 
 def rank() -> int:
