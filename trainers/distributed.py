@@ -26,11 +26,12 @@ buckets) already works on the activations' device.
 
 Collective order (NCCL matches collectives by issue order, so every rank must issue the same
 sequence): DDP launches its bucket all-reduces from autograd hooks (AccumulateGrad post-hooks,
-torch/csrc/distributed/c10d/reducer.cpp ``autograd_hook`` -> ``mark_variable_ready``) and the
+torch/csrc/distributed/c10d/reducer.cpp ``autograd_hook`` -> ``mark_variable_ready`` ->
+``mark_bucket_ready``, buckets strictly in index order, then the used-map all-reduce) and the
 custom backward collectives here (``_GatherWithGrad``, ``_AllReduceWithGrad``, SyncBN's
 backward) run as autograd nodes. Both are issued by the one autograd engine thread of the
-device in the engine's deterministic order (ready queue ordered by sequence number,
-torch/csrc/autograd/engine.cpp ``CompareNodeTaskTime``), which is the same on every rank
+device in the engine's deterministic order (the ready queue's ``ReadyQueue::CompareNodeTaskTime`` orders by
+reentrant depth then sequence number, torch/csrc/autograd/engine.h), which is the same on every rank
 because every rank builds the same graph; so the interleaving is identical everywhere. DDP's
 bucket rebuild after the first iteration broadcasts rank 0's order (``_rebuild_buckets``,
 called in forward) before any of the method's collectives, also on every rank.
@@ -238,16 +239,21 @@ class _StepModule(nn.Module):
         return self.method.training_step(views, step)
 
 
-def data_parallel(method: nn.Module, device: torch.device | str, bucket_cap_mb: float = 25.0) -> nn.Module:
+def data_parallel(method: nn.Module, device: torch.device | str, bucket_cap_mb: float = 25.0,
+                  find_unused_parameters: bool = True) -> nn.Module:
     """The method's step wrapped in torch DDP (gradient all-reduce overlapped with backward).
 
     Call the result as ``step_module(views, step)`` -> ``(loss, logs)``. Without a process
     group it is the plain step module. Settings and why:
-    - ``find_unused_parameters=True``: SwAV's prototypes and DINO's last layer get no gradient
-      in their first steps. A parameter unused on every rank keeps ``grad=None`` (the reducer
-      skips globally unused parameters: reducer.cpp ``finalize_bucket_dense`` only copies
-      globally used ones), so the optimizer skips it exactly as in one process; one unused on
-      some ranks only is averaged with zeros, as the flat path did.
+    - ``find_unused_parameters``: needed while a parameter can get no gradient (SwAV's
+      prototypes, DINO's last layer in their first steps). A parameter unused on every rank then
+      keeps ``grad=None`` (torch/csrc/distributed/c10d/reducer.cpp ``copy_bucket_to_grad``: "If a
+      parameter is globally unused, we keep its grad untouched"), so the optimizer skips it as
+      in one process; one unused on some ranks only is averaged with zeros, as the flat path
+      did. It costs: the used-map all-reduce is issued after the last bucket
+      (``mark_variable_ready``) and read back on the host when the buckets are finalised (one
+      host sync per step on CUDA) plus a graph traversal after forward. So the Trainer turns it
+      on only for the steps that need it and re-wraps without it afterwards (train_loop.py).
     - ``forward_sync_buffers=False`` (formerly ``broadcast_buffers=False``): BN statistics are synchronised by SyncBatchNorm and queues or
       centres are identical by construction; re-broadcasting them every forward would be one
       more collective per step.
@@ -262,7 +268,7 @@ def data_parallel(method: nn.Module, device: torch.device | str, bucket_cap_mb: 
     device_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else None
     return _DDP(
-        module, device_ids=device_ids, forward_sync_buffers=False, find_unused_parameters=True,
+        module, device_ids=device_ids, forward_sync_buffers=False, find_unused_parameters=find_unused_parameters,
         bucket_cap_mb=bucket_cap_mb,
     )
 

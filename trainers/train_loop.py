@@ -92,6 +92,18 @@ def _conv_backbone(method: Method) -> bool:
         "vit" in type(m).__name__.lower() or "VisionTransformer" in type(m).__name__ for m in method.backbone.modules())
 
 
+# Method config fields that make parameters gradient-free for their first N steps (DDP must then
+# look for unused parameters). A method that leaves a parameter unused without saying so here
+# fails loudly at its next step (DDP: "Expected to have finished reduction in the prior
+# iteration"), never silently.
+UNUSED_PARAMETER_FIELDS = ("freeze_prototypes_steps", "freeze_last_layer_steps")
+
+
+def unused_parameter_steps(method: Method) -> int:
+    """Steps before which some parameter may get no gradient (0: all are always used)."""
+    return max([int(getattr(method.config, f, 0) or 0) for f in UNUSED_PARAMETER_FIELDS] + [0])
+
+
 def resolve_precision(precision: str, device: str) -> Optional[torch.dtype]:
     """The autocast dtype (None: fp32) for `precision` on `device`; UsageError where unusable."""
     if precision == "auto":
@@ -151,7 +163,9 @@ class Trainer:
         self.step = 0
         self.position = DataPosition(0, 0)
         # DDP over the method's step: bucketed all-reduces overlap backward (trainers.distributed)
-        self.step_module = data_parallel(self.method, device)
+        self.unused_parameters_until = unused_parameter_steps(self.method)
+        self._find_unused = self.step < self.unused_parameters_until
+        self.step_module = data_parallel(self.method, device, find_unused_parameters=self._find_unused)
         self.amp_dtype = resolve_precision(config.precision, device)
         self.scaler = torch.amp.GradScaler(device, enabled=self.amp_dtype == torch.float16)
         # Non-finite bookkeeping on the device: read only at log/checkpoint steps (no host sync).
@@ -199,6 +213,12 @@ class Trainer:
         (``no_sync``), so one all-reduce of the accumulated gradient per step.
         """
         set_learning_rate(self.optimizer, float(self.lr[self.step]))  # a numpy value: no device sync
+        if self._find_unused and self.step >= self.unused_parameters_until:
+            # Every parameter gets a gradient from now on: drop DDP's unused-parameter search
+            # (a host sync per step on CUDA). Same step on every rank; the new DDP broadcasts
+            # rank 0's (identical) weights once.
+            self._find_unused = False
+            self.step_module = data_parallel(self.method, self.device, find_unused_parameters=False)
         self.method.train()
         views = [self._prepare(v) for v in batch.views]
         k = self.config.gradient_accumulation_steps
