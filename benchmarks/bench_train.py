@@ -123,7 +123,8 @@ def _ddp_vs_flat_worker(rank: int, world: int, port: int, steps: int, warmup: in
     for mode in ("flat", "ddp", "flat", "ddp"):  # interleaved: load drifts hit both alike
         method = build_method(config, seed=0)
         optimizer = Lars([g for g in method.parameter_groups(1e-6) if g["params"]], lr=0.1)
-        step_fn = distributed.data_parallel(method, "cpu") if mode == "ddp" else method.training_step
+        step_fn = (distributed.data_parallel(method, "cpu", find_unused_parameters=False) if mode == "ddp"
+                   else method.training_step)  # SimCLR uses every parameter: what the Trainer picks
         for i in range(warmup + steps):
             if i == warmup:
                 dist.barrier()

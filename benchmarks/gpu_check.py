@@ -96,7 +96,11 @@ class _Step:
             self.method.to(memory_format=torch.channels_last)
         groups = [g for g in self.method.parameter_groups(1e-6) if g["params"]]
         self.optimizer = Lars(groups, lr=0.1, momentum=0.9)
-        self.module: Callable = distributed.data_parallel(self.method, device) if sync == "ddp" else self.method.training_step
+        # As the Trainer does: DDP looks for unused parameters only for methods that freeze some
+        # (a host sync per step otherwise); this check runs steps < 313, SwAV's default freeze.
+        find_unused = distributed.unused_parameter_steps(self.method) > 0
+        self.module: Callable = (distributed.data_parallel(self.method, device, find_unused_parameters=find_unused)
+                                 if sync == "ddp" else self.method.training_step)
         self.views = _views(name, s, batch, device, self.channels_last)
         self.step = 0
         self.amp = torch.autocast(device, dtype=torch.bfloat16) if device == "cuda" else None

@@ -61,6 +61,7 @@ __all__ = [
     "gather_digests",
     "process_group_backend",
     "data_parallel",
+    "unused_parameter_steps",
     "average_gradients",
     "broadcast_module",
     "SyncBatchNorm",
@@ -271,6 +272,19 @@ def data_parallel(method: nn.Module, device: torch.device | str, bucket_cap_mb: 
         module, device_ids=device_ids, forward_sync_buffers=False, find_unused_parameters=find_unused_parameters,
         bucket_cap_mb=bucket_cap_mb,
     )
+
+
+# Method config fields that make parameters gradient-free for their first N steps (DDP must then
+# look for unused parameters). A method that leaves a parameter unused without saying so here
+# fails loudly at its next step (DDP: "Expected to have finished reduction in the prior
+# iteration"), never silently.
+UNUSED_PARAMETER_FIELDS = ("freeze_prototypes_steps", "freeze_last_layer_steps")
+
+
+def unused_parameter_steps(method: nn.Module) -> int:
+    """Steps before which some parameter may get no gradient (0: all are always used)."""
+    config = getattr(method, "config", None)
+    return max([int(getattr(config, f, 0) or 0) for f in UNUSED_PARAMETER_FIELDS] + [0])
 
 
 class _DDP(nn.parallel.DistributedDataParallel):

@@ -25,7 +25,7 @@ import torch
 from pipeline import DataPosition, ViewBatch, ViewLoader
 from trainers.checkpoint import Progress, find_latest_checkpoint, load_state, progress_of, save_checkpoint
 from trainers.config import TrainConfig
-from trainers.distributed import data_parallel, gather_digests, reduce_logs
+from trainers.distributed import data_parallel, gather_digests, reduce_logs, unused_parameter_steps
 from trainers.methods import Method, build_method
 from trainers.metrics import MetricsLogger
 from trainers.optim import build_optimizer, learning_rate_schedule, set_learning_rate
@@ -90,18 +90,6 @@ def _conv_backbone(method: Method) -> bool:
     """channels_last helps convolutions (cuDNN NHWC kernels); ViTs gain nothing."""
     return any(isinstance(m, torch.nn.Conv2d) for m in method.backbone.modules()) and not any(
         "vit" in type(m).__name__.lower() or "VisionTransformer" in type(m).__name__ for m in method.backbone.modules())
-
-
-# Method config fields that make parameters gradient-free for their first N steps (DDP must then
-# look for unused parameters). A method that leaves a parameter unused without saying so here
-# fails loudly at its next step (DDP: "Expected to have finished reduction in the prior
-# iteration"), never silently.
-UNUSED_PARAMETER_FIELDS = ("freeze_prototypes_steps", "freeze_last_layer_steps")
-
-
-def unused_parameter_steps(method: Method) -> int:
-    """Steps before which some parameter may get no gradient (0: all are always used)."""
-    return max([int(getattr(method.config, f, 0) or 0) for f in UNUSED_PARAMETER_FIELDS] + [0])
 
 
 def resolve_precision(precision: str, device: str) -> Optional[torch.dtype]:

@@ -195,3 +195,14 @@ def test_the_loops_collectives_run_on_the_training_device_and_only_log_steps_add
 def test_backend_string_routes_cpu_tensors_to_gloo_and_cuda_to_nccl():
     assert distributed.process_group_backend(use_gpu=True) == "cpu:gloo,cuda:nccl"
     assert distributed.process_group_backend(use_gpu=False) == "gloo"
+
+
+def test_ddp_searches_unused_parameters_only_while_a_method_freezes_some():
+    swav = make_trainer(TINY_CONFIGS["swav"], 10)  # freeze_prototypes_steps=1
+    assert swav.unused_parameters_until == 1 and swav._find_unused
+    for s, v in enumerate(make_views(TINY_CONFIGS["swav"], 2)):
+        swav.train_step(view_batch(v, s))
+    assert not swav._find_unused
+    simclr = make_trainer(TINY_CONFIGS["simclr"], 10)
+    assert simclr.unused_parameters_until == 0 and not simclr._find_unused
+    assert distributed.unused_parameter_steps(nn.Linear(2, 2)) == 0
