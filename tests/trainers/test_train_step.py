@@ -43,12 +43,20 @@ class ToyRegression(Method):
         return loss, {"loss": loss.detach()}
 
 
-if "toy_regression" not in METHODS:
-    register_method(ToyRegression)
 TOY = {"name": "toy_regression", "backbone": {"name": "convnet", "width": 0.25}}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _toy_method_registered():
+    """The toy method is in the registry only while this module's tests run."""
+    register_method(ToyRegression)
+    yield
+    METHODS.pop("toy_regression", None)
+
+
 def _run(config: dict, steps: int, **fields) -> list[dict]:
+    if config["name"] not in METHODS:  # a spawned rank imports this module afresh
+        register_method(ToyRegression)
     with default_dtype(torch.float64):
         trainer = make_trainer(config, 10, **fields)
         return [record(trainer, trainer.train_step(view_batch(v, s))) for s, v in enumerate(make_views(config, steps))]
