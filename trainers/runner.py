@@ -99,7 +99,7 @@ def worker_bundles(config: TrainConfig) -> list[dict[str, float]]:
     return [dict(bundle) for _ in range(s.num_workers)]
 
 
-def check_cluster(config: TrainConfig, poll_s: float = 2.0) -> None:
+def check_cluster(config: TrainConfig, poll_s: float = 2.0, can_grow: bool = True) -> None:
     """The cluster must be able to place every worker at once (else Ray would wait forever).
 
     An autoscaling cluster (deploy/aws/cluster.yaml: GPU workers min 0; KubeRay replicas 0)
@@ -107,14 +107,15 @@ def check_cluster(config: TrainConfig, poll_s: float = 2.0) -> None:
     the autoscaler is asked for the workers' bundles (`ray.autoscaler.sdk.request_resources`,
     the same demand the placement group would create) and the check waits up to
     `scaling.wait_for_resources_s`, printing what it waits for; only then does it fail, with
-    a message naming the fields. `wait_for_resources_s: 0` fails at once (fixed clusters).
+    a message naming the fields. `wait_for_resources_s: 0`, or `can_grow=False` (the local Ray
+    this process started), fails at once.
     """
     import ray
 
     missing = _shortfall(config, ray.cluster_resources())
     if missing is None:
         return
-    wait_s = config.scaling.wait_for_resources_s
+    wait_s = config.scaling.wait_for_resources_s if can_grow else 0.0
     if wait_s <= 0:
         raise UsageError(missing)
     from ray.autoscaler.sdk import request_resources
@@ -171,7 +172,7 @@ def run_training(config: TrainConfig, address: Optional[str] = None,
     check_inputs(config)
     started_ray = connect_ray(address or config.run.address, num_cpus=None)
     try:
-        check_cluster(config)
+        check_cluster(config, can_grow=not started_ray)  # a local Ray we started cannot grow
         return _fit(config, epoch_hooks)
     finally:
         if started_ray:
