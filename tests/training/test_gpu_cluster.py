@@ -2,8 +2,11 @@
 cluster (no worker resources at submit time) that grows after `viewstream train` starts."""
 from __future__ import annotations
 
-import threading
+import subprocess
+import sys
 import time
+
+import yaml
 
 import pytest
 import ray
@@ -56,21 +59,26 @@ def empty_cluster():
 
 @pytest.mark.integration
 def test_train_waits_for_a_node_that_joins_after_submission(empty_cluster, fmnist_shards, tmp_path):
-    config = TrainConfig.model_validate(small_config(
-        fmnist_shards["train"], tmp_path / "runs", "autoscaled", epochs=1, max_steps=4,
-        scaling__wait_for_resources_s=120, run__checkpoint_every_steps=4))
-
-    def join_later():
-        time.sleep(4)
-        empty_cluster.add_worker(num_cpus=3)
-
-    joiner = threading.Thread(target=join_later)
-    joiner.start()
+    """`viewstream train` (its own process, as `ray job submit` runs it) on a cluster with no
+    worker resources; a node joins 4 s later; the run trains instead of failing at submit."""
+    config = small_config(fmnist_shards["train"], tmp_path / "runs", "autoscaled", epochs=1, max_steps=4,
+                          scaling__wait_for_resources_s=300, run__checkpoint_every_steps=4)
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    driver = subprocess.Popen([sys.executable, "-m", "viewstream", "train", str(path), "--address",
+                               empty_cluster.address], env=empty_cluster.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
     try:
-        result = runner.run_training(config, address=empty_cluster.address)
+        time.sleep(4)
+        assert driver.poll() is None, driver.stdout.read()[-3000:]  # still waiting, not refused
+        empty_cluster.add_worker(num_cpus=3)
+        out, _ = driver.communicate(timeout=600)
     finally:
-        joiner.join()
-    assert result.metrics["step"] == 4
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, out[-3000:]
+    assert "waiting up to 300 s for the cluster to scale up" in out and "needs 2 CPUs" in out
+    assert "steps            4 of 4" in out
 
 
 @pytest.mark.integration
