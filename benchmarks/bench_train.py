@@ -1,22 +1,33 @@
 """What Ray Train costs: the same method, model, data and steps, in one run.
 
-(a) a plain single-process loop (our `Trainer` step, no Ray), (b) `viewstream train` on Ray Train
-with 1 worker, (c) with 2 workers. Reports step time after start-up, the overhead of (b) over
-(a), Ray's start-up time, and the fraction of step time spent waiting for data.
+(a) a plain single-process loop (the loop's own `step_and_log`, no Ray), (b) `viewstream train` on
+Ray Train with 1 worker, (c) with 2 workers. Reports step time after start-up, the overhead of
+(b) over (a), Ray's start-up time, and the fraction of step time spent waiting for data. Also:
+
+- host_syncs_per_step: during (a)'s timed steps OUTSIDE log steps, the calls that force a
+  device->host sync on a GPU (Tensor.item/.cpu/.tolist/.numpy/__float__/__int__/__bool__,
+  torch.cuda.synchronize), counted by wrapping them (goal 0);
+- ddp_vs_flat_step_ratio: step time of the DDP gradient sync (trainers.distributed.data_parallel)
+  over the old flat all-reduce (average_gradients), 2 gloo processes, SimCLR on ResNet-18 at
+  64 px, same seeds and batches (goal <= 1).
 
     .venv/bin/python benchmarks/bench_train.py [--steps 60] [--images 2048]
 
-The last line is one JSON object: ray_overhead (fraction), data_wait_fraction, startup_s, step_s
-(plus the figures behind them).
+The last line is one JSON object: ray_overhead (fraction), host_syncs_per_step,
+ddp_vs_flat_step_ratio, data_wait_fraction, startup_s, step_s (plus the figures behind them).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,7 +40,7 @@ from sharding.run import shard_dataset  # noqa: E402
 from trainers.config import TrainConfig  # noqa: E402
 from trainers.metrics import read_metrics  # noqa: E402
 from trainers.runner import run_training  # noqa: E402
-from trainers.train_loop import StepTimer, Trainer  # noqa: E402
+from trainers.train_loop import StepTimer, Trainer, is_log_step, step_and_log  # noqa: E402
 
 
 def make_config(dataset: str, storage: str, name: str, workers: int, steps: int, batch: int) -> TrainConfig:
@@ -41,29 +52,113 @@ def make_config(dataset: str, storage: str, name: str, workers: int, steps: int,
         "optimizer": {"name": "lars", "base_lr": 1.0, "lr_scaling": "sqrt", "warmup_steps": 5},
         "batch_size": batch, "epochs": 1000, "max_steps": steps,
         "scaling": {"num_workers": workers, "cpus_per_worker": 1},
-        "run": {"name": name, "storage": storage, "checkpoint_every_steps": steps, "log_every_steps": 1},
+        "run": {"name": name, "storage": storage, "checkpoint_every_steps": steps, "log_every_steps": 10},
     })
 
 
+SYNC_POINTS = [(torch.Tensor, name) for name in ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")]
+
+
+@contextlib.contextmanager
+def counting_host_syncs(counter: list[int]) -> Iterator[None]:
+    """Count calls that make the host wait for the device (on a GPU), while active."""
+    originals = [(owner, name, getattr(owner, name)) for owner, name in SYNC_POINTS]
+    originals.append((torch.cuda, "synchronize", torch.cuda.synchronize))
+
+    def counted(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            counter[0] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for owner, name, fn in originals:
+        setattr(owner, name, counted(fn))
+    try:
+        yield
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+
+
 def plain_loop(config: TrainConfig, warmup: int) -> dict[str, float]:
-    """(a): the same steps in this process, no Ray, no process group."""
+    """(a): the same steps in this process, no Ray, no process group; counts host syncs."""
     torch.set_num_threads(1)
     started = time.perf_counter()
     trainer = Trainer(config, rank=0, world_size=1, device="cpu")
     startup = time.perf_counter() - started
     timer, finished_at = StepTimer(), []
+    syncs, quiet_steps = 0, 0
     epoch = 0
     while trainer.step < trainer.total_steps:
         for batch in timer.timed_batches(trainer.loader.iter_epoch(epoch)):
-            trainer.train_step(batch)
+            counter = [0]
+            with counting_host_syncs(counter):
+                step_and_log(trainer, batch, timer)
+            if trainer.step > warmup and not is_log_step(config, trainer.step, trainer.total_steps):
+                syncs, quiet_steps = syncs + counter[0], quiet_steps + 1
             finished_at.append(time.perf_counter())
-            timer.steps += 1
             if trainer.step >= trainer.total_steps:
                 break
         epoch += 1
     summary = timer.summary(1, config.per_worker_batch())
     steady = (finished_at[-1] - finished_at[warmup - 1]) / (len(finished_at) - warmup)
-    return {"startup_s": startup, "step_s": steady, "data_wait_fraction": summary["data_wait_fraction"]}
+    return {"startup_s": startup, "step_s": steady, "data_wait_fraction": summary["data_wait_fraction"],
+            "host_syncs_per_step": syncs / max(quiet_steps, 1), "counted_steps": quiet_steps}
+
+
+def _ddp_vs_flat_worker(rank: int, world: int, port: int, steps: int, warmup: int, batch: int, out: str) -> None:
+    import torch.distributed as dist
+    from timm.optim import Lars
+
+    from trainers import distributed
+    from trainers.methods import build_method
+
+    torch.set_num_threads(1)
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    config = {"name": "simclr", "backbone": {"name": "resnet18", "small_images": True},
+              "projection_hidden_dim": 512, "projection_dim": 128}
+    g = torch.Generator().manual_seed(rank)
+    views = [torch.randn(batch, 3, 64, 64, generator=g) for _ in range(2)]
+    times = {}
+    for mode in ("flat", "ddp", "flat", "ddp"):  # interleaved: load drifts hit both alike
+        method = build_method(config, seed=0)
+        optimizer = Lars([g for g in method.parameter_groups(1e-6) if g["params"]], lr=0.1)
+        step_fn = (distributed.data_parallel(method, "cpu", find_unused_parameters=False) if mode == "ddp"
+                   else method.training_step)  # SimCLR uses every parameter: what the Trainer picks
+        for i in range(warmup + steps):
+            if i == warmup:
+                dist.barrier()
+                t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss, _ = step_fn(views, i)
+            loss.backward()
+            if mode == "flat":
+                distributed.average_gradients(method)
+            optimizer.step()
+        dist.barrier()
+        times.setdefault(mode, []).append((time.perf_counter() - t0) / steps)
+    if rank == 0:
+        Path(out).write_text(json.dumps({m: min(v) for m, v in times.items()}))
+    dist.destroy_process_group()
+
+
+def ddp_vs_flat(steps: int = 4, warmup: int = 1, batch: int = 16) -> dict[str, float]:
+    """Step time of DDP vs the flat all-reduce on 2 gloo processes (ResNet-18, 64 px)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "times.json")
+        mp.spawn(_ddp_vs_flat_worker, args=(2, port, steps, warmup, batch, out), nprocs=2, join=True)
+        times = json.loads(Path(out).read_text())
+    return {"ddp_step_s": times["ddp"], "flat_step_s": times["flat"],
+            "ddp_vs_flat_step_ratio": times["ddp"] / times["flat"]}
 
 
 def ray_run(config: TrainConfig, warmup: int) -> dict[str, float]:
@@ -71,9 +166,9 @@ def ray_run(config: TrainConfig, warmup: int) -> dict[str, float]:
     started = time.perf_counter()
     result = run_training(config)
     wall = time.perf_counter() - started
-    records = [r for r in read_metrics(result.out_dir) if "elapsed_s" in r]
-    after = [r for r in records if r["step"] > warmup]
-    steady = (after[-1]["elapsed_s"] - records[warmup - 1]["elapsed_s"]) / (after[-1]["step"] - warmup)
+    records = [r for r in read_metrics(result.out_dir) if "elapsed_s" in r]  # one per log step
+    base = next(r for r in records if r["step"] >= warmup)
+    steady = (records[-1]["elapsed_s"] - base["elapsed_s"]) / (records[-1]["step"] - base["step"])
     train_s = records[-1]["elapsed_s"]
     return {"wall_s": wall, "startup_s": wall - train_s, "step_s": steady,
             "data_wait_fraction": records[-1]["data_wait_fraction"]}
@@ -85,7 +180,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--ddp-steps", type=int, default=4)
     args = parser.parse_args()
+    sync = ddp_vs_flat(steps=args.ddp_steps)
+    print(f"DDP vs flat all-reduce (2 gloo, ResNet-18 64 px): {sync['ddp_step_s'] * 1000:.0f} vs "
+          f"{sync['flat_step_s'] * 1000:.0f} ms/step")
     import ray
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,7 +198,8 @@ def main() -> int:
         t0 = time.perf_counter()
         plain = plain_loop(plain_cfg, args.warmup)
         plain["wall_s"] = time.perf_counter() - t0
-        print(f"(a) plain loop:      {plain['step_s'] * 1000:.1f} ms/step, data wait {plain['data_wait_fraction']:.1%}")
+        print(f"(a) plain loop:      {plain['step_s'] * 1000:.1f} ms/step, data wait {plain['data_wait_fraction']:.1%}, "
+              f"{plain['host_syncs_per_step']:g} host syncs per (non-log) step")
 
         connect_ray(None, num_cpus=2, log_to_driver=False)
         try:
@@ -114,6 +214,10 @@ def main() -> int:
 
     figures = {
         "ray_overhead": one["step_s"] / plain["step_s"] - 1.0,
+        "host_syncs_per_step": plain["host_syncs_per_step"],
+        "ddp_vs_flat_step_ratio": sync["ddp_vs_flat_step_ratio"],
+        "ddp_step_s": sync["ddp_step_s"],
+        "flat_step_s": sync["flat_step_s"],
         "data_wait_fraction": one["data_wait_fraction"],
         "startup_s": one["startup_s"],
         "step_s": one["step_s"],

@@ -174,9 +174,11 @@ def _add_search_params(p: argparse.ArgumentParser) -> None:
 
 
 def _faiss_gpu(args: argparse.Namespace) -> bool:
-    """--device cuda (or auto on a GPU machine): FAISS on the GPU where faiss-gpu can (the
-    index code falls back to the CPU and says so)."""
-    return resolve_device(args.device) == "cuda"
+    """--device cuda (or auto where torch sees a GPU): FAISS on the GPU where faiss-gpu can (the
+    index code falls back to the CPU and says so, so no error without one)."""
+    import torch
+
+    return args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
 
 
 def _loaded_index(args: argparse.Namespace, directory: str):

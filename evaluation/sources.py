@@ -85,7 +85,8 @@ def dataset_list(dataset):
 def eval_loader(dataset, image_size: int, batch_size: int = 256, *, crop_fraction: float = DEFAULT_CROP_FRACTION,
                 views: int = 1, num_threads: int = 2, endpoint_url: Optional[str] = None, device: str = "cpu"):
     """A ViewLoader over the whole dataset (one root, a list, or ``a,b`` roots) with the eval
-    recipe (one rank, epoch 0): the one used by the eval commands, the online monitor and the demo."""
+    recipe (one rank, epoch 0): the one used by the eval commands, the online monitor and the demo;
+    `device` "cuda" decodes on the GPU (DALI mixed) and hands the views over on it."""
     from pipeline import ViewLoader
 
     return ViewLoader(dataset_list(dataset), eval_spec(image_size, crop_fraction, views), batch_size,

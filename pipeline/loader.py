@@ -247,12 +247,31 @@ class ViewLoader:
 
 
 def _to_torch(tensor_list, device: str) -> torch.Tensor:
-    """A DALI output batch as a torch tensor on `device` (copied: DALI reuses its buffers)."""
+    """A DALI output batch as a torch tensor on `device`, stream-ordered and without host sync.
+
+    CPU: `as_array()` copies into a new numpy array, so DALI may reuse its buffer at once.
+
+    GPU (not run on this machine; argued from the DALI and torch sources): DLPack, zero-copy.
+    `torch.from_dlpack` calls ``TensorGPU.__dlpack__(stream=<torch's current stream>)``
+    (torch/utils/dlpack.py passes ``torch.cuda.current_stream().cuda_stream``), and DALI then
+    inserts a wait on the output's ready event into THAT stream (DALI's ``__dlpack__``
+    docstring, nvidia/dali/tensors: "The CUDA stream the caller is going to use to access the
+    buffer. A synchronization event might be inserted, if necessary, into that stream"). So
+    every kernel torch enqueues on the batch runs after DALI has finished writing it, with no
+    host wait. Buffer reuse: with DALI's default execution model (``exec_dynamic``, the
+    default in DALI 2.x; `pipeline.dali_graph.build_view_pipeline` does not turn it off) an
+    output handed out through DLPack is owned by the capsule and not recycled by the next
+    ``pipe.run()`` (same docstring: only "when NOT using the default execution model ... the
+    pipeline outputs may be reused and overwritten by DALI after release_outputs"). The old
+    ``feed_ndarray(..., cuda_stream=...)`` copy was asynchronous on torch's stream while the
+    source buffer could be recycled by the next run; DALI >= 1.16 guards that case itself
+    (NVIDIA/DALI#3953, "Prevent clobbering of outputs before non-blocking copy_to_external
+    finishes"), but the DLPack hand-over needs neither the copy nor that guard.
+    """
     if device == "cpu":
         return torch.from_numpy(tensor_list.as_array())
-    from nvidia.dali.plugin.pytorch import feed_ndarray  # GPU path: not run on this machine
-
-    dense = tensor_list.as_tensor()
-    out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
-    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
+    dense = tensor_list.as_tensor()  # a view of the (dense) batch: [B, 3, H, W] float32
+    out = torch.from_dlpack(dense)
+    if out.dtype != torch.float32:
+        raise RuntimeError(f"DALI view output has dtype {out.dtype}; expected float32")
     return out

@@ -98,6 +98,9 @@ class MonitorConfig(_Strict):
     batch_size: PositiveInt = 256
     max_train_samples: Optional[PositiveInt] = Field(None, description="memory bank size cap (a seeded subset)")
     max_test_samples: Optional[PositiveInt] = Field(None, description="test samples cap (a seeded subset)")
+    budget_s: float = Field(
+        1800.0, gt=0, description="wall-clock budget of one probe: it stops embedding when the budget is spent, "
+        "and the process-group timeout is raised by it, so ranks waiting for rank 0 cannot time out")
 
 
 class ScalingSettings(_Strict):
@@ -106,6 +109,10 @@ class ScalingSettings(_Strict):
     num_workers: PositiveInt = 2
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    collective_timeout_s: int = Field(
+        1800, gt=0, description="torch.distributed timeout of one collective (the monitor's budget_s is added)")
+    wait_for_resources_s: float = Field(
+        900.0, ge=0, description="how long to wait for an autoscaling cluster to grow to the request")
 
 
 class FaultDrill(_Strict):
@@ -153,6 +160,18 @@ class TrainConfig(_Strict):
     epochs: PositiveInt = 10
     max_steps: Optional[PositiveInt] = Field(None, description="stop after this many steps (before `epochs` ends)")
     grad_clip: Optional[float] = Field(None, gt=0)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="autocast dtype; auto: bf16 on GPUs that have it, fp16 (+GradScaler) on older GPUs, "
+        "fp32 on CPU. fp16 costs one host sync per step (the GradScaler's inf check)")
+    gradient_accumulation_steps: PositiveInt = Field(
+        1, description="micro-batches per optimizer step (each rank's batch is split); exact for per-sample "
+        "losses without BatchNorm. BN and contrastive losses see micro-batches: statistics and negatives shrink")
+    channels_last: Literal["auto", "on", "off"] = Field("auto", description="NHWC memory format; auto: on CUDA for conv nets")
+    compile: bool = Field(False, description="torch.compile the backbone (in place: checkpoint keys unchanged)")
+    nonfinite_loss: Literal["stop", "skip"] = Field(
+        "stop", description="stop: the run fails at the next log/checkpoint step after a NaN/inf loss, before any "
+        "non-finite checkpoint is written (no per-step host sync); skip: every step checks and skips the update "
+        "(one host sync per step)")
     scaling: ScalingSettings = ScalingSettings()
     run: RunSettings = RunSettings()
     monitor: Optional[MonitorConfig] = None
@@ -163,7 +182,17 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"batch_size={self.batch_size} is not divisible by scaling.num_workers={self.scaling.num_workers}"
             )
+        if self.per_worker_batch() % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} does not divide the per-worker "
+                f"batch {self.per_worker_batch()} (batch_size / scaling.num_workers)"
+            )
         return self
+
+    def collective_timeout_s(self) -> int:
+        """The process-group timeout: one collective's, plus the online probe's budget."""
+        budget = self.monitor.budget_s if self.monitor else 0.0
+        return int(self.scaling.collective_timeout_s + budget)
 
     # ---- derived, validated pieces --------------------------------------------------------
     def view_spec(self) -> ViewSpec:

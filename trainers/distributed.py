@@ -2,15 +2,45 @@
 
 Gradient convention (the reason N ranks x batch B equals 1 rank x batch N*B exactly):
 every rank's loss is the mean over its *local* samples, every collective's backward *sums*
-the gradient contributions of all ranks, and :func:`average_gradients` divides the summed
-parameter gradients by the world size. Together that is the gradient of the mean of the rank
-losses, which is the single-process loss on the concatenated batch.
+the gradient contributions of all ranks, and the parameter-gradient sync (:func:`data_parallel`,
+torch DDP; or the flat :func:`average_gradients`) divides the summed gradients by the world
+size. Together that is the gradient of the mean of the rank losses, which is the
+single-process loss on the concatenated batch.
+
+Collectives under NCCL (which in torch 2.x accepts CUDA tensors only). Choice: Ray Train
+builds the process group with ``backend="cpu:gloo,cuda:nccl"`` (:func:`process_group_backend`,
+passed as ``TorchConfig(backend=...)`` in trainers/runner.py), AND the per-step path sends no
+CPU tensor at all. Why the backend string: torch dispatches each collective by the tensor's
+device to the backend registered for it (``ProcessGroup`` keeps one backend per device type,
+see torch/distributed/distributed_c10d.py ``init_process_group`` / ``Backend.backend_list``),
+so any CPU collective that remains or is added later (checkpoint/resume bookkeeping, the
+online monitor, a helper called on CPU logs) still works instead of raising "No backend type
+associated with device type cpu"; Ray 2.60 supports the string (ray/train/torch/config.py
+``_is_backend_nccl`` checks the ``cuda:`` entry, so TORCH_NCCL_ASYNC_ERROR_HANDLING is still
+set). Why not gloo for the small per-step tensors: a gloo CPU collective is a device->host
+copy (a host sync) plus a TCP round trip per step. So per-step values stay on the training
+device: logs are 0-d device tensors reduced in ONE all-reduce on that device at log steps
+(:func:`reduce_logs`), batch fingerprints are gathered only at log steps
+(:func:`gather_digests`), and everything inside the step (SyncBN, gather_with_grad, DDP
+buckets) already works on the activations' device.
+
+Collective order (NCCL matches collectives by issue order, so every rank must issue the same
+sequence): DDP launches its bucket all-reduces from autograd hooks (AccumulateGrad post-hooks,
+torch/csrc/distributed/c10d/reducer.cpp ``autograd_hook`` -> ``mark_variable_ready`` ->
+``mark_bucket_ready``, buckets strictly in index order, then the used-map all-reduce) and the
+custom backward collectives here (``_GatherWithGrad``, ``_AllReduceWithGrad``, SyncBN's
+backward) run as autograd nodes. Both are issued by the one autograd engine thread of the
+device in the engine's deterministic order (the ready queue's ``ReadyQueue::CompareNodeTaskTime`` orders by
+reentrant depth then sequence number, torch/csrc/autograd/engine.h), which is the same on every rank
+because every rank builds the same graph; so the interleaving is identical everywhere. DDP's
+bucket rebuild after the first iteration broadcasts rank 0's order (``_rebuild_buckets``,
+called in forward) before any of the method's collectives, also on every rank.
 
 Everything degrades to a no-op on one process (torch.distributed not initialised).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
@@ -19,6 +49,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "is_distributed",
+    "force_collectives",
     "rank",
     "world_size",
     "gather",
@@ -27,6 +58,10 @@ __all__ = [
     "all_reduce_max",
     "all_reduce_with_grad",
     "reduce_logs",
+    "gather_digests",
+    "process_group_backend",
+    "data_parallel",
+    "unused_parameter_steps",
     "average_gradients",
     "broadcast_module",
     "SyncBatchNorm",
@@ -34,9 +69,24 @@ __all__ = [
 ]
 
 
+_FORCED = False
+
+
+def force_collectives(on: bool = True) -> None:
+    """Treat a 1-rank process group as distributed: every collective (and DDP) really runs.
+
+    For checks on one GPU (benchmarks/gpu_check.py): the NCCL path is then exercised, not
+    skipped as the no-op fallback would.
+    """
+    global _FORCED
+    _FORCED = on
+
+
 def is_distributed() -> bool:
-    """True when a process group with more than one rank is active."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True when a process group with more than one rank is active (or forced on one rank)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return dist.get_world_size() > 1 or _FORCED
 
 
 def rank() -> int:
@@ -132,15 +182,123 @@ def all_reduce_with_grad(tensor: Tensor) -> Tensor:
     return _AllReduceWithGrad.apply(tensor)
 
 
-def reduce_logs(logs: dict[str, float]) -> dict[str, float]:
-    """Mean of each logged scalar over ranks, in one all-reduce (same keys on every rank)."""
-    if not is_distributed() or not logs:
-        return dict(logs)
+def reduce_logs(logs: dict[str, Any]) -> dict[str, float]:
+    """Mean of each logged scalar over ranks, in ONE all-reduce (same keys on every rank).
+
+    Values may be floats or 0-d tensors on the training device (methods return their loss
+    detached, not `.item()`-ed, so the step has no host sync); they are stacked on the device
+    of the first tensor, reduced there (NCCL needs CUDA tensors) and read back with one
+    `.tolist()`: the only host sync of a log step. Call it only at log steps.
+    """
+    if not logs:
+        return {}
     keys = sorted(logs)
-    values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    values /= world_size()
+    device = next((v.device for v in logs.values() if isinstance(v, Tensor)), torch.device("cpu"))
+    values = torch.stack([
+        v.detach().reshape(()).to(device=device, dtype=torch.float64) if isinstance(v, Tensor)
+        else torch.tensor(float(v), dtype=torch.float64, device=device)
+        for v in (logs[k] for k in keys)
+    ])
+    if is_distributed():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= world_size()
     return {k: float(v) for k, v in zip(keys, values.tolist())}
+
+
+def gather_digests(digest: int, device: torch.device | str = "cpu") -> list[int]:
+    """Every rank's batch fingerprint (an int < 2**63), in rank order; call at log steps only.
+
+    The tensor lives on `device` (the training device) so it goes through the same backend
+    as the model's collectives.
+    """
+    if not is_distributed():
+        return [digest]
+    mine = torch.tensor([digest], dtype=torch.int64, device=device)
+    everyone = [torch.zeros_like(mine) for _ in range(world_size())]
+    dist.all_gather(everyone, mine)
+    return [int(v) for v in torch.cat(everyone).tolist()]
+
+
+def process_group_backend(use_gpu: bool) -> str:
+    """The backend string Ray Train's TorchConfig gets (see the module docstring for why)."""
+    return "cpu:gloo,cuda:nccl" if use_gpu else "gloo"
+
+
+class _StepModule(nn.Module):
+    """`forward` = the method's training step, so DDP sees the step as its forward.
+
+    DDP prepares its reducer in ``forward`` (``_pre_forward`` / ``_post_forward`` in
+    torch/nn/parallel/distributed.py: bucket rebuild, the unused-parameter search over the
+    outputs); calling ``training_step`` directly would skip that.
+    """
+
+    def __init__(self, method: nn.Module) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, views: list[Tensor], step: int):  # type: ignore[override]
+        return self.method.training_step(views, step)
+
+
+def data_parallel(method: nn.Module, device: torch.device | str, bucket_cap_mb: float = 25.0,
+                  find_unused_parameters: bool = True) -> nn.Module:
+    """The method's step wrapped in torch DDP (gradient all-reduce overlapped with backward).
+
+    Call the result as ``step_module(views, step)`` -> ``(loss, logs)``. Without a process
+    group it is the plain step module. Settings and why:
+    - ``find_unused_parameters``: needed while a parameter can get no gradient (SwAV's
+      prototypes, DINO's last layer in their first steps). A parameter unused on every rank then
+      keeps ``grad=None`` (torch/csrc/distributed/c10d/reducer.cpp ``copy_bucket_to_grad``: "If a
+      parameter is globally unused, we keep its grad untouched"), so the optimizer skips it as
+      in one process; one unused on some ranks only is averaged with zeros, as the flat path
+      did. It costs: the used-map all-reduce is issued after the last bucket
+      (``mark_variable_ready``) and read back on the host when the buckets are finalised (one
+      host sync per step on CUDA) plus a graph traversal after forward. So the Trainer turns it
+      on only for the steps that need it and re-wraps without it afterwards (train_loop.py).
+    - ``forward_sync_buffers=False`` (formerly ``broadcast_buffers=False``): BN statistics are synchronised by SyncBatchNorm and queues or
+      centres are identical by construction; re-broadcasting them every forward would be one
+      more collective per step.
+    - gradients are averaged (DDP divides by the world size), the convention above.
+    DDP's constructor broadcasts rank 0's parameters and buffers once (identical anyway: every
+    rank builds the method from the same seed).
+    """
+    module = _StepModule(method)
+    if not is_distributed():
+        return module
+    device = torch.device(device)
+    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else None
+    return _DDP(
+        module, device_ids=device_ids, forward_sync_buffers=False, find_unused_parameters=find_unused_parameters,
+        bucket_cap_mb=bucket_cap_mb,
+    )
+
+
+# Method config fields that make parameters gradient-free for their first N steps (DDP must then
+# look for unused parameters). A method that leaves a parameter unused without saying so here
+# fails loudly at its next step (DDP: "Expected to have finished reduction in the prior
+# iteration"), never silently.
+UNUSED_PARAMETER_FIELDS = ("freeze_prototypes_steps", "freeze_last_layer_steps")
+
+
+def unused_parameter_steps(method: nn.Module) -> int:
+    """Steps before which some parameter may get no gradient (0: all are always used)."""
+    config = getattr(method, "config", None)
+    return max([int(getattr(config, f, 0) or 0) for f in UNUSED_PARAMETER_FIELDS] + [0])
+
+
+class _DDP(nn.parallel.DistributedDataParallel):
+    """DDP that accepts our SyncBatchNorm in CPU modules.
+
+    torch's DDP refuses any ``nn.SyncBatchNorm`` in a CPU module
+    (``_passing_sync_batchnorm_handle``, torch/nn/parallel/distributed.py) because torch's
+    implementation is CUDA-only. Ours subclasses it but runs its own gloo/CPU autograd function
+    on CPU inputs (:class:`SyncBatchNorm`), so the refusal does not apply; on CUDA the check
+    passes anyway. This is what keeps the 2-rank equivalence tests on CPU/gloo in CI.
+    """
+
+    def _passing_sync_batchnorm_handle(self, module: nn.Module) -> None:
+        return None
 
 
 def _parameters(module_or_params: nn.Module | Iterable[Tensor]) -> list[Tensor]:
@@ -153,7 +311,9 @@ def _parameters(module_or_params: nn.Module | Iterable[Tensor]) -> list[Tensor]:
 def average_gradients(module_or_params: nn.Module | Iterable[Tensor]) -> None:
     """Average parameter gradients over ranks in ONE all-reduce of a coalesced buffer.
 
-    Replaces DDP's gradient hook. A parameter whose gradient is None on every rank stays None
+    The pre-DDP path, kept as the baseline of `ddp_vs_flat_step_ratio` (benchmarks/) and for
+    code that steps without DDP: it cannot overlap backward, allocates a model-sized buffer per
+    step and reads one presence flag per parameter on the host (a host sync each). A parameter whose gradient is None on every rank stays None
     (the optimizer then skips it, as in single-process training, e.g. frozen SwAV prototypes);
     one present on only some ranks is averaged with zeros for the others, like DDP with
     unused parameters. A presence flag per parameter rides in the same buffer.

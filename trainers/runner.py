@@ -9,6 +9,7 @@ by its storage path and name), and `run.max_failures` restarts failed workers fr
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, TextIO
@@ -60,23 +61,72 @@ def check_inputs(config: TrainConfig) -> None:
         raise UsageError(f"run.storage: {err}") from None
 
 
-def check_cluster(config: TrainConfig) -> None:
-    """The cluster must be able to place every worker at once (else Ray would wait forever)."""
-    import ray
-
-    resources = ray.cluster_resources()
+def _shortfall(config: TrainConfig, resources: dict[str, float]) -> Optional[str]:
+    """What the cluster lacks right now to place every worker, or None."""
     s = config.scaling
     cpus_needed, cpus_have = s.num_workers * s.cpus_per_worker, resources.get("CPU", 0)
     if cpus_needed > cpus_have:
-        raise UsageError(
-            f"scaling.num_workers={s.num_workers} x cpus_per_worker={s.cpus_per_worker} needs "
-            f"{cpus_needed:g} CPUs; the Ray cluster has {cpus_have:g}"
-        )
+        return (f"scaling.num_workers={s.num_workers} x cpus_per_worker={s.cpus_per_worker} needs "
+                f"{cpus_needed:g} CPUs; the Ray cluster has {cpus_have:g}")
     if s.use_gpu and s.num_workers > resources.get("GPU", 0):
+        return (f"scaling.use_gpu with num_workers={s.num_workers} needs {s.num_workers} GPUs; "
+                f"the Ray cluster has {resources.get('GPU', 0):g}")
+    return None
+
+
+def worker_bundles(config: TrainConfig) -> list[dict[str, float]]:
+    """One resource bundle per Ray Train worker (what its placement group will ask for)."""
+    s = config.scaling
+    bundle = {"CPU": s.cpus_per_worker, **({"GPU": 1.0} if s.use_gpu else {})}
+    return [dict(bundle) for _ in range(s.num_workers)]
+
+
+def check_cluster(config: TrainConfig, poll_s: float = 2.0, can_grow: bool = True) -> None:
+    """The cluster must be able to place every worker at once (else Ray would wait forever).
+
+    An autoscaling cluster (deploy/aws/cluster.yaml: GPU workers min 0; KubeRay replicas 0)
+    has none of the workers' resources at submit time. So when the request does not fit yet,
+    the autoscaler is asked for the workers' bundles (`ray.autoscaler.sdk.request_resources`,
+    the same demand the placement group would create) and the check waits up to
+    `scaling.wait_for_resources_s`, printing what it waits for; only then does it fail, with
+    a message naming the fields. `wait_for_resources_s: 0`, or `can_grow=False` (the local Ray
+    this process started), fails at once.
+    """
+    import ray
+
+    missing = _shortfall(config, ray.cluster_resources())
+    if missing is None:
+        return
+    wait_s = config.scaling.wait_for_resources_s if can_grow else 0.0
+    if wait_s <= 0:
+        raise UsageError(missing)
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=worker_bundles(config))
+    print(f"waiting up to {wait_s:g} s for the cluster to scale up: {missing}", flush=True)
+    deadline = time.monotonic() + wait_s
+    while missing is not None and time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
+        missing = _shortfall(config, ray.cluster_resources())
+    if missing is not None:
         raise UsageError(
-            f"scaling.use_gpu with num_workers={s.num_workers} needs {s.num_workers} GPUs; "
-            f"the Ray cluster has {resources.get('GPU', 0):g}"
-        )
+            f"{missing} after waiting {wait_s:g} s (scaling.wait_for_resources_s) for the autoscaler; "
+            "check the cluster's max_workers / node types, or lower scaling.num_workers")
+    print("the cluster has scaled up; starting the workers", flush=True)
+
+
+def torch_config(config: TrainConfig):
+    """Ray Train's process-group settings: the backend per device type and the timeout.
+
+    ``cpu:gloo,cuda:nccl`` on GPUs (trainers/distributed.py says why); the timeout covers one
+    collective plus the online monitor's budget, so ranks waiting for rank 0's probe survive.
+    """
+    from ray.train.torch import TorchConfig
+
+    from trainers.distributed import process_group_backend
+
+    return TorchConfig(backend=process_group_backend(config.scaling.use_gpu),
+                       timeout_s=config.collective_timeout_s())
 
 
 def with_absolute_paths(config: TrainConfig) -> TrainConfig:
@@ -117,7 +167,7 @@ def run_training(config: TrainConfig, address: Optional[str] = None,
     log_file = None if verbose else Path(config.run.out_dir) / RAY_LOG_FILE
     started_ray = connect_ray(address or config.run.address, num_cpus=None, log_file=log_file)
     try:
-        check_cluster(config)
+        check_cluster(config, can_grow=not started_ray)  # a local Ray we started cannot grow
         return _fit(config, epoch_hooks, progress)
     finally:
         if started_ray:
@@ -143,6 +193,7 @@ def _fit(config: TrainConfig, epoch_hooks: Sequence[Any] = (), progress: Optiona
         train_loop_per_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "epoch_hooks": list(epoch_hooks),
                            "progress_board": name},
+        torch_config=torch_config(config),
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
         ),

@@ -14,6 +14,8 @@ spellings, and that every command's ``--help`` ends with an example.
 """
 from __future__ import annotations
 
+from viewstream.errors import UsageError
+
 import argparse
 import json
 from pathlib import Path
@@ -69,12 +71,16 @@ def add_verbose(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cpu'/'cuda' as given."""
-    if name != "auto":
-        return name
+    """`--device`: auto (cuda when torch sees a GPU, else cpu), cpu, or cuda (UsageError without one)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: expected auto, cpu or cuda")
+    return name
 
 
 def write_json(path: Optional[str], result: Any) -> None:

@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 import ray
 import yaml
+from ray.autoscaler._private.aws.config import _configure_subnets_and_groups_from_network_interfaces
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from trainers.config import TrainConfig
@@ -59,7 +60,9 @@ def test_aws_nodes_use_our_security_groups_and_roles_not_ray_defaults() -> None:
     assert "security_group" not in config["provider"]
     for name, node_type in config["available_node_types"].items():
         node = node_type["node_config"]
-        assert node["SecurityGroupIds"], name
+        if "NetworkInterfaces" in node:  # EFA nodes: groups per interface (what Ray checks and copies)
+            node = _configure_subnets_and_groups_from_network_interfaces(node)
+        assert node["SecurityGroupIds"] and all(g.startswith("sg-") for g in node["SecurityGroupIds"]), name
         assert node["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::"), name
         assert node["MetadataOptions"]["HttpTokens"] == "required", name
 
@@ -72,6 +75,61 @@ def test_aws_dashboard_on_loopback_and_token_auth_on_every_node() -> None:
     assert "-e RAY_AUTH_MODE=token" in config["docker"]["run_options"]
     # The token comes from SSM with the node's role, into the default token path.
     assert any("~/.ray/auth_token" in cmd and "ssm" in cmd for cmd in config["setup_commands"])
+
+
+# EFA network cards per instance type (AWS: p4d.24xlarge 4, p5.48xlarge 32).
+EFA_CARDS = {"p4d.24xlarge": 4, "p5.48xlarge": 32}
+
+
+def test_gpu_nodes_have_an_efa_interface_on_every_network_card() -> None:
+    config = load_aws()
+    seen = set()
+    for name, node_type in config["available_node_types"].items():
+        node = node_type["node_config"]
+        cards = EFA_CARDS.get(node["InstanceType"])
+        if cards is None:
+            assert "NetworkInterfaces" not in node, name
+            continue
+        seen.add(node["InstanceType"])
+        interfaces = node["NetworkInterfaces"]
+        assert sorted(i["NetworkCardIndex"] for i in interfaces) == list(range(cards)), name
+        assert all(i["InterfaceType"] == "efa" and i["SubnetId"] and i["Groups"] for i in interfaces), name
+        assert [i["DeviceIndex"] for i in interfaces if i["NetworkCardIndex"] == 0] == [0], name
+        assert node["Placement"]["GroupName"], name  # a cluster placement group
+        assert "--device=/dev/infiniband" in node_type["docker"]["worker_run_options"], name
+    assert seen == set(EFA_CARDS)
+    assert "--ulimit memlock=-1:-1" in config["docker"]["run_options"]
+
+
+def test_kuberay_gpu_pods_request_efa_devices() -> None:
+    specs = [the("RayCluster", "raycluster.yaml")["spec"], the("RayJob", "rayjob.yaml")["spec"]["rayClusterSpec"]]
+    for spec in specs:
+        for group in spec["workerGroupSpecs"]:
+            for container in group["template"]["spec"]["containers"]:
+                res = container["resources"]
+                if res["limits"].get("nvidia.com/gpu"):
+                    assert res["limits"]["vpc.amazonaws.com/efa"] == res["requests"]["vpc.amazonaws.com/efa"] == "4"
+                    assert "IPC_LOCK" in container["securityContext"]["capabilities"]["add"]
+                else:
+                    assert "vpc.amazonaws.com/efa" not in res["limits"]
+
+
+def test_nccl_settings_live_in_one_file_that_every_node_sources() -> None:
+    env = (DEPLOY / "nccl.env").read_text()
+    keys = [line.split("=", 1)[0] for line in env.splitlines() if line and not line.startswith("#")]
+    assert {"NCCL_DEBUG", "FI_PROVIDER", "FI_EFA_USE_DEVICE_RDMA", "NCCL_SOCKET_IFNAME", "LD_LIBRARY_PATH"} <= set(keys)
+    assert "NCCL_DEBUG=INFO" in (DEPLOY / "README.md").read_text()  # how to confirm the plugin is used
+    docker = (DEPLOY / "Dockerfile").read_text()
+    assert "efa_installer.sh" in docker and "/opt/amazon/ofi-nccl" in docker
+    assert ". /opt/viewstream/deploy/nccl.env" in docker and "/etc/profile.d/" in docker
+    # No NCCL_/FI_ setting anywhere else in deploy/ (one place).
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_file() and path.name not in {"nccl.env", "README.md"} and path.suffix in {".yaml", ".json", ".sh", ""}:
+            assert not re.search(r"\b(NCCL_[A-Z_]+|FI_[A-Z_]+)=", path.read_text()), path
+    # sourced by sh, every value well-formed
+    import subprocess
+    out = subprocess.run(["sh", "-c", f"set -a; . {DEPLOY / 'nccl.env'}; env"], capture_output=True, text=True, check=True)
+    assert "FI_PROVIDER=efa" in out.stdout and "NCCL_DEBUG=WARN" in out.stdout
 
 
 def test_no_secrets_or_world_open_addresses_in_deploy_files() -> None:

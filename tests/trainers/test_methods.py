@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from tests.trainers.tiny import TINY_CONFIGS, make_optimizer, make_views, train_step
+from tests.trainers.tiny import TINY_CONFIGS, make_trainer, make_views, record, view_batch
 from trainers.methods import METHODS, Method, MethodConfig, build_method, parse_method_config, stochastic_layers
 from viewstream.errors import UsageError
 
@@ -107,22 +107,23 @@ def _roundtrip(obj) -> dict:
 
 
 @pytest.mark.parametrize("name", [n for n in TINY_CONFIGS if n != "moco_v3_vit"])
-def test_state_dict_resume_is_bitwise_identical(name):
+def test_state_dict_resume_is_bitwise_identical(name, tmp_path):
+    """Through the real Trainer: save at step 3, restore into a differently seeded one, replay."""
     config, total, stop = TINY_CONFIGS[name], 5, 3
     views = make_views(config, total, seed=7)
 
-    method = build_method(config, seed=0)
-    optimizer = make_optimizer(method)
+    trainer = make_trainer(config, total)
     for step in range(stop):
-        train_step(method, optimizer, views[step], step, total)
-    saved = _roundtrip({"method": method.state_dict(), "optimizer": optimizer.state_dict()})
-    uninterrupted = [train_step(method, optimizer, views[s], s, total) for s in range(stop, total)]
+        trainer.train_step(view_batch(views[step], step))
+    trainer.save(str(tmp_path))
+    rng = torch.get_rng_state()
+    uninterrupted = [record(trainer, trainer.train_step(view_batch(views[s], s))) for s in range(stop, total)]
 
-    resumed = build_method(config, seed=1)  # different init: everything must come from the checkpoint
-    resumed.load_state_dict(saved["method"])
-    resumed_optimizer = make_optimizer(resumed)
-    resumed_optimizer.load_state_dict(saved["optimizer"])
-    replay = [train_step(resumed, resumed_optimizer, views[s], s, total) for s in range(stop, total)]
+    resumed = make_trainer(config, total, seed=1)  # different init: everything must come from the checkpoint
+    resumed.restore(str(tmp_path))
+    assert resumed.step == stop
+    torch.set_rng_state(rng)
+    replay = [record(resumed, resumed.train_step(view_batch(views[s], s))) for s in range(stop, total)]
 
     for a, b in zip(uninterrupted, replay):
         assert torch.equal(a["loss"], b["loss"])

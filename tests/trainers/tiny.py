@@ -1,13 +1,21 @@
-"""Tiny configurations of every method and a deterministic step runner, shared by the tests."""
+"""Tiny configurations of every method, run through the REAL `Trainer.train_step`.
+
+`make_trainer` builds `trainers.train_loop.Trainer` without a loader (the TrainConfig names a
+dataset it never opens) with LARS, a warm-up + cosine schedule and gradient clipping, so the
+equivalence tests exercise exactly the runner's step: DDP (on 2 gloo ranks), clipping,
+scheduler, optimizer, EMA updates.
+"""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
+from pipeline import DataPosition, ViewBatch
 from trainers import distributed
-from trainers.methods import build_method
+from trainers.config import TrainConfig
+from trainers.train_loop import Trainer
 
 CONVNET = {"name": "convnet", "width": 0.25}
 GLOBAL_BATCH = 8
@@ -31,6 +39,29 @@ TINY_CONFIGS: dict[str, dict] = {
 }
 
 
+def train_config(method: dict, world_size: int = 1, total_steps: int = 10, **fields: Any) -> TrainConfig:
+    """A TrainConfig around `method` whose recipe makes the method's view counts."""
+    locals_ = method.get("num_local_views", 0)
+    data = ({"recipe": "multicrop", "recipe_options": {"global_size": GLOBAL_PX, "local_size": LOCAL_PX,
+                                                        "num_local": locals_}}
+            if locals_ else {"recipe": "simclr", "recipe_options": {"size": GLOBAL_PX}})
+    config = {
+        "seed": 0, "data": {"dataset": "unused", **data}, "method": dict(method),
+        "optimizer": {"name": "lars", "base_lr": 0.5, "lr_scaling": "linear", "reference_batch_size": GLOBAL_BATCH,
+                      "warmup_steps": 1, "weight_decay": 1e-4},
+        "batch_size": GLOBAL_BATCH, "epochs": 1, "max_steps": total_steps, "grad_clip": 5.0,
+        "scaling": {"num_workers": world_size},
+        "run": {"log_every_steps": 1},
+    }
+    config.update(fields)
+    return TrainConfig.model_validate(config)
+
+
+def make_trainer(method: dict, total_steps: int = 10, **fields: Any) -> Trainer:
+    config = train_config(method, distributed.world_size(), total_steps, **fields)
+    return Trainer(config, distributed.rank(), distributed.world_size(), "cpu", steps_per_epoch=total_steps)
+
+
 def make_views(config: dict, steps: int, seed: int = 0) -> list[list[torch.Tensor]]:
     """Per step: 2 global crops then the config's local crops, for the GLOBAL batch."""
     g = torch.Generator().manual_seed(seed)
@@ -48,25 +79,25 @@ def local_rows(t: torch.Tensor) -> torch.Tensor:
     return t[distributed.rank() * n : (distributed.rank() + 1) * n]
 
 
-def make_optimizer(method) -> torch.optim.Optimizer:
-    return torch.optim.SGD(method.parameter_groups(1e-4), lr=0.1, momentum=0.9)
+def view_batch(views: list[torch.Tensor], step: int) -> ViewBatch:
+    """This rank's share of a global batch as the loader would hand it over."""
+    local = [local_rows(v) for v in views]
+    n = local[0].shape[0]
+    keys = [f"r{distributed.rank()}s{step}i{i}" for i in range(n)]
+    return ViewBatch(views=local, keys=keys, group_ids=keys, labels=None, label_vocabulary=[],
+                     view_sources=torch.zeros(n, len(local), dtype=torch.long), rows=torch.arange(n),
+                     epoch=0, batch=step, position=DataPosition(0, step + 1))
 
 
-def train_step(method, optimizer, views: list[torch.Tensor], step: int, total_steps: int) -> dict:
-    """One runner step (as trainers/methods/base.py documents it) and everything it changed."""
-    loss, logs = method.training_step([local_rows(v) for v in views], step)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    distributed.average_gradients(method)
-    optimizer.step()
-    method.on_after_optimizer_step(step, total_steps)
-    named = [(n, p) for n, p in method.named_parameters() if p.requires_grad]
+def record(trainer: Trainer, logs: dict) -> dict:
+    """Everything a step changed, reduced over ranks where it is a per-rank value."""
+    named = [(n, p) for n, p in trainer.method.named_parameters() if p.requires_grad]
     return {
-        "loss": distributed.all_reduce_sum(loss.detach()) / distributed.world_size(),
+        "loss": distributed.all_reduce_sum(logs["loss"].detach()) / distributed.world_size(),
         "logs": distributed.reduce_logs(logs),
         "grads": {n: p.grad.clone() for n, p in named if p.grad is not None},
         "without_grad": sorted(n for n, p in named if p.grad is None),
-        "state": {k: v.clone() for k, v in method.state_dict().items()},
+        "state": {k: v.clone() for k, v in trainer.method.state_dict().items()},
     }
 
 
@@ -85,14 +116,15 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 TINY_STEPS: dict[str, int] = {"moco_v2": 4, "swav": 4}
 
 
-def run_method(config: dict, steps: int = 2, total_steps: int = 10, dtype: torch.dtype = torch.float64) -> list[dict]:
-    """`steps` runner steps of a freshly built method (float64: equality is then exact to ~1e-13,
-    so any missing gradient term or misordered queue shows; float32 rounding in tiny batches
-    is amplified to ~1e-4 by the second step and would hide nothing but blur the check)."""
+def run_method(config: dict, steps: int = 2, total_steps: int = 10, dtype: torch.dtype = torch.float64,
+               **fields: Any) -> list[dict]:
+    """`steps` real Trainer steps of a freshly built method (float64: equality is then exact to
+    ~1e-13, so any missing gradient term or misordered queue shows; float32 rounding in tiny
+    batches is amplified to ~1e-4 by the second step and would hide nothing but blur the check)."""
     with default_dtype(dtype):
-        method = build_method(config, seed=0)
-        optimizer = make_optimizer(method)
-        return [train_step(method, optimizer, views, s, total_steps) for s, views in enumerate(make_views(config, steps))]
+        trainer = make_trainer(config, total_steps, **fields)
+        return [record(trainer, trainer.train_step(view_batch(views, s)))
+                for s, views in enumerate(make_views(config, steps))]
 
 
 def run_all_methods(names: list[str]) -> dict[str, list[dict]]:

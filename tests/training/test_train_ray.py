@@ -106,7 +106,9 @@ def test_stopped_job_rerun_resumes_to_identical_result(reference_run, fmnist_sha
 
 
 def test_more_workers_than_the_cluster_can_place_fails_before_start(ray_local, fmnist_shards, storage):
-    cfg = small_config(fmnist_shards["train"], storage, "too-big", scaling={"num_workers": 4, "cpus_per_worker": 1},
+    # a fixed cluster: fail at once (an autoscaling one waits: tests/training/test_gpu_cluster.py)
+    cfg = small_config(fmnist_shards["train"], storage, "too-big", scaling={"num_workers": 4, "cpus_per_worker": 1,
+                                                                          "wait_for_resources_s": 0},
                        batch_size=32)
     with pytest.raises(UsageError, match="scaling.num_workers=4"):
         run_training(TrainConfig.model_validate(cfg))

@@ -8,11 +8,11 @@ A runner drives any method the same way (one step, every rank)::
     for step in range(start, total_steps):
         schedule.apply(optimizer, step)
         views = batch.views                             # global crops first, then local crops
-        loss, logs = method.training_step(views, step)  # loss: this rank's local mean;
-                                                        # logs local too: reduce_logs(logs)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(method)                       # trainers.distributed, instead of DDP
+        loss, logs = method.training_step(views, step)  # loss: this rank's local mean; logs local
+                                                        # 0-d tensors (no .item()): reduce_logs(logs)
+        optimizer.zero_grad(set_to_none=True)           #   at log steps only
+        loss.backward()                                 # the runner calls training_step as DDP's
+                                                        # forward (distributed.data_parallel)
         method.clip_gradients(max_norm)                 # if configured; DINO clips per parameter
         optimizer.step()
         method.on_after_optimizer_step(step, total_steps)  # EMA teachers/targets

@@ -40,7 +40,7 @@ class BYOL(Method):
             z1, z2 = (self.target_projector(self.target_backbone(v)) for v in views)
         # sum over both directions of ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z)
         loss = (2 + 2 * negative_cosine(p1, z2)) + (2 + 2 * negative_cosine(p2, z1))
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
         ema_update(nn.ModuleList([self.target_backbone, self.target_projector]),

@@ -84,7 +84,7 @@ class DINO(Method):
                                    cfg.teacher_temperature_warmup_steps, step)
         loss = dino(student_out, teacher_out, self.center, cfg.student_temperature, temp)
         self.center.copy_(dino_center_update(teacher_out, self.center, cfg.center_momentum))
-        return loss, {"loss": loss.item(), "teacher_temperature": temp}
+        return loss, {"loss": loss.detach(), "teacher_temperature": temp}
 
     def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
         ema_update(torch.nn.ModuleList([self.teacher_backbone, self.teacher_head]),

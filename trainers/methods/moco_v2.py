@@ -58,7 +58,7 @@ class MoCoV2(Method):
         # clone: the queue is updated in place below, after the loss captured it (as MoCo does)
         loss = info_nce(q, k, self.queue.clone(), self.config.temperature)
         self._enqueue(distributed.gather(k))
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     @torch.no_grad()
     def _enqueue(self, keys: Tensor) -> None:

@@ -60,7 +60,7 @@ class MoCoV3(Method):
         with torch.no_grad():
             k1, k2 = (self.momentum_projector(self.momentum_backbone(v)) for v in views)
         loss = moco_v3(q1, q2, k1, k2, self.config.temperature)
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
         # The paper updates at the start of step s+1 with m(s+1); same weights, done here.

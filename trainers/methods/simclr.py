@@ -39,4 +39,4 @@ class SimCLR(Method):
         z = self.projector(self.encode_multicrop(self.backbone, views))
         z1, z2 = z.chunk(2)
         loss = nt_xent(z1, z2, self.config.temperature)
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}

@@ -49,4 +49,4 @@ class SimSiam(Method):
         p1, p2 = self.predictor(z1), self.predictor(z2)
         sg = self.config.stop_gradient
         loss = 0.5 * (negative_cosine(p1, z2, stop_gradient=sg) + negative_cosine(p2, z1, stop_gradient=sg))
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}

@@ -88,7 +88,7 @@ class SwAV(Method):
         )
         if cfg.queue_size and step >= cfg.queue_start_step:
             self._enqueue(embeddings)
-        logs = {"loss": loss.item(), "queue_in_use": float(queue_scores is not None)}
+        logs = {"loss": loss.detach(), "queue_in_use": float(queue_scores is not None)}
         return loss, logs
 
     @torch.no_grad()

@@ -1,0 +1,216 @@
+"""The real `Trainer.train_step` / `step_and_log`: accumulation, precision, compile, the
+non-finite guard, and which collectives a step issues (and on which device)."""
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from tests.trainers.spawn import run_distributed
+from tests.trainers.tiny import (GLOBAL_BATCH, TINY_CONFIGS, default_dtype, make_trainer, make_views, record,
+                                 view_batch)
+from trainers import distributed
+from trainers.methods import METHODS, Method, MethodConfig, register_method
+from trainers.train_loop import NonFiniteLoss, step_and_log
+
+
+class ToyConfig(MethodConfig):
+    name: Literal["toy_regression"] = "toy_regression"
+
+
+class ToyRegression(Method):
+    """A per-sample loss without BatchNorm: the case where accumulation is exact.
+
+    (With BatchNorm each micro-batch is normalised by its own statistics and running stats
+    move once per micro-batch; contrastive losses see only the micro-batch's negatives; so
+    accumulation is then a different, smaller-batch objective, as in every framework.)
+    """
+
+    name = "toy_regression"
+    config_class = ToyConfig
+
+    def __init__(self, config: ToyConfig) -> None:
+        super().__init__(config)
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4, 4)
+
+    def training_step(self, views: list[Tensor], step: int):
+        target = self.backbone(views[1]).detach()
+        loss = (self.head(self.backbone(views[0])) - target).pow(2).mean()
+        return loss, {"loss": loss.detach()}
+
+
+TOY = {"name": "toy_regression", "backbone": {"name": "convnet", "width": 0.25}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _toy_method_registered():
+    """The toy method is in the registry only while this module's tests run."""
+    register_method(ToyRegression)
+    yield
+    METHODS.pop("toy_regression", None)
+
+
+def _run(config: dict, steps: int, **fields) -> list[dict]:
+    if config["name"] not in METHODS:  # a spawned rank imports this module afresh
+        register_method(ToyRegression)
+    with default_dtype(torch.float64):
+        trainer = make_trainer(config, 10, **fields)
+        return [record(trainer, trainer.train_step(view_batch(v, s))) for s, v in enumerate(make_views(config, steps))]
+
+
+def _assert_same(a: list[dict], b: list[dict]) -> None:
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x["loss"], y["loss"], atol=1e-10, rtol=1e-10)
+        assert x["grads"].keys() == y["grads"].keys()
+        for key in x["grads"]:
+            torch.testing.assert_close(x["grads"][key], y["grads"][key], atol=1e-10, rtol=1e-10)
+        for key in x["state"]:
+            torch.testing.assert_close(x["state"][key], y["state"][key], atol=1e-10, rtol=1e-10)
+
+
+def _accumulated_on_ranks() -> list[dict]:
+    return _run(TOY, 3, gradient_accumulation_steps=2)
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+    _assert_same(_run(TOY, 3, gradient_accumulation_steps=2), _run(TOY, 3))
+    _assert_same(_run(TOY, 3, gradient_accumulation_steps=4), _run(TOY, 3))
+
+
+@pytest.mark.integration
+def test_accumulation_on_two_ranks_equals_one_rank_full_batch():
+    """2 gloo ranks x 2 micro-batches (DDP no_sync on the first) == 1 rank, whole batch."""
+    single = _run(TOY, 3)
+    for runs in run_distributed(_accumulated_on_ranks, world_size=2):
+        _assert_same(runs, single)
+
+
+def test_accumulation_must_divide_the_worker_batch():
+    from tests.trainers.tiny import train_config
+    from viewstream.errors import UsageError
+    from trainers.config_loading import validate
+
+    with pytest.raises(Exception, match="gradient_accumulation_steps=3"):
+        train_config(TOY, gradient_accumulation_steps=3)
+
+
+def test_fp16_with_grad_scaler_trains_on_cpu():
+    trainer = make_trainer(TINY_CONFIGS["simclr"], 10, precision="fp16")
+    assert trainer.scaler.is_enabled() and trainer.amp_dtype == torch.float16
+    before = {k: v.clone() for k, v in trainer.method.state_dict().items()}
+    losses = [trainer.train_step(view_batch(v, s))["loss"] for s, v in enumerate(make_views(TINY_CONFIGS["simclr"], 3))]
+    assert all(torch.isfinite(l) for l in losses)
+    assert any(not torch.equal(before[k], v) for k, v in trainer.method.state_dict().items() if k.endswith("weight"))
+
+
+def test_bf16_and_channels_last_train_on_cpu():
+    trainer = make_trainer(TINY_CONFIGS["simclr"], 10, precision="bf16", channels_last="on")
+    conv = next(m for m in trainer.method.backbone.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[-1] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for s, v in enumerate(make_views(TINY_CONFIGS["simclr"], 2)):
+        assert torch.isfinite(trainer.train_step(view_batch(v, s))["loss"])
+
+
+@pytest.mark.integration
+def test_compile_trains_a_tiny_model_on_cpu():
+    trainer = make_trainer(TOY, 10, compile=True)
+    assert "_orig_mod" not in "".join(trainer.method.state_dict())  # checkpoint keys unchanged
+    losses = [float(trainer.train_step(view_batch(v, s))["loss"]) for s, v in enumerate(make_views(TOY, 3))]
+    reference = make_trainer(TOY, 10)
+    expected = [float(reference.train_step(view_batch(v, s))["loss"]) for s, v in enumerate(make_views(TOY, 3))]
+    assert losses == pytest.approx(expected, rel=1e-4)
+
+
+def _nan_views(config: dict, steps: int, bad: int) -> list[list[Tensor]]:
+    views = make_views(config, steps)
+    views[bad][0][0, 0, 0, 0] = float("nan")
+    return views
+
+
+def test_nonfinite_loss_stops_at_the_next_log_step():
+    trainer = make_trainer(TINY_CONFIGS["simclr"], 10, run={"log_every_steps": 3, "checkpoint_every_steps": 3})
+    views = _nan_views(TINY_CONFIGS["simclr"], 3, bad=1)
+    assert step_and_log(trainer, view_batch(views[0], 0)) is None
+    assert step_and_log(trainer, view_batch(views[1], 1)) is None  # no host sync: noticed later
+    with pytest.raises(NonFiniteLoss, match="non-finite loss"):
+        step_and_log(trainer, view_batch(views[2], 2))
+
+
+def test_nonfinite_loss_skip_leaves_the_weights_and_says_so(caplog):
+    trainer = make_trainer(TINY_CONFIGS["simclr"], 10, nonfinite_loss="skip")
+    views = _nan_views(TINY_CONFIGS["simclr"], 2, bad=0)
+    before = {k: v.clone() for k, v in trainer.method.state_dict().items() if "running" not in k and "tracked" not in k}
+    with caplog.at_level("WARNING"):
+        logs = trainer.train_step(view_batch(views[0], 0))
+    assert logs["skipped_steps"] == 1.0 and "update skipped" in caplog.text
+    for k, v in before.items():
+        assert torch.equal(trainer.method.state_dict()[k], v), k
+    logs = trainer.train_step(view_batch(views[1], 1))
+    assert torch.isfinite(logs["loss"]) and logs["skipped_steps"] == 1.0
+
+
+# ------------------------------------------------------------------ the loop's collectives
+def _collectives_of_the_loop() -> dict:
+    """step_and_log (the loop's own per-step code) with every Python-level collective recorded."""
+    calls: list[tuple[str, str]] = []
+    originals = {name: getattr(dist, name) for name in ("all_reduce", "all_gather", "broadcast", "all_gather_into_tensor")}
+
+    def recorder(name):
+        def wrapped(tensor_or_list, *args, **kwargs):
+            tensors = [tensor_or_list] if isinstance(tensor_or_list, Tensor) else list(tensor_or_list)
+            if args and isinstance(args[0], Tensor):
+                tensors.append(args[0])
+            calls.append((name, {t.device.type for t in tensors}))
+            return originals[name](tensor_or_list, *args, **kwargs)
+        return wrapped
+
+    trainer = make_trainer(TINY_CONFIGS["simclr"], 10, run={"log_every_steps": 2, "checkpoint_every_steps": 100})
+    per_step, records = [], []
+    for name in originals:
+        setattr(dist, name, recorder(name))
+    try:
+        for s, v in enumerate(make_views(TINY_CONFIGS["simclr"], 4)):
+            calls.clear()
+            records.append(step_and_log(trainer, view_batch(v, s)))
+            per_step.append(list(calls))
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+    return {"per_step": per_step, "device": trainer.device, "records": records,
+            "ddp": type(trainer.step_module).__name__}
+
+
+@pytest.mark.integration
+def test_the_loops_collectives_run_on_the_training_device_and_only_log_steps_add_any():
+    ranks = run_distributed(_collectives_of_the_loop, world_size=2)
+    for res in ranks:
+        assert res["ddp"] == "_DDP"
+        devices = set().union(*(d for step in res["per_step"] for _, d in step))
+        assert devices == {res["device"]}, devices
+        quiet, log_step = res["per_step"][0], res["per_step"][1]  # steps 1 (no log) and 2 (log)
+        # + ONE all-gather of the digests + ONE all-reduce of all logs; nothing else is added
+        assert quiet and len(log_step) == len(quiet) + 2 and log_step[-2:] == [("all_gather", {"cpu"}), ("all_reduce", {"cpu"})]
+        assert res["per_step"][2] == quiet
+        assert res["records"][0] is None and res["records"][1]["step"] == 2
+    digests = [res["records"][1]["batch_digest"] for res in ranks]
+    assert digests[0] == digests[1] and len(digests[0].split("-")) == 2
+
+
+def test_backend_string_routes_cpu_tensors_to_gloo_and_cuda_to_nccl():
+    assert distributed.process_group_backend(use_gpu=True) == "cpu:gloo,cuda:nccl"
+    assert distributed.process_group_backend(use_gpu=False) == "gloo"
+
+
+def test_ddp_searches_unused_parameters_only_while_a_method_freezes_some():
+    swav = make_trainer(TINY_CONFIGS["swav"], 10)  # freeze_prototypes_steps=1
+    assert swav.unused_parameters_until == 1 and swav._find_unused
+    for s, v in enumerate(make_views(TINY_CONFIGS["swav"], 2)):
+        swav.train_step(view_batch(v, s))
+    assert not swav._find_unused
+    simclr = make_trainer(TINY_CONFIGS["simclr"], 10)
+    assert simclr.unused_parameters_until == 0 and not simclr._find_unused
+    assert distributed.unused_parameter_steps(nn.Linear(2, 2)) == 0
