@@ -1,11 +1,13 @@
 """Feature extractors by name: torchvision ResNets, timm ViTs, a small ConvNet for CPU demos.
 
-Every backbone maps (N, 3, H, W) images to (N, feature_dim) features and exposes
-`feature_dim`; heads are the methods' business. A registry maps names to builders.
+Every backbone maps (N, 3, H, W) images to (N, feature_dim) features and declares what it can
+do as fields of :class:`Backbone` (family, feature dim, token output, patch size, no-weight-decay
+names), so methods and export choose by capability, never by guessing from the name; heads are
+the methods' business. A registry maps names to builders.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,7 +16,7 @@ from torchvision.models import resnet as tv_resnet
 
 from viewstream.errors import UsageError
 
-__all__ = ["BackboneConfig", "BACKBONES", "build_backbone", "register_backbone"]
+__all__ = ["Backbone", "BackboneConfig", "BACKBONES", "build_backbone", "register_backbone"]
 
 
 class BackboneConfig(BaseModel):
@@ -30,6 +32,25 @@ class BackboneConfig(BaseModel):
     patch_size: int | None = Field(None, ge=1, description="ViT: patch size (default per model)")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth of the online network (teachers have none)")
     freeze_patch_embedding: bool = Field(False, description="MoCo v3 ViT: no gradient to the patch projection (--stop-grad-conv1)")
+
+
+class Backbone(nn.Module):
+    """What every backbone declares besides `forward(images) -> (N, feature_dim)`.
+
+    family: "resnet", "vit", "swin", "convnet" (MoCo v3 builds ViT heads for "vit"; export picks
+    its recipe by family); token_output: the inner model can return patch tokens
+    (`net.forward_features`), which masked/patch methods need; patch_size: pixels per token (None
+    for CNNs); :meth:`no_weight_decay`: parameter names (relative to the backbone) that take no
+    weight decay besides biases and 1-D tensors.
+    """
+
+    family: ClassVar[str]
+    feature_dim: int
+    token_output: bool = False
+    patch_size: int | None = None
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
 
 
 class _WidthResNet(tv_resnet.ResNet):
@@ -54,8 +75,10 @@ class _WidthResNet(tv_resnet.ResNet):
         return super()._make_layer(block, self._scaled(planes), blocks, stride, dilate)
 
 
-class ResNetBackbone(nn.Module):
+class ResNetBackbone(Backbone):
     """A torchvision ResNet without its classifier, optionally with a small-image stem."""
+
+    family = "resnet"
 
     def __init__(self, depth: int, config: BackboneConfig) -> None:
         super().__init__()
@@ -74,8 +97,11 @@ class ResNetBackbone(nn.Module):
         return self.net(images)
 
 
-class ViTBackbone(nn.Module):
+class ViTBackbone(Backbone):
     """A timm VisionTransformer returning the class token (dynamic image size for multi-crop)."""
+
+    family = "vit"
+    token_output = True
 
     def __init__(self, model_name: str, config: BackboneConfig, **overrides) -> None:
         super().__init__()
@@ -96,6 +122,7 @@ class ViTBackbone(nn.Module):
             for p in self.net.patch_embed.parameters():
                 p.requires_grad_(False)
         self.feature_dim = self.net.num_features
+        self.patch_size = int(self.net.patch_embed.patch_size[0])
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
@@ -124,7 +151,7 @@ def sincos_position_embedding(grid_size: tuple[int, int], dim: int, temperature:
     return torch.cat([torch.zeros(1, 1, dim), pos], dim=1)
 
 
-class MoCoV3ViTBackbone(nn.Module):
+class MoCoV3ViTBackbone(Backbone):
     """MoCo v3's ViT (vits.py `VisionTransformerMoCo`) on timm's VisionTransformer.
 
     ViT-S/16: 384 wide, 12 blocks, 12 heads (vits.py line 117; DeiT-S/timm's vit_small has 6),
@@ -132,6 +159,9 @@ class MoCoV3ViTBackbone(nn.Module):
     xavier-uniform with Q, K, V treated separately, cls token N(0, 1e-6)), and optionally a frozen
     patch embedding (`stop_grad_conv1`, lines 49-51; the paper's ViT recipes use it).
     """
+
+    family = "vit"
+    token_output = True
 
     def __init__(self, config: BackboneConfig, embed_dim: int = 384, depth: int = 12, num_heads: int = 12,
                  model_name: str = "vit_small_patch16_224") -> None:
@@ -166,6 +196,7 @@ class MoCoV3ViTBackbone(nn.Module):
             net.patch_embed.proj.weight.requires_grad_(False)
             net.patch_embed.proj.bias.requires_grad_(False)
         self.feature_dim = net.num_features
+        self.patch_size = patch
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
@@ -174,8 +205,10 @@ class MoCoV3ViTBackbone(nn.Module):
         return {f"net.{n}" for n in self.net.no_weight_decay()}
 
 
-class ConvNetBackbone(nn.Module):
+class ConvNetBackbone(Backbone):
     """Four conv-BN-ReLU blocks and global pooling: fast enough for CPU tests and demos."""
+
+    family = "convnet"
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
@@ -229,4 +262,7 @@ def build_backbone(config: BackboneConfig | dict | str) -> nn.Module:
         config = BackboneConfig(**config)
     if config.name not in BACKBONES:
         raise UsageError(f"unknown backbone {config.name!r}; expected one of: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[config.name](config)
+    backbone = BACKBONES[config.name](config)
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"backbone {config.name!r} builds a {type(backbone).__name__}, not a trainers.backbones.Backbone")
+    return backbone

@@ -49,14 +49,14 @@ def test_the_comparison_covers_state_updates(distributed_runs):
     """Guards against a vacuous pass: the state the test compares really moved."""
     runs = distributed_runs[0]
     moco = [r["state"] for r in runs["moco_v2"]]
-    assert [int(s["queue_pointer"]) for s in moco] == [8, 16, 0, 8]  # 24 keys, batches of 8: wraps after step 2
+    assert [int(s["queue.pointer"]) for s in moco] == [8, 16, 0, 8]  # 24 keys, batches of 8: wraps after step 2
     b = GLOBAL_BATCH
-    assert not torch.equal(moco[3]["queue"][:b], moco[2]["queue"][:b])  # step 3 overwrote the oldest keys
-    assert torch.equal(moco[3]["queue"][b:], moco[2]["queue"][b:])     # and nothing else
+    assert not torch.equal(moco[3]["queue.features"][:b], moco[2]["queue.features"][:b])  # step 3 overwrote the oldest keys
+    assert torch.equal(moco[3]["queue.features"][b:], moco[2]["queue.features"][b:])     # and nothing else
     swav = runs["swav"]
     assert [float(r["logs"]["queue_in_use"]) for r in swav] == [0.0, 0.0, 1.0, 1.0]  # used once 2 batches are in
     for step in range(1, len(swav)):  # newest first: every step shifts the previous batch back by one
-        before, after = swav[step - 1]["state"]["queue"], swav[step]["state"]["queue"]
+        before, after = swav[step - 1]["state"]["queue.features"], swav[step]["state"]["queue.features"]
         assert torch.equal(after[:, b:], before[:, :b]) and not torch.equal(after[:, :b], before[:, :b])
     assert "prototypes.weight" in swav[0]["without_grad"] and "prototypes.weight" in swav[1]["grads"]
     dino = runs["dino"]
