@@ -132,6 +132,34 @@ class ViTBackbone(Backbone):
         return {f"net.{n}" for n in self.net.no_weight_decay()}
 
 
+class SwinBackbone(Backbone):
+    """A timm SwinTransformer returning its pooled last stage (MoBY's encoder, Swin-T by default).
+
+    Built by `timm.create_model(model_name)` so that export can rebuild it by name; the image size
+    must be a multiple of patch x window x 8 (224 for Swin-T: no multi-crop of other sizes).
+    No weight decay on the relative-position tables (timm's `no_weight_decay`, as Swin's
+    `set_weight_decay` skip keywords).
+    """
+
+    family = "swin"
+    token_output = True
+
+    def __init__(self, model_name: str, config: BackboneConfig, **overrides) -> None:
+        super().__init__()
+        import timm  # lazy: importing timm costs seconds in every spawned worker
+
+        self.net = timm.create_model(model_name, pretrained=False, num_classes=0, img_size=config.image_size,
+                                     drop_path_rate=config.drop_path_rate, **overrides)
+        self.feature_dim = self.net.num_features
+        self.patch_size = int(self.net.patch_embed.patch_size[0])
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"net.{n}" for n in self.net.no_weight_decay()}
+
+
 def sincos_position_embedding(grid_size: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """MoCo v3's fixed 2-D sin-cos position embedding with a zero class-token row, (1, 1+h*w, dim).
 
@@ -250,6 +278,12 @@ register_backbone(
     "vit_tiny_mocov3",  # the same construction at CPU-test size
     lambda c: MoCoV3ViTBackbone(c.model_copy(update={"patch_size": c.patch_size or 4}), embed_dim=64, depth=2, num_heads=2,
                                 model_name="vit_tiny_patch16_224"),
+)
+register_backbone("swin_tiny", lambda c: SwinBackbone("swin_tiny_patch4_window7_224", c))  # MoBY's Swin-T
+register_backbone(
+    "swin_nano",  # 2 stages of width 16, window 2: a Swin small enough for CPU tests (16 px images)
+    lambda c: SwinBackbone("swin_tiny_patch4_window7_224", c, patch_size=2, embed_dim=16, depths=(1, 1),
+                           num_heads=(1, 2), window_size=2),
 )
 register_backbone("convnet", ConvNetBackbone)
 
