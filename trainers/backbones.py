@@ -32,6 +32,10 @@ class BackboneConfig(BaseModel):
     patch_size: int | None = Field(None, ge=1, description="ViT: patch size (default per model)")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth of the online network (teachers have none)")
     freeze_patch_embedding: bool = Field(False, description="MoCo v3 ViT: no gradient to the patch projection (--stop-grad-conv1)")
+    init_from: str | None = Field(
+        None, description="local torchvision/timm/safetensors/export/training checkpoint to start from (no download)"
+    )
+    init_strict: bool = Field(True, description="init_from: every key must fit (false: load those that fit, warn)")
 
 
 class Backbone(nn.Module):
@@ -45,6 +49,7 @@ class Backbone(nn.Module):
     """
 
     family: ClassVar[str]
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ()  # the source model's head, dropped by init_from
     feature_dim: int
     token_output: bool = False
     patch_size: int | None = None
@@ -79,6 +84,7 @@ class ResNetBackbone(Backbone):
     """A torchvision ResNet without its classifier, optionally with a small-image stem."""
 
     family = "resnet"
+    classifier_prefixes = ("fc.",)
 
     def __init__(self, depth: int, config: BackboneConfig) -> None:
         super().__init__()
@@ -101,6 +107,7 @@ class ViTBackbone(Backbone):
     """A timm VisionTransformer returning the class token (dynamic image size for multi-crop)."""
 
     family = "vit"
+    classifier_prefixes = ("head.",)
     token_output = True
 
     def __init__(self, model_name: str, config: BackboneConfig, **overrides) -> None:
@@ -142,6 +149,7 @@ class SwinBackbone(Backbone):
     """
 
     family = "swin"
+    classifier_prefixes = ("head.",)
     token_output = True
 
     def __init__(self, model_name: str, config: BackboneConfig, **overrides) -> None:
@@ -189,6 +197,7 @@ class MoCoV3ViTBackbone(Backbone):
     """
 
     family = "vit"
+    classifier_prefixes = ("head.",)
     token_output = True
 
     def __init__(self, config: BackboneConfig, embed_dim: int = 384, depth: int = 12, num_heads: int = 12,
@@ -299,4 +308,8 @@ def build_backbone(config: BackboneConfig | dict | str) -> nn.Module:
     backbone = BACKBONES[config.name](config)
     if not isinstance(backbone, Backbone):
         raise TypeError(f"backbone {config.name!r} builds a {type(backbone).__name__}, not a trainers.backbones.Backbone")
+    if config.init_from:
+        from trainers.init_weights import load_backbone_weights
+
+        load_backbone_weights(backbone, config.init_from, strict=config.init_strict, backbone_name=config.name)
     return backbone
