@@ -58,6 +58,12 @@ class Backbone(nn.Module):
         return set()
 
 
+def _existing(net: nn.Module, names: set[str]) -> set[str]:
+    """`net.`-prefixed `names` that are parameters of `net` (timm lists tokens a model may not have)."""
+    params = {n for n, _ in net.named_parameters()}
+    return {f"net.{n}" for n in names if n in params}
+
+
 class _WidthResNet(tv_resnet.ResNet):
     """torchvision's ResNet with every stage's channels scaled by `width`."""
 
@@ -135,15 +141,15 @@ class ViTBackbone(Backbone):
         return self.net(images)
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names (relative to this module) that take no weight decay (timm's list)."""
-        return {f"net.{n}" for n in self.net.no_weight_decay()}
+        """Parameter names (relative to this module) that take no weight decay (timm's list, those that exist)."""
+        return _existing(self.net, self.net.no_weight_decay())
 
 
 class SwinBackbone(Backbone):
     """A timm SwinTransformer returning its pooled last stage (MoBY's encoder, Swin-T by default).
 
-    Built by `timm.create_model(model_name)` so that export can rebuild it by name; the image size
-    must be a multiple of patch x window x 8 (224 for Swin-T: no multi-crop of other sizes).
+    Built by `timm.create_model(model_name)` so that export can rebuild it by name; with timm's
+    `dynamic_img_size` other crop sizes work too (windows padded and masked by timm).
     No weight decay on the relative-position tables (timm's `no_weight_decay`, as Swin's
     `set_weight_decay` skip keywords).
     """
@@ -157,7 +163,7 @@ class SwinBackbone(Backbone):
         import timm  # lazy: importing timm costs seconds in every spawned worker
 
         self.net = timm.create_model(model_name, pretrained=False, num_classes=0, img_size=config.image_size,
-                                     drop_path_rate=config.drop_path_rate, **overrides)
+                                     dynamic_img_size=True, drop_path_rate=config.drop_path_rate, **overrides)
         self.feature_dim = self.net.num_features
         self.patch_size = int(self.net.patch_embed.patch_size[0])
 
@@ -165,7 +171,7 @@ class SwinBackbone(Backbone):
         return self.net(images)
 
     def no_weight_decay(self) -> set[str]:
-        return {f"net.{n}" for n in self.net.no_weight_decay()}
+        return _existing(self.net, self.net.no_weight_decay())
 
 
 def sincos_position_embedding(grid_size: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -239,7 +245,7 @@ class MoCoV3ViTBackbone(Backbone):
         return self.net(images)
 
     def no_weight_decay(self) -> set[str]:
-        return {f"net.{n}" for n in self.net.no_weight_decay()}
+        return _existing(self.net, self.net.no_weight_decay())
 
 
 class ConvNetBackbone(Backbone):

@@ -189,3 +189,15 @@ def test_other_methods_clip_the_global_norm():
     method.clip_gradients(1.0)
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
     assert float(total) == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", [n for n in TINY_CONFIGS if n != "moco_v3_vit"])
+def test_every_frozen_copy_is_declared_in_momentum_pairs(name):
+    """EMA updates are declared (base.momentum_pairs), so no frozen network is left out of the update."""
+    method = build_method(TINY_CONFIGS[name], seed=0)
+    targets = {id(p) for _, target in method.momentum_pairs() for p in target.parameters()}
+    frozen = {id(p) for child in method.children() if list(child.parameters())
+              and not any(p.requires_grad for p in child.parameters()) for p in child.parameters()}
+    assert frozen == targets
+    for online, target in method.momentum_pairs():
+        assert [p.shape for p in online.parameters()] == [p.shape for p in target.parameters()]
