@@ -33,6 +33,9 @@ TINY_CONFIGS: dict[str, dict] = {
     # 24 keys per view, batches of 8: both queues wrap at the shared pointer
     "moby": dict(name="moby", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32,
                  queue_size=24, global_batch_size=GLOBAL_BATCH),
+    # MoBY's natural backbone at CPU-test size (no drop-path: per-rank randomness breaks equality)
+    "moby_swin": dict(name="moby", backbone={"name": "swin_nano", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
+                      projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32, queue_size=16),
 }
 
 
