@@ -43,3 +43,19 @@ def test_load_state_dict_restores_pointer_and_fill_on_the_host():
     assert not resumed.is_full
     resumed.enqueue(torch.full((2, 1), 2.0))
     assert resumed.is_full and resumed.features[:, 0].tolist() == [1.0, 1.0, 2.0, 2.0] and int(resumed.pointer) == 0
+
+
+def test_moco_and_swav_checkpoints_from_before_the_queue_module_still_load():
+    from tests.trainers.tiny import TINY_CONFIGS
+    from trainers.methods import build_method
+
+    for name, legacy in (("moco_v2", {"queue_pointer": torch.tensor(8)}), ("swav", {"queue_filled": torch.tensor(8)})):
+        method = build_method(TINY_CONFIGS[name], seed=0)
+        state = {k: v for k, v in method.state_dict().items() if not k.startswith("queue.")}
+        old_queue = torch.randn_like(method.queue.features)
+        method.load_state_dict({**state, "queue": old_queue, **legacy})  # strict: nothing missing or unexpected
+        assert torch.equal(method.queue.features, old_queue)
+        assert (method.queue._pointer, method.queue._filled) == ((8, 24) if name == "moco_v2" else (0, 8))
+    swav = build_method({**TINY_CONFIGS["swav"], "queue_size": 0}, seed=0)
+    state = swav.state_dict()
+    swav.load_state_dict({**state, "queue": torch.zeros(2, 0, 16), "queue_filled": torch.tensor(0)})

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from trainers.heads import mlp
 from trainers.losses import info_nce
 from trainers.methods.base import Method, MethodConfig, frozen_copy, register_method
-from trainers.methods.queue import EmbeddingQueue
+from trainers.methods.queue import EmbeddingQueue, upgrade_legacy_queue_keys
 
 
 class MoCoV2Config(MethodConfig):
@@ -57,6 +57,12 @@ class MoCoV2(Method):
         loss = info_nce(q, k, self.queue.snapshot(), self.config.temperature)
         self.queue.enqueue(k)
         return loss, {"loss": loss.item()}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints from before EmbeddingQueue: its random-initialised queue counted as full
+        upgrade_legacy_queue_keys(state_dict, prefix, queue=self.queue, pointer_key="queue_pointer", filled_key=None,
+                                  filled_default=self.config.queue_size)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.key_backbone), (self.projector, self.key_projector)]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from trainers import distributed
 from viewstream.errors import UsageError
 
-__all__ = ["EmbeddingQueue"]
+__all__ = ["EmbeddingQueue", "upgrade_legacy_queue_keys"]
 
 
 class EmbeddingQueue(nn.Module):
@@ -81,3 +81,24 @@ class EmbeddingQueue(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.dim}, slots={self.slots}, order={self.order}"
+
+
+def upgrade_legacy_queue_keys(state_dict: dict[str, Any], prefix: str, *, queue: EmbeddingQueue | None,
+                              pointer_key: str | None, filled_key: str | None, filled_default: int = 0) -> None:
+    """Rename, in place, the queue buffers of checkpoints written before EmbeddingQueue existed.
+
+    Old MoCo v2 / SwAV checkpoints kept `queue` and `queue_pointer` / `queue_filled` on the method;
+    they now live under `queue.` (features, pointer, filled). Without a queue (SwAV queue_size 0)
+    the old, empty buffers are dropped.
+    """
+    old = prefix + "queue"
+    if old not in state_dict or prefix + "queue.features" in state_dict:
+        return
+    features = state_dict.pop(old)
+    pointer = state_dict.pop(prefix + pointer_key, None) if pointer_key else None
+    filled = state_dict.pop(prefix + filled_key, None) if filled_key else None
+    if queue is None:
+        return
+    state_dict[prefix + "queue.features"] = features
+    state_dict[prefix + "queue.pointer"] = pointer if pointer is not None else torch.zeros((), dtype=torch.long)
+    state_dict[prefix + "queue.filled"] = filled if filled is not None else torch.tensor(filled_default)

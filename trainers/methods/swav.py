@@ -21,7 +21,7 @@ from trainers import distributed
 from trainers.heads import mlp
 from trainers.losses import swav
 from trainers.methods.base import Method, MethodConfig, register_method
-from trainers.methods.queue import EmbeddingQueue
+from trainers.methods.queue import EmbeddingQueue, upgrade_legacy_queue_keys
 
 
 class SwAVConfig(MethodConfig):
@@ -91,6 +91,10 @@ class SwAV(Method):
             self.queue.enqueue(torch.stack(embeddings))
         logs = {"loss": loss.item(), "queue_in_use": float(queue_scores is not None)}
         return loss, logs
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        upgrade_legacy_queue_keys(state_dict, prefix, queue=self.queue, pointer_key=None, filled_key="queue_filled")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def _queue_scores(self) -> list[Tensor] | None:
