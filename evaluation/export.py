@@ -105,6 +105,26 @@ def _vit_recipe(net: nn.Module) -> ExportRecipe:
     return ExportRecipe("timm", arch, dict(net.state_dict()), code, int(img[0]), notes)
 
 
+def _swin_recipe(net: nn.Module) -> ExportRecipe:
+    """timm SwinTransformer (MoBY's Swin-T): rebuilt by name with its stage shape, no classifier."""
+    arch = (getattr(net, "pretrained_cfg", None) or {}).get("architecture")
+    if not arch:
+        raise UsageError("cannot export this timm SwinTransformer: it does not name its architecture")
+    first = net.layers[0].blocks[0]
+    kwargs: dict[str, Any] = dict(
+        pretrained=False, num_classes=0, img_size=tuple(net.patch_embed.img_size),
+        patch_size=tuple(net.patch_embed.patch_size), embed_dim=net.embed_dim,
+        depths=tuple(len(layer.blocks) for layer in net.layers),
+        num_heads=tuple(layer.blocks[0].attn.num_heads for layer in net.layers),
+        window_size=tuple(first.window_size), mlp_ratio=first.mlp.fc1.out_features / net.embed_dim,
+        global_pool=net.global_pool, dynamic_img_size=not net.patch_embed.strict_img_size,
+    )
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    code = f"import timm\nmodel = timm.create_model({arch!r}, {args})"
+    notes = ["num_classes=0: the model returns the average-pooled last stage (features)"]
+    return ExportRecipe("timm", arch, dict(net.state_dict()), code, int(net.patch_embed.img_size[0]), notes)
+
+
 _SEQUENTIAL_LAYERS: dict[type, Callable[[nn.Module], str]] = {
     nn.Conv2d: lambda m: (f"torch.nn.Conv2d({m.in_channels}, {m.out_channels}, {m.kernel_size}, stride={m.stride}, "
                           f"padding={m.padding}, bias={m.bias is not None})"),
@@ -138,10 +158,19 @@ def _is_timm_vit(net: nn.Module) -> bool:
     return isinstance(net, VisionTransformer)
 
 
+def _is_timm_swin(net: nn.Module) -> bool:
+    try:
+        from timm.models.swin_transformer import SwinTransformer
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return False
+    return isinstance(net, SwinTransformer)
+
+
 # Which library model a backbone's network is, checked in order (a registry, not an if-chain).
 RECIPES: list[tuple[Callable[[nn.Module], bool], Callable[[Any], ExportRecipe]]] = [
     (lambda n: isinstance(n, tv_resnet.ResNet), _resnet_recipe),
     (_is_timm_vit, _vit_recipe),
+    (_is_timm_swin, _swin_recipe),
     (lambda n: isinstance(n, nn.Sequential), _sequential_recipe),
 ]
 
@@ -155,7 +184,7 @@ def export_recipe(backbone: nn.Module) -> ExportRecipe:
             recipe.state_dict = {k: v.detach().cpu().contiguous().clone() for k, v in recipe.state_dict.items()}
             return recipe
     raise UsageError(f"cannot export a {type(net).__name__} backbone: expected a torchvision ResNet, "
-                     "a timm VisionTransformer or a torch.nn.Sequential")
+                     "a timm VisionTransformer, a timm SwinTransformer or a torch.nn.Sequential")
 
 
 def build_from_code(code: str) -> nn.Module:

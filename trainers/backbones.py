@@ -1,11 +1,13 @@
 """Feature extractors by name: torchvision ResNets, timm ViTs, a small ConvNet for CPU demos.
 
-Every backbone maps (N, 3, H, W) images to (N, feature_dim) features and exposes
-`feature_dim`; heads are the methods' business. A registry maps names to builders.
+Every backbone maps (N, 3, H, W) images to (N, feature_dim) features and declares what it can
+do as fields of :class:`Backbone` (family, feature dim, token output, patch size, no-weight-decay
+names), so methods and export choose by capability, never by guessing from the name; heads are
+the methods' business. A registry maps names to builders.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,7 +16,7 @@ from torchvision.models import resnet as tv_resnet
 
 from viewstream.errors import UsageError
 
-__all__ = ["BackboneConfig", "BACKBONES", "build_backbone", "register_backbone"]
+__all__ = ["Backbone", "BackboneConfig", "BACKBONES", "build_backbone", "register_backbone"]
 
 
 class BackboneConfig(BaseModel):
@@ -30,6 +32,36 @@ class BackboneConfig(BaseModel):
     patch_size: int | None = Field(None, ge=1, description="ViT: patch size (default per model)")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth of the online network (teachers have none)")
     freeze_patch_embedding: bool = Field(False, description="MoCo v3 ViT: no gradient to the patch projection (--stop-grad-conv1)")
+    init_from: str | None = Field(
+        None, description="local torchvision/timm/safetensors/export/training checkpoint to start from (no download)"
+    )
+    init_strict: bool = Field(True, description="init_from: every key must fit (false: load those that fit, warn)")
+
+
+class Backbone(nn.Module):
+    """What every backbone declares besides `forward(images) -> (N, feature_dim)`.
+
+    family: "resnet", "vit", "swin", "convnet" (MoCo v3 builds ViT heads for "vit"; export picks
+    its recipe by family); token_output: the inner model can return patch tokens
+    (`net.forward_features`), which masked/patch methods need; patch_size: pixels per token (None
+    for CNNs); :meth:`no_weight_decay`: parameter names (relative to the backbone) that take no
+    weight decay besides biases and 1-D tensors.
+    """
+
+    family: ClassVar[str]
+    classifier_prefixes: ClassVar[tuple[str, ...]] = ()  # the source model's head, dropped by init_from
+    feature_dim: int
+    token_output: bool = False
+    patch_size: int | None = None
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+
+def _existing(net: nn.Module, names: set[str]) -> set[str]:
+    """`net.`-prefixed `names` that are parameters of `net` (timm lists tokens a model may not have)."""
+    params = {n for n, _ in net.named_parameters()}
+    return {f"net.{n}" for n in names if n in params}
 
 
 class _WidthResNet(tv_resnet.ResNet):
@@ -54,8 +86,11 @@ class _WidthResNet(tv_resnet.ResNet):
         return super()._make_layer(block, self._scaled(planes), blocks, stride, dilate)
 
 
-class ResNetBackbone(nn.Module):
+class ResNetBackbone(Backbone):
     """A torchvision ResNet without its classifier, optionally with a small-image stem."""
+
+    family = "resnet"
+    classifier_prefixes = ("fc.",)
 
     def __init__(self, depth: int, config: BackboneConfig) -> None:
         super().__init__()
@@ -74,8 +109,12 @@ class ResNetBackbone(nn.Module):
         return self.net(images)
 
 
-class ViTBackbone(nn.Module):
+class ViTBackbone(Backbone):
     """A timm VisionTransformer returning the class token (dynamic image size for multi-crop)."""
+
+    family = "vit"
+    classifier_prefixes = ("head.",)
+    token_output = True
 
     def __init__(self, model_name: str, config: BackboneConfig, **overrides) -> None:
         super().__init__()
@@ -96,13 +135,43 @@ class ViTBackbone(nn.Module):
             for p in self.net.patch_embed.parameters():
                 p.requires_grad_(False)
         self.feature_dim = self.net.num_features
+        self.patch_size = int(self.net.patch_embed.patch_size[0])
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names (relative to this module) that take no weight decay (timm's list)."""
-        return {f"net.{n}" for n in self.net.no_weight_decay()}
+        """Parameter names (relative to this module) that take no weight decay (timm's list, those that exist)."""
+        return _existing(self.net, self.net.no_weight_decay())
+
+
+class SwinBackbone(Backbone):
+    """A timm SwinTransformer returning its pooled last stage (MoBY's encoder, Swin-T by default).
+
+    Built by `timm.create_model(model_name)` so that export can rebuild it by name; with timm's
+    `dynamic_img_size` other crop sizes work too (windows padded and masked by timm).
+    No weight decay on the relative-position tables (timm's `no_weight_decay`, as Swin's
+    `set_weight_decay` skip keywords).
+    """
+
+    family = "swin"
+    classifier_prefixes = ("head.",)
+    token_output = True
+
+    def __init__(self, model_name: str, config: BackboneConfig, **overrides) -> None:
+        super().__init__()
+        import timm  # lazy: importing timm costs seconds in every spawned worker
+
+        self.net = timm.create_model(model_name, pretrained=False, num_classes=0, img_size=config.image_size,
+                                     dynamic_img_size=True, drop_path_rate=config.drop_path_rate, **overrides)
+        self.feature_dim = self.net.num_features
+        self.patch_size = int(self.net.patch_embed.patch_size[0])
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def no_weight_decay(self) -> set[str]:
+        return _existing(self.net, self.net.no_weight_decay())
 
 
 def sincos_position_embedding(grid_size: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -124,7 +193,7 @@ def sincos_position_embedding(grid_size: tuple[int, int], dim: int, temperature:
     return torch.cat([torch.zeros(1, 1, dim), pos], dim=1)
 
 
-class MoCoV3ViTBackbone(nn.Module):
+class MoCoV3ViTBackbone(Backbone):
     """MoCo v3's ViT (vits.py `VisionTransformerMoCo`) on timm's VisionTransformer.
 
     ViT-S/16: 384 wide, 12 blocks, 12 heads (vits.py line 117; DeiT-S/timm's vit_small has 6),
@@ -132,6 +201,10 @@ class MoCoV3ViTBackbone(nn.Module):
     xavier-uniform with Q, K, V treated separately, cls token N(0, 1e-6)), and optionally a frozen
     patch embedding (`stop_grad_conv1`, lines 49-51; the paper's ViT recipes use it).
     """
+
+    family = "vit"
+    classifier_prefixes = ("head.",)
+    token_output = True
 
     def __init__(self, config: BackboneConfig, embed_dim: int = 384, depth: int = 12, num_heads: int = 12,
                  model_name: str = "vit_small_patch16_224") -> None:
@@ -166,16 +239,19 @@ class MoCoV3ViTBackbone(nn.Module):
             net.patch_embed.proj.weight.requires_grad_(False)
             net.patch_embed.proj.bias.requires_grad_(False)
         self.feature_dim = net.num_features
+        self.patch_size = patch
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
     def no_weight_decay(self) -> set[str]:
-        return {f"net.{n}" for n in self.net.no_weight_decay()}
+        return _existing(self.net, self.net.no_weight_decay())
 
 
-class ConvNetBackbone(nn.Module):
+class ConvNetBackbone(Backbone):
     """Four conv-BN-ReLU blocks and global pooling: fast enough for CPU tests and demos."""
+
+    family = "convnet"
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
@@ -218,6 +294,12 @@ register_backbone(
     lambda c: MoCoV3ViTBackbone(c.model_copy(update={"patch_size": c.patch_size or 4}), embed_dim=64, depth=2, num_heads=2,
                                 model_name="vit_tiny_patch16_224"),
 )
+register_backbone("swin_tiny", lambda c: SwinBackbone("swin_tiny_patch4_window7_224", c))  # MoBY's Swin-T
+register_backbone(
+    "swin_nano",  # 2 stages of width 16, window 2: a Swin small enough for CPU tests (16 px images)
+    lambda c: SwinBackbone("swin_tiny_patch4_window7_224", c, patch_size=2, embed_dim=16, depths=(1, 1),
+                           num_heads=(1, 2), window_size=2),
+)
 register_backbone("convnet", ConvNetBackbone)
 
 
@@ -229,4 +311,11 @@ def build_backbone(config: BackboneConfig | dict | str) -> nn.Module:
         config = BackboneConfig(**config)
     if config.name not in BACKBONES:
         raise UsageError(f"unknown backbone {config.name!r}; expected one of: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[config.name](config)
+    backbone = BACKBONES[config.name](config)
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"backbone {config.name!r} builds a {type(backbone).__name__}, not a trainers.backbones.Backbone")
+    if config.init_from:
+        from trainers.init_weights import load_backbone_weights
+
+        load_backbone_weights(backbone, config.init_from, strict=config.init_strict, backbone_name=config.name)
+    return backbone

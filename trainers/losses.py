@@ -15,7 +15,10 @@ from torch import Tensor
 
 from trainers import distributed
 
-__all__ = ["nt_xent", "info_nce", "moco_v3", "sinkhorn", "swav", "dino", "dino_center_update", "negative_cosine"]
+__all__ = [
+    "nt_xent", "info_nce", "moco_v3", "sinkhorn", "swav", "dino", "dino_center_update", "negative_cosine",
+    "barlow_twins", "vicreg", "moby",
+]
 
 
 def _check_temperature(name: str, value: float) -> None:
@@ -193,3 +196,81 @@ def negative_cosine(p: Tensor, z: Tensor, *, stop_gradient: bool = True) -> Tens
     if stop_gradient:
         z = z.detach()
     return -(F.normalize(p, dim=1) * F.normalize(z, dim=1)).sum(dim=1).mean()
+
+
+def _off_diagonal(x: Tensor) -> Tensor:
+    """The off-diagonal elements of a square matrix, flattened (barlowtwins/vicreg `off_diagonal`)."""
+    n = x.shape[0]
+    return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+
+
+def _global_standardize(z: Tensor, eps: float) -> Tensor:
+    """(z - mean) / sqrt(var + eps) with mean and biased var over ALL ranks' rows, with gradient.
+
+    What barlowtwins main.py's `nn.BatchNorm1d(affine=False)` computes after its
+    `convert_sync_batchnorm`: statistics of the global batch, and their gradient reaches every rank.
+    """
+    total = z.shape[0] * distributed.world_size()
+    mean = distributed.all_reduce_with_grad(z.sum(dim=0)) / total
+    centered = z - mean
+    var = distributed.all_reduce_with_grad(centered.pow(2).sum(dim=0)) / total
+    return centered / torch.sqrt(var + eps)
+
+
+def barlow_twins(z1: Tensor, z2: Tensor, lambd: float = 0.0051, eps: float = 1e-5) -> Tensor:
+    """Barlow Twins (Zbontar et al. 2021, https://arxiv.org/abs/2103.03230), eq. 1.
+
+    C = z1n^T z2n / N over the GLOBAL batch (z standardised per dimension over all ranks' N rows);
+    loss = sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2. As barlowtwins main.py, each rank
+    computes its rows' share of C and the shares are summed by an all-reduce, here one that carries
+    gradient (an all-reduce without it drops the other ranks' terms from the gradient, the bug
+    lightly fixed). Every rank returns the same global value; see the module doc for why the
+    gradient then equals single-process training.
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"barlow_twins needs two (B, D) tensors of one shape, got {tuple(z1.shape)}, {tuple(z2.shape)}")
+    total = z1.shape[0] * distributed.world_size()
+    c = distributed.all_reduce_with_grad(_global_standardize(z1, eps).T @ _global_standardize(z2, eps)) / total
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    off_diag = _off_diagonal(c).pow(2).sum()
+    return on_diag + lambd * off_diag
+
+
+def vicreg(z1: Tensor, z2: Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0,
+           eps: float = 1e-4) -> Tensor:
+    """VICReg (Bardes et al. 2022, https://arxiv.org/abs/2105.04906), as vicreg main_vicreg.py `VICReg.forward`.
+
+    sim_coeff * MSE(z1, z2) (this rank's rows: its mean over ranks is the global MSE)
+    + std_coeff * mean_j relu(1 - sqrt(Var(z_j) + eps)), averaged over the two branches
+    + cov_coeff * sum_{i != j} Cov(z)_ij^2 / D, summed over the two branches;
+    variance (unbiased) and covariance over the GLOBAL batch, gathered with gradient
+    (main_vicreg.py's `FullGatherLayer`; one gather for both branches).
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"vicreg needs two (B, D) tensors of one shape, got {tuple(z1.shape)}, {tuple(z2.shape)}")
+    dim = z1.shape[1]
+    repr_loss = F.mse_loss(z1, z2)
+    both = distributed.gather_with_grad(torch.cat([z1, z2], dim=1))
+    total = both.shape[0]
+    if total < 2:
+        raise ValueError("vicreg needs a global batch of at least 2 samples for its variance")
+    both = both - both.mean(dim=0)
+    std = torch.sqrt(both.var(dim=0) + eps)
+    std_x, std_y = std[:dim], std[dim:]
+    std_loss = F.relu(1 - std_x).mean() / 2 + F.relu(1 - std_y).mean() / 2
+    x, y = both[:, :dim], both[:, dim:]
+    cov_x = (x.T @ x) / (total - 1)
+    cov_y = (y.T @ y) / (total - 1)
+    cov_loss = _off_diagonal(cov_x).pow(2).sum() / dim + _off_diagonal(cov_y).pow(2).sum() / dim
+    return sim_coeff * repr_loss + std_coeff * std_loss + cov_coeff * cov_loss
+
+
+def moby(p1: Tensor, p2: Tensor, k1: Tensor, k2: Tensor, queue1: Tensor, queue2: Tensor, temperature: float = 0.2) -> Tensor:
+    """MoBY's symmetric contrastive loss (Xie et al. 2021, https://arxiv.org/abs/2105.04553).
+
+    Transformer-SSL models/moby.py `forward`: contrastive_loss(pred_1, proj_2_ng, queue2) +
+    contrastive_loss(pred_2, proj_1_ng, queue1), each MoCo's InfoNCE (:func:`info_nce`): the
+    predictions of one view against the momentum keys of the other and the queue of that other
+    view's earlier keys (K x D, l2-normalised, no gradient). Mean over local samples per term.
+    """
+    return info_nce(p1, k2, queue2, temperature) + info_nce(p2, k1, queue1, temperature)

@@ -92,3 +92,44 @@ def test_moco_v3_vit_exports_as_a_timm_model(tmp_path):
     backbone = build_backbone(BackboneConfig(name="vit_tiny_mocov3", image_size=16)).eval()
     info = export_backbone(backbone, tmp_path / "vit.safetensors", verify=True)
     assert info.metadata["library"] == "timm" and "num_heads=2" in info.metadata["build_code"]
+
+
+@pytest.mark.parametrize(
+    "name,family,patch,tokens",
+    [("resnet18", "resnet", None, False), ("convnet", "convnet", None, False), ("vit_tiny", "vit", 4, True),
+     ("vit_tiny_mocov3", "vit", 4, True), ("swin_nano", "swin", 2, True), ("swin_tiny", "swin", 4, True)],
+)
+def test_backbones_declare_their_capabilities(name, family, patch, tokens):
+    net = build_backbone(BackboneConfig(name=name, image_size=16 if name != "swin_tiny" else 224))
+    assert (net.family, net.patch_size, net.token_output) == (family, patch, tokens)
+    params = {f"{n}" for n, _ in net.named_parameters()}
+    assert net.no_weight_decay() <= params
+    if family == "swin":
+        assert net.no_weight_decay() and all("relative_position_bias_table" in n for n in net.no_weight_decay())
+    if family == "vit":
+        assert "net.cls_token" in net.no_weight_decay()
+
+
+def test_methods_choose_heads_by_family_not_by_name():
+    """A ViT registered under any name gets MoCo v3's 3-layer ViT projector (it used to guess from 'vit*')."""
+    from trainers.backbones import BACKBONES, register_backbone
+    from trainers.methods import build_method
+
+    register_backbone("tiny_transformer", BACKBONES["vit_tiny"])
+    try:
+        method = build_method({"name": "moco_v3", "backbone": {"name": "tiny_transformer", "image_size": 16},
+                               "projection_hidden_dim": 8, "projection_dim": 4, "prediction_hidden_dim": 8})
+    finally:
+        del BACKBONES["tiny_transformer"]
+    assert sum(isinstance(m, nn.Linear) for m in method.projector) == 3
+
+
+def test_a_builder_must_return_a_backbone():
+    from trainers.backbones import BACKBONES, register_backbone
+
+    register_backbone("plain", lambda c: nn.Identity())
+    try:
+        with pytest.raises(TypeError, match="not a trainers.backbones.Backbone"):
+            build_backbone("plain")
+    finally:
+        del BACKBONES["plain"]

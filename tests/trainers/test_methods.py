@@ -13,7 +13,7 @@ from viewstream.errors import UsageError
 
 
 def test_registry_has_every_method():
-    assert set(METHODS) == {"simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam"}
+    assert set(METHODS) == {"simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam", "barlow_twins", "vicreg", "moby"}
     for name, cls in METHODS.items():
         assert issubclass(cls, Method) and cls.name == name and cls.config_class().name == name
 
@@ -52,7 +52,7 @@ def test_same_seed_same_weights_and_global_rng_untouched():
 @pytest.mark.parametrize(
     "config,match",
     [
-        ({"name": "simclrr"}, r"unknown method 'simclrr'; expected one of: byol, dino"),
+        ({"name": "simclrr"}, r"unknown method 'simclrr'; expected one of: barlow_twins, byol, dino"),
         ({"name": "simclr", "backbone": {"name": "resnet101"}}, r"backbone.name='resnet101' is unknown.*resnet18"),
         ({"name": "simclr", "temperature": 0}, r"temperature: Input should be greater than 0 \(got 0\)"),
         ({"name": "dino", "teacher_temperature": -0.04}, r"teacher_temperature: .*\(got -0.04\)"),
@@ -139,6 +139,7 @@ TEACHERS = {
     "byol": ("target_backbone", "target_projector"),
     "moco_v2": ("key_backbone", "key_projector"),
     "moco_v3": ("momentum_backbone", "momentum_projector"),
+    "moby": ("momentum_backbone", "momentum_projector"),
 }
 
 
@@ -189,3 +190,15 @@ def test_other_methods_clip_the_global_norm():
     method.clip_gradients(1.0)
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
     assert float(total) == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", [n for n in TINY_CONFIGS if n != "moco_v3_vit"])
+def test_every_frozen_copy_is_declared_in_momentum_pairs(name):
+    """EMA updates are declared (base.momentum_pairs), so no frozen network is left out of the update."""
+    method = build_method(TINY_CONFIGS[name], seed=0)
+    targets = {id(p) for _, target in method.momentum_pairs() for p in target.parameters()}
+    frozen = {id(p) for child in method.children() if list(child.parameters())
+              and not any(p.requires_grad for p in child.parameters()) for p in child.parameters()}
+    assert frozen == targets
+    for online, target in method.momentum_pairs():
+        assert [p.shape for p in online.parameters()] == [p.shape for p in target.parameters()]

@@ -49,14 +49,14 @@ def test_the_comparison_covers_state_updates(distributed_runs):
     """Guards against a vacuous pass: the state the test compares really moved."""
     runs = distributed_runs[0]
     moco = [r["state"] for r in runs["moco_v2"]]
-    assert [int(s["queue_pointer"]) for s in moco] == [8, 16, 0, 8]  # 24 keys, batches of 8: wraps after step 2
+    assert [int(s["queue.pointer"]) for s in moco] == [8, 16, 0, 8]  # 24 keys, batches of 8: wraps after step 2
     b = GLOBAL_BATCH
-    assert not torch.equal(moco[3]["queue"][:b], moco[2]["queue"][:b])  # step 3 overwrote the oldest keys
-    assert torch.equal(moco[3]["queue"][b:], moco[2]["queue"][b:])     # and nothing else
+    assert not torch.equal(moco[3]["queue.features"][:b], moco[2]["queue.features"][:b])  # step 3 overwrote the oldest keys
+    assert torch.equal(moco[3]["queue.features"][b:], moco[2]["queue.features"][b:])     # and nothing else
     swav = runs["swav"]
     assert [float(r["logs"]["queue_in_use"]) for r in swav] == [0.0, 0.0, 1.0, 1.0]  # used once 2 batches are in
     for step in range(1, len(swav)):  # newest first: every step shifts the previous batch back by one
-        before, after = swav[step - 1]["state"]["queue"], swav[step]["state"]["queue"]
+        before, after = swav[step - 1]["state"]["queue.features"], swav[step]["state"]["queue.features"]
         assert torch.equal(after[:, b:], before[:, :b]) and not torch.equal(after[:, :b], before[:, :b])
     assert "prototypes.weight" in swav[0]["without_grad"] and "prototypes.weight" in swav[1]["grads"]
     dino = runs["dino"]
@@ -67,3 +67,15 @@ def test_the_comparison_covers_state_updates(distributed_runs):
     assert not torch.equal(byol[0]["state"]["target_projector.0.weight"], byol[1]["state"]["target_projector.0.weight"])
     bn_means = [k for k in runs["simclr"][0]["state"] if k.endswith("running_mean")]
     assert bn_means and all(runs["simclr"][0]["state"][k].abs().sum() > 0 for k in bn_means)
+
+
+@pytest.mark.integration
+def test_moby_queues_wrap_at_one_pointer_and_each_holds_its_views_keys(distributed_runs):
+    moby = [r["state"] for r in distributed_runs[0]["moby"]]
+    assert [int(s["queue.pointer"]) for s in moby] == [8, 16, 0, 8]
+    b = GLOBAL_BATCH
+    for slot in (0, 1):  # step 3 overwrote the oldest keys of BOTH queues, and nothing else
+        assert not torch.equal(moby[3]["queue.features"][slot, :b], moby[2]["queue.features"][slot, :b])
+        assert torch.equal(moby[3]["queue.features"][slot, b:], moby[2]["queue.features"][slot, b:])
+    assert not torch.equal(moby[0]["queue.features"][0, :b], moby[0]["queue.features"][1, :b])  # two views, two queues
+    assert not torch.equal(moby[0]["momentum_projector.0.weight"], moby[1]["momentum_projector.0.weight"])

@@ -36,6 +36,14 @@ TINY_CONFIGS: dict[str, dict] = {
                  freeze_last_layer_steps=1, warmup_teacher_temperature=0.02, teacher_temperature_warmup_steps=2),
     "byol": dict(name="byol", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32),
     "simsiam": dict(name="simsiam", backbone=CONVNET, projection_dim=32, prediction_hidden_dim=16),
+    "barlow_twins": dict(name="barlow_twins", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16),
+    "vicreg": dict(name="vicreg", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16),
+    # 24 keys per view, batches of 8: both queues wrap at the shared pointer
+    "moby": dict(name="moby", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32,
+                 queue_size=24, global_batch_size=GLOBAL_BATCH),
+    # MoBY's natural backbone at CPU-test size (no drop-path: per-rank randomness breaks equality)
+    "moby_swin": dict(name="moby", backbone={"name": "swin_nano", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
+                      projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32, queue_size=16),
 }
 
 
@@ -113,7 +121,7 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 # steps each method runs in the equivalence tests: MoCo's pointer wraps (24 = 3 batches of 8) and is
 # written again after the wrap; SwAV's queue fills (2 steps), is used, and shifts once more
-TINY_STEPS: dict[str, int] = {"moco_v2": 4, "swav": 4}
+TINY_STEPS: dict[str, int] = {"moco_v2": 4, "swav": 4, "moby": 4}
 
 
 def run_method(config: dict, steps: int = 2, total_steps: int = 10, dtype: torch.dtype = torch.float64,

@@ -10,17 +10,22 @@ from trainers.methods.base import (
     register_method,
     stochastic_layers,
 )
+from trainers.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
 from trainers.methods.byol import BYOL, BYOLConfig
 from trainers.methods.dino import DINO, DINOConfig
 from trainers.methods.moco_v2 import MoCoV2, MoCoV2Config
 from trainers.methods.moco_v3 import MoCoV3, MoCoV3Config
+from trainers.methods.moby import MoBY, MoBYConfig
+from trainers.methods.queue import EmbeddingQueue
 from trainers.methods.simclr import SimCLR, SimCLRConfig
 from trainers.methods.simsiam import SimSiam, SimSiamConfig
 from trainers.methods.swav import SwAV, SwAVConfig
+from trainers.methods.vicreg import VICReg, VICRegConfig
 
 __all__ = [
     "METHODS", "Method", "MethodConfig", "build_method", "parse_method_config", "register_method",
-    "ema_update", "frozen_copy", "stochastic_layers",
+    "ema_update", "frozen_copy", "stochastic_layers", "EmbeddingQueue",
+    "BarlowTwins", "BarlowTwinsConfig", "MoBY", "MoBYConfig", "VICReg", "VICRegConfig",
     "BYOL", "BYOLConfig", "DINO", "DINOConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV3Config",
     "SimCLR", "SimCLRConfig", "SimSiam", "SimSiamConfig", "SwAV", "SwAVConfig",
 ]

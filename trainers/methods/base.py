@@ -123,7 +123,24 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
-        """Updates after `optimizer.step()` of `step` (EMA copies); a no-op by default."""
+        """Updates after `optimizer.step()` of `step`: the EMA of every :meth:`momentum_pairs` pair.
+
+        One foreach update over all pairs at `momentum_at(step, total_steps)`; methods without
+        pairs do nothing. Override only for updates that are not an EMA.
+        """
+        pairs = self.momentum_pairs()
+        if pairs:
+            ema_update(nn.ModuleList([target for _, target in pairs]), nn.ModuleList([online for online, _ in pairs]),
+                       self.momentum_at(step, total_steps))
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, EMA target) module pairs, declared by momentum methods (solo-learn's
+        `BaseMomentumMethod.momentum_pairs`); targets are :func:`frozen_copy` s of the online modules."""
+        return []
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        """EMA momentum applied after the optimizer step of `step` (methods with pairs define it)."""
+        raise NotImplementedError(f"{self.name} declares momentum_pairs but no momentum_at")
 
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups: decayed weights, and biases/norms/tokens with weight_decay=0.
@@ -152,7 +169,7 @@ class Method(nn.Module):
 
     def no_weight_decay_names(self) -> set[str]:
         """Parameter names kept out of weight decay besides biases and 1-D tensors (ViT tokens)."""
-        return {f"backbone.{n}" for n in getattr(self.backbone, "no_weight_decay", lambda: set())()}
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
 
     def fixed_lr_modules(self) -> list[nn.Module]:
         """Modules whose LR stays at the peak (no warm-up, no decay); none by default."""

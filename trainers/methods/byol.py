@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from trainers.heads import mlp
 from trainers.losses import negative_cosine
-from trainers.methods.base import Method, MethodConfig, ema_update, frozen_copy, register_method
+from trainers.methods.base import Method, MethodConfig, frozen_copy, register_method
 from trainers.schedules import ema_momentum
 
 
@@ -42,7 +42,8 @@ class BYOL(Method):
         loss = (2 + 2 * negative_cosine(p1, z2)) + (2 + 2 * negative_cosine(p2, z1))
         return loss, {"loss": loss.detach()}
 
-    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
-        ema_update(nn.ModuleList([self.target_backbone, self.target_projector]),
-                   nn.ModuleList([self.backbone, self.projector]),
-                   ema_momentum(self.config.ema_momentum, step, total_steps))
+    def momentum_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        return [(self.backbone, self.target_backbone), (self.projector, self.target_projector)]
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        return ema_momentum(self.config.ema_momentum, step, total_steps)

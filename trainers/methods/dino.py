@@ -18,7 +18,7 @@ from torch import Tensor
 
 from trainers.heads import DINOHead
 from trainers.losses import dino, dino_center_update
-from trainers.methods.base import Method, MethodConfig, ema_update, frozen_copy, register_method
+from trainers.methods.base import Method, MethodConfig, frozen_copy, register_method
 from trainers.schedules import ema_momentum, teacher_temperature
 
 
@@ -86,7 +86,8 @@ class DINO(Method):
         self.center.copy_(dino_center_update(teacher_out, self.center, cfg.center_momentum))
         return loss, {"loss": loss.detach(), "teacher_temperature": temp}
 
-    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
-        ema_update(torch.nn.ModuleList([self.teacher_backbone, self.teacher_head]),
-                   torch.nn.ModuleList([self.backbone, self.head]),
-                   ema_momentum(self.config.ema_momentum, step, total_steps))
+    def momentum_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        return [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        return ema_momentum(self.config.ema_momentum, step, total_steps)

@@ -13,11 +13,10 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from trainers import distributed
 from trainers.heads import mlp
 from trainers.losses import info_nce
-from trainers.methods.base import Method, MethodConfig, ema_update, frozen_copy, register_method
-from viewstream.errors import UsageError
+from trainers.methods.base import Method, MethodConfig, frozen_copy, register_method
+from trainers.methods.queue import EmbeddingQueue, upgrade_legacy_queue_keys
 
 
 class MoCoV2Config(MethodConfig):
@@ -47,8 +46,7 @@ class MoCoV2(Method):
         self.projector = mlp([self.feature_dim, config.projection_hidden_dim, config.projection_dim], batch_norm=False)
         self.key_backbone = frozen_copy(self.backbone)
         self.key_projector = frozen_copy(self.projector)
-        self.register_buffer("queue", F.normalize(torch.randn(config.queue_size, config.projection_dim), dim=1))
-        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+        self.queue = EmbeddingQueue(config.queue_size, config.projection_dim, init="unit_normal", owner="moco_v2")
 
     def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
         self.check_views(views)
@@ -56,21 +54,20 @@ class MoCoV2(Method):
         with torch.no_grad():
             k = F.normalize(self.key_projector(self.key_backbone(views[1])), dim=1)
         # clone: the queue is updated in place below, after the loss captured it (as MoCo does)
-        loss = info_nce(q, k, self.queue.clone(), self.config.temperature)
-        self._enqueue(distributed.gather(k))
+        loss = info_nce(q, k, self.queue.snapshot(), self.config.temperature)
+        self.queue.enqueue(k)
         return loss, {"loss": loss.detach()}
 
-    @torch.no_grad()
-    def _enqueue(self, keys: Tensor) -> None:
-        size = self.queue.shape[0]
-        if size % keys.shape[0]:
-            raise UsageError(f"moco_v2 queue_size={size} is not divisible by the global batch {keys.shape[0]}")
-        start = int(self.queue_pointer)
-        self.queue[start : start + keys.shape[0]] = keys
-        self.queue_pointer.fill_((start + keys.shape[0]) % size)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints from before EmbeddingQueue: its random-initialised queue counted as full
+        upgrade_legacy_queue_keys(state_dict, prefix, queue=self.queue, pointer_key="queue_pointer", filled_key=None,
+                                  filled_default=self.config.queue_size)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
-        # The paper updates the key encoder at the start of the next forward; doing it here
-        # gives the same weights (the step-0 update is a no-op on the initial copy).
-        ema_update(nn.ModuleList([self.key_backbone, self.key_projector]),
-                   nn.ModuleList([self.backbone, self.projector]), self.config.ema_momentum)
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.key_backbone), (self.projector, self.key_projector)]
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        # The paper updates the key encoder at the start of the next forward; doing it after
+        # the optimizer step gives the same weights (constant momentum, no schedule).
+        return self.config.ema_momentum

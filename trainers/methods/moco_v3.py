@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from trainers.heads import mlp
 from trainers.losses import moco_v3
-from trainers.methods.base import Method, MethodConfig, ema_update, frozen_copy, register_method
+from trainers.methods.base import Method, MethodConfig, frozen_copy, register_method
 from trainers.schedules import ema_momentum
 
 
@@ -45,7 +45,7 @@ class MoCoV3(Method):
 
     def __init__(self, config: MoCoV3Config) -> None:
         super().__init__(config)
-        vit = config.backbone.name.startswith("vit")
+        vit = self.backbone.family == "vit"
         layers = config.projection_layers or (3 if vit else 2)
         hidden = [config.projection_hidden_dim] * (layers - 1)
         self.projector = _moco_v3_mlp([self.feature_dim, *hidden, config.projection_dim])
@@ -62,8 +62,9 @@ class MoCoV3(Method):
         loss = moco_v3(q1, q2, k1, k2, self.config.temperature)
         return loss, {"loss": loss.detach()}
 
-    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
         # The paper updates at the start of step s+1 with m(s+1); same weights, done here.
-        m = ema_momentum(self.config.ema_momentum, step + 1, total_steps)
-        ema_update(nn.ModuleList([self.momentum_backbone, self.momentum_projector]),
-                   nn.ModuleList([self.backbone, self.projector]), m)
+        return ema_momentum(self.config.ema_momentum, step + 1, total_steps)

@@ -21,7 +21,7 @@ from trainers import distributed
 from trainers.heads import mlp
 from trainers.losses import swav
 from trainers.methods.base import Method, MethodConfig, register_method
-from viewstream.errors import UsageError
+from trainers.methods.queue import EmbeddingQueue, upgrade_legacy_queue_keys
 
 
 class SwAVConfig(MethodConfig):
@@ -63,8 +63,9 @@ class SwAV(Method):
         super().__init__(config)
         self.projector = mlp([self.feature_dim, config.projection_hidden_dim, config.projection_dim])
         self.prototypes = nn.Linear(config.projection_dim, config.num_prototypes, bias=False)
-        self.register_buffer("queue", torch.zeros(config.num_global_views, config.queue_size, config.projection_dim))
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        # one queue per global crop, newest first (main_swav.py); empty (size 0) without a queue
+        self.queue = (EmbeddingQueue(config.queue_size, config.projection_dim, slots=config.num_global_views,
+                                     order="newest_first", owner="swav") if config.queue_size else None)
 
     def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
         self.check_views(views)
@@ -87,26 +88,20 @@ class SwAV(Method):
             queue_scores=queue_scores,
         )
         if cfg.queue_size and step >= cfg.queue_start_step:
-            self._enqueue(embeddings)
+            self.queue.enqueue(torch.stack(embeddings))
         logs = {"loss": loss.detach(), "queue_in_use": float(queue_scores is not None)}
         return loss, logs
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        upgrade_legacy_queue_keys(state_dict, prefix, queue=self.queue, pointer_key=None, filled_key="queue_filled")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def _queue_scores(self) -> list[Tensor] | None:
         """This rank's share of the queue, scored against the current prototypes, once full."""
-        if int(self.queue_filled) < self.config.queue_size:
+        if self.queue is None or not self.queue.is_full:
             return None
         share = self.config.queue_size // distributed.world_size()
         start = distributed.rank() * share
-        return [self.queue[i, start : start + share] @ self.prototypes.weight.T for i in range(self.queue.shape[0])]
-
-    @torch.no_grad()
-    def _enqueue(self, embeddings: tuple[Tensor, ...]) -> None:
-        for i, local in enumerate(embeddings):
-            new = distributed.gather(local)
-            if self.config.queue_size % new.shape[0]:
-                raise UsageError(f"swav queue_size={self.config.queue_size} is not divisible by the global batch {new.shape[0]}")
-            # newest first, as in the paper: shift the queue back by one global batch
-            self.queue[i, new.shape[0] :] = self.queue[i, : -new.shape[0]].clone()
-            self.queue[i, : new.shape[0]] = new
-        self.queue_filled.fill_(min(int(self.queue_filled) + embeddings[0].shape[0] * distributed.world_size(), self.config.queue_size))
+        rows = self.queue.features[:, start : start + share]
+        return list(rows @ self.prototypes.weight.T)

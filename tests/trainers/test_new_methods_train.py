@@ -1,0 +1,44 @@
+"""Barlow Twins, VICReg and MoBY train through the runner on 2 gloo workers (real local Ray) and their loss falls."""
+from __future__ import annotations
+
+import pytest
+
+from tests.training.conftest import fmnist_shards, small_config  # noqa: F401 - fixture
+from trainers.checkpoint import load_state, resolve_checkpoint
+from trainers.config import TrainConfig
+from trainers.metrics import read_metrics
+from trainers.runner import run_training
+
+pytestmark = pytest.mark.integration
+
+HEADS = {"projection_hidden_dim": 64, "projection_dim": 32}
+METHODS = {
+    "barlow_twins": ({**HEADS, "lambd": 0.02}, {"name": "lars", "base_lr": 0.3, "lr_scaling": "linear", "warmup_steps": 3}),
+    "vicreg": (HEADS, {"name": "lars", "base_lr": 1.0, "lr_scaling": "sqrt", "warmup_steps": 3}),
+    "moby": ({**HEADS, "prediction_hidden_dim": 64, "queue_size": 64},
+             {"name": "adamw", "base_lr": 0.002, "lr_scaling": "none", "warmup_steps": 3, "weight_decay": 0.05}),
+}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_trains_on_two_workers_and_the_loss_falls(ray_local, fmnist_shards, tmp_path, method):  # noqa: F811
+    extra, optimizer = METHODS[method]
+    cfg = small_config(fmnist_shards["train"], tmp_path, method, method=method, optimizer=optimizer)
+    cfg["method"].update(extra)
+    result = run_training(TrainConfig.model_validate(cfg))
+    losses = [r["loss"] for r in read_metrics(result.out_dir) if "loss" in r]
+    assert len(losses) == 24
+    assert sum(losses[-4:]) < sum(losses[:4]), losses
+    state = load_state(resolve_checkpoint(result.checkpoint))["method"]
+    assert any(k.startswith("backbone.") for k in state)
+    if method == "moby":
+        assert int(state["queue.pointer"]) == 0 and int(state["queue.filled"]) == 64  # 24 steps x 32: wrapped
