@@ -20,6 +20,7 @@ import torch
 
 from pipeline.batch import ViewBatch
 from pipeline.dali_graph import build_view_pipeline, feed_arrays
+from pipeline.loader import dali_to_torch  # the one DALI -> torch hand-over (GPU: DLPack)
 from pipeline.epochs import DataPosition, RankEpoch, batch_sizes
 from pipeline.params import pick_photos
 from pipeline.producer import BatchProducer, PreparedBatch
@@ -101,7 +102,7 @@ class ShardReader:
                 self._pipe = None
 
     def _batch(self, item: PreparedBatch, outputs, keys, groups, labels) -> ViewBatch:
-        views = [_to_torch(out, self.device) for out in outputs]
+        views = [dali_to_torch(out, self.device) for out in outputs]
         rows = np.asarray(item.rows, dtype=np.int64)
         return ViewBatch(views=views, keys=[keys[r] for r in item.rows],
                          group_ids=[groups[r] for r in item.rows],
@@ -138,15 +139,3 @@ class ShardReader:
                                              batch_size=self.batch_size, num_threads=self.num_threads,
                                              prefetch=self.prefetch, device_id=self.device_id)
         return self._pipe
-
-
-def _to_torch(tensor_list, device: str) -> torch.Tensor:
-    """A DALI output batch as a torch tensor (copied: DALI reuses its buffers)."""
-    if device == "cpu":
-        return torch.from_numpy(tensor_list.as_array().copy())
-    from nvidia.dali.plugin.pytorch import feed_ndarray  # GPU path
-
-    dense = tensor_list.as_tensor()
-    out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
-    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
-    return out

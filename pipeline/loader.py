@@ -238,7 +238,7 @@ class ViewLoader:
             epoch=epoch, batch=item.batch, position=self._position_after(epoch, item.batch))
 
     def _batch(self, item: PreparedBatch, outputs, epoch: int) -> ViewBatch:
-        return self._meta(item, epoch, [_to_torch(out, self.device) for out in outputs])
+        return self._meta(item, epoch, [dali_to_torch(out, self.device) for out in outputs])
 
     def _empty_batch(self, item: PreparedBatch, epoch: int) -> ViewBatch:
         views = [torch.empty((0, 3, v.size, v.size), dtype=torch.float32, device=self.device)
@@ -246,7 +246,7 @@ class ViewLoader:
         return self._meta(item, epoch, views)
 
 
-def _to_torch(tensor_list, device: str) -> torch.Tensor:
+def dali_to_torch(tensor_list, device: str) -> torch.Tensor:
     """A DALI output batch as a torch tensor on `device`, stream-ordered and without host sync.
 
     CPU: `as_array()` copies into a new numpy array, so DALI may reuse its buffer at once.

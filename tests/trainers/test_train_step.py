@@ -13,8 +13,23 @@ from tests.trainers.spawn import run_distributed
 from tests.trainers.tiny import (GLOBAL_BATCH, TINY_CONFIGS, default_dtype, make_trainer, make_views, record,
                                  view_batch)
 from trainers import distributed
+from trainers.backbones import Backbone
 from trainers.methods import METHODS, Method, MethodConfig, register_method
 from trainers.train_loop import NonFiniteLoss, step_and_log
+
+
+class _ToyBackbone(Backbone):
+    """A BatchNorm-free conv net (accumulation is exact only without BN statistics)."""
+
+    family = "convnet"
+    feature_dim = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
 
 
 class ToyConfig(MethodConfig):
@@ -34,7 +49,7 @@ class ToyRegression(Method):
 
     def __init__(self, config: ToyConfig) -> None:
         super().__init__(config)
-        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.backbone = _ToyBackbone()
         self.head = nn.Linear(4, 4)
 
     def training_step(self, views: list[Tensor], step: int):
@@ -91,8 +106,6 @@ def test_accumulation_on_two_ranks_equals_one_rank_full_batch():
 
 def test_accumulation_must_divide_the_worker_batch():
     from tests.trainers.tiny import train_config
-    from viewstream.errors import UsageError
-    from trainers.config_loading import validate
 
     with pytest.raises(Exception, match="gradient_accumulation_steps=3"):
         train_config(TOY, gradient_accumulation_steps=3)
