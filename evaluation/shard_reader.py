@@ -5,13 +5,12 @@ batch inference wants the opposite unit of work, one shard, so that a finished s
 output file and a rerun can skip it. This reader is built from the loader's own pieces, so the
 pixels are the loader's: `samples.read_samples` (checks, one tar stream), `producer.BatchProducer`
 (read-ahead thread, `params.draw_batch` with the eval recipe: first good photo, centre crop, no
-randomness), `dali_graph` (the same DALI graph, CPU or mixed) and `recovery.recheck_batch` (a
-photo DALI chokes on is dropped, not fatal). One reader keeps its DALI pipeline across shards.
+randomness) and `dali_driver.DaliDriver` (the loader's own DALI loop, CPU or mixed, with its
+recovery: a photo DALI chokes on is dropped, not fatal). One reader keeps its DALI pipeline
+across shards.
 """
 from __future__ import annotations
 
-import logging
-from collections import deque
 from typing import Iterator, Optional
 
 import numpy as np
@@ -19,18 +18,16 @@ import pyarrow as pa
 import torch
 
 from pipeline.batch import ViewBatch
-from pipeline.dali_graph import build_view_pipeline, feed_arrays
+from pipeline.dali_driver import DaliDriver
+from pipeline.dali_graph import feed_arrays
 from pipeline.loader import dali_to_torch  # the one DALI -> torch hand-over (GPU: DLPack)
 from pipeline.epochs import DataPosition, RankEpoch, batch_sizes
 from pipeline.params import pick_photos
 from pipeline.producer import BatchProducer, PreparedBatch
-from pipeline.recovery import recheck_batch
 from pipeline.samples import ReadStats, SampleRef, read_samples
 from pipeline.spec import ViewSpec
 from sharding.dataset import shard_uri
 from sharding.storage import Storage
-
-log = logging.getLogger(__name__)
 
 
 class ShardReader:
@@ -42,10 +39,8 @@ class ShardReader:
         self.num_threads, self.prefetch, self.device_id = num_threads, prefetch, device_id
         self.storage = storage or Storage()
         self.stats = ReadStats()
-        self._pipe = None
-        self._producer: Optional[BatchProducer] = None
-        self._pending: deque[PreparedBatch] = deque()
-        self._replay: deque[PreparedBatch] = deque()
+        self._driver = DaliDriver(spec, self.stats, device=device, batch_size=batch_size,
+                                  num_threads=num_threads, prefetch=prefetch, device_id=device_id)
 
     def iter_shard(self, root: str, shard: str, rows: pa.Table,
                    labels: Optional[np.ndarray] = None) -> Iterator[ViewBatch]:
@@ -73,33 +68,11 @@ class ShardReader:
         num_global = self.spec.num_global
         read = lambda start: read_samples(self.storage, [lambda: run(start)], self.stats,
                                           pick=lambda ref, c: pick_photos(num_global, ref.u, c))
-        self._producer = BatchProducer(plan, 0, self.spec, seed=0, epoch=0, read=read,
-                                       feed=feed_arrays, stats=self.stats, depth=self.prefetch + 2)
-        self._pending, self._replay = deque(), deque()
-        finished = False
-        try:
-            pipe = self._pipeline()
-            while True:
-                try:
-                    outputs = pipe.run()
-                except StopIteration:
-                    break
-                except Exception:
-                    if not self._recover():
-                        raise
-                    pipe = self._pipeline()
-                    continue
-                while self._pending[0].feed is None:
-                    self._pending.popleft()
-                item = self._pending.popleft()
+        producer = BatchProducer(plan, 0, self.spec, seed=0, epoch=0, read=read,
+                                 feed=feed_arrays, stats=self.stats, depth=self.prefetch + 2)
+        for item, outputs in self._driver.run(producer):
+            if outputs is not None:  # None: every sample of the batch was bad (counted in stats)
                 yield self._batch(item, outputs, keys, groups, labels)
-            pipe.reset()
-            finished = True
-        finally:
-            self._producer.close()
-            self._producer = None
-            if not finished:
-                self._pipe = None
 
     def _batch(self, item: PreparedBatch, outputs, keys, groups, labels) -> ViewBatch:
         views = [dali_to_torch(out, self.device) for out in outputs]
@@ -110,32 +83,3 @@ class ShardReader:
                          label_vocabulary=[], view_sources=torch.from_numpy(item.view_sources),
                          rows=torch.from_numpy(rows), epoch=0, batch=item.batch,
                          position=DataPosition(0, item.batch + 1))
-
-    def _next_feed(self) -> tuple:
-        while True:
-            if self._replay:
-                item = self._replay.popleft()
-            else:
-                item = self._producer.get() if self._producer else None
-            if item is None:
-                raise StopIteration
-            self._pending.append(item)
-            if item.feed is not None:
-                return item.feed
-
-    def _recover(self) -> bool:
-        rechecked = [recheck_batch(item, self.spec, self.stats) for item in self._pending]
-        if not any(dropped for _, dropped in rechecked):
-            return False
-        log.warning("DALI aborted a batch; dropped the undecodable samples and rebuilt the pipeline")
-        self._replay = deque(item for item, _ in rechecked)
-        self._pending = deque()
-        self._pipe = None
-        return True
-
-    def _pipeline(self):
-        if self._pipe is None:
-            self._pipe = build_view_pipeline(self.spec, self._next_feed, device=self.device,
-                                             batch_size=self.batch_size, num_threads=self.num_threads,
-                                             prefetch=self.prefetch, device_id=self.device_id)
-        return self._pipe

@@ -8,8 +8,6 @@ uninterrupted run.
 """
 from __future__ import annotations
 
-import logging
-from collections import deque
 from typing import Iterator, Optional
 
 import numpy as np
@@ -18,17 +16,16 @@ import torch
 from sharding.dataset import read_index_part, shard_uri
 from sharding.storage import Storage
 from pipeline.batch import ViewBatch
-from pipeline.dali_graph import build_view_pipeline, feed_arrays
+from pipeline.dali_driver import DaliDriver
+from pipeline.dali_graph import feed_arrays
 from pipeline.epochs import DataPosition, RankEpoch, batches_per_epoch, check_arguments, plan_rank_epoch
 from pipeline.producer import BatchProducer, PreparedBatch
 from pipeline.params import pair_uniforms, pick_photos
-from pipeline.recovery import recheck_batch
 from pipeline.roots import load_mixture
 from pipeline.samples import ReadStats, SampleRef, read_samples
 from pipeline.spec import ViewSpec
 from viewstream.errors import UsageError
 
-log = logging.getLogger(__name__)
 DEVICES = ("cpu", "cuda")
 VERIFY = ("sha256", "none")
 S3_STREAMS = 6  # shard streams in flight per rank on S3: hides ~20-30 ms first-byte latency
@@ -89,10 +86,8 @@ class ViewLoader:
         self.label_vocabulary = self.mixture.label_vocabulary
         self._label_number = {l: i for i, l in enumerate(self.label_vocabulary)}
         self.stats = ReadStats()
-        self._pipe = None
-        self._producer: Optional[BatchProducer] = None
-        self._pending: deque[PreparedBatch] = deque()  # fed to DALI, not yet yielded
-        self._replay: deque[PreparedBatch] = deque()   # to feed again after a DALI abort
+        self._driver = DaliDriver(spec, self.stats, device=device, batch_size=batch_size,
+                                  num_threads=num_threads, prefetch=prefetch, device_id=self.device_id)
 
     @property
     def num_samples(self) -> int:
@@ -115,39 +110,15 @@ class ViewLoader:
         if epoch < 0 or not 0 <= start_batch <= self.batches_per_epoch:
             raise UsageError(f"epoch={epoch}, start_batch={start_batch}: expected epoch >= 0 and "
                              f"0 <= start_batch <= {self.batches_per_epoch}")
-        if self._producer is not None:
+        if self._driver.busy:
             raise UsageError("another iter_epoch of this ViewLoader is still open; exhaust or "
                              "close() it first (a loader runs one epoch iterator at a time)")
         plan = self.plan(epoch)
         producer = BatchProducer(plan, start_batch, self.spec, seed=self.seed, epoch=epoch,
                                  read=lambda start: self._read(plan, start), feed=feed_arrays,
                                  stats=self.stats, depth=self.prefetch + 2)
-        self._producer, self._pending, self._replay = producer, deque(), deque()
-        finished = False
-        try:
-            pipe = self._pipeline()
-            while True:
-                try:
-                    outputs = pipe.run()
-                except StopIteration:
-                    break
-                except Exception:
-                    if not self._recover():
-                        raise
-                    pipe = self._pipeline()
-                    continue
-                while self._pending[0].feed is None:
-                    yield self._empty_batch(self._pending.popleft(), epoch)
-                yield self._batch(self._pending.popleft(), outputs, epoch)
-            pipe.reset()
-            for item in self._pending:  # empty batches after the last full one
-                yield self._empty_batch(item, epoch)
-            finished = True
-        finally:
-            producer.close()
-            self._producer = None
-            if not finished:  # DALI has batches of this epoch in flight: start afresh next time
-                self._pipe = None
+        for item, outputs in self._driver.run(producer):
+            yield self._empty_batch(item, epoch) if outputs is None else self._batch(item, outputs, epoch)
 
     # ---- internals -------------------------------------------------------------------------
     def _runs(self, plan: RankEpoch, start: int) -> Iterator:
@@ -188,39 +159,6 @@ class ViewLoader:
         return read_samples(self.storage, self._runs(plan, start), self.stats,
                             streams=self.streams, verify=self.verify == "sha256",
                             pick=lambda ref, c: pick_photos(num_global, ref.u, c))
-
-    def _recover(self) -> bool:
-        """After DALI aborted: drop undecodable samples from the batches in flight and replay
-        them on a fresh pipeline. False when no photo is to blame (the error is re-raised)."""
-        rechecked = [recheck_batch(item, self.spec, self.stats)
-                     for item in self._pending]
-        if not any(dropped for _, dropped in rechecked):
-            return False
-        log.warning("DALI aborted a batch; dropped the undecodable samples and rebuilt the pipeline")
-        self._replay = deque(item for item, _ in rechecked)
-        self._pending = deque()
-        self._pipe = None
-        return True
-
-    def _next_feed(self) -> tuple:
-        """The DALI source callback: the next non-empty batch (empty ones are only noted)."""
-        while True:
-            if self._replay:
-                item = self._replay.popleft()
-            else:
-                item = self._producer.get() if self._producer else None
-            if item is None:
-                raise StopIteration
-            self._pending.append(item)
-            if item.feed is not None:
-                return item.feed
-
-    def _pipeline(self):
-        if self._pipe is None:
-            self._pipe = build_view_pipeline(
-                self.spec, self._next_feed, device=self.device, batch_size=self.batch_size,
-                num_threads=self.num_threads, prefetch=self.prefetch, device_id=self.device_id)
-        return self._pipe
 
     def _position_after(self, epoch: int, batch: int) -> DataPosition:
         if batch + 1 >= self.batches_per_epoch:
