@@ -97,6 +97,20 @@ class SearchResult:
     scores: np.ndarray    # float32 [Q, k]
     indices: np.ndarray   # int64 [Q, k]
 
+    def named(self, keys: Sequence[str]) -> list[list[tuple[str, float]]]:
+        """Per query, its (key, score) pairs, best first (rows -1 left out)."""
+        return [[(keys[i], float(s)) for s, i in zip(srow, irow) if i >= 0]
+                for srow, irow in zip(self.scores, self.indices)]
+
+
+def rows_of(keys: Sequence[str], wanted: Sequence[str]) -> list[int]:
+    """The row of each of `wanted` among `keys`; unknown keys are a UsageError (query by key)."""
+    row = {k: i for i, k in enumerate(keys)}
+    missing = [k for k in wanted if k not in row]
+    if missing:
+        raise UsageError(f"keys not in the index: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return [row[k] for k in wanted]
+
 
 @dataclass
 class SearchIndex:
@@ -141,17 +155,11 @@ class SearchIndex:
 
     def search_keys(self, queries: np.ndarray, k: int = 10) -> list[list[tuple[str, float]]]:
         """Like `search`, as (key, score) pairs per query."""
-        res = self.search(queries, k)
-        return [[(self.keys[i], float(s)) for s, i in zip(srow, irow) if i >= 0]
-                for srow, irow in zip(res.scores, res.indices)]
+        return self.search(queries, k).named(self.keys)
 
     def vectors_of(self, keys: Sequence[str]) -> np.ndarray:
         """The stored vectors of `keys` (to query by key); unknown keys are a UsageError."""
-        row = {k: i for i, k in enumerate(self.keys)}
-        missing = [k for k in keys if k not in row]
-        if missing:
-            raise UsageError(f"keys not in the index: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        return np.stack([self.index.reconstruct(row[k]) for k in keys])
+        return np.stack([self.index.reconstruct(r) for r in rows_of(self.keys, keys)])
 
     def save(self, directory: str | os.PathLike) -> Path:
         directory = Path(directory)

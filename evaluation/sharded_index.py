@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from evaluation.search import INDEX_FILE, INFO_FILE, ROWS_FILE, SearchResult, normalized
+from evaluation.search import INDEX_FILE, INFO_FILE, ROWS_FILE, SearchResult, normalized, rows_of
 from viewstream.errors import UsageError
 
 
@@ -127,19 +127,12 @@ class ShardedIndex:
         return SearchResult(np.where(ids >= 0, scores, 0).astype(np.float32), ids.astype(np.int64))
 
     def search_keys(self, queries: np.ndarray, k: int = 10) -> list[list[tuple[str, float]]]:
-        res = self.search(queries, k)
-        return [[(self.keys[i], float(s)) for s, i in zip(srow, irow) if i >= 0]
-                for srow, irow in zip(res.scores, res.indices)]
+        return self.search(queries, k).named(self.keys)
 
     def vectors_of(self, keys: Sequence[str]) -> np.ndarray:
         """The (decoded, approximate for PQ) stored vectors of `keys`, to query by key."""
-        row = {k: i for i, k in enumerate(self.keys)}
-        missing = [k for k in keys if k not in row]
-        if missing:
-            raise UsageError(f"keys not in the index: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         out = []
-        for key in keys:
-            g = row[key]
+        for g in rows_of(self.keys, keys):
             s = int(np.searchsorted(self.offsets, g, side="right") - 1)
             shard = self.shards[s]
             if s not in self._direct_maps:  # IVF needs id -> list position to reconstruct
