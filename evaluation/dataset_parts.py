@@ -1,10 +1,6 @@
 """What `embed --ray` needs of a dataset, at shard granularity: its shards, one shard's index
-rows, the label vocabulary.
-
-All through `sharding.dataset`, never by opening index files here. The dataset format is
-moving to per-shard index parts (format version 2: `read_index_part`, a `labels` vocabulary in
-the manifest); until that lands, a shard's rows come from the whole-dataset `read_index`
-(filtered, fine for the small version-1 datasets). Either way this is the one place that knows.
+rows, the label vocabulary, all through `sharding.dataset` (format version 2: a small index part
+per shard and the vocabulary in the manifest), so nothing here reads a whole-dataset table.
 """
 from __future__ import annotations
 
@@ -12,7 +8,6 @@ import posixpath
 from typing import Optional
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sharding import dataset as ds
 from sharding.storage import Storage
@@ -25,17 +20,9 @@ def shard_names(root: str, storage: Optional[Storage] = None) -> list[str]:
 
 def shard_rows(root: str, shard: str, storage: Optional[Storage] = None) -> pa.Table:
     """The index rows of one shard (key, group_id, view_exts, label, ...), in tar order."""
-    read_part = getattr(ds, "read_index_part", None)
-    if read_part is not None:  # format version 2: one small part per shard
-        return read_part(root, shard, storage)
-    index = ds.read_index(root, storage)
-    return index.filter(pc.equal(index.column("shard"), shard))
+    return ds.read_index_part(root, shard, storage)
 
 
 def label_vocabulary(root: str, storage: Optional[Storage] = None) -> list[str]:
     """The dataset's sorted distinct labels ([] when unlabelled), as the pipeline numbers them."""
-    manifest = ds.load_manifest(root, storage)
-    if isinstance(manifest.get("labels"), list):  # format version 2 records it
-        return sorted(manifest["labels"])
-    labels = ds.read_index(root, storage).column("label")
-    return sorted({l for l in labels.to_pylist() if l is not None})
+    return sorted(ds.load_manifest(root, storage).get("labels") or [])

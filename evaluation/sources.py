@@ -6,6 +6,7 @@ functions: the evaluation package imports fine where only embeddings files are a
 """
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 from dataclasses import asdict, dataclass
@@ -167,24 +168,36 @@ def load_query_image(path: str, image_size: int, crop_fraction: float = DEFAULT_
     return x, pixels
 
 
-def read_sample_image(dataset: str, key: str, view: int = 0, endpoint_url: Optional[str] = None) -> np.ndarray:
-    """Photo `view` of sample `key` of a dataset, as HxWx3 uint8 (for retrieval grids)."""
-    from PIL import Image
-
-    from sharding.dataset import read_index, read_sample
+@functools.lru_cache(maxsize=4)
+def _sample_locations(dataset: str, endpoint_url: Optional[str]) -> dict[str, tuple[str, str, list[str]]]:
+    """key -> (root, shard, view extensions) of every sample: read once per dataset, not once per
+    picture of a grid (a whole-dataset tool: grids are drawn from small datasets)."""
+    from sharding.dataset import read_index
     from sharding.storage import Storage
 
     storage = Storage(endpoint_url)
     roots = dataset_list(dataset)
+    out: dict[str, tuple[str, str, list[str]]] = {}
     for root in [roots] if isinstance(roots, str) else [r if isinstance(r, str) else r["root"] for r in roots]:
-        index = read_index(root, storage)  # a whole-dataset tool: small datasets
-        keys = index.column("key").to_pylist()
-        if key in keys:
-            break
-    else:
+        index = read_index(root, storage).select(["key", "shard", "view_exts"])
+        for key, shard, exts in zip(*(index.column(c).to_pylist() for c in ("key", "shard", "view_exts"))):
+            out.setdefault(key, (root, shard, exts))
+    return out
+
+
+def read_sample_image(dataset: str, key: str, view: int = 0, endpoint_url: Optional[str] = None) -> np.ndarray:
+    """Photo `view` of sample `key` of a dataset, as HxWx3 uint8 (for retrieval grids)."""
+    from PIL import Image
+
+    from sharding.dataset import read_sample
+    from sharding.storage import Storage
+
+    storage = Storage(endpoint_url)
+    located = _sample_locations(str(dataset), endpoint_url).get(key)
+    if located is None:
         raise UsageError(f"key {key!r} is not in dataset {dataset!r}")
-    row = keys.index(key)
-    shard, ext = index.column("shard")[row].as_py(), index.column("view_exts")[row].as_py()[view]
+    root, shard, exts = located
+    ext = exts[view]
     members = read_sample(root, shard, key, storage)
     data = members[f"{view}.{ext}"] if f"{view}.{ext}" in members else members[f"{key}.{view}.{ext}"]
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
