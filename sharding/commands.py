@@ -43,12 +43,13 @@ SHARD_EXAMPLES = (
     "viewstream shard inputs.csv ds/   # a manifest of local paths, s3:// or https:// URIs",
     "viewstream shard --config configs/shard.yaml --set shard_samples=5000",
     "viewstream shard 'lists/*.parquet' --dry-run   # plan only: shards, bytes per shard, largest group",
+    "viewstream shard listings.parquet ds/ --dedup-across-groups merge   # one group per shared photo",
 )
 # Flags that are also fields of the YAML config (flag dest -> config key); a flag given on the
 # command line wins over --set, which wins over the YAML file, which wins over the defaults.
 _CONFIG_FLAGS = ("input", "output", "name", "group_by", "label_from", "shard_bytes", "shard_samples",
                  "shuffle_seed", "max_side", "quality", "max_pixels", "workers", "ray", "address",
-                 "ray_cpus", "endpoint_url", "prefetch")
+                 "ray_cpus", "endpoint_url", "prefetch", "dedup_across_groups")
 _RUN_KEYS = ("input", "output", "workers", "ray", "address", "ray_cpus", "endpoint_url", "prefetch")
 
 
@@ -87,6 +88,14 @@ def add_commands(subparsers) -> None:
     shard.add_argument("--quality", type=positive_int, default=None, help="JPEG quality of re-encoded images (1-100, default 90)")
     shard.add_argument("--max-pixels", type=positive_int, default=None,
                        help=f"quarantine images with more pixels (decompression bombs; default {DEFAULT_MAX_PIXELS})")
+    shard.add_argument("--dedup-across-groups", choices=("report", "drop", "keep-first", "merge"), default=None,
+                       help="a photo (same sha256) held by several groups is always listed in duplicates.parquet; "
+                            "report (default): nothing else changes, and two groups holding it can meet in a "
+                            "batch as negatives of each other; drop: removed from every group; keep-first: "
+                            "kept in the first group (shard order) only; merge: those groups become one group "
+                            "(merged.parquet lists the merged-away ones). Removed photos are quarantined with "
+                            "their reason. Found after the build (the hashes are of the stored bytes), so "
+                            "--dry-run cannot show them")
     where = shard.add_mutually_exclusive_group()
     where.add_argument("--workers", type=positive_int, default=None, help="local worker processes (default 1)")
     where.add_argument("--ray", action="store_true", default=None, help="build shards as Ray tasks")

@@ -18,6 +18,15 @@ folder or an ``s3://bucket/prefix`` holding::
                                    the build config (see MANIFEST_KEYS below); never a list
                                    that grows with the shards
     _parts/{name}-{000000}.json    the finished-shard record a rerun checks (readers ignore it)
+    duplicates.parquet             photos (sha256) held by more than one group, with every group
+                                   and place holding them (DUPLICATES_SCHEMA; sharding.dedup_groups)
+    merged.parquet                 only after ``--dedup-across-groups merge``: each group merged
+                                   into another (MERGED_SCHEMA)
+    shards/{name}-{000000}-dd.tar  (+ .idx, index/ and quarantine/ parts, _parts/ record) a shard
+                                   rewritten by ``--dedup-across-groups drop|keep-first|merge``;
+                                   shards.parquet lists it instead of the original, which stays
+                                   (what a rerun or another mode starts from) but is read by no one
+    _dedup/                        the duplicate scan's intermediate files (readers ignore it)
 
 Format version 1 (before): one ``index.parquet`` and one ``quarantine.parquet`` for the whole
 dataset and a ``shards`` list inside manifest.json. `viewstream migrate ROOT` rewrites such a
@@ -39,6 +48,10 @@ QUARANTINE_DIR = "quarantine"
 SHARDS_FILE = "shards.parquet"
 MANIFEST_FILE = "manifest.json"
 PARTS_DIR = "_parts"
+DUPLICATES_FILE = "duplicates.parquet"
+MERGED_FILE = "merged.parquet"
+DEDUP_DIR = "_dedup"
+REWRITTEN_SUFFIX = "-dd"  # data-000003.tar rewritten by the dedup pass is data-000003-dd.tar
 # Format version 1 only (read by the migration):
 V1_INDEX_FILE = "index.parquet"
 V1_QUARANTINE_FILE = "quarantine.parquet"
@@ -81,6 +94,27 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
+DUPLICATES_SCHEMA = pa.schema(
+    [
+        ("sha256", pa.string()),       # hex sha256 of the stored bytes, held by >= 2 groups
+        ("group_ids", pa.list_(pa.string())),  # per occurrence, in (shard, tar position, view) order:
+        ("shards", pa.list_(pa.string())),     #   its group, the (pre-dedup) shard holding it,
+        ("keys", pa.list_(pa.string())),       #   the sample key,
+        ("views", pa.list_(pa.int32())),       #   and the view index i of member {key}.{i}.{ext}
+    ]
+)
+
+MERGED_SCHEMA = pa.schema(
+    [
+        ("group_id", pa.string()),     # a group merged away (it is no longer a sample)
+        ("key", pa.string()),
+        ("shard", pa.string()),        # the (pre-dedup) shard it was in
+        ("merged_into", pa.string()),  # the group id now holding its photos
+        ("into_key", pa.string()),
+        ("into_shard", pa.string()),   # the shard (as shards.parquet names it) of that group
+    ]
+)
+
 # manifest.json keys (a plain JSON object, small whatever the dataset's size):
 #   format_version: int                 FORMAT_VERSION
 #   name: str                           shard name prefix
@@ -96,6 +130,8 @@ QUARANTINE_SCHEMA = pa.schema(
 #   num_shards: int                     finished shards (rows of shards.parquet)
 #   labels: list[str]                   sorted distinct labels of all samples ([] if unlabelled):
 #                                       the label vocabulary, so no reader scans the index for it
+#   duplicates_across_groups: dict     the dedup pass: mode, duplicate sha256s, their occurrences,
+#                                       groups holding one, shards rewritten, groups merged away
 #   config: dict                        the (secret-free) configuration that built the dataset,
 #                                       including "input"; never the executor or worker count
 # (Version 1 also had "shards": a list of {"name", "idx", "num_samples", "num_views", "bytes",
@@ -130,3 +166,8 @@ def index_part_name(tar_name: str) -> str:
 def quarantine_part_name(tar_name: str) -> str:
     """The quarantine part (relative to QUARANTINE_DIR) of a shard's plan."""
     return tar_name[: -len(".tar")] + ".parquet"
+
+
+def rewritten_name(tar_name: str) -> str:
+    """The name of shard `tar_name` once the dedup pass has rewritten it."""
+    return tar_name[: -len(".tar")] + REWRITTEN_SUFFIX + ".tar"

@@ -36,6 +36,7 @@ from sharding.build import (
     part_uri,
     text,
 )
+from sharding.dedup_groups import dedup_across_groups
 from sharding.executors import Executor, make_executor
 from sharding.format import (
     FORMAT_VERSION,
@@ -69,6 +70,9 @@ class ShardConfig(BaseModel):
     quality: int = Field(90, ge=1, le=100, description="JPEG quality of re-encoded images")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decompression-bomb limit")
     shuffle_seed: int | None = Field(0, description="seeded group order across shards (None: sorted by group id)")
+    dedup_across_groups: Literal["report", "drop", "keep-first", "merge"] = Field(
+        "report", description="photos held by several groups: report only, or drop/keep-first/merge "
+                              "(sharding.dedup_groups); the build's shards do not depend on it")
 
     def build_options(self) -> BuildOptions:
         return BuildOptions(max_pixels=self.max_pixels, max_side=self.max_side, quality=self.quality)
@@ -91,6 +95,7 @@ class ShardSummary:
     bytes: int
     seconds: float
     images_per_s: float = field(default=0.0)
+    duplicates_across_groups: dict = field(default_factory=dict)
 
     def format(self) -> str:
         reasons = ", ".join(f"{r}={n}" for r, n in sorted(self.quarantined_by_reason.items())) or "none"
@@ -103,9 +108,22 @@ class ShardSummary:
                 f"shards       {self.num_shards} ({self.num_shards_built} built now, "
                 f"{self.num_shards_skipped} already done)",
                 f"bytes        {self.bytes}",
+                *([_duplicates_line(self.duplicates_across_groups)] if self.duplicates_across_groups else []),
                 f"time         {self.seconds:.2f} s, {self.images_per_s:.1f} images/s",
             ]
         )
+
+
+def _duplicates_line(d: dict) -> str:
+    done = {"report": "reported only (duplicates.parquet)", "drop": "dropped from every group",
+            "keep-first": "kept in the first group only", "merge": "their groups merged"}[d["mode"]]
+    line = (f"duplicates   {d['num_sha256']} photos held by several groups ({d['num_occurrences']} copies): "
+            f"{done}")
+    if d["mode"] != "report":
+        line += f"; {d['num_shards_rewritten']} shards rewritten"
+    if d["mode"] == "merge":
+        line += f", {d['num_groups_merged']} groups merged away"
+    return line
 
 
 def shard_dataset(
@@ -170,30 +188,44 @@ def shard_dataset(
             yield ShardTask(shard.number, shard.name, data, fingerprint, shard.num_inputs)
 
     owned = executor is None
+    held: list[Executor] = [executor] if executor is not None else []
+
+    def get_executor() -> Executor:  # made on first need: a finished dataset starts no workers
+        if not held:
+            held.append(make_executor(workers, ray, ray_address))
+        return held[0]
+
     try:
         todo = tasks()
         first = next(todo, None)  # plans up to the first shard to build (or to the end)
         if first is not None:
-            executor = executor or make_executor(workers, ray, ray_address)
             build = partial(build_shard, output=output, options=options, storage=storage, prefetch=prefetch)
-            for record in executor.map_unordered(build, _chain(first, todo)):
+            for record in get_executor().map_unordered(build, _chain(first, todo)):
                 manifest.add(record)
                 records[record.name] = record
                 built += 1
                 built_inputs += record.num_inputs
                 bar.update(record.num_inputs)
                 manifest.write()
+        bar.close()
+        if stats.num_inputs == 0:
+            raise UsageError(f"input {source!r} holds no files (expected images in a folder or manifest rows)")
+        ordered = [records[name] for name in order]
+        # Before shards.parquet lists anything: photos held by several groups (sharding.dedup_groups).
+        dedup = dedup_across_groups(output, ordered, config.dedup_across_groups, storage, get_executor,
+                                    progress=progress, before_rewrite=manifest.invalidate)
     finally:
         bar.close()
-        if owned and executor is not None:
-            executor.close()
-    if stats.num_inputs == 0:
-        raise UsageError(f"input {source!r} holds no files (expected images in a folder or manifest rows)")
-    ordered = [records[name] for name in order]
-    write_shards_table(output, ordered, storage)
+        if owned and held:
+            held[0].close()
+    write_shards_table(output, dedup.records, storage)
+    manifest.recount(dedup.records)
+    manifest.extra["duplicates_across_groups"] = dedup.summary
     manifest.write(complete=True)
     seconds = time.perf_counter() - started
-    return summarize(output, ordered, stats.num_inputs, built, built_inputs, seconds)
+    summary = summarize(output, dedup.records, stats.num_inputs, built, built_inputs, seconds)
+    summary.duplicates_across_groups = dedup.summary
+    return summary
 
 
 def plan_dataset(
@@ -351,6 +383,16 @@ class ManifestWriter:
         self.labels: set[str] = set()
         self._last = 0.0
         self._invalidated = False
+        self.extra: dict = {}
+
+    def recount(self, records: list[ShardRecord]) -> None:
+        """The totals of exactly `records` (the shards as finally listed, after the dedup pass);
+        the label vocabulary is kept (a label whose groups were all dropped stays in it)."""
+        self.totals, self.reasons = Counter(), Counter()
+        for record in records:
+            labels = set(self.labels)
+            self.add(record)
+            self.labels = labels
 
     def add(self, record: ShardRecord) -> None:
         """Count a finished shard (its label list is merged and dropped: records stay small)."""
@@ -388,6 +430,7 @@ class ManifestWriter:
             "num_shards": self.totals["num_shards"],
             "labels": sorted(self.labels),
             "config": self.config,
+            **self.extra,
         }
         data = json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
         self.storage.write_bytes(self.uri, data.encode("utf-8"))

@@ -1,0 +1,530 @@
+"""Exact duplicates ACROSS natural-view groups: found after the build, reported, optionally fixed.
+
+Why after the build: a photo's identity is the sha256 of its stored bytes, known only once the
+images were read (the build hashes each view and writes it to the index parts, ``view_sha256``).
+Duplicates *inside* a group are dropped by the build; a catalogue's stock photo reused under many
+listings is a positive of each of its groups but, left alone, a NEGATIVE of every other group that
+holds the same bytes. The corpus is 1e8-1e9 photos, so the scan is hash-partitioned and runs as
+tasks on the sharder's executor (inline, local processes or Ray); the driver never sees the corpus:
+
+1. split (a task per chunk of SPLIT_SHARDS consecutive shards): reads those shards' index parts,
+   one row per view (sha256 as 32 bytes, group id, key, shard, tar position, view index), and
+   writes them partitioned by the sha256's leading bits into B buckets:
+   ``_dedup/split/{bucket}/{chunk}-{fingerprint}.parquet`` (only non-empty buckets). B is a power
+   of two chosen so a bucket holds about ROWS_PER_BUCKET views (corpus / B).
+2. bucket (a task per bucket): reads that bucket's split files (~ corpus / B rows: memory is
+   bounded by a bucket, not the corpus), keeps the sha256s held by >= 2 distinct groups and
+   writes their occurrences, sorted, to ``_dedup/dups/{bucket}.parquet``.
+3. report (driver): streams the bucket parts, one at a time in bucket (= sha256) order, into
+   ``duplicates.parquet`` (format.DUPLICATES_SCHEMA: sha256, and per occurrence its group,
+   shard, key and view). The file is the same whatever B or the chunking.
+4. only with a mode other than ``report`` and only where duplicates exist: the driver turns the
+   occurrences into per-shard actions and rewrites ONLY the shards holding an affected group
+   (`sharding.dedup_rewrite`, a task per shard), each as ``{stem}-dd.tar`` with its .idx, index
+   part, quarantine part (the new records only; the build's part stays valid) and part record;
+   shards.parquet then lists the rewritten shard instead of the original (the commit point), and
+   the manifest's counts are recomputed from the shard records.
+
+Modes (``viewstream shard --dedup-across-groups``):
+  * ``report`` (default): duplicates.parquet, nothing else changes. The pipeline then treats the
+    groups as it finds them: a photo shared by groups A and B is a positive within A and within B,
+    and when A and B meet in one batch, A's view and B's view of those same bytes are negatives
+    of each other (the contrastive loss pushes identical images apart). Choose a mode to avoid it.
+  * ``drop``: the shared photo leaves every group holding it; each removal is a quarantine record
+    (reason ``duplicate_across_groups``, detail: the sha256 and the other groups).
+  * ``keep-first``: kept in the first group holding it, in (shard name, tar position) order (= plan
+    order, deterministic), removed from the others with ``duplicate_across_groups`` records.
+  * ``merge``: groups sharing bytes are joined (union-find over the duplicate pairs: connected
+    components) into ONE group, the component's first group in (shard, tar position) order: its
+    key and group id stay, its shard receives every photo of the other groups (a component
+    spanning several shards is moved into the shard of its first group, which may then exceed
+    --shard-bytes), each distinct photo stored once; extra copies of shared bytes get a
+    ``duplicate_merged`` quarantine record, the merged-away groups a row of ``merged.parquet``
+    (format.MERGED_SCHEMA, ``merged_into``) and their ids in the survivor's ``{key}.json``
+    ("merged_from"). Afterwards no two groups hold the same bytes, so no batch pairs them as
+    negatives.
+Every input stays accounted for: in a shard or in the quarantine with its reason.
+
+Memory: split and bucket tasks hold a chunk of shards or a bucket (~ROWS_PER_BUCKET views,
+~100 B each). The driver holds O(shards) records plus, only in drop/keep-first/merge mode, the
+occurrences of the duplicates (~200 B each, plus the union-find over the groups holding one,
+in merge mode): O(duplicates), never O(corpus); a corpus whose duplicates are themselves 1e8
+would need the actions computed in the bucket tasks (hash-partitioned by shard) instead.
+
+Resumable: every split chunk and bucket writes a marker with the fingerprint of its inputs
+(the original shards' tar sha256 and build fingerprints) after its output, and a rewritten
+shard's part record carries the fingerprint of (original shard, its actions), so a rerun of the
+shard command redoes only what changed; rerunning a finished dataset re-reads nothing but the
+markers and the (small) duplicate parts. The originals are never modified: a rewrite reads them,
+so a rerun (or another mode) always starts from the build's shards.
+
+Hand-written rather than Ray Data / DuckDB: it must run on the sharder's three executors, through
+`Storage` (local and S3 alike), with shard-granular tasks; it is a few hundred lines of Arrow.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from sharding.build import ShardRecord, parquet_bytes, part_uri
+from sharding.dataset import index_part_uri
+from sharding.dedup_rewrite import RewriteTask, SampleAction, rewrite_shard
+from sharding.executors import Executor
+from sharding.format import (
+    DEDUP_DIR,
+    DUPLICATES_FILE,
+    DUPLICATES_SCHEMA,
+    MERGED_FILE,
+    MERGED_SCHEMA,
+    QUARANTINE_DIR,
+    REWRITTEN_SUFFIX,
+    quarantine_part_name,
+    rewritten_name,
+)
+from sharding.storage import Storage, join
+from sharding.validate import DUPLICATE_ACROSS_GROUPS, DUPLICATE_MERGED
+
+Mode = Literal["report", "drop", "keep-first", "merge"]
+MODES: tuple[str, ...] = ("report", "drop", "keep-first", "merge")
+SPLIT_SHARDS = 16              # shards per split task (its memory: 16 index parts)
+ROWS_PER_BUCKET = 2_000_000    # target views per bucket (~200 MB to scan)
+MAX_BUCKET_BITS = 16           # at most 65,536 buckets (the sha256's first two bytes)
+DETAIL_GROUPS = 5              # other groups named in a quarantine detail
+
+SPLIT_SCHEMA = pa.schema([
+    ("sha256", pa.binary(32)), ("group_id", pa.string()), ("key", pa.string()),
+    ("shard", pa.string()), ("row", pa.int32()), ("view", pa.int32()),
+])
+_HEX = np.full(256, 255, np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def bucket_bits(num_views: int, rows_per_bucket: int = ROWS_PER_BUCKET) -> int:
+    """log2 of the bucket count: the smallest power of two giving <= rows_per_bucket per bucket."""
+    bits = 0
+    while bits < MAX_BUCKET_BITS and (num_views >> bits) > rows_per_bucket:
+        bits += 1
+    return bits
+
+
+def _fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _marker_matches(storage: Storage, uri: str, fingerprint: str) -> bool:
+    try:
+        return json.loads(storage.read_bytes(uri)).get("fingerprint") == fingerprint
+    except Exception:  # missing or unreadable: redo
+        return False
+
+
+# ---- 1. split ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SplitTask:
+    number: int
+    shards: tuple[str, ...]
+    fingerprint: str
+    bits: int
+
+
+def _split_uri(output: str, bucket: int, chunk: int, fingerprint: str) -> str:
+    return join(output, DEDUP_DIR, "split", f"{bucket:05d}", f"{chunk:06d}-{fingerprint[:16]}.parquet")
+
+
+def _marker_uri(output: str, kind: str, number: int) -> str:
+    return join(output, DEDUP_DIR, kind, f"{number:06d}.json")
+
+
+def view_rows(part: pa.Table, shard: str) -> pa.Table:
+    """One row per view of an index part (SPLIT_SCHEMA); views with no valid sha256 are left out
+    (a migrated sample whose {key}.json had none cannot be matched)."""
+    shas = part.column("view_sha256").combine_chunks()
+    flat = pc.list_flatten(shas)
+    parents = pc.list_parent_indices(shas).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = shas.offsets.to_numpy()[:-1] - shas.offsets[0].as_py()
+    views = np.arange(len(flat), dtype=np.int64) - offsets[parents] if len(flat) else parents
+    valid = pc.fill_null(pc.equal(pc.utf8_length(flat), 64), False).to_numpy(zero_copy_only=False)
+    digests = np.zeros((len(flat), 32), np.uint8)
+    if valid.any():
+        text = np.frombuffer(b"".join(s.encode("ascii", "replace") for s in flat.filter(pa.array(valid)).to_pylist()),
+                             np.uint8).reshape(-1, 64)
+        nibbles = _HEX[text]
+        ok = (nibbles != 255).all(axis=1)
+        where = np.flatnonzero(valid)
+        valid[where[~ok]] = False
+        digests[where] = (nibbles[:, 0::2] << 4) | (nibbles[:, 1::2] & 15)
+    keep = np.flatnonzero(valid)
+    rows = parents[keep]
+    sha = pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(keep), [None, pa.py_buffer(digests[keep].tobytes())])
+    return pa.table({
+        "sha256": sha,
+        "group_id": part.column("group_id").take(pa.array(rows)),
+        "key": part.column("key").take(pa.array(rows)),
+        "shard": pa.array([shard] * len(keep), pa.string()),
+        "row": pa.array(rows, pa.int32()),
+        "view": pa.array(views[keep], pa.int32()),
+    }, schema=SPLIT_SCHEMA)
+
+
+def bucket_of(sha: pa.FixedSizeBinaryArray, bits: int) -> np.ndarray:
+    """The bucket of each sha256: its first `bits` bits (a range partition: bucket order is
+    sha256 order)."""
+    if bits == 0 or len(sha) == 0:
+        return np.zeros(len(sha), np.int64)
+    raw = np.frombuffer(sha.buffers()[1], np.uint8, count=32 * (sha.offset + len(sha)))[32 * sha.offset:]
+    raw = raw.reshape(-1, 32)
+    top = (raw[:, 0].astype(np.int64) << 8) | raw[:, 1]
+    return top >> (16 - bits)
+
+
+def split_chunk(task: SplitTask, output: str, storage: Storage) -> int:
+    """Split the views of `task.shards` into buckets; returns the views written."""
+    parts = []
+    for shard in task.shards:
+        data = storage.read_bytes(index_part_uri(output, shard))
+        part = pq.ParquetFile(io.BytesIO(data)).read(columns=["key", "group_id", "view_sha256"], use_threads=False)
+        parts.append(view_rows(part, shard))
+    table = pa.concat_tables(parts) if parts else SPLIT_SCHEMA.empty_table()
+    buckets = bucket_of(table.column("sha256").combine_chunks(), task.bits)
+    order = np.argsort(buckets, kind="stable")
+    table, buckets = table.take(pa.array(order)), buckets[order]
+    starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]]) if len(buckets) else np.array([], np.int64)
+    ends = np.r_[starts[1:], len(buckets)]
+    for start, end in zip(starts, ends):
+        uri = _split_uri(output, int(buckets[start]), task.number, task.fingerprint)
+        storage.write_bytes(uri, parquet_bytes(table.slice(int(start), int(end - start))))
+    storage.write_bytes(_marker_uri(output, "split", task.number),
+                        json.dumps({"fingerprint": task.fingerprint, "views": table.num_rows}).encode())
+    return table.num_rows
+
+
+# ---- 2. bucket ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BucketTask:
+    bucket: int
+    chunks: tuple[str, ...]   # fingerprint of each split chunk, by chunk number
+    fingerprint: str
+
+
+def _dups_uri(output: str, bucket: int) -> str:
+    return join(output, DEDUP_DIR, "dups", f"{bucket:05d}.parquet")
+
+
+def duplicates_in(table: pa.Table) -> pa.Table:
+    """The rows of `table` (SPLIT_SCHEMA) whose sha256 is held by >= 2 distinct groups, sorted by
+    (sha256, shard, row, view)."""
+    if table.num_rows == 0:
+        return table
+    counts = table.group_by("sha256").aggregate([("group_id", "count_distinct")])
+    shared = counts.filter(pc.greater(counts.column("group_id_count_distinct"), 1)).column("sha256")
+    dups = table.filter(pc.is_in(table.column("sha256"), value_set=shared.combine_chunks()))
+    return dups.sort_by([("sha256", "ascending"), ("shard", "ascending"), ("row", "ascending"),
+                         ("view", "ascending")])
+
+
+def scan_bucket(task: BucketTask, output: str, storage: Storage) -> tuple[int, int]:
+    """Find the duplicates of one bucket; returns (duplicate sha256s, their occurrences)."""
+    folder = join(output, DEDUP_DIR, "split", f"{task.bucket:05d}")
+    wanted = {f"{n:06d}-{fp[:16]}.parquet" for n, fp in enumerate(task.chunks)}
+    try:
+        names = sorted(e.relpath for e in storage.iter_files(folder) if e.relpath in wanted) \
+            if storage.is_folder(folder) else []
+    except FileNotFoundError:
+        names = []
+    tables = [pq.read_table(io.BytesIO(storage.read_bytes(join(folder, n))), schema=SPLIT_SCHEMA) for n in names]
+    table = pa.concat_tables(tables) if tables else SPLIT_SCHEMA.empty_table()
+    del tables
+    dups = duplicates_in(table)
+    del table
+    storage.write_bytes(_dups_uri(output, task.bucket), parquet_bytes(dups))
+    shas = len(pc.unique(dups.column("sha256"))) if dups.num_rows else 0
+    storage.write_bytes(_marker_uri(output, "dups", task.bucket),
+                        json.dumps({"fingerprint": task.fingerprint, "sha256": shas,
+                                    "occurrences": dups.num_rows}).encode())
+    return shas, dups.num_rows
+
+
+# ---- 3. report ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Occurrence:
+    sha256: str
+    group_id: str
+    key: str
+    shard: str
+    row: int
+    view: int
+
+    @property
+    def group(self) -> tuple[str, int]:
+        """The group's place: (shard, tar position), the deterministic order of every mode."""
+        return (self.shard, self.row)
+
+
+def iter_duplicates(output: str, storage: Storage, buckets: int) -> Iterator[list[Occurrence]]:
+    """Every duplicated sha256's occurrences, in sha256 order, one bucket in memory at a time."""
+    for bucket in range(buckets):
+        uri = _dups_uri(output, bucket)
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=SPLIT_SCHEMA)
+        if table.num_rows == 0:
+            continue
+        current: list[Occurrence] = []
+        for row in table.to_pylist():
+            occ = Occurrence(row["sha256"].hex(), row["group_id"], row["key"], row["shard"], row["row"], row["view"])
+            if current and current[0].sha256 != occ.sha256:
+                yield current
+                current = []
+            current.append(occ)
+        if current:
+            yield current
+
+
+def write_report(output: str, storage: Storage, buckets: int) -> tuple[int, int]:
+    """duplicates.parquet, streamed from the bucket parts (a bucket in memory at a time).
+    Returns (duplicate sha256s, their occurrences)."""
+    num_sha = num_occ = 0
+    with storage.open_atomic_write(join(output, DUPLICATES_FILE)) as sink:
+        with pq.ParquetWriter(sink, DUPLICATES_SCHEMA) as writer:
+            rows: list[dict] = []
+            for occs in iter_duplicates(output, storage, buckets):
+                num_sha += 1
+                num_occ += len(occs)
+                rows.append({"sha256": occs[0].sha256, "group_ids": [o.group_id for o in occs],
+                             "shards": [o.shard for o in occs], "keys": [o.key for o in occs],
+                             "views": [o.view for o in occs]})
+                if len(rows) >= 65_536:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=DUPLICATES_SCHEMA))
+                    rows = []
+            writer.write_table(pa.Table.from_pylist(rows, schema=DUPLICATES_SCHEMA))
+    return num_sha, num_occ
+
+
+# ---- 4. actions --------------------------------------------------------------------------------
+class Actions:
+    """Per original shard, per sample key, what its rewrite does (SampleAction)."""
+
+    def __init__(self) -> None:
+        self.by_shard: dict[str, dict[str, SampleAction]] = defaultdict(dict)
+
+    def of(self, shard: str, key: str, group_id: str) -> SampleAction:
+        found = self.by_shard[shard].get(key)
+        if found is None:
+            found = self.by_shard[shard][key] = SampleAction(group_id=group_id)
+        return found
+
+
+def _names(groups: list[str]) -> str:
+    more = len(groups) - DETAIL_GROUPS
+    return ", ".join(groups[:DETAIL_GROUPS]) + (f" and {more} more" if more > 0 else "")
+
+
+def plan_actions(duplicates: Iterator[list[Occurrence]], mode: str,
+                 shard_order: dict[str, int]) -> tuple[Actions, list[dict]]:
+    """What each affected sample's rewrite does, and (merge) the rows of merged.parquet.
+    Holds the duplicates' occurrences (see the module docstring's memory note)."""
+    actions = Actions()
+
+    def place(group: tuple[str, int]) -> tuple[int, int]:
+        return (shard_order[group[0]], group[1])
+
+    if mode in ("drop", "keep-first"):
+        for occs in duplicates:
+            occs = sorted(occs, key=lambda o: (place(o.group), o.view))
+            groups = list(dict.fromkeys(o.group_id for o in occs))
+            first = occs[0]
+            for o in occs:
+                if mode == "keep-first" and o.group == first.group:
+                    continue
+                if mode == "keep-first":
+                    detail = f"sha256 {o.sha256}: kept in group {first.group_id} ({first.shard})"
+                else:
+                    others = _names([g for g in groups if g != o.group_id])
+                    detail = f"sha256 {o.sha256} is also in group(s) {others}"
+                actions.of(o.shard, o.key, o.group_id).drop[o.view] = (DUPLICATE_ACROSS_GROUPS, detail)
+        return actions, []
+    if mode != "merge":
+        raise ValueError(f"unknown mode {mode!r}")
+    return actions, _plan_merge(duplicates, place, actions)
+
+
+def _plan_merge(duplicates: Iterator[list[Occurrence]], place, actions: Actions) -> list[dict]:
+    """Union-find over the groups holding a duplicate; each component becomes its first group."""
+    ids: dict[tuple[str, int], int] = {}
+    info: list[Occurrence] = []       # per group number: one of its occurrences (names, place)
+    parent: list[int] = []
+    dup_views: dict[int, list[Occurrence]] = defaultdict(list)
+
+    def node(o: Occurrence) -> int:
+        n = ids.get(o.group)
+        if n is None:
+            n = ids[o.group] = len(parent)
+            parent.append(n)
+            info.append(o)
+        return n
+
+    def find(n: int) -> int:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for occs in duplicates:
+        nodes = [node(o) for o in occs]
+        for o, n in zip(occs, nodes):
+            dup_views[n].append(o)
+        root = find(nodes[0])
+        for n in nodes[1:]:
+            other = find(n)
+            if other != root:
+                parent[other] = root
+    components: dict[int, list[int]] = defaultdict(list)
+    for n in range(len(parent)):
+        components[find(n)].append(n)
+    merged: list[dict] = []
+    for members in components.values():
+        members.sort(key=lambda n: place(info[n].group))
+        head = info[members[0]]
+        keep = actions.of(head.shard, head.key, head.group_id)
+        seen: set[str] = set()
+        for n in members:
+            me = info[n]
+            action = actions.of(me.shard, me.key, me.group_id)
+            dropped = []
+            for o in sorted(dup_views[n], key=lambda o: o.view):
+                if o.sha256 in seen:
+                    action.drop[o.view] = (DUPLICATE_MERGED, f"sha256 {o.sha256}: the same bytes are kept "
+                                                             f"once in group {head.group_id} (merged)")
+                    dropped.append(o.view)
+                else:
+                    seen.add(o.sha256)
+            if n == members[0]:
+                continue
+            action.merged_into = (head.group_id, head.key, head.shard)
+            keep.append.append((me.shard, me.key, me.group_id, tuple(sorted(dropped))))
+            merged.append({"group_id": me.group_id, "key": me.key, "shard": me.shard,
+                           "merged_into": head.group_id, "into_key": head.key,
+                           "into_shard": rewritten_name(head.shard)})
+    merged.sort(key=lambda r: (r["shard"], r["key"]))
+    return merged
+
+
+# ---- 5. the pass -------------------------------------------------------------------------------
+@dataclass
+class DedupResult:
+    """What the pass did: the shard records shards.parquet lists now, and the summary the
+    manifest keeps (``duplicates_across_groups``)."""
+
+    records: list[ShardRecord]
+    summary: dict = field(default_factory=dict)
+
+
+def dedup_across_groups(output: str, records: list[ShardRecord], mode: str, storage: Storage,
+                        executor: Callable[[], Executor], *, progress: bool = True,
+                        before_rewrite: Callable[[], None] = lambda: None,
+                        rows_per_bucket: int = ROWS_PER_BUCKET, split_shards: int = SPLIT_SHARDS) -> DedupResult:
+    """Scan the built shards `records` (plan order) for photos held by several groups, write
+    duplicates.parquet and, unless `mode` is "report", rewrite the shards it affects.
+    `executor()` gives the executor to run tasks on; `before_rewrite` runs once before the
+    first shard is rewritten (the caller invalidates the manifest there)."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: expected one of {MODES}")
+    built = [r for r in records if r.num_samples > 0]
+    bits = bucket_bits(sum(r.num_views for r in built), rows_per_bucket)
+    num_buckets = 1 << bits
+    chunks = [tuple(r.name for r in built[i:i + split_shards]) for i in range(0, len(built), split_shards)]
+    by_name = {r.name: r for r in built}
+    chunk_fps = [_fingerprint({"bits": bits, "shards": [[n, by_name[n].sha256, by_name[n].fingerprint] for n in c]})
+                 for c in chunks]
+    splits = [SplitTask(i, c, fp, bits) for i, (c, fp) in enumerate(zip(chunks, chunk_fps))
+              if not _marker_matches(storage, _marker_uri(output, "split", i), fp)]
+    _run(executor, partial(split_chunk, output=output, storage=storage), splits, progress, "dup split", "chunk")
+    bucket_fp = _fingerprint({"bits": bits, "chunks": chunk_fps})
+    scans = [BucketTask(b, tuple(chunk_fps), bucket_fp) for b in range(num_buckets)
+             if not _marker_matches(storage, _marker_uri(output, "dups", b), bucket_fp)]
+    _run(executor, partial(scan_bucket, output=output, storage=storage), scans, progress, "dup scan", "bucket")
+    num_sha, num_occ = write_report(output, storage, num_buckets)
+    summary = {"mode": mode, "num_sha256": num_sha, "num_occurrences": num_occ, "buckets": num_buckets,
+               "num_shards_rewritten": 0, "num_groups_merged": 0}
+    shard_order = {r.name: i for i, r in enumerate(built)}
+    merged: list[dict] = []
+    affected: dict[str, dict[str, SampleAction]] = {}
+    if mode != "report" and num_sha:
+        actions, merged = plan_actions(iter_duplicates(output, storage, num_buckets), mode, shard_order)
+        affected = actions.by_shard
+    _write_merged(output, storage, merged)
+    tasks, final = [], []
+    rewritten: dict[str, ShardRecord] = {}
+    for record in built:
+        if record.name not in affected:
+            continue
+        spec = {k: a.to_json() for k, a in sorted(affected[record.name].items())}
+        fp = _fingerprint({"original": [record.name, record.sha256, record.fingerprint], "mode": mode,
+                           "actions": spec})
+        done = _finished_rewrite(output, record.name, fp, storage)
+        if done is not None:
+            rewritten[record.name] = done
+        else:
+            tasks.append(RewriteTask(record.name, fp, spec, record.to_json()))
+    stale = _stale_quarantine(output, storage, set(affected))
+    if tasks or stale:
+        before_rewrite()
+    for uri in stale:
+        storage.backend(uri).remove(uri)
+    for done in _run(executor, partial(rewrite_shard, output=output, storage=storage), tasks, progress,
+                     "dedup rewrite", "shard"):
+        rewritten[done.original] = done.record
+    for record in records:
+        final.append(rewritten.get(record.name, record))
+    summary.update(num_shards_rewritten=len(affected), num_groups_merged=len(merged))
+    return DedupResult(final, summary)
+
+
+def _run(executor: Callable[[], Executor], fn, tasks: list, progress: bool, desc: str, unit: str) -> list:
+    if not tasks:
+        return []
+    out = []
+    with tqdm(total=len(tasks), desc=desc, unit=unit, disable=not progress) as bar:
+        for result in executor().map_unordered(fn, tasks):
+            out.append(result)
+            bar.update(1)
+    return out
+
+
+def _finished_rewrite(output: str, original: str, fingerprint: str, storage: Storage) -> ShardRecord | None:
+    try:
+        record = ShardRecord.from_json(storage.read_bytes(part_uri(output, rewritten_name(original))))
+    except Exception:
+        return None
+    return record if record.fingerprint == fingerprint else None
+
+
+def _write_merged(output: str, storage: Storage, merged: list[dict]) -> None:
+    uri = join(output, MERGED_FILE)
+    if merged:
+        storage.write_bytes(uri, parquet_bytes(pa.Table.from_pylist(merged, schema=MERGED_SCHEMA)))
+    elif storage.exists(uri):  # a former merge run's: not true of this dataset any more
+        storage.backend(uri).remove(uri)
+
+
+def _stale_quarantine(output: str, storage: Storage, affected: set[str]) -> list[str]:
+    """Quarantine parts of rewritten shards an earlier run (another mode) left, for shards this
+    run does not rewrite: readers concatenate every part, so they must go. One listing of
+    quarantine/ (O(shards))."""
+    folder = join(output, QUARANTINE_DIR)
+    if not storage.is_folder(folder):
+        return []
+    current = {quarantine_part_name(rewritten_name(name)) for name in affected}
+    return [e.uri for e in storage.iter_files(folder)
+            if e.relpath.endswith(REWRITTEN_SUFFIX + ".parquet") and "/" not in e.relpath
+            and e.relpath not in current]
