@@ -13,8 +13,9 @@ tasks on the sharder's executor (inline, local processes or Ray); the driver nev
    ``_dedup/split/{bucket}/{chunk}-{fingerprint}.parquet`` (only non-empty buckets). B is a power
    of two chosen so a bucket holds about ROWS_PER_BUCKET views (corpus / B).
 2. bucket (a task per bucket): reads that bucket's split files (~ corpus / B rows: memory is
-   bounded by a bucket, not the corpus), keeps the sha256s held by >= 2 distinct groups and
-   writes their occurrences, sorted, to ``_dedup/dups/{bucket}.parquet``.
+   bounded by a bucket, not the corpus), keeps the sha256s held by >= 2 distinct groups,
+   writes their occurrences, sorted, to ``_dedup/dups/{bucket}.parquet`` and a marker, then
+   deletes the split files it consumed (the intermediate data does not stay in the dataset).
 3. report (driver): streams the bucket parts, one at a time in bucket (= sha256) order, into
    ``duplicates.parquet`` (format.DUPLICATES_SCHEMA: sha256, and per occurrence its group,
    shard, key and view). The file is the same whatever B or the chunking.
@@ -51,11 +52,12 @@ occurrences of the duplicates (~200 B each, plus the union-find over the groups 
 in merge mode): O(duplicates), never O(corpus); a corpus whose duplicates are themselves 1e8
 would need the actions computed in the bucket tasks (hash-partitioned by shard) instead.
 
-Resumable: every split chunk and bucket writes a marker with the fingerprint of its inputs
-(the original shards' tar sha256 and build fingerprints) after its output, and a rewritten
-shard's part record carries the fingerprint of (original shard, its actions), so a rerun of the
-shard command redoes only what changed; rerunning a finished dataset re-reads nothing but the
-markers and the (small) duplicate parts. The originals are never modified: a rewrite reads them,
+Resumable: every bucket writes a marker with the fingerprint of its inputs (the original
+shards' tar sha256 and build fingerprints, and B) after its output; a rerun scans only the
+buckets whose marker does not match (splitting every chunk again, into those buckets only: a
+split is not resumed on its own), and a rewritten shard's part record carries the fingerprint
+of (original shard, its actions), so a rerun of the shard command redoes only what changed;
+rerunning a finished dataset reads nothing but the markers and the (small) duplicate parts. The originals are never modified: a rewrite reads them,
 so a rerun (or another mode) always starts from the build's shards.
 
 Hand-written rather than Ray Data / DuckDB: it must run on the sharder's three executors, through
@@ -137,6 +139,7 @@ class SplitTask:
     shards: tuple[str, ...]
     fingerprint: str
     bits: int
+    buckets: tuple[int, ...] = ()   # the buckets to write (the others are scanned already)
 
 
 def _split_uri(output: str, bucket: int, chunk: int, fingerprint: str) -> str:
@@ -202,11 +205,11 @@ def split_chunk(task: SplitTask, output: str, storage: Storage) -> int:
     table, buckets = table.take(pa.array(order)), buckets[order]
     starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]]) if len(buckets) else np.array([], np.int64)
     ends = np.r_[starts[1:], len(buckets)]
+    wanted = set(task.buckets)
     for start, end in zip(starts, ends):
-        uri = _split_uri(output, int(buckets[start]), task.number, task.fingerprint)
-        storage.write_bytes(uri, parquet_bytes(table.slice(int(start), int(end - start))))
-    storage.write_bytes(_marker_uri(output, "split", task.number),
-                        json.dumps({"fingerprint": task.fingerprint, "views": table.num_rows}).encode())
+        if int(buckets[start]) in wanted:
+            uri = _split_uri(output, int(buckets[start]), task.number, task.fingerprint)
+            storage.write_bytes(uri, parquet_bytes(table.slice(int(start), int(end - start))))
     return table.num_rows
 
 
@@ -239,10 +242,10 @@ def scan_bucket(task: BucketTask, output: str, storage: Storage) -> tuple[int, i
     folder = join(output, DEDUP_DIR, "split", f"{task.bucket:05d}")
     wanted = {f"{n:06d}-{fp[:16]}.parquet" for n, fp in enumerate(task.chunks)}
     try:
-        names = sorted(e.relpath for e in storage.iter_files(folder) if e.relpath in wanted) \
-            if storage.is_folder(folder) else []
+        entries = list(storage.iter_files(folder)) if storage.is_folder(folder) else []
     except FileNotFoundError:
-        names = []
+        entries = []
+    names = sorted(e.relpath for e in entries if e.relpath in wanted)
     tables = [pq.read_table(io.BytesIO(storage.read_bytes(join(folder, n))), schema=SPLIT_SCHEMA) for n in names]
     table = pa.concat_tables(tables) if tables else SPLIT_SCHEMA.empty_table()
     del tables
@@ -253,6 +256,8 @@ def scan_bucket(task: BucketTask, output: str, storage: Storage) -> tuple[int, i
     storage.write_bytes(_marker_uri(output, "dups", task.bucket),
                         json.dumps({"fingerprint": task.fingerprint, "sha256": shas,
                                     "occurrences": dups.num_rows}).encode())
+    for entry in entries:  # consumed (and any stale ones): the marker now stands for them
+        storage.backend(entry.uri).remove(entry.uri)
     return shas, dups.num_rows
 
 
@@ -446,13 +451,14 @@ def dedup_across_groups(output: str, records: list[ShardRecord], mode: str, stor
     by_name = {r.name: r for r in built}
     chunk_fps = [_fingerprint({"bits": bits, "shards": [[n, by_name[n].sha256, by_name[n].fingerprint] for n in c]})
                  for c in chunks]
-    splits = [SplitTask(i, c, fp, bits) for i, (c, fp) in enumerate(zip(chunks, chunk_fps))
-              if not _marker_matches(storage, _marker_uri(output, "split", i), fp)]
-    _run(executor, partial(split_chunk, output=output, storage=storage), splits, progress, "dup split", "chunk")
     bucket_fp = _fingerprint({"bits": bits, "chunks": chunk_fps})
-    scans = [BucketTask(b, tuple(chunk_fps), bucket_fp) for b in range(num_buckets)
-             if not _marker_matches(storage, _marker_uri(output, "dups", b), bucket_fp)]
-    _run(executor, partial(scan_bucket, output=output, storage=storage), scans, progress, "dup scan", "bucket")
+    needed = tuple(b for b in range(num_buckets)
+                   if not _marker_matches(storage, _marker_uri(output, "dups", b), bucket_fp))
+    if needed:  # every chunk is split again, into the buckets still to scan only
+        splits = [SplitTask(i, c, fp, bits, needed) for i, (c, fp) in enumerate(zip(chunks, chunk_fps))]
+        _run(executor, partial(split_chunk, output=output, storage=storage), splits, progress, "dup split", "chunk")
+        scans = [BucketTask(b, tuple(chunk_fps), bucket_fp) for b in needed]
+        _run(executor, partial(scan_bucket, output=output, storage=storage), scans, progress, "dup scan", "bucket")
     num_sha, num_occ = write_report(output, storage, num_buckets)
     summary = {"mode": mode, "num_sha256": num_sha, "num_occurrences": num_occ, "buckets": num_buckets,
                "num_shards_rewritten": 0, "num_groups_merged": 0}
