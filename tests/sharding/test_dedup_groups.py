@@ -211,3 +211,27 @@ def test_merge_joins_groups_transitively():
     assert sorted(s for s, _, _, _ in keep.append) == ["s1", "s2"] and not keep.drop
     assert actions.by_shard["s1"]["ks15"].drop.keys() == {0}  # its copy of x is B's
     assert actions.by_shard["s2"]["ks20"].drop.keys() == {2}  # its copy of y is B's
+
+
+@pytest.mark.integration
+def test_s3_output_equals_local_and_modes_switch(corpus, tmp_path, s3_endpoint):
+    """Through the same Storage API on S3 (moto): the objects equal a local build's files byte for
+    byte, also after switching merge -> drop on the same prefix (merged.parquet and the stale
+    rewritten quarantine parts are removed; merge's unlisted -dd shards are the only extras)."""
+    import boto3
+
+    from tests.sharding.test_s3 import s3_objects
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="dedup")
+    remote = "s3://dedup/ds"
+    for mode in ("merge", "drop"):
+        local = tmp_path / mode
+        build(corpus, local, mode)
+        build(corpus, remote, mode, endpoint_url=s3_endpoint)
+        objects = {k: hashlib.sha256(v).hexdigest() for k, v in s3_objects(s3_endpoint, "dedup", "ds/").items()}
+        files = tree_digest(local)
+        assert {k: objects.get(k) for k in files} == files, mode
+        extras = set(objects) - set(files)
+        assert all("-dd." in k and not k.startswith("quarantine/") for k in extras), extras
+        assert ("merged.parquet" in objects) == (mode == "merge")
+        assert not [k for k in objects if k.startswith("_dedup/split/")]
