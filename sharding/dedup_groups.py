@@ -501,7 +501,7 @@ def _run(executor: Callable[[], Executor], fn, tasks: list, progress: bool, desc
         return []
     out = []
     with tqdm(total=len(tasks), desc=desc, unit=unit, disable=not progress) as bar:
-        for result in executor().map_unordered(fn, tasks):
+        for result in executor().map_unordered(fn, tasks, name="dedup_" + desc.split()[-1]):
             out.append(result)
             bar.update(1)
     return out

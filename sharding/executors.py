@@ -19,9 +19,10 @@ R = TypeVar("R")
 
 
 class Executor(Protocol):
-    """Runs fn over tasks; yields results in completion order."""
+    """Runs fn over tasks; yields results in completion order. `name` names the tasks where the
+    executor shows them (Ray; default ``_call``: shard builds)."""
 
-    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]: ...
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T], name: str | None = None) -> Iterator[R]: ...
 
     def close(self) -> None: ...
 
@@ -29,7 +30,7 @@ class Executor(Protocol):
 class InlineExecutor:
     """Runs each task in this process, in plan order."""
 
-    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T], name: str | None = None) -> Iterator[R]:
         for task in tasks:
             yield fn(task)
 
@@ -50,7 +51,7 @@ class ProcessExecutor:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
 
-    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T], name: str | None = None) -> Iterator[R]:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         pending = set()
@@ -86,9 +87,11 @@ class RayExecutor:
         self._ray = ray
         self._started_here = connect_ray(address, num_cpus, log_to_driver=False)
 
-    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T], name: str | None = None) -> Iterator[R]:
         ray = self._ray
         remote_call = ray.remote(num_cpus=1, max_retries=2)(_call)
+        if name is not None:  # how the task shows in Ray's state API and dashboard
+            remote_call = remote_call.options(name=name)
         fn_ref = ray.put(fn)  # shipped once, not once per task
         limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         queue = iter(tasks)

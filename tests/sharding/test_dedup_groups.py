@@ -235,3 +235,16 @@ def test_s3_output_equals_local_and_modes_switch(corpus, tmp_path, s3_endpoint):
         assert all("-dd." in k and not k.startswith("quarantine/") for k in extras), extras
         assert ("merged.parquet" in objects) == (mode == "merge")
         assert not [k for k in objects if k.startswith("_dedup/split/")]
+
+
+@pytest.mark.integration
+def test_ray_and_processes_give_the_inline_bytes(corpus, tmp_path):
+    """The pass runs on the sharder's executors: Ray tasks and local processes write exactly the
+    files one process writes."""
+    inline = tmp_path / "inline"
+    build(corpus, inline, "merge")
+    build(corpus, tmp_path / "ray", "merge", ray=True, workers=2)
+    build(corpus, tmp_path / "procs", "keep-first", workers=2)
+    build(corpus, tmp_path / "keep", "keep-first")
+    assert tree_digest(tmp_path / "ray") == tree_digest(inline)
+    assert tree_digest(tmp_path / "procs") == tree_digest(tmp_path / "keep")
