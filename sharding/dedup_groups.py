@@ -57,8 +57,9 @@ shards' tar sha256 and build fingerprints, and B) after its output; a rerun scan
 buckets whose marker does not match (splitting every chunk again, into those buckets only: a
 split is not resumed on its own), and a rewritten shard's part record carries the fingerprint
 of (original shard, its actions), so a rerun of the shard command redoes only what changed;
-rerunning a finished dataset reads nothing but the markers and the (small) duplicate parts. The originals are never modified: a rewrite reads them,
-so a rerun (or another mode) always starts from the build's shards.
+rerunning a finished dataset reads nothing but the markers and the (small) duplicate parts.
+The originals are never modified: a rewrite reads them, so a rerun (or another mode) always
+starts from the build's shards.
 
 Hand-written rather than Ray Data / DuckDB: it must run on the sharder's three executors, through
 `Storage` (local and S3 alike), with shard-granular tasks; it is a few hundred lines of Arrow.
@@ -334,7 +335,7 @@ def _names(groups: list[str]) -> str:
     return ", ".join(groups[:DETAIL_GROUPS]) + (f" and {more} more" if more > 0 else "")
 
 
-def plan_actions(duplicates: Iterator[list[Occurrence]], mode: str,
+def plan_actions(duplicates: Iterator[list[Occurrence]], mode: Mode,
                  shard_order: dict[str, int]) -> tuple[Actions, list[dict]]:
     """What each affected sample's rewrite does, and (merge) the rows of merged.parquet.
     Holds the duplicates' occurrences (see the module docstring's memory note)."""
@@ -434,7 +435,7 @@ class DedupResult:
     summary: dict = field(default_factory=dict)
 
 
-def dedup_across_groups(output: str, records: list[ShardRecord], mode: str, storage: Storage,
+def dedup_across_groups(output: str, records: list[ShardRecord], mode: Mode, storage: Storage,
                         executor: Callable[[], Executor], *, progress: bool = True,
                         before_rewrite: Callable[[], None] = lambda: None,
                         rows_per_bucket: int = ROWS_PER_BUCKET, split_shards: int = SPLIT_SHARDS) -> DedupResult:

@@ -248,3 +248,49 @@ def test_ray_and_processes_give_the_inline_bytes(corpus, tmp_path):
     build(corpus, tmp_path / "keep", "keep-first")
     assert tree_digest(tmp_path / "ray") == tree_digest(inline)
     assert tree_digest(tmp_path / "procs") == tree_digest(tmp_path / "keep")
+
+
+KILLED_CHILD = """
+import os, signal, sys
+import sharding.dedup_groups as d
+d.bucket_bits = lambda views, per_bucket=0: 2           # 4 buckets, also in the reference run
+point, calls = sys.argv[3], {"n": 0}
+def dying(original):
+    def call(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*a, **k)
+    return call
+if point == "scan":
+    d.scan_bucket = dying(d.scan_bucket)
+elif point == "rewrite":
+    d.rewrite_shard = dying(d.rewrite_shard)
+from sharding.run import shard_dataset
+shard_dataset(sys.argv[1], sys.argv[2], group_by="dir", shard_samples=2, progress=False,
+              dedup_across_groups="merge")
+"""
+
+
+@pytest.mark.integration
+def test_killed_during_the_pass_then_rerun_is_identical(corpus, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.sharding.conftest import REPO
+
+    def run(out: Path, point: str) -> int:
+        return subprocess.run([sys.executable, "-c", KILLED_CHILD, str(corpus["root"]), str(out), point],
+                              cwd=REPO, capture_output=True, timeout=120).returncode
+
+    reference = tmp_path / "reference"
+    assert run(reference, "none") == 0
+    for point in ("scan", "rewrite"):
+        out = tmp_path / point
+        assert run(out, point) == -signal.SIGKILL
+        manifest = json.loads((out / "manifest.json").read_bytes())
+        assert not manifest["complete"]  # and nothing is listed that a reader could trust
+        assert pq.read_table(out / "shards.parquet").num_rows == 0
+        assert run(out, "none") == 0
+        assert tree_digest(out) == tree_digest(reference), point
