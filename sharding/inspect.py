@@ -57,6 +57,10 @@ class InspectReport:
             f"quarantined  {m.get('num_quarantined')} ({reasons})",
             f"shards       {self.num_shards}, {m.get('total_bytes')} bytes, {self.verified} sha256 verified",
         ]
+        dups = m.get("duplicates_across_groups")
+        if dups:
+            lines.append(f"duplicates   {dups.get('num_sha256')} photos held by several groups "
+                         f"({dups.get('num_occurrences')} copies; --dedup-across-groups {dups.get('mode')})")
         if self.grid:
             lines.append(f"grid         {self.grid}")
         lines += [f"PROBLEM      {p}" for p in self.problems]

@@ -130,6 +130,9 @@ def test_merge_makes_one_group_with_the_photo_once_via_cli(corpus, tmp_path):
         == shared_groups(corpus)
     meta = json.loads(read_sample(str(out), merged_row["shard"], merged_row["key"])["json"])
     assert sorted(meta["merged_from"]) == sorted(r["group_id"] for r in merged)
+    inspected = run_cli("inspect", str(out))
+    assert inspected.returncode == 0, inspected.stdout + inspected.stderr
+    assert "duplicates   1 photos held by several groups (3 copies; --dedup-across-groups merge)" in inspected.stdout
 
 
 def batches_with_shared_bytes(out: Path, batch_size: int, epochs: int = 2) -> tuple[int, int]:

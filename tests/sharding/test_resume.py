@@ -100,7 +100,8 @@ def assert_manifest_lists_only_finished(out: Path, reference: dict[str, str]) ->
         assert (out / "shards" / shard["name"].replace(".tar", ".idx")).exists()
         assert (out / "index" / shard["name"].replace(".tar", ".parquet")).exists()
     finished = 0
-    for record_path in sorted((out / "_parts").glob("*.json")) if (out / "_parts").exists() else []:
+    records = sorted((out / "_parts").glob("*.json")) if (out / "_parts").exists() else []
+    for record_path in [p for p in records if not p.name.startswith(".tmp-")]:  # an atomic write's temp file vanishes
         record = json.loads(record_path.read_bytes())
         if record["fingerprint"] and reference.get(f"_parts/{record_path.name}") == hashlib.sha256(record_path.read_bytes()).hexdigest():
             finished += record["num_samples"] > 0
