@@ -19,12 +19,16 @@ tasks on the sharder's executor (inline, local processes or Ray); the driver nev
 3. report (driver): streams the bucket parts, one at a time in bucket (= sha256) order, into
    ``duplicates.parquet`` (format.DUPLICATES_SCHEMA: sha256, and per occurrence its group,
    shard, key and view). The file is the same whatever B or the chunking.
-4. only with a mode other than ``report`` and only where duplicates exist: the driver turns the
-   occurrences into per-shard actions and rewrites ONLY the shards holding an affected group
+4. only with a mode other than ``report`` and only where duplicates exist: the occurrences
+   become per-sample actions and ONLY the shards holding an affected group are rewritten
    (`sharding.dedup_rewrite`, a task per shard), each as ``{stem}-dd.tar`` with its .idx, index
    part, quarantine part (the new records only; the build's part stays valid) and part record;
    shards.parquet then lists the rewritten shard instead of the original (the commit point), and
-   the manifest's counts are recomputed from the shard records.
+   the manifest's counts are recomputed from the shard records. drop / keep-first decide each
+   sha256 on its own, so a task per bucket writes the actions, by folder of 16 shard numbers
+   (``_dedup/actions/{mode}/{folder}/{bucket}-{fingerprint}.parquet``), and returns the shard
+   names it touches; a rewrite reads its folder's parts. merge needs the connected components
+   of all duplicates, which the driver computes (see Memory).
 
 Modes (``viewstream shard --dedup-across-groups``):
   * ``report`` (default): duplicates.parquet, nothing else changes. The pipeline then treats the
@@ -47,10 +51,13 @@ Modes (``viewstream shard --dedup-across-groups``):
 Every input stays accounted for: in a shard or in the quarantine with its reason.
 
 Memory: split and bucket tasks hold a chunk of shards or a bucket (~ROWS_PER_BUCKET views,
-~100 B each). The driver holds O(shards) records plus, only in drop/keep-first/merge mode, the
-occurrences of the duplicates (~200 B each, plus the union-find over the groups holding one,
-in merge mode): O(duplicates), never O(corpus); a corpus whose duplicates are themselves 1e8
-would need the actions computed in the bucket tasks (hash-partitioned by shard) instead.
+~100 B each: 19-20 MB of Arrow per bucket task at 1e6 and 4e6 photos, flat,
+benchmarks/bench_dedup_scan.py); a drop / keep-first action task one bucket's duplicates. The
+driver holds O(shards) names and records in every mode, and in ``merge`` mode only, the
+duplicates' occurrences and the union-find over the groups holding one (~300 B per
+occurrence): O(duplicates), never O(corpus). A corpus whose shared photos are themselves 1e8
+would need the components computed distributedly (label propagation over hash-partitioned
+edges); that is not built.
 
 Resumable: every bucket writes a marker with the fingerprint of its inputs (the original
 shards' tar sha256 and build fingerprints, and B) after its output; a rerun scans only the
@@ -72,7 +79,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -82,7 +89,7 @@ from tqdm import tqdm
 
 from sharding.build import ShardRecord, parquet_bytes, part_uri
 from sharding.dataset import index_part_uri
-from sharding.dedup_rewrite import RewriteTask, SampleAction, rewrite_shard
+from sharding.dedup_rewrite import ACTION_SCHEMA, RewriteTask, SampleAction, actions_folder, rewrite_shard
 from sharding.executors import Executor
 from sharding.format import (
     DEDUP_DIR,
@@ -124,13 +131,6 @@ def bucket_bits(num_views: int, rows_per_bucket: int = ROWS_PER_BUCKET) -> int:
 
 def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def _marker_matches(storage: Storage, uri: str, fingerprint: str) -> bool:
-    try:
-        return json.loads(storage.read_bytes(uri)).get("fingerprint") == fingerprint
-    except Exception:  # missing or unreadable: redo
-        return False
 
 
 # ---- 1. split ----------------------------------------------------------------------------------
@@ -238,8 +238,8 @@ def duplicates_in(table: pa.Table) -> pa.Table:
                          ("view", "ascending")])
 
 
-def scan_bucket(task: BucketTask, output: str, storage: Storage) -> tuple[int, int]:
-    """Find the duplicates of one bucket; returns (duplicate sha256s, their occurrences)."""
+def scan_bucket(task: BucketTask, output: str, storage: Storage) -> tuple[int, int, int]:
+    """Find the duplicates of one bucket; returns (bucket, duplicate sha256s, their occurrences)."""
     folder = join(output, DEDUP_DIR, "split", f"{task.bucket:05d}")
     wanted = {f"{n:06d}-{fp[:16]}.parquet" for n, fp in enumerate(task.chunks)}
     try:
@@ -259,7 +259,7 @@ def scan_bucket(task: BucketTask, output: str, storage: Storage) -> tuple[int, i
                                     "occurrences": dups.num_rows}).encode())
     for entry in entries:  # consumed (and any stale ones): the marker now stands for them
         storage.backend(entry.uri).remove(entry.uri)
-    return shas, dups.num_rows
+    return task.bucket, shas, dups.num_rows
 
 
 # ---- 3. report ---------------------------------------------------------------------------------
@@ -278,22 +278,24 @@ class Occurrence:
         return (self.shard, self.row)
 
 
+def bucket_duplicates(output: str, storage: Storage, bucket: int) -> Iterator[list[Occurrence]]:
+    """The occurrences of each duplicated sha256 of one bucket, in sha256 order."""
+    table = pq.read_table(io.BytesIO(storage.read_bytes(_dups_uri(output, bucket))), schema=SPLIT_SCHEMA)
+    current: list[Occurrence] = []
+    for row in table.to_pylist():
+        occ = Occurrence(row["sha256"].hex(), row["group_id"], row["key"], row["shard"], row["row"], row["view"])
+        if current and current[0].sha256 != occ.sha256:
+            yield current
+            current = []
+        current.append(occ)
+    if current:
+        yield current
+
+
 def iter_duplicates(output: str, storage: Storage, buckets: int) -> Iterator[list[Occurrence]]:
     """Every duplicated sha256's occurrences, in sha256 order, one bucket in memory at a time."""
     for bucket in range(buckets):
-        uri = _dups_uri(output, bucket)
-        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=SPLIT_SCHEMA)
-        if table.num_rows == 0:
-            continue
-        current: list[Occurrence] = []
-        for row in table.to_pylist():
-            occ = Occurrence(row["sha256"].hex(), row["group_id"], row["key"], row["shard"], row["row"], row["view"])
-            if current and current[0].sha256 != occ.sha256:
-                yield current
-                current = []
-            current.append(occ)
-        if current:
-            yield current
+        yield from bucket_duplicates(output, storage, bucket)
 
 
 def write_report(output: str, storage: Storage, buckets: int) -> tuple[int, int]:
@@ -335,14 +337,15 @@ def _names(groups: list[str]) -> str:
     return ", ".join(groups[:DETAIL_GROUPS]) + (f" and {more} more" if more > 0 else "")
 
 
-def plan_actions(duplicates: Iterator[list[Occurrence]], mode: Mode,
-                 shard_order: dict[str, int]) -> tuple[Actions, list[dict]]:
-    """What each affected sample's rewrite does, and (merge) the rows of merged.parquet.
-    Holds the duplicates' occurrences (see the module docstring's memory note)."""
+def plan_actions(duplicates: Iterable[list[Occurrence]], mode: Mode) -> tuple[Actions, list[dict]]:
+    """What each affected sample's rewrite does, and (merge) the rows of merged.parquet. Groups
+    are ordered by place: (shard name, tar position); shard names are zero-padded plan numbers,
+    so that is plan order. drop / keep-first decide each sha256 on its own (a bucket task does
+    it); merge needs every duplicate at once (the driver; see the module docstring)."""
     actions = Actions()
 
-    def place(group: tuple[str, int]) -> tuple[int, int]:
-        return (shard_order[group[0]], group[1])
+    def place(group: tuple[str, int]) -> tuple[str, int]:
+        return group
 
     if mode in ("drop", "keep-first"):
         for occs in duplicates:
@@ -425,6 +428,46 @@ def _plan_merge(duplicates: Iterator[list[Occurrence]], place, actions: Actions)
     return merged
 
 
+@dataclass(frozen=True)
+class ActionTask:
+    bucket: int
+    mode: str
+    fingerprint: str
+
+
+def bucket_actions(task: ActionTask, output: str, storage: Storage) -> tuple[int, list[str]]:
+    """drop / keep-first for one bucket's duplicates (each sha256 is decided on its own), written
+    by shard folder as ``_dedup/actions/{mode}/{folder}/{bucket}-{fingerprint}.parquet``, then
+    a marker; returns (bucket, the shards it affects). Memory: one bucket's duplicates."""
+    actions, _ = plan_actions(bucket_duplicates(output, storage, task.bucket), task.mode)
+    by_folder: dict[str, list[dict]] = defaultdict(list)
+    for shard, samples in sorted(actions.by_shard.items()):
+        for key, action in sorted(samples.items()):
+            for view, (reason, detail) in sorted(action.drop.items()):
+                by_folder[actions_folder(output, task.mode, shard)].append(
+                    {"shard": shard, "key": key, "group_id": action.group_id, "view": view,
+                     "reason": reason, "detail": detail})
+    for folder, rows in by_folder.items():
+        storage.write_bytes(join(folder, f"{task.bucket:05d}-{task.fingerprint[:16]}.parquet"),
+                            parquet_bytes(pa.Table.from_pylist(rows, schema=ACTION_SCHEMA)))
+    affected = sorted(actions.by_shard)
+    storage.write_bytes(_action_marker_uri(output, task.mode, task.bucket),
+                        json.dumps({"fingerprint": task.fingerprint, "shards": affected}).encode())
+    return task.bucket, affected
+
+
+def _action_marker_uri(output: str, mode: str, bucket: int) -> str:
+    return join(output, DEDUP_DIR, "actions", mode, "done", f"{bucket:05d}.json")
+
+
+def _marker(storage: Storage, uri: str, fingerprint: str) -> dict | None:
+    try:
+        data = json.loads(storage.read_bytes(uri))
+    except Exception:  # missing or unreadable: redo
+        return None
+    return data if data.get("fingerprint") == fingerprint else None
+
+
 # ---- 5. the pass -------------------------------------------------------------------------------
 @dataclass
 class DedupResult:
@@ -453,37 +496,54 @@ def dedup_across_groups(output: str, records: list[ShardRecord], mode: Mode, sto
     chunk_fps = [_fingerprint({"bits": bits, "shards": [[n, by_name[n].sha256, by_name[n].fingerprint] for n in c]})
                  for c in chunks]
     bucket_fp = _fingerprint({"bits": bits, "chunks": chunk_fps})
-    needed = tuple(b for b in range(num_buckets)
-                   if not _marker_matches(storage, _marker_uri(output, "dups", b), bucket_fp))
+    counts = {b: _marker(storage, _marker_uri(output, "dups", b), bucket_fp) for b in range(num_buckets)}
+    needed = tuple(b for b, marker in counts.items() if marker is None)
     if needed:  # every chunk is split again, into the buckets still to scan only
         splits = [SplitTask(i, c, fp, bits, needed) for i, (c, fp) in enumerate(zip(chunks, chunk_fps))]
         _run(executor, partial(split_chunk, output=output, storage=storage), splits, progress, "dup split", "chunk")
         scans = [BucketTask(b, tuple(chunk_fps), bucket_fp) for b in needed]
-        _run(executor, partial(scan_bucket, output=output, storage=storage), scans, progress, "dup scan", "bucket")
+        for b, shas, _ in _run(executor, partial(scan_bucket, output=output, storage=storage), scans, progress,
+                               "dup scan", "bucket"):
+            counts[b] = {"sha256": shas}
     num_sha, num_occ = write_report(output, storage, num_buckets)
     summary = {"mode": mode, "num_sha256": num_sha, "num_occurrences": num_occ, "buckets": num_buckets,
                "num_shards_rewritten": 0, "num_groups_merged": 0}
-    shard_order = {r.name: i for i, r in enumerate(built)}
     merged: list[dict] = []
-    affected: dict[str, dict[str, SampleAction]] = {}
-    if mode != "report" and num_sha:
-        actions, merged = plan_actions(iter_duplicates(output, storage, num_buckets), mode, shard_order)
-        affected = actions.by_shard
+    specs: dict[str, dict[str, SampleAction]] = {}   # merge: the actions, by shard
+    affected: set[str] = set()
+    action_fp = _fingerprint({"buckets": bucket_fp, "mode": mode})
+    if mode == "merge" and num_sha:
+        actions, merged = plan_actions(iter_duplicates(output, storage, num_buckets), mode)
+        specs = actions.by_shard
+        affected = set(specs)
+    elif mode in ("drop", "keep-first") and num_sha:
+        todo = []
+        for b in range(num_buckets):
+            if not counts[b].get("sha256"):
+                continue
+            marker = _marker(storage, _action_marker_uri(output, mode, b), action_fp)
+            if marker is not None:
+                affected.update(marker["shards"])
+            else:
+                todo.append(ActionTask(b, mode, action_fp))
+        for _, shards in _run(executor, partial(bucket_actions, output=output, storage=storage), todo,
+                              progress, "dedup actions", "bucket"):
+            affected.update(shards)
     _write_merged(output, storage, merged)
     tasks, final = [], []
     rewritten: dict[str, ShardRecord] = {}
     for record in built:
         if record.name not in affected:
             continue
-        spec = {k: a.to_json() for k, a in sorted(affected[record.name].items())}
+        spec = {k: a.to_json() for k, a in sorted(specs[record.name].items())} if specs else None
         fp = _fingerprint({"original": [record.name, record.sha256, record.fingerprint], "mode": mode,
-                           "actions": spec})
+                           "actions": spec if spec is not None else action_fp})
         done = _finished_rewrite(output, record.name, fp, storage)
         if done is not None:
             rewritten[record.name] = done
         else:
-            tasks.append(RewriteTask(record.name, fp, spec, record.to_json()))
-    stale = _stale_quarantine(output, storage, set(affected))
+            tasks.append(RewriteTask(record.name, fp, spec, record.to_json(), mode, action_fp))
+    stale = _stale_quarantine(output, storage, affected)
     if tasks or stale:
         before_rewrite()
     for uri in stale:

@@ -14,16 +14,20 @@ action names are copied member for member; a changed sample gets its ``{key}.jso
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from sharding.build import ShardRecord, parquet_bytes, part_uri
 from sharding.dataset import Member, read_index_part, read_sample, read_shard_index, shard_uri
 from sharding.format import (
+    DEDUP_DIR,
     INDEX_DIR,
     INDEX_SCHEMA,
     QUARANTINE_DIR,
@@ -63,12 +67,43 @@ class SampleAction:
                    [(s, k, g, tuple(v)) for s, k, g, v in data["append"]])
 
 
+ACTION_SHARDS = 16   # drop / keep-first actions are stored in one folder per 16 shard numbers
+ACTION_SCHEMA = pa.schema([("shard", pa.string()), ("key", pa.string()), ("group_id", pa.string()),
+                           ("view", pa.int32()), ("reason", pa.string()), ("detail", pa.string())])
+
+
+def _shard_number(name: str) -> int:
+    return int(name[: -len(".tar")].rsplit("-", 1)[1])
+
+
+def actions_folder(output: str, mode: str, shard: str) -> str:
+    """Where the drop / keep-first actions touching (original) shard `shard` are written."""
+    return join(output, DEDUP_DIR, "actions", mode, f"{_shard_number(shard) // ACTION_SHARDS:06d}")
+
+
+def load_actions(output: str, storage: Storage, mode: str, shard: str, fingerprint: str) -> dict[str, SampleAction]:
+    """The drop / keep-first actions of one shard (a listing and the parts of its folder)."""
+    folder = actions_folder(output, mode, shard)
+    suffix = f"-{fingerprint[:16]}.parquet"
+    out: dict[str, SampleAction] = {}
+    for entry in sorted(storage.iter_files(folder), key=lambda e: e.relpath) if storage.is_folder(folder) else []:
+        if not entry.relpath.endswith(suffix) or "/" in entry.relpath:
+            continue
+        table = pq.read_table(io.BytesIO(storage.read_bytes(entry.uri)), schema=ACTION_SCHEMA)
+        for row in table.filter(pc.equal(table.column("shard"), shard)).to_pylist():
+            action = out.setdefault(row["key"], SampleAction(group_id=row["group_id"]))
+            action.drop[row["view"]] = (row["reason"], row["detail"])
+    return out
+
+
 @dataclass(frozen=True)
 class RewriteTask:
     original: str              # the original shard's name
     fingerprint: str
-    actions: dict = field(repr=False)   # key -> SampleAction.to_json()
+    actions: dict | None = field(repr=False)   # key -> SampleAction.to_json() (merge), or None:
     record: bytes = field(repr=False, default=b"")  # the original's ShardRecord JSON
+    mode: str = ""             # ... then the drop / keep-first actions are read from the dataset
+    actions_fingerprint: str = ""   # (`load_actions`: their folder, their fingerprint)
 
 
 @dataclass
@@ -119,7 +154,10 @@ def rewrite_shard(task: RewriteTask, output: str, storage: Storage) -> RewriteDo
     """Rewrite shard `task.original` under `output` (see module docstring)."""
     original = ShardRecord.from_json(task.record)
     name = rewritten_name(task.original)
-    actions = {key: SampleAction.from_json(a) for key, a in task.actions.items()}
+    if task.actions is not None:
+        actions = {key: SampleAction.from_json(a) for key, a in task.actions.items()}
+    else:
+        actions = load_actions(output, storage, task.mode, task.original, task.actions_fingerprint)
     index = read_index_part(output, task.original, storage).to_pylist()
     members = read_shard_index(output, task.original, storage)
     others: dict[str, dict[str, list[Member]]] = {}

@@ -207,7 +207,7 @@ def test_merge_joins_groups_transitively():
     """A shares x with B, B shares y with C: one component of A, B, C, kept in A (first place)."""
     a, b, c = ("s1", 5), ("s0", 3), ("s2", 0)
     dups = [[occ("x", *a, 0), occ("x", *b, 1)], [occ("y", *b, 0), occ("y", *c, 2)]]
-    actions, merged = plan_actions(iter(dups), "merge", {"s0": 0, "s1": 1, "s2": 2})
+    actions, merged = plan_actions(iter(dups), "merge")
     head = "gs03"  # B is first in (shard, row) order
     assert {r["group_id"] for r in merged} == {"gs15", "gs20"} and {r["merged_into"] for r in merged} == {head}
     keep = actions.by_shard["s0"]["ks03"]
@@ -258,10 +258,10 @@ import os, signal, sys
 import sharding.dedup_groups as d
 d.bucket_bits = lambda views, per_bucket=0: 2           # 4 buckets, also in the reference run
 point, calls = sys.argv[3], {"n": 0}
-def dying(original):
+def dying(original, at=2):
     def call(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == at:
             os.kill(os.getpid(), signal.SIGKILL)
         return original(*a, **k)
     return call
@@ -269,9 +269,11 @@ if point == "scan":
     d.scan_bucket = dying(d.scan_bucket)
 elif point == "rewrite":
     d.rewrite_shard = dying(d.rewrite_shard)
+elif point == "actions":
+    d.bucket_actions = dying(d.bucket_actions, at=1)  # one bucket holds the shared photo
 from sharding.run import shard_dataset
 shard_dataset(sys.argv[1], sys.argv[2], group_by="dir", shard_samples=2, progress=False,
-              dedup_across_groups="merge")
+              dedup_across_groups=sys.argv[4])
 """
 
 
@@ -283,17 +285,18 @@ def test_killed_during_the_pass_then_rerun_is_identical(corpus, tmp_path):
 
     from tests.sharding.conftest import REPO
 
-    def run(out: Path, point: str) -> int:
-        return subprocess.run([sys.executable, "-c", KILLED_CHILD, str(corpus["root"]), str(out), point],
+    def run(out: Path, point: str, mode: str) -> int:
+        return subprocess.run([sys.executable, "-c", KILLED_CHILD, str(corpus["root"]), str(out), point, mode],
                               cwd=REPO, capture_output=True, timeout=120).returncode
 
-    reference = tmp_path / "reference"
-    assert run(reference, "none") == 0
-    for point in ("scan", "rewrite"):
-        out = tmp_path / point
-        assert run(out, point) == -signal.SIGKILL
-        manifest = json.loads((out / "manifest.json").read_bytes())
-        assert not manifest["complete"]  # and nothing is listed that a reader could trust
-        assert pq.read_table(out / "shards.parquet").num_rows == 0
-        assert run(out, "none") == 0
-        assert tree_digest(out) == tree_digest(reference), point
+    for mode, points in (("merge", ("scan", "rewrite")), ("drop", ("actions", "rewrite"))):
+        reference = tmp_path / f"reference-{mode}"
+        assert run(reference, "none", mode) == 0
+        for point in points:
+            out = tmp_path / f"{mode}-{point}"
+            assert run(out, point, mode) == -signal.SIGKILL, (mode, point)
+            manifest = json.loads((out / "manifest.json").read_bytes())
+            assert not manifest["complete"]  # and nothing is listed that a reader could trust
+            assert pq.read_table(out / "shards.parquet").num_rows == 0
+            assert run(out, "none", mode) == 0
+            assert tree_digest(out) == tree_digest(reference), (mode, point)
