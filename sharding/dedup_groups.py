@@ -89,7 +89,15 @@ from tqdm import tqdm
 
 from sharding.build import ShardRecord, parquet_bytes, part_uri
 from sharding.dataset import index_part_uri
-from sharding.dedup_rewrite import ACTION_SCHEMA, RewriteTask, SampleAction, actions_folder, rewrite_shard
+from sharding.dedup_rewrite import (
+    ACTION_SCHEMA,
+    MERGE_ACTION_SCHEMA,
+    RewriteTask,
+    SampleAction,
+    _shard_number,
+    actions_folder,
+    rewrite_shard,
+)
 from sharding.executors import Executor
 from sharding.format import (
     DEDUP_DIR,
@@ -337,11 +345,10 @@ def _names(groups: list[str]) -> str:
     return ", ".join(groups[:DETAIL_GROUPS]) + (f" and {more} more" if more > 0 else "")
 
 
-def plan_actions(duplicates: Iterable[list[Occurrence]], mode: Mode) -> tuple[Actions, list[dict]]:
-    """What each affected sample's rewrite does, and (merge) the rows of merged.parquet. Groups
-    are ordered by place: (shard name, tar position); shard names are zero-padded plan numbers,
-    so that is plan order. drop / keep-first decide each sha256 on its own (a bucket task does
-    it); merge needs every duplicate at once (the driver; see the module docstring)."""
+def plan_actions(duplicates: Iterable[list[Occurrence]], mode: Mode) -> Actions:
+    """drop / keep-first: what each affected sample's rewrite does. Each sha256 is decided on its
+    own (a task per bucket does it). Groups are ordered by place: (shard name, tar position);
+    shard names are zero-padded plan numbers, so that is plan order."""
     actions = Actions()
 
     def place(group: tuple[str, int]) -> tuple[str, int]:
@@ -361,71 +368,117 @@ def plan_actions(duplicates: Iterable[list[Occurrence]], mode: Mode) -> tuple[Ac
                     others = _names([g for g in groups if g != o.group_id])
                     detail = f"sha256 {o.sha256} is also in group(s) {others}"
                 actions.of(o.shard, o.key, o.group_id).drop[o.view] = (DUPLICATE_ACROSS_GROUPS, detail)
-        return actions, []
-    if mode != "merge":
-        raise ValueError(f"unknown mode {mode!r}")
-    return actions, _plan_merge(duplicates, place, actions)
+        return actions
+    raise ValueError(f"plan_actions: mode {mode!r} is decided per sha256 only for drop / keep-first")
 
 
-def _plan_merge(duplicates: Iterator[list[Occurrence]], place, actions: Actions) -> list[dict]:
-    """Union-find over the groups holding a duplicate; each component becomes its first group."""
-    ids: dict[tuple[str, int], int] = {}
-    info: list[Occurrence] = []       # per group number: one of its occurrences (names, place)
-    parent: list[int] = []
-    dup_views: dict[int, list[Occurrence]] = defaultdict(list)
+def components(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
+    """Connected components of the graph of `n` nodes with edges (u[i], v[i]): per node, the
+    smallest node of its component (min-label propagation with pointer jumping; vectorized,
+    O(edges) memory, a few passes for the shallow components duplicates form)."""
+    label = np.arange(n, dtype=np.int64)
+    while True:
+        low = np.minimum(label[u], label[v])
+        new = label.copy()
+        np.minimum.at(new, u, low)
+        np.minimum.at(new, v, low)
+        while True:
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, label):
+            return label
+        label = new
 
-    def node(o: Occurrence) -> int:
-        n = ids.get(o.group)
-        if n is None:
-            n = ids[o.group] = len(parent)
-            parent.append(n)
-            info.append(o)
-        return n
 
-    def find(n: int) -> int:
-        while parent[n] != n:
-            parent[n] = parent[parent[n]]
-            n = parent[n]
-        return n
+def merge_plan(occ: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """merge, for the occurrences of every duplicated sha256 (SPLIT_SCHEMA, sorted by sha256 then
+    place): (the copies to quarantine, ACTION_SCHEMA; one row per group merged away,
+    MERGE_ACTION_SCHEMA). Groups are nodes (numbered in place order), each sha256 joins its
+    occurrences' groups, a component becomes its first group; within a component each sha256 is
+    kept at its first occurrence. Numpy and Arrow throughout: ~150 B per occurrence."""
+    n = occ.num_rows
+    shards = occ.column("shard").combine_chunks().dictionary_encode()
+    numbers = np.array([_shard_number(x) for x in shards.dictionary.to_pylist()], np.int64)
+    place = (numbers[shards.indices.to_numpy()] << 32) | occ.column("row").to_numpy().astype(np.int64)
+    nodes, node_of = np.unique(place, return_inverse=True)
+    sha = occ.column("sha256").combine_chunks()
+    raw = np.frombuffer(sha.buffers()[1], np.uint8, count=32 * (sha.offset + n))[32 * sha.offset:].reshape(n, 32)
+    new_run = np.r_[True, (raw[1:] != raw[:-1]).any(axis=1)] if n else np.zeros(0, bool)
+    run = np.cumsum(new_run) - 1
+    first = np.flatnonzero(new_run)[run]
+    label = components(node_of[first], node_of, len(nodes))
+    comp = label[node_of]
+    views = occ.column("view").to_numpy()
+    order = np.lexsort((views, node_of, comp, run))
+    kept = np.r_[True, (run[order][1:] != run[order][:-1]) | (comp[order][1:] != comp[order][:-1])] if n else order
+    dropped = np.sort(order[~kept.astype(bool)])
+    _, node_first = np.unique(node_of, return_index=True)
+    survivor_occ = node_first[label]  # per node: an occurrence of its component's first group
 
-    for occs in duplicates:
-        nodes = [node(o) for o in occs]
-        for o, n in zip(occs, nodes):
-            dup_views[n].append(o)
-        root = find(nodes[0])
-        for n in nodes[1:]:
-            other = find(n)
-            if other != root:
-                parent[other] = root
-    components: dict[int, list[int]] = defaultdict(list)
-    for n in range(len(parent)):
-        components[find(n)].append(n)
-    merged: list[dict] = []
-    for members in components.values():
-        members.sort(key=lambda n: place(info[n].group))
-        head = info[members[0]]
-        keep = actions.of(head.shard, head.key, head.group_id)
-        seen: set[str] = set()
-        for n in members:
-            me = info[n]
-            action = actions.of(me.shard, me.key, me.group_id)
-            dropped = []
-            for o in sorted(dup_views[n], key=lambda o: o.view):
-                if o.sha256 in seen:
-                    action.drop[o.view] = (DUPLICATE_MERGED, f"sha256 {o.sha256}: the same bytes are kept "
-                                                             f"once in group {head.group_id} (merged)")
-                    dropped.append(o.view)
-                else:
-                    seen.add(o.sha256)
-            if n == members[0]:
-                continue
-            action.merged_into = (head.group_id, head.key, head.shard)
-            keep.append.append((me.shard, me.key, me.group_id, tuple(sorted(dropped))))
-            merged.append({"group_id": me.group_id, "key": me.key, "shard": me.shard,
-                           "merged_into": head.group_id, "into_key": head.key,
-                           "into_shard": rewritten_name(head.shard)})
-    merged.sort(key=lambda r: (r["shard"], r["key"]))
-    return merged
+    def names(column: str, index: np.ndarray) -> pa.Array:
+        return occ.column(column).combine_chunks().take(pa.array(index, pa.int64()))
+
+    hexes = [b.hex() for b in sha.take(pa.array(dropped, pa.int64())).to_pylist()]
+    kept_in = names("group_id", survivor_occ[node_of[dropped]]).to_pylist()
+    drops = pa.table({
+        "shard": names("shard", dropped), "key": names("key", dropped), "group_id": names("group_id", dropped),
+        "view": pa.array(views[dropped], pa.int32()),
+        "reason": pa.array([DUPLICATE_MERGED] * len(dropped), pa.string()),
+        "detail": pa.array([f"sha256 {h}: the same bytes are kept once in group {g} (merged)"
+                            for h, g in zip(hexes, kept_in)], pa.string()),
+    }, schema=ACTION_SCHEMA)
+    members = np.flatnonzero(label != np.arange(len(nodes)))  # groups merged away, in place order
+    is_member = np.zeros(len(nodes), bool)
+    is_member[members] = True
+    d_nodes = node_of[dropped]
+    mine = is_member[d_nodes]
+    by_node = np.argsort(d_nodes[mine], kind="stable")
+    d_nodes, d_views = d_nodes[mine][by_node], views[dropped][mine][by_node]
+    left = np.searchsorted(d_nodes, members, "left")  # members' segments of d_nodes are consecutive
+    offsets = np.r_[left, np.searchsorted(d_nodes, members[-1], "right")] if len(members) else np.zeros(1)
+    into = survivor_occ[members]
+    merges = pa.table({
+        "shard": names("shard", node_first[members]), "key": names("key", node_first[members]),
+        "group_id": names("group_id", node_first[members]),
+        "row": pa.array(occ.column("row").to_numpy()[node_first[members]], pa.int32()),
+        "into_shard": names("shard", into), "into_key": names("key", into), "into_group": names("group_id", into),
+        "skip": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(d_views, pa.int32())),
+    }, schema=MERGE_ACTION_SCHEMA)
+    return drops, merges
+
+
+def write_merge_actions(output: str, storage: Storage, buckets: int, fingerprint: str) -> tuple[set[str], pa.Table]:
+    """merge: reads every bucket's duplicates (O(duplicates) in the driver), plans, writes the
+    actions by shard folder (a merge row to the folders of both its shards) and returns (the
+    shards affected, the merge rows)."""
+    parts = [pq.read_table(io.BytesIO(storage.read_bytes(_dups_uri(output, b))), schema=SPLIT_SCHEMA)
+             for b in range(buckets)]
+    occ = pa.concat_tables(parts).combine_chunks()
+    del parts
+    drops, merges = merge_plan(occ)
+    del occ
+    suffix = f"-{fingerprint[:16]}.parquet"
+    folders: dict[str, dict[str, list[pa.Table]]] = defaultdict(lambda: {"drops": [], "merges": []})
+    for kind, table, columns in (("drops", drops, ("shard",)), ("merges", merges, ("shard", "into_shard"))):
+        seen_folder: dict[str, np.ndarray] = {}
+        for column in columns:
+            for shard in pc.unique(table.column(column)).to_pylist():
+                folder = actions_folder(output, "merge", shard)
+                mask = pc.equal(table.column(column), shard).to_numpy(zero_copy_only=False)
+                seen_folder[folder] = seen_folder.get(folder, np.zeros(table.num_rows, bool)) | mask
+        for folder, mask in seen_folder.items():
+            folders[folder][kind].append(table.filter(pa.array(mask)))
+    for folder, kinds in sorted(folders.items()):
+        for kind, schema in (("drops", ACTION_SCHEMA), ("merges", MERGE_ACTION_SCHEMA)):
+            table = kinds[kind][0] if kinds[kind] else schema.empty_table()
+            storage.write_bytes(join(folder, kind + suffix), parquet_bytes(table))
+    affected = set(drops.column("shard").to_pylist()) | set(merges.column("shard").to_pylist()) \
+        | set(merges.column("into_shard").to_pylist())
+    return affected, merges
+
+
 
 
 @dataclass(frozen=True)
@@ -439,7 +492,7 @@ def bucket_actions(task: ActionTask, output: str, storage: Storage) -> tuple[int
     """drop / keep-first for one bucket's duplicates (each sha256 is decided on its own), written
     by shard folder as ``_dedup/actions/{mode}/{folder}/{bucket}-{fingerprint}.parquet``, then
     a marker; returns (bucket, the shards it affects). Memory: one bucket's duplicates."""
-    actions, _ = plan_actions(bucket_duplicates(output, storage, task.bucket), task.mode)
+    actions = plan_actions(bucket_duplicates(output, storage, task.bucket), task.mode)
     by_folder: dict[str, list[dict]] = defaultdict(list)
     for shard, samples in sorted(actions.by_shard.items()):
         for key, action in sorted(samples.items()):
@@ -508,41 +561,50 @@ def dedup_across_groups(output: str, records: list[ShardRecord], mode: Mode, sto
     num_sha, num_occ = write_report(output, storage, num_buckets)
     summary = {"mode": mode, "num_sha256": num_sha, "num_occurrences": num_occ, "buckets": num_buckets,
                "num_shards_rewritten": 0, "num_groups_merged": 0}
-    merged: list[dict] = []
-    specs: dict[str, dict[str, SampleAction]] = {}   # merge: the actions, by shard
+    merged: pa.Table | None = None
     affected: set[str] = set()
     action_fp = _fingerprint({"buckets": bucket_fp, "mode": mode})
     if mode == "merge" and num_sha:
-        actions, merged = plan_actions(iter_duplicates(output, storage, num_buckets), mode)
-        specs = actions.by_shard
-        affected = set(specs)
-    elif mode in ("drop", "keep-first") and num_sha:
-        todo = []
-        for b in range(num_buckets):
-            if not counts[b].get("sha256"):
-                continue
-            marker = _marker(storage, _action_marker_uri(output, mode, b), action_fp)
-            if marker is not None:
-                affected.update(marker["shards"])
-            else:
-                todo.append(ActionTask(b, mode, action_fp))
-        for _, shards in _run(executor, partial(bucket_actions, output=output, storage=storage), todo,
-                              progress, "dedup actions", "bucket"):
-            affected.update(shards)
-    _write_merged(output, storage, merged)
+        marker_uri = _action_marker_uri(output, mode, 0)
+        marker = _marker(storage, marker_uri, action_fp)
+        if marker is None or not storage.exists(join(output, MERGED_FILE)):
+            affected, merges = write_merge_actions(output, storage, num_buckets, action_fp)
+            merged = merged_rows(merges)
+            storage.write_bytes(join(output, MERGED_FILE), parquet_bytes(merged))
+            storage.write_bytes(marker_uri, json.dumps({"fingerprint": action_fp, "shards": sorted(affected),
+                                                        "merged": merged.num_rows}).encode())
+            summary["num_groups_merged"] = merged.num_rows
+        else:
+            affected = set(marker["shards"])
+            summary["num_groups_merged"] = marker["merged"]
+    else:
+        _remove(storage, join(output, MERGED_FILE))  # a former merge run's: not true any more
+        if mode in ("drop", "keep-first") and num_sha:
+            todo = []
+            for b in range(num_buckets):
+                if not counts[b].get("sha256"):
+                    continue
+                marker = _marker(storage, _action_marker_uri(output, mode, b), action_fp)
+                if marker is not None:
+                    affected.update(marker["shards"])
+                else:
+                    todo.append(ActionTask(b, mode, action_fp))
+            for _, shards in _run(executor, partial(bucket_actions, output=output, storage=storage), todo,
+                                  progress, "dedup actions", "bucket"):
+                affected.update(shards)
     tasks, final = [], []
     rewritten: dict[str, ShardRecord] = {}
     for record in built:
         if record.name not in affected:
             continue
-        spec = {k: a.to_json() for k, a in sorted(specs[record.name].items())} if specs else None
         fp = _fingerprint({"original": [record.name, record.sha256, record.fingerprint], "mode": mode,
-                           "actions": spec if spec is not None else action_fp})
+                           "actions": action_fp})
         done = _finished_rewrite(output, record.name, fp, storage)
         if done is not None:
             rewritten[record.name] = done
         else:
-            tasks.append(RewriteTask(record.name, fp, spec, record.to_json(), mode, action_fp))
+            tasks.append(RewriteTask(record.name, fp, record.to_json(), mode, action_fp))
+    _remove_other_modes(output, storage, mode)
     stale = _stale_quarantine(output, storage, affected)
     if tasks or stale:
         before_rewrite()
@@ -553,7 +615,7 @@ def dedup_across_groups(output: str, records: list[ShardRecord], mode: Mode, sto
         rewritten[done.original] = done.record
     for record in records:
         final.append(rewritten.get(record.name, record))
-    summary.update(num_shards_rewritten=len(affected), num_groups_merged=len(merged))
+    summary["num_shards_rewritten"] = len(affected)
     return DedupResult(final, summary)
 
 
@@ -576,12 +638,28 @@ def _finished_rewrite(output: str, original: str, fingerprint: str, storage: Sto
     return record if record.fingerprint == fingerprint else None
 
 
-def _write_merged(output: str, storage: Storage, merged: list[dict]) -> None:
-    uri = join(output, MERGED_FILE)
-    if merged:
-        storage.write_bytes(uri, parquet_bytes(pa.Table.from_pylist(merged, schema=MERGED_SCHEMA)))
-    elif storage.exists(uri):  # a former merge run's: not true of this dataset any more
+def merged_rows(merges: pa.Table) -> pa.Table:
+    """merged.parquet (format.MERGED_SCHEMA) from the merge actions, in place order."""
+    into = [rewritten_name(name) for name in merges.column("into_shard").to_pylist()]
+    return pa.table({"group_id": merges.column("group_id"), "key": merges.column("key"),
+                     "shard": merges.column("shard"), "merged_into": merges.column("into_group"),
+                     "into_key": merges.column("into_key"), "into_shard": pa.array(into, pa.string())},
+                    schema=MERGED_SCHEMA)
+
+
+def _remove(storage: Storage, uri: str) -> None:
+    if storage.exists(uri):
         storage.backend(uri).remove(uri)
+
+
+def _remove_other_modes(output: str, storage: Storage, mode: str) -> None:
+    """Delete the actions an earlier run in another mode wrote (intermediate files only)."""
+    root = join(output, DEDUP_DIR, "actions")
+    if not storage.is_folder(root):
+        return
+    for entry in storage.iter_files(root):
+        if entry.relpath.split("/", 1)[0] != mode:
+            storage.backend(entry.uri).remove(entry.uri)
 
 
 def _stale_quarantine(output: str, storage: Storage, affected: set[str]) -> list[str]:

@@ -55,17 +55,6 @@ class SampleAction:
     merged_into: tuple[str, str, str] | None = None
     append: list[tuple[str, str, str, tuple[int, ...]]] = field(default_factory=list)
 
-    def to_json(self) -> dict:
-        return {"group_id": self.group_id, "drop": {str(k): list(v) for k, v in sorted(self.drop.items())},
-                "merged_into": list(self.merged_into) if self.merged_into else None,
-                "append": [[s, k, g, list(v)] for s, k, g, v in self.append]}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "SampleAction":
-        return cls(data["group_id"], {int(k): (v[0], v[1]) for k, v in data["drop"].items()},
-                   tuple(data["merged_into"]) if data["merged_into"] else None,
-                   [(s, k, g, tuple(v)) for s, k, g, v in data["append"]])
-
 
 ACTION_SHARDS = 16   # drop / keep-first actions are stored in one folder per 16 shard numbers
 ACTION_SCHEMA = pa.schema([("shard", pa.string()), ("key", pa.string()), ("group_id", pa.string()),
@@ -81,29 +70,50 @@ def actions_folder(output: str, mode: str, shard: str) -> str:
     return join(output, DEDUP_DIR, "actions", mode, f"{_shard_number(shard) // ACTION_SHARDS:06d}")
 
 
+MERGE_ACTION_SCHEMA = pa.schema([
+    ("shard", pa.string()), ("key", pa.string()), ("group_id", pa.string()), ("row", pa.int32()),
+    ("into_shard", pa.string()), ("into_key", pa.string()), ("into_group", pa.string()),
+    ("skip", pa.list_(pa.int32())),   # its views not to move: copies the merged group holds already
+])
+
+
 def load_actions(output: str, storage: Storage, mode: str, shard: str, fingerprint: str) -> dict[str, SampleAction]:
-    """The drop / keep-first actions of one shard (a listing and the parts of its folder)."""
+    """The actions touching one (original) shard: a listing of its folder and those parts, rows
+    filtered to the shard (drops: ACTION_SCHEMA; ``merges-*``: MERGE_ACTION_SCHEMA, a group
+    merged away from this shard or into one of its groups)."""
     folder = actions_folder(output, mode, shard)
     suffix = f"-{fingerprint[:16]}.parquet"
     out: dict[str, SampleAction] = {}
-    for entry in sorted(storage.iter_files(folder), key=lambda e: e.relpath) if storage.is_folder(folder) else []:
+    entries = sorted(storage.iter_files(folder), key=lambda e: e.relpath) if storage.is_folder(folder) else []
+    appends = []
+    for entry in entries:
         if not entry.relpath.endswith(suffix) or "/" in entry.relpath:
             continue
-        table = pq.read_table(io.BytesIO(storage.read_bytes(entry.uri)), schema=ACTION_SCHEMA)
+        merges = entry.relpath.startswith("merges-")
+        table = pq.read_table(io.BytesIO(storage.read_bytes(entry.uri)),
+                              schema=MERGE_ACTION_SCHEMA if merges else ACTION_SCHEMA)
+        if not merges:
+            for row in table.filter(pc.equal(table.column("shard"), shard)).to_pylist():
+                action = out.setdefault(row["key"], SampleAction(group_id=row["group_id"]))
+                action.drop[row["view"]] = (row["reason"], row["detail"])
+            continue
         for row in table.filter(pc.equal(table.column("shard"), shard)).to_pylist():
             action = out.setdefault(row["key"], SampleAction(group_id=row["group_id"]))
-            action.drop[row["view"]] = (row["reason"], row["detail"])
+            action.merged_into = (row["into_group"], row["into_key"], row["into_shard"])
+        appends += table.filter(pc.equal(table.column("into_shard"), shard)).to_pylist()
+    for row in sorted(appends, key=lambda r: (r["shard"], r["row"])):  # members in place order
+        action = out.setdefault(row["into_key"], SampleAction(group_id=row["into_group"]))
+        action.append.append((row["shard"], row["key"], row["group_id"], tuple(row["skip"])))
     return out
 
 
 @dataclass(frozen=True)
 class RewriteTask:
     original: str              # the original shard's name
-    fingerprint: str
-    actions: dict | None = field(repr=False)   # key -> SampleAction.to_json() (merge), or None:
-    record: bytes = field(repr=False, default=b"")  # the original's ShardRecord JSON
-    mode: str = ""             # ... then the drop / keep-first actions are read from the dataset
-    actions_fingerprint: str = ""   # (`load_actions`: their folder, their fingerprint)
+    fingerprint: str           # of (original shard, mode, actions): its part record's
+    record: bytes = field(repr=False)   # the original's ShardRecord JSON
+    mode: str = ""
+    actions_fingerprint: str = ""   # the actions it reads (`load_actions`)
 
 
 @dataclass
@@ -154,10 +164,7 @@ def rewrite_shard(task: RewriteTask, output: str, storage: Storage) -> RewriteDo
     """Rewrite shard `task.original` under `output` (see module docstring)."""
     original = ShardRecord.from_json(task.record)
     name = rewritten_name(task.original)
-    if task.actions is not None:
-        actions = {key: SampleAction.from_json(a) for key, a in task.actions.items()}
-    else:
-        actions = load_actions(output, storage, task.mode, task.original, task.actions_fingerprint)
+    actions = load_actions(output, storage, task.mode, task.original, task.actions_fingerprint)
     index = read_index_part(output, task.original, storage).to_pylist()
     members = read_shard_index(output, task.original, storage)
     others: dict[str, dict[str, list[Member]]] = {}

@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sharding.dataset import load_manifest, read_index, read_quarantine, read_sample, read_shards
-from sharding.dedup_groups import Occurrence, plan_actions
+import numpy as np
+
+from sharding.dedup_groups import SPLIT_SCHEMA, components, merge_plan
 from sharding.run import shard_dataset
 
 from tests.sharding.conftest import run_cli, tree_digest
@@ -199,21 +201,42 @@ def test_dry_run_accepts_the_flag(corpus):
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
-def occ(sha: str, shard: str, row: int, view: int = 0) -> Occurrence:
-    return Occurrence(sha, f"g{shard}{row}", f"k{shard}{row}", shard, row, view)
+def occurrences(rows: list[tuple[str, int, int, int]]) -> pa.Table:
+    """SPLIT_SCHEMA rows (sha byte, shard number, row, view), sorted as a bucket part is."""
+    table = pa.table({
+        "sha256": pa.array([bytes([sha]) * 32 for sha, _, _, _ in rows], pa.binary(32)),
+        "group_id": [f"g{shard}.{row}" for _, shard, row, _ in rows],
+        "key": [f"k{shard}-{row}" for _, shard, row, _ in rows],
+        "shard": [f"data-{shard:06d}.tar" for _, shard, row, _ in rows],
+        "row": pa.array([row for _, _, row, _ in rows], pa.int32()),
+        "view": pa.array([view for *_, view in rows], pa.int32()),
+    }, schema=SPLIT_SCHEMA)
+    return table.sort_by([("sha256", "ascending"), ("shard", "ascending"), ("row", "ascending"), ("view", "ascending")])
 
 
 def test_merge_joins_groups_transitively():
-    """A shares x with B, B shares y with C: one component of A, B, C, kept in A (first place)."""
-    a, b, c = ("s1", 5), ("s0", 3), ("s2", 0)
-    dups = [[occ("x", *a, 0), occ("x", *b, 1)], [occ("y", *b, 0), occ("y", *c, 2)]]
-    actions, merged = plan_actions(iter(dups), "merge")
-    head = "gs03"  # B is first in (shard, row) order
-    assert {r["group_id"] for r in merged} == {"gs15", "gs20"} and {r["merged_into"] for r in merged} == {head}
-    keep = actions.by_shard["s0"]["ks03"]
-    assert sorted(s for s, _, _, _ in keep.append) == ["s1", "s2"] and not keep.drop
-    assert actions.by_shard["s1"]["ks15"].drop.keys() == {0}  # its copy of x is B's
-    assert actions.by_shard["s2"]["ks20"].drop.keys() == {2}  # its copy of y is B's
+    """A (shard 1) shares x with B (shard 0), B shares y with C (shard 2), and D, E (shard 3) share
+    z: two components, {B, A, C} kept in B (the first place) and {D, E} in D; each copy of x, y
+    or z other than the first of its component is quarantined, the others move."""
+    a, b, c, d, e = (1, 5), (0, 3), (2, 0), (3, 1), (3, 7)
+    drops, merges = merge_plan(occurrences([(1, *a, 0), (1, *b, 1), (2, *b, 0), (2, *c, 2), (3, *d, 0), (3, *e, 4)]))
+    rows = {r["group_id"]: r for r in merges.to_pylist()}
+    assert set(rows) == {"g1.5", "g2.0", "g3.7"}
+    assert {g: r["into_group"] for g, r in rows.items()} == {"g1.5": "g0.3", "g2.0": "g0.3", "g3.7": "g3.1"}
+    assert {g: r["skip"] for g, r in rows.items()} == {"g1.5": [0], "g2.0": [2], "g3.7": [4]}
+    assert sorted((r["group_id"], r["view"]) for r in drops.to_pylist()) == [("g1.5", 0), ("g2.0", 2), ("g3.7", 4)]
+    assert all(r["reason"] == "duplicate_merged" for r in drops.to_pylist())
+
+
+def test_components_of_a_long_chain():
+    n = 1000
+    u, v = np.arange(n - 1), np.arange(1, n)
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(n)  # a chain in random node order, plus isolated nodes
+    label = components(perm[u], perm[v], n + 5)
+    assert (label[:n] == 0).all() if perm.min() == 0 else True
+    assert len(set(label[perm].tolist())) == 1 and label[perm][0] == perm.min()
+    assert (label[n:] == np.arange(n, n + 5)).all()
 
 
 @pytest.mark.integration
