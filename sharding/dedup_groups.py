@@ -565,24 +565,26 @@ def dedup_across_groups(output: str, records: list[ShardRecord], mode: Mode, sto
     num_sha, num_occ = write_report(output, storage, num_buckets)
     summary = {"mode": mode, "num_sha256": num_sha, "num_occurrences": num_occ, "buckets": num_buckets,
                "num_shards_rewritten": 0, "num_groups_merged": 0}
-    merged: pa.Table | None = None
+    merged: bytes | None = None   # merged.parquet, written after the rewrites
     affected: set[str] = set()
     action_fp = _fingerprint({"buckets": bucket_fp, "mode": mode})
     if mode == "merge" and num_sha:
         marker_uri = _action_marker_uri(output, mode, 0)
+        merged_uri = join(output, DEDUP_DIR, "actions", mode, f"merged-{action_fp[:16]}.parquet")
         marker = _marker(storage, marker_uri, action_fp)
-        if marker is None or not storage.exists(join(output, MERGED_FILE)):
+        if marker is None or not storage.exists(merged_uri):
             affected, merges = write_merge_actions(output, storage, num_buckets, action_fp)
-            merged = merged_rows(merges)
-            storage.write_bytes(join(output, MERGED_FILE), parquet_bytes(merged))
+            merged = parquet_bytes(merged_rows(merges))
+            storage.write_bytes(merged_uri, merged)
             storage.write_bytes(marker_uri, json.dumps({"fingerprint": action_fp, "shards": sorted(affected),
-                                                        "merged": merged.num_rows}).encode())
-            summary["num_groups_merged"] = merged.num_rows
+                                                        "merged": merges.num_rows}).encode())
+            summary["num_groups_merged"] = merges.num_rows
+            del merges
         else:
             affected = set(marker["shards"])
             summary["num_groups_merged"] = marker["merged"]
+            merged = storage.read_bytes(merged_uri)
     else:
-        _remove(storage, join(output, MERGED_FILE))  # a former merge run's: not true any more
         if mode in ("drop", "keep-first") and num_sha:
             todo = []
             for b in range(num_buckets):
@@ -617,6 +619,10 @@ def dedup_across_groups(output: str, records: list[ShardRecord], mode: Mode, sto
     for done in _run(executor, partial(rewrite_shard, output=output, storage=storage), tasks, progress,
                      "dedup rewrite", "shard"):
         rewritten[done.original] = done.record
+    if merged is not None:
+        storage.write_bytes(join(output, MERGED_FILE), merged)
+    else:
+        _remove(storage, join(output, MERGED_FILE))  # a former merge run's: not true any more
     for record in records:
         final.append(rewritten.get(record.name, record))
     summary["num_shards_rewritten"] = len(affected)
