@@ -13,7 +13,7 @@ from viewstream.errors import UsageError
 
 
 def test_registry_has_every_method():
-    assert set(METHODS) == {"simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam", "barlow_twins", "vicreg", "moby"}
+    assert set(METHODS) == {"simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam", "barlow_twins", "vicreg", "moby", "cpc_v2"}
     for name, cls in METHODS.items():
         assert issubclass(cls, Method) and cls.name == name and cls.config_class().name == name
 
