@@ -139,6 +139,7 @@ OFFICIAL = {
     "barlow_twins": dict(  # facebookresearch/barlowtwins main.py defaults
         batch=2048, epochs=1000, optimizer="lars", larc=False,
         lr=lambda n, T: _barlow_vicreg_lr(0.2, 2048, 1000, n),
+        bias_norm_lr=lambda n, T: _barlow_vicreg_lr(0.0048, 2048, 1000, n),  # param_groups[1]: lr x learning_rate_biases
         weight_decay=(1e-6, 1e-6), decay_norms_and_biases=False, adapt_norms_and_biases=False,  # exclude_bias_and_norm
         temperatures={}, method={"projection_hidden_dim": 8192, "projection_dim": 8192, "lambd": 0.0051},
         crops=(2, 0, 224, None), scales=((0.08, 1.0),),
@@ -208,6 +209,13 @@ def test_batch_epochs_and_learning_rate(recipe):
     ours = optimizer_schedule(config.optimizer, config.batch_size, total)
     warmup = config.optimizer.warmup_steps
     assert ours[0] == pytest.approx(official(0), rel=1e-9, abs=1e-12)
+    if "bias_norm_lr" in row:  # biases/norms on their own official LR (Barlow Twins' --learning-rate-biases)
+        official_bias = row["bias_norm_lr"](n, total)
+        for step in (0, warmup, (warmup + total) // 2, total - 1):
+            ours.apply(optimizer, step)
+            for g in optimizer.param_groups:
+                expected = official_bias(step) if g["norm_or_bias"] else official(step)
+                assert g["lr"] == pytest.approx(expected, rel=1e-9, abs=1e-15), (name, step, g["norm_or_bias"])
     if name == "moby":  # timm's cosine counts from step 0 under the warm-up, ours after it (commented deviation)
         assert ours[warmup] == pytest.approx(official(warmup), rel=2e-3)
         assert ours[(warmup + total) // 2] == pytest.approx(official((warmup + total) // 2), rel=3e-2)
