@@ -69,6 +69,11 @@ def _barlow_vicreg_lr(base_lr, batch, epochs, steps_per_epoch):
     return lr
 
 
+def _constant_after_linear_warmup(peak, warmup):
+    """CPC v2 as configured (Adam at a constant LR after a linear warm-up from 0; see configs/full/cpc_v2.yaml)."""
+    return lambda step: peak * step / warmup if step < warmup else peak
+
+
 def _timm_cosine_no_prefix(peak, warmup_lr, min_lr, warmup, total):
     """Transformer-SSL lr_scheduler.py: timm CosineLRScheduler(t_initial=total, warmup_t, warmup_lr_init,
     lr_min, t_in_epochs=False) without warmup_prefix: the cosine runs over t from 0 under the warm-up."""
@@ -163,6 +168,14 @@ OFFICIAL = {
         crops=(2, 0, 224, None), scales=((0.08, 1.0),),
         jitter=(0.4, 0.4, 0.2, 0.1), blur=(1.0, 0.1), solarize=(0.0, 0.2),
     ),
+    "cpc_v2": dict(  # Hénaff et al. 2020 appendix A as recalled (no official code; the config's header says what is unchecked)
+        batch=512, epochs=200, optimizer="adamw",
+        lr=lambda n, T: _constant_after_linear_warmup(4e-4, 2500),
+        weight_decay=(0.0, 0.0), decay_norms_and_biases=False, adapt_norms_and_biases=False,
+        temperatures={}, method={"patch_size": 80, "patch_stride": 36, "min_offset": 2, "max_offset": 5},
+        crops=(2, 0, 260, None), scales=((0.08, 1.0),),
+        jitter=(0.4, 0.4, 0.4, 0.1), blur=(0.5, 0.5), solarize=(0.0, 0.0),
+    ),
     "simsiam": dict(  # facebookresearch/simsiam main_simsiam.py defaults + --fix-pred-lr
         batch=512, epochs=100, optimizer="sgd",
         lr=lambda n, T: _per_epoch_cosine(0.05 * 512 / 256, 100, n),
@@ -198,7 +211,9 @@ def test_header_cites_the_official_source_and_the_papers_top1(recipe):
             break
         header.append(line)
     text = " ".join(header)
-    assert any(org in text for org in ("facebookresearch/", "google-research/", "deepmind-research", "SwinTransformer/")), name
+    sources = ("facebookresearch/", "google-research/", "deepmind-research", "SwinTransformer/",
+               "arxiv.org/abs/")  # the paper, for methods without released code (CPC v2)
+    assert any(org in text for org in sources), name
     assert "top-1" in text and any(ch.isdigit() for ch in text.split("top-1", 1)[1][:40]), name
 
 
@@ -285,6 +300,9 @@ def test_temperatures_ema_and_frozen_steps(recipe):
     if name == "moby":
         assert method.backbone.family == "swin" and cfg.backbone.drop_path_rate == row["drop_path"]
         assert stochastic_layers(method.backbone) and not stochastic_layers(method.momentum_backbone)
+    if name == "cpc_v2":  # layer norm, both directions, a 6 x 6 grid of 80 px patches from 260 px
+        assert cfg.backbone.norm == "layer" and cfg.bidirectional
+        assert (260 - cfg.patch_size) // cfg.patch_stride + 1 == 6 and cfg.max_offset == 6 - 1
     if name == "moco_v3":
         net = method.backbone.net
         assert all(b.attn.num_heads == row["vit_heads"] for b in net.blocks) and not net.pos_embed.requires_grad
