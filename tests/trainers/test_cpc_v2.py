@@ -60,8 +60,9 @@ def test_eval_backbone_is_the_mean_patch_vector_of_the_whole_image():
 
 def test_training_step_uses_both_views_or_the_first():
     views = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)]
-    both = build_method(TINY_CONFIGS["cpc_v2"], seed=0)
-    first = build_method(dict(TINY_CONFIGS["cpc_v2"], use_both_views=False), seed=0)
+    plain = dict(TINY_CONFIGS["cpc_v2"], patch_color_drop_p=0.0, patch_flip_p=0.0)
+    both = build_method(plain, seed=0)
+    first = build_method(dict(plain, use_both_views=False), seed=0)
     loss_both, logs = both.training_step(views, 0)
     assert set(logs) == {"loss"} and not logs["loss"].requires_grad
     expected = (both.view_loss(both.eval_backbone.grid(views[0])) + both.view_loss(both.eval_backbone.grid(views[1]))) / 2
@@ -89,3 +90,29 @@ def test_a_grid_too_short_for_max_offset_is_a_usage_error():
         method.training_step([torch.randn(2, 3, 16, 16)] * 2, 0)
     with pytest.raises(UsageError, match=r"smaller than patch_size=8"):
         method.eval_backbone(torch.randn(2, 3, 6, 6))
+
+
+def test_colour_dropping_keeps_one_channel_and_flips_mirror_each_patch():
+    method = build_method(dict(TINY_CONFIGS["cpc_v2"], patch_color_drop_p=1.0, patch_flip_p=1.0), seed=0)
+    patches = patch_grid(torch.rand(2 * 4, 3, 16, 16) + 0.1, 8, 4)  # 2 views of 4 images, all pixels > 0
+    out = method.augment_patches(patches, step=3, views=2)
+    kept = (out != 0).flatten(4).any(dim=-1)  # (8, 3, 3, 3): which channels of each patch survive
+    assert torch.equal(kept.sum(dim=-1), torch.ones(8, 3, 3, dtype=torch.long))
+    channel = kept.float().argmax(dim=-1)
+    assert len(channel.unique()) == 3  # the kept channel is drawn, not fixed
+    for n, r, c in [(0, 0, 0), (5, 2, 1)]:
+        k = int(channel[n, r, c])
+        torch.testing.assert_close(out[n, r, c, k], patches[n, r, c, k].flip(-1))
+    again = method.augment_patches(patches, step=3, views=2)
+    assert torch.equal(out, again) and not torch.equal(out, method.augment_patches(patches, step=4, views=2))
+
+
+def test_patch_augmentation_off_is_a_no_op_and_half_changes_some_patches():
+    """(That rank r takes rows r*B..(r+1)*B of the global draw is checked end to end by the 2-rank test.)"""
+    method = build_method(dict(TINY_CONFIGS["cpc_v2"], patch_color_drop_p=0.5, patch_flip_p=0.5), seed=0)
+    patches = patch_grid(torch.rand(2 * 4, 3, 16, 16) + 0.1, 8, 4)
+    none = build_method(dict(TINY_CONFIGS["cpc_v2"], patch_color_drop_p=0.0, patch_flip_p=0.0), seed=0)
+    assert none.augment_patches(patches, 0, 2) is patches
+    out = method.augment_patches(patches, 0, 2)
+    changed = (out != patches).flatten(3).any(dim=-1)
+    assert 0 < int(changed.sum()) < changed.numel()  # p = 0.5: some patches changed, some not

@@ -14,11 +14,16 @@ So there is no BatchNorm to convert and no SyncBatchNorm in this method.
 
 Why patches are cut here, on the device, and not by the pipeline: the pipeline's contract is
 views (B, 3, H, W) (pipeline/batch.py); `Tensor.unfold` cuts the grid of a whole batch in one
-view-only op where the views already are, so nothing changes in the DALI graph. The paper's
-per-patch augmentation (colour dropping, per-patch flips and crops) is left out: it would have
-to be drawn per sample as a pure function of (seed, epoch, sample) to keep resume and the
-N-ranks equivalence exact, and `training_step` receives no sample ids; the views' own
-augmentation (crop, flip, jitter, grey, blur) applies to the whole image instead.
+view-only op where the views already are, so nothing changes in the DALI graph. The views' own
+augmentation (crop, flip, jitter, grey, blur) applies to the whole image. Of the paper's
+per-patch augmentation, colour dropping (keep one random channel of a patch, the others set to
+the normalised mean 0) and horizontal flips are done here, each with its probability, on the
+device: the draws for the GLOBAL batch come from a generator seeded by (patch_augment_seed,
+step) on the batch's device, and each rank takes its rows (rank * B ...), so they are a pure
+function of (seed, step, position in the global batch): a resumed run and N ranks x B draw
+exactly what one run / one rank x N*B draws, with no host traffic. (`training_step` gets no
+sample ids, so the draws follow the batch position, not the sample; with gradient accumulation
+the micro-batches of one step repeat one draw.) Per-patch random crops are left out.
 
 The two global views the pipeline makes per sample are two CPC images: each view's loss takes
 its negatives from the same view of every sample (so the other crop of the same photo is never
@@ -36,6 +41,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from trainers import distributed
 from trainers.backbones import Backbone
 from trainers.losses import cpc_infonce
 from trainers.methods.base import Method, MethodConfig, register_method
@@ -55,6 +61,9 @@ class CPCV2Config(MethodConfig):
     context_hidden_dim: int | None = Field(None, ge=1, description="bottleneck width (default: feature_dim / 4)")
     context_kernel: int = Field(3, ge=1, description="rows and columns each masked convolution sees (odd)")
     use_both_views: bool = Field(True, description="both global views are CPC images (false: the first only)")
+    patch_color_drop_p: float = Field(0.0, ge=0, le=1, description="per patch: keep one random channel, zero the others")
+    patch_flip_p: float = Field(0.0, ge=0, le=1, description="per patch: horizontal flip")
+    patch_augment_seed: int = Field(0, ge=0, description="seeds the per-patch draws with the step")
 
     @model_validator(mode="after")
     def _check_grid(self) -> "CPCV2Config":
@@ -92,13 +101,16 @@ class PatchGridBackbone(Backbone):
 
     def grid(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) -> (B, rows, cols, D): every patch through the encoder in one batch."""
-        patches = patch_grid(images, self.patch, self.stride)
+        return self.encode(patch_grid(images, self.patch, self.stride),
+                           channels_last=images.is_contiguous(memory_format=torch.channels_last))
+
+    def encode(self, patches: Tensor, channels_last: bool = False) -> Tensor:
+        """(B, rows, cols, 3, P, P) patches -> (B, rows, cols, D)."""
         batch, rows, cols = patches.shape[:3]
         flat = patches.reshape(batch * rows * cols, *patches.shape[3:])  # one copy of the overlapping patches
-        if images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last) and images.shape[1] > 1:
+        if channels_last:
             flat = flat.contiguous(memory_format=torch.channels_last)  # the runner's NHWC views stay NHWC
-        z = self.encoder(flat)
-        return z.view(batch, rows, cols, -1)
+        return self.encoder(flat).view(batch, rows, cols, -1)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.grid(images).mean(dim=(1, 2))
@@ -179,10 +191,38 @@ class CPCV2(Method):
             offsets += [-k for k in self.context_up.offsets]
         return cpc_infonce(latents, predictions, offsets)
 
+    def augment_patches(self, patches: Tensor, step: int, views: int) -> Tensor:
+        """Colour dropping and flips per patch, drawn for the global batch and sliced to this rank's rows.
+
+        `patches` (views * B, rows, cols, 3, P, P), view-major as `torch.cat(views)`.
+        """
+        cfg = self.config
+        if not (cfg.patch_color_drop_p or cfg.patch_flip_p):
+            return patches
+        local, rows, cols = patches.shape[0] // views, patches.shape[1], patches.shape[2]
+        world, rank = distributed.world_size(), distributed.rank()
+        g = torch.Generator(device=patches.device)
+        g.manual_seed(cfg.patch_augment_seed * 1_000_003 + step)
+        shape = (views, local * world, rows, cols)
+        drop = torch.rand(shape, generator=g, device=patches.device) < cfg.patch_color_drop_p
+        keep = torch.randint(0, 3, shape, generator=g, device=patches.device)
+        flip = torch.rand(shape, generator=g, device=patches.device) < cfg.patch_flip_p
+
+        def mine(t: Tensor) -> Tensor:  # this rank's rows of every view, back in torch.cat(views) order
+            return t[:, rank * local : (rank + 1) * local].reshape(views * local, rows, cols)
+
+        drop, keep, flip = mine(drop), mine(keep), mine(flip)
+        channels = F.one_hot(keep, 3).bool() | ~drop[..., None]  # (N, rows, cols, 3): which channels stay
+        patches = patches * channels[..., None, None].to(patches.dtype)
+        return torch.where(flip[..., None, None, None], patches.flip(-1), patches)
+
     def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, Tensor]]:
         self.check_views(views)
         used = views if self.config.use_both_views else views[:1]
         grid = PatchGridBackbone(self.backbone, self.config.patch_size, self.config.patch_stride)
-        latents = grid.grid(torch.cat(used)).chunk(len(used))  # all patches of all used views in one forward
+        images = torch.cat(used)
+        patches = self.augment_patches(patch_grid(images, grid.patch, grid.stride), step, len(used))
+        latents = grid.encode(patches, channels_last=images.is_contiguous(memory_format=torch.channels_last))
+        latents = latents.chunk(len(used))  # all patches of all used views went through one forward
         loss = sum(self.view_loss(z) for z in latents) / len(latents)
         return loss, {"loss": loss.detach()}
