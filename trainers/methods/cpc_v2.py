@@ -155,7 +155,9 @@ class ContextNetwork(nn.Module):
     def forward(self, latents: Tensor) -> list[Tensor]:
         """(B, H, W, D) latents -> predictions of latents[:, k:] for each offset k, each (B, H-k, W, D)."""
         rows = latents.shape[1]
-        context = self.blocks(latents.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        # contiguous NCHW: a permuted (NHWC-strided) input gives the 1x1 convs NHWC-strided weight
+        # gradients, which DDP's buckets (laid out like the parameters) must copy, with a warning
+        context = self.blocks(latents.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1)
         return [w(context[:, : rows - k]) for k, w in zip(self.offsets, self.predictors)]
 
 
