@@ -116,3 +116,11 @@ def test_patch_augmentation_off_is_a_no_op_and_half_changes_some_patches():
     out = method.augment_patches(patches, 0, 2)
     changed = (out != patches).flatten(3).any(dim=-1)
     assert 0 < int(changed.sum()) < changed.numel()  # p = 0.5: some patches changed, some not
+
+
+def test_export_refuses_the_patch_grid_rather_than_export_a_patch_network_as_an_image_one():
+    from evaluation.export import export_recipe
+
+    method = build_method(TINY_CONFIGS["cpc_v2"], seed=0)
+    with pytest.raises(UsageError, match="cannot export a PatchGridBackbone backbone"):
+        export_recipe(method.eval_backbone)
