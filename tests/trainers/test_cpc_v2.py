@@ -124,3 +124,13 @@ def test_export_refuses_the_patch_grid_rather_than_export_a_patch_network_as_an_
     method = build_method(TINY_CONFIGS["cpc_v2"], seed=0)
     with pytest.raises(UsageError, match="cannot export a PatchGridBackbone backbone"):
         export_recipe(method.eval_backbone)
+
+
+def test_a_train_config_whose_views_are_too_small_for_the_grid_fails_before_any_worker():
+    from tests.trainers.tiny import train_config
+
+    train_config(TINY_CONFIGS["cpc_v2"]).method_config()  # 16 px: 3 rows, max_offset 2: fine
+    with pytest.raises(UsageError, match=r"16 px views give a grid of 3 rows of 8 px patches \(stride 4\); max_offset=3"):
+        train_config(dict(TINY_CONFIGS["cpc_v2"], max_offset=3)).method_config()
+    with pytest.raises(UsageError, match=r"16 px views give a grid of 0 rows of 20 px patches"):
+        train_config(dict(TINY_CONFIGS["cpc_v2"], patch_size=20)).method_config()

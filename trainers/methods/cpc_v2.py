@@ -76,6 +76,14 @@ class CPCV2Config(MethodConfig):
         return self
 
 
+    def check_view_sizes(self, global_sizes: list[int]) -> None:
+        for size in global_sizes:
+            rows = (size - self.patch_size) // self.patch_stride + 1 if size >= self.patch_size else 0
+            if rows <= self.max_offset:
+                raise UsageError(f"{size} px views give a grid of {rows} rows of {self.patch_size} px patches "
+                                 f"(stride {self.patch_stride}); max_offset={self.max_offset} needs more")
+
+
 def patch_grid(images: Tensor, patch: int, stride: int) -> Tensor:
     """(B, 3, S, S) images -> (B, rows, cols, 3, patch, patch) overlapping patches (a view, no copy)."""
     if images.shape[-1] < patch or images.shape[-2] < patch:
