@@ -35,7 +35,8 @@ from trainers import distributed  # noqa: E402
 from trainers.methods import METHODS, build_method  # noqa: E402
 
 LOCAL_VIEWS = {"swav": 2, "dino": 2}
-EXTRA = {"swav": {"queue_size": 3840}}
+EXTRA = {"swav": {"queue_size": 3840},
+         "cpc_v2": {"patch_size": 16, "patch_stride": 8}}  # 64 px views -> a 7 x 7 grid of 16 px patches
 
 
 def _rss_mb() -> float:

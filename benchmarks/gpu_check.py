@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py                      # on the GPU box (about 2-4 min on an H100)
     python benchmarks/gpu_check.py --device cpu --quick # the CPU fallback CI runs (tiny sizes)
 
-What it checks, for every method (simclr, moco_v2, moco_v3, swav, dino, byol, simsiam):
+What it checks, for every method (simclr, moco_v2, moco_v3, swav, dino, byol, simsiam, cpc_v2):
 `training_step` + backward + LARS step of ResNet-50 at 224 px, batch 128, bf16 autocast and
 channels_last, on synthetic tensors (`<method>_samples_per_s`, `<method>_peak_mem_gb`); the
 same step through a 1-rank process group (backend ``cpu:gloo,cuda:nccl``, the one Ray Train
@@ -36,7 +36,7 @@ from typing import Any, Callable
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam")
+METHODS = ("simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam", "cpc_v2")
 MULTICROP = ("swav", "dino")
 
 
@@ -57,7 +57,11 @@ def _method_config(name: str, s: dict[str, Any], batch: int) -> dict[str, Any]:
         config["queue_size"] = batch * 16
     if name == "swav":
         config["queue_size"] = 0
-    if s["size"] < 64:  # quick: small heads
+    if name == "cpc_v2":  # 224 px: a 6 x 6 grid of 64 px patches (stride 32); quick 16 px: 3 x 3 of 8 px
+        config.update(patch_size=64, patch_stride=32, bidirectional=True) if s["size"] >= 64 else \
+            config.update(patch_size=8, patch_stride=4, max_offset=2, bidirectional=True, context_hidden_dim=16)
+        config["backbone"] = {**s["backbone"], "norm": "layer"}
+    if s["size"] < 64 and name != "cpc_v2":  # quick: small heads
         config.update({"simclr": dict(projection_hidden_dim=32, projection_dim=16),
                        "moco_v2": dict(projection_hidden_dim=32, projection_dim=16),
                        "moco_v3": dict(projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32),

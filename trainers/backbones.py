@@ -7,7 +7,7 @@ the methods' business. A registry maps names to builders.
 """
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +28,8 @@ class BackboneConfig(BaseModel):
     width: float = Field(1.0, gt=0, description="channel multiplier (ResNets, ConvNet)")
     small_images: bool = Field(False, description="3x3 stride-1 stem, no max-pool: for 28-64 px inputs")
     zero_init_residual: bool = False
+    norm: Literal["batch", "layer"] = Field(
+        "batch", description="ResNet/ConvNet normalisation: batch, or layer (GroupNorm(1, C): per-sample, as CPC v2)")
     image_size: int = Field(224, ge=8, description="ViT: size of the global crops (positions interpolate)")
     patch_size: int | None = Field(None, ge=1, description="ViT: patch size (default per model)")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth of the online network (teachers have none)")
@@ -56,6 +58,16 @@ class Backbone(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return set()
+
+
+def norm_layer(kind: str) -> Callable[[int], nn.Module]:
+    """The 2-D normalisation a conv backbone uses: BatchNorm2d, or layer norm over (C, H, W).
+
+    Layer norm of a conv map is GroupNorm with one group (per-sample statistics over C, H, W and a
+    per-channel affine): no statistic crosses samples, which CPC v2 needs (Hénaff et al. 2020,
+    section 4.1: batch norm lets patches of one image leak into each other's features).
+    """
+    return nn.BatchNorm2d if kind == "batch" else (lambda channels: nn.GroupNorm(1, channels))
 
 
 def _existing(net: nn.Module, names: set[str]) -> set[str]:
@@ -95,7 +107,8 @@ class ResNetBackbone(Backbone):
     def __init__(self, depth: int, config: BackboneConfig) -> None:
         super().__init__()
         block, layers = {18: (tv_resnet.BasicBlock, [2, 2, 2, 2]), 50: (tv_resnet.Bottleneck, [3, 4, 6, 3])}[depth]
-        net = _WidthResNet(block, layers, config.width, zero_init_residual=config.zero_init_residual)
+        net = _WidthResNet(block, layers, config.width, zero_init_residual=config.zero_init_residual,
+                           norm_layer=norm_layer(config.norm))
         if config.small_images:
             # CIFAR-style stem (as solo-learn/SimCLR do for 32 px): keeps spatial detail.
             net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
@@ -258,10 +271,11 @@ class ConvNetBackbone(Backbone):
         widths = [max(1, int(round(c * config.width))) for c in (32, 64, 128, 256)]
         layers: list[nn.Module] = []
         in_channels = 3
+        norm = norm_layer(config.norm)
         for i, out_channels in enumerate(widths):
             layers += [
                 nn.Conv2d(in_channels, out_channels, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
-                nn.BatchNorm2d(out_channels),
+                norm(out_channels),
                 nn.ReLU(inplace=True),
             ]
             in_channels = out_channels

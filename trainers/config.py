@@ -215,7 +215,9 @@ class TrainConfig(_Strict):
         data.setdefault("global_batch_size", self.batch_size)
         if spec.num_global != 2:
             raise UsageError(f"data.recipe {self.data.recipe!r} makes {spec.num_global} global views; methods need 2")
-        return parse_method_config(data)
+        config = parse_method_config(data)
+        config.check_view_sizes([v.size for v in spec.views if v.kind == "global"])
+        return config
 
     def per_worker_batch(self) -> int:
         return self.batch_size // self.scaling.num_workers

@@ -17,7 +17,7 @@ from trainers import distributed
 
 __all__ = [
     "nt_xent", "info_nce", "moco_v3", "sinkhorn", "swav", "dino", "dino_center_update", "negative_cosine",
-    "barlow_twins", "vicreg", "moby",
+    "barlow_twins", "vicreg", "moby", "cpc_infonce",
 ]
 
 
@@ -274,3 +274,37 @@ def moby(p1: Tensor, p2: Tensor, k1: Tensor, k2: Tensor, queue1: Tensor, queue2:
     view's earlier keys (K x D, l2-normalised, no gradient). Mean over local samples per term.
     """
     return info_nce(p1, k2, queue2, temperature) + info_nce(p2, k1, queue1, temperature)
+
+
+def cpc_infonce(latents: Tensor, predictions: Sequence[Tensor], offsets: Sequence[int]) -> Tensor:
+    """CPC's InfoNCE over a grid of patch latents (Hénaff et al. 2020, https://arxiv.org/abs/1905.09272, eq. 3).
+
+    `latents` (B, H, W, D): this rank's images, a D-vector per patch of an H x W grid.
+    `predictions[m]` (B, H - |k|, W, D) with k = `offsets[m]`: predictions of the latents k rows
+    below (k > 0: of `latents[:, k:]`, made from context rows 0..H-k-1) or |k| rows above (k < 0:
+    of `latents[:, :H+k]`, the bottom-up direction). Each prediction's logits are its dot products
+    with EVERY latent of the global batch (all locations of all images of all ranks, gathered with
+    gradient); the positive is its target patch, the rest are the negatives the paper names
+    ("other locations in the image and other images in the mini-batch"). No normalisation or
+    temperature (the paper scores z^T W_k c). Returns the mean over this rank's predictions of
+    -log softmax at the positive, i.e. the paper's sum over (i, j, k) divided by its count.
+    """
+    if latents.dim() != 4:
+        raise ValueError(f"cpc_infonce needs latents of shape (B, H, W, D), got {tuple(latents.shape)}")
+    if len(predictions) != len(offsets) or not predictions:
+        raise ValueError(f"cpc_infonce needs one offset per prediction, got {len(predictions)} and {len(offsets)}")
+    batch, rows, cols, dim = latents.shape
+    local = batch * rows * cols
+    candidates = distributed.gather_with_grad(latents.reshape(local, dim))  # one collective, rank order
+    index = (torch.arange(local, device=latents.device) + distributed.rank() * local).view(batch, rows, cols)
+    anchors, targets = [], []
+    for prediction, k in zip(predictions, offsets):
+        if not 0 < abs(k) < rows:
+            raise ValueError(f"offset {k} needs 0 < |offset| < grid rows ({rows})")
+        if tuple(prediction.shape) != (batch, rows - abs(k), cols, dim):
+            raise ValueError(f"prediction for offset {k} has shape {tuple(prediction.shape)}; "
+                             f"expected {(batch, rows - abs(k), cols, dim)}")
+        anchors.append(prediction.reshape(-1, dim))
+        targets.append((index[:, k:] if k > 0 else index[:, : rows + k]).reshape(-1))
+    logits = torch.cat(anchors) @ candidates.T
+    return F.cross_entropy(logits, torch.cat(targets))

@@ -2,7 +2,10 @@
 
 Parameter groups come from `Method.parameter_groups` and carry flags besides `params`:
 `weight_decay` (its base value; 0 for biases/norms), `lars_adaptation` (trust ratio on or off),
-`fixed_lr` (SimSiam's predictor: the peak LR throughout) and `norm_or_bias`. The two exclusions
+`fixed_lr` (SimSiam's predictor: the peak LR throughout), `norm_or_bias`, and `lr_scale` (a
+factor on the group's whole LR schedule: Barlow Twins gives biases and norms 0.0048 / 0.2 = 0.024
+of the weights' LR, barlowtwins main.py `adjust_learning_rate`; the config's
+`bias_norm_lr_scale` sets it for the biases/norms groups, 1 elsewhere). The two exclusions
 are independent, so a recipe can decay a parameter it does not adapt or the reverse; the
 config's `weight_decay_on_all_parameters` / `lars_adaptation_on_all_parameters` switch them on
 for biases and norms where the official code passes `model.parameters()` unfiltered (MoCo v2,
@@ -61,6 +64,8 @@ class OptimizerConfig(BaseModel):
     lars_adaptation_on_all_parameters: bool = Field(
         False, description="LARS trust ratio on biases and norms too (SwAV's LARC over model.parameters())"
     )
+    bias_norm_lr_scale: float = Field(
+        1.0, gt=0, description="biases/norms groups run at this x the LR schedule (Barlow Twins: 0.0048/0.2 = 0.024)")
     momentum: float = Field(0.9, ge=0, lt=1)
     betas: tuple[float, float] = (0.9, 0.999)
     trust_coefficient: float = Field(0.001, gt=0, description="LARS eta")
@@ -163,6 +168,7 @@ def _effective_groups(config: OptimizerConfig, parameter_groups: list[dict]) -> 
             norm_or_bias and config.lars_adaptation_on_all_parameters
         )
         g["fixed_lr"] = bool(g.get("fixed_lr", False))
+        g["lr_scale"] = float(g.get("lr_scale", config.bias_norm_lr_scale if norm_or_bias else 1.0))
         g["decayed"] = g["weight_decay"] > 0  # follows the weight-decay schedule
         groups.append(g)
     return groups
@@ -174,6 +180,8 @@ def build_optimizer(
     """Optimizer over `parameter_groups` (each with its own flags) at the scaled LR."""
     lr = scaled_learning_rate(config.base_lr, global_batch_size, config.lr_scaling, config.reference_batch_size)
     groups = _effective_groups(config, parameter_groups)
+    for g in groups:
+        g.setdefault("lr", lr * g["lr_scale"])
     if config.name == "lars":
         return LARS(groups, lr=lr, momentum=config.momentum, trust_coefficient=config.trust_coefficient,
                     larc=config.trust_ratio == "larc")
@@ -213,8 +221,8 @@ class OptimizerSchedule:
         return float(self.lr[step])
 
     def group_values(self, group: dict, step: int) -> tuple[float, float]:
-        """(lr, weight_decay) of `group` at `step`."""
-        lr = self.peak_lr if group.get("fixed_lr") else float(self.lr[step])
+        """(lr, weight_decay) of `group` at `step`: the schedule (or the peak, if fixed) x its `lr_scale`."""
+        lr = (self.peak_lr if group.get("fixed_lr") else float(self.lr[step])) * group.get("lr_scale", 1.0)
         wd = float(self.weight_decay[step]) if group.get("decayed", group.get("weight_decay", 0) > 0) else 0.0
         return lr, wd
 
@@ -232,7 +240,7 @@ def optimizer_schedule(config: OptimizerConfig, global_batch_size: int, total_st
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's LR (groups keep their own weight decay); fixed-LR groups are skipped."""
+    """Set every group's LR x its `lr_scale` (groups keep their own weight decay); fixed-LR groups are skipped."""
     for group in optimizer.param_groups:
         if not group.get("fixed_lr"):
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)

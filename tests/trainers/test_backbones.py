@@ -133,3 +133,19 @@ def test_a_builder_must_return_a_backbone():
             build_backbone("plain")
     finally:
         del BACKBONES["plain"]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "convnet"])
+def test_layer_norm_option_has_no_batch_statistics(name):
+    """norm: layer (CPC v2) is GroupNorm(1, C): one sample's features never depend on the others'."""
+    net = build_backbone({"name": name, "width": 0.25, "norm": "layer", "zero_init_residual": name != "convnet"})
+    norms = [m for m in net.modules() if isinstance(m, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm))]
+    assert norms and all(isinstance(m, nn.GroupNorm) and m.num_groups == 1 for m in norms)
+    if name == "resnet50":  # zero_init_residual still zeroes the last norm of each block
+        assert all(float(b.bn3.weight.abs().sum()) == 0 for b in net.net.layer1)
+    net.train()
+    x = torch.randn(3, 3, 32, 32)
+    y = x.clone()
+    y[1:] *= 10
+    torch.testing.assert_close(net(x)[0], net(y)[0])
+    assert not [n for n, _ in net.named_buffers() if "running" in n]

@@ -13,7 +13,7 @@ from viewstream.errors import UsageError
 
 
 def test_registry_has_every_method():
-    assert set(METHODS) == {"simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam", "barlow_twins", "vicreg", "moby"}
+    assert set(METHODS) == {"simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam", "barlow_twins", "vicreg", "moby", "cpc_v2"}
     for name, cls in METHODS.items():
         assert issubclass(cls, Method) and cls.name == name and cls.config_class().name == name
 
@@ -52,7 +52,7 @@ def test_same_seed_same_weights_and_global_rng_untouched():
 @pytest.mark.parametrize(
     "config,match",
     [
-        ({"name": "simclrr"}, r"unknown method 'simclrr'; expected one of: barlow_twins, byol, dino"),
+        ({"name": "simclrr"}, r"unknown method 'simclrr'; expected one of: barlow_twins, byol, cpc_v2, dino"),
         ({"name": "simclr", "backbone": {"name": "resnet101"}}, r"backbone.name='resnet101' is unknown.*resnet18"),
         ({"name": "simclr", "temperature": 0}, r"temperature: Input should be greater than 0 \(got 0\)"),
         ({"name": "dino", "teacher_temperature": -0.04}, r"teacher_temperature: .*\(got -0.04\)"),

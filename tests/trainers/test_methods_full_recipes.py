@@ -69,6 +69,11 @@ def _barlow_vicreg_lr(base_lr, batch, epochs, steps_per_epoch):
     return lr
 
 
+def _constant_after_linear_warmup(peak, warmup):
+    """CPC v2 as configured (Adam at a constant LR after a linear warm-up from 0; see configs/full/cpc_v2.yaml)."""
+    return lambda step: peak * step / warmup if step < warmup else peak
+
+
 def _timm_cosine_no_prefix(peak, warmup_lr, min_lr, warmup, total):
     """Transformer-SSL lr_scheduler.py: timm CosineLRScheduler(t_initial=total, warmup_t, warmup_lr_init,
     lr_min, t_in_epochs=False) without warmup_prefix: the cosine runs over t from 0 under the warm-up."""
@@ -139,6 +144,7 @@ OFFICIAL = {
     "barlow_twins": dict(  # facebookresearch/barlowtwins main.py defaults
         batch=2048, epochs=1000, optimizer="lars", larc=False,
         lr=lambda n, T: _barlow_vicreg_lr(0.2, 2048, 1000, n),
+        bias_norm_lr=lambda n, T: _barlow_vicreg_lr(0.0048, 2048, 1000, n),  # param_groups[1]: lr x learning_rate_biases
         weight_decay=(1e-6, 1e-6), decay_norms_and_biases=False, adapt_norms_and_biases=False,  # exclude_bias_and_norm
         temperatures={}, method={"projection_hidden_dim": 8192, "projection_dim": 8192, "lambd": 0.0051},
         crops=(2, 0, 224, None), scales=((0.08, 1.0),),
@@ -161,6 +167,15 @@ OFFICIAL = {
         method={"queue_size": 4096, "projection_hidden_dim": 4096, "projection_dim": 256, "prediction_hidden_dim": 4096},
         crops=(2, 0, 224, None), scales=((0.08, 1.0),),
         jitter=(0.4, 0.4, 0.2, 0.1), blur=(1.0, 0.1), solarize=(0.0, 0.2),
+    ),
+    "cpc_v2": dict(  # Hénaff et al. 2020 appendix A as recalled (no official code; the config's header says what is unchecked)
+        batch=512, epochs=200, optimizer="adamw",
+        lr=lambda n, T: _constant_after_linear_warmup(4e-4, 2500),
+        weight_decay=(0.0, 0.0), decay_norms_and_biases=False, adapt_norms_and_biases=False,
+        temperatures={}, method={"patch_size": 80, "patch_stride": 36, "min_offset": 2, "max_offset": 5,
+                                         "patch_color_drop_p": 1.0, "patch_flip_p": 0.5},
+        crops=(2, 0, 260, None), scales=((0.08, 1.0),),
+        jitter=(0.4, 0.4, 0.4, 0.1), blur=(0.5, 0.5), solarize=(0.0, 0.0),
     ),
     "simsiam": dict(  # facebookresearch/simsiam main_simsiam.py defaults + --fix-pred-lr
         batch=512, epochs=100, optimizer="sgd",
@@ -197,7 +212,9 @@ def test_header_cites_the_official_source_and_the_papers_top1(recipe):
             break
         header.append(line)
     text = " ".join(header)
-    assert any(org in text for org in ("facebookresearch/", "google-research/", "deepmind-research", "SwinTransformer/")), name
+    sources = ("facebookresearch/", "google-research/", "deepmind-research", "SwinTransformer/",
+               "arxiv.org/abs/")  # the paper, for methods without released code (CPC v2)
+    assert any(org in text for org in sources), name
     assert "top-1" in text and any(ch.isdigit() for ch in text.split("top-1", 1)[1][:40]), name
 
 
@@ -208,6 +225,13 @@ def test_batch_epochs_and_learning_rate(recipe):
     ours = optimizer_schedule(config.optimizer, config.batch_size, total)
     warmup = config.optimizer.warmup_steps
     assert ours[0] == pytest.approx(official(0), rel=1e-9, abs=1e-12)
+    if "bias_norm_lr" in row:  # biases/norms on their own official LR (Barlow Twins' --learning-rate-biases)
+        official_bias = row["bias_norm_lr"](n, total)
+        for step in (0, warmup, (warmup + total) // 2, total - 1):
+            ours.apply(optimizer, step)
+            for g in optimizer.param_groups:
+                expected = official_bias(step) if g["norm_or_bias"] else official(step)
+                assert g["lr"] == pytest.approx(expected, rel=1e-9, abs=1e-15), (name, step, g["norm_or_bias"])
     if name == "moby":  # timm's cosine counts from step 0 under the warm-up, ours after it (commented deviation)
         assert ours[warmup] == pytest.approx(official(warmup), rel=2e-3)
         assert ours[(warmup + total) // 2] == pytest.approx(official((warmup + total) // 2), rel=3e-2)
@@ -277,6 +301,9 @@ def test_temperatures_ema_and_frozen_steps(recipe):
     if name == "moby":
         assert method.backbone.family == "swin" and cfg.backbone.drop_path_rate == row["drop_path"]
         assert stochastic_layers(method.backbone) and not stochastic_layers(method.momentum_backbone)
+    if name == "cpc_v2":  # layer norm, both directions, a 6 x 6 grid of 80 px patches from 260 px
+        assert cfg.backbone.norm == "layer" and cfg.bidirectional
+        assert (260 - cfg.patch_size) // cfg.patch_stride + 1 == 6 and cfg.max_offset == 6 - 1
     if name == "moco_v3":
         net = method.backbone.net
         assert all(b.attn.num_heads == row["vit_heads"] for b in net.blocks) and not net.pos_embed.requires_grad

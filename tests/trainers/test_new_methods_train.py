@@ -1,4 +1,4 @@
-"""Barlow Twins, VICReg and MoBY train through the runner on 2 gloo workers (real local Ray) and their loss falls."""
+"""Barlow Twins, VICReg, MoBY and CPC v2 train through the runner on 2 gloo workers (real local Ray) and their loss falls."""
 from __future__ import annotations
 
 import pytest
@@ -17,6 +17,9 @@ METHODS = {
     "vicreg": (HEADS, {"name": "lars", "base_lr": 1.0, "lr_scaling": "sqrt", "warmup_steps": 3}),
     "moby": ({**HEADS, "prediction_hidden_dim": 64, "queue_size": 64},
              {"name": "adamw", "base_lr": 0.002, "lr_scaling": "none", "warmup_steps": 3, "weight_decay": 0.05}),
+    # 28 px views -> 4 x 4 grids of 10 px patches; the layer-norm ConvNet is the method's default
+    "cpc_v2": ({"patch_size": 10, "patch_stride": 6, "max_offset": 2, "bidirectional": True, "context_blocks": 1},
+               {"name": "adamw", "base_lr": 0.002, "lr_scaling": "none", "warmup_steps": 3, "weight_decay": 1e-5}),
 }
 
 
@@ -40,5 +43,7 @@ def test_trains_on_two_workers_and_the_loss_falls(ray_local, fmnist_shards, tmp_
     assert sum(losses[-4:]) < sum(losses[:4]), losses
     state = load_state(resolve_checkpoint(result.checkpoint))["method"]
     assert any(k.startswith("backbone.") for k in state)
+    if method == "cpc_v2":  # layer norm: GroupNorm weights, no BatchNorm statistics to sync
+        assert not any(k.endswith("running_mean") for k in state) and any(k.startswith("context_up.") for k in state)
     if method == "moby":
         assert int(state["queue.pointer"]) == 0 and int(state["queue.filled"]) == 64  # 24 steps x 32: wrapped

@@ -204,3 +204,46 @@ def test_lars_resumes_from_a_timm_lars_checkpoint():
     new.step()
     torch.testing.assert_close(b.detach(), expected_b)  # plain SGD with momentum, as timm
     torch.testing.assert_close(w.detach(), expected_w, rtol=1e-5, atol=1e-6)  # timm's ratio differs by O(wd)
+
+
+def test_bias_norm_lr_scale_scales_the_whole_schedule_of_biases_and_norms_only():
+    """barlowtwins main.py adjust_learning_rate: param_groups[0] lr x 0.2 (weights), [1] lr x 0.0048 (ndim == 1)."""
+    method = build_method(TINY_CONFIGS["barlow_twins"], seed=0)
+    config = OptimizerConfig(base_lr=0.2, final_lr=0.0016, warmup_steps=10, weight_decay=1.5e-6,
+                             bias_norm_lr_scale=0.0048 / 0.2)
+    optimizer = build_optimizer(config, method.parameter_groups(config.weight_decay), 2048)
+    schedule = optimizer_schedule(config, 2048, 100)
+    assert [g["lr_scale"] for g in optimizer.param_groups if g["norm_or_bias"]] == [pytest.approx(0.024)]
+    assert {g["lr_scale"] for g in optimizer.param_groups if not g["norm_or_bias"]} == {1.0}
+    for step in (0, 5, 10, 99):
+        schedule.apply(optimizer, step)
+        base = 2048 / 256 * (step / 10 if step < 10 else 0.001 + 0.999 * 0.5 * (1 + math.cos(math.pi * (step - 10) / 90)))
+        for g in optimizer.param_groups:
+            official = base * (0.0048 if g["norm_or_bias"] else 0.2)
+            assert g["lr"] == pytest.approx(official, rel=1e-9, abs=1e-15), (step, g["norm_or_bias"])
+    default = build_optimizer(OptimizerConfig(), method.parameter_groups(1e-6), 256)
+    assert all(g["lr_scale"] == 1.0 for g in default.param_groups)  # every other recipe: unchanged
+
+
+def test_bias_norm_lr_scale_survives_a_checkpoint_resume(tmp_path):
+    """Through the real Trainer: the restored optimizer's groups keep their scale and LR."""
+    from tests.trainers.tiny import make_trainer, make_views, view_batch
+
+    config = TINY_CONFIGS["barlow_twins"]
+    optimizer = {"name": "lars", "base_lr": 0.5, "reference_batch_size": 8, "warmup_steps": 1, "weight_decay": 1e-4,
+                 "bias_norm_lr_scale": 0.024}
+    views = make_views(config, 4, seed=3)
+    trainer = make_trainer(config, 4, optimizer=optimizer)
+    for step in range(2):
+        trainer.train_step(view_batch(views[step], step))
+    trainer.save(str(tmp_path))
+    trainer.train_step(view_batch(views[2], 2))
+    expected = [(g["lr_scale"], g["lr"]) for g in trainer.optimizer.param_groups]
+
+    resumed = make_trainer(config, 4, optimizer=dict(optimizer, bias_norm_lr_scale=1.0))  # the checkpoint decides
+    resumed.restore(str(tmp_path))
+    resumed.train_step(view_batch(views[2], 2))
+    got = [(g["lr_scale"], g["lr"]) for g in resumed.optimizer.param_groups]
+    assert got == expected
+    lr = float(trainer.lr[2])
+    assert sorted(expected) == [(pytest.approx(0.024), pytest.approx(0.024 * lr)), (1.0, pytest.approx(lr))]

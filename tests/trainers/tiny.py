@@ -41,6 +41,11 @@ TINY_CONFIGS: dict[str, dict] = {
     # 24 keys per view, batches of 8: both queues wrap at the shared pointer
     "moby": dict(name="moby", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32,
                  queue_size=24, global_batch_size=GLOBAL_BATCH),
+    # 16 px views -> a 3 x 3 grid of 8 px patches; both directions, rows 1 and 2 ahead; per-patch
+    # colour dropping and flips drawn for the global batch (each rank must take its own rows)
+    "cpc_v2": dict(name="cpc_v2", backbone=CONVNET, patch_size=8, patch_stride=4, min_offset=1, max_offset=2,
+                   bidirectional=True, context_blocks=1, context_hidden_dim=16, patch_color_drop_p=0.5,
+                   patch_flip_p=0.5),
     # MoBY's natural backbone at CPU-test size (no drop-path: per-rank randomness breaks equality)
     "moby_swin": dict(name="moby", backbone={"name": "swin_nano", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
                       projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32, queue_size=16),

@@ -33,7 +33,7 @@ def _run(args: list[str], bare: bool) -> dict:
 def test_gpu_check_cpu_quick_runs_on_a_bare_box():
     result = _run(["--device", "cpu", "--quick"], bare=True)
     assert result["pydantic"] == "shim" and result["dali"] == "absent"
-    for method in ("simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam"):
+    for method in ("simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam", "cpc_v2"):
         assert result[f"{method}_samples_per_s"] > 0
     assert result["collectives_ok"] is True and result["process_group_backend"] == "gloo"
     assert result["ddp_vs_flat_step_ratio"] > 0

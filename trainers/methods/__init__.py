@@ -12,6 +12,7 @@ from trainers.methods.base import (
 )
 from trainers.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
 from trainers.methods.byol import BYOL, BYOLConfig
+from trainers.methods.cpc_v2 import CPCV2, CPCV2Config
 from trainers.methods.dino import DINO, DINOConfig
 from trainers.methods.moco_v2 import MoCoV2, MoCoV2Config
 from trainers.methods.moco_v3 import MoCoV3, MoCoV3Config
@@ -26,6 +27,6 @@ __all__ = [
     "METHODS", "Method", "MethodConfig", "build_method", "parse_method_config", "register_method",
     "ema_update", "frozen_copy", "stochastic_layers", "EmbeddingQueue",
     "BarlowTwins", "BarlowTwinsConfig", "MoBY", "MoBYConfig", "VICReg", "VICRegConfig",
-    "BYOL", "BYOLConfig", "DINO", "DINOConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV3Config",
+    "BYOL", "BYOLConfig", "CPCV2", "CPCV2Config", "DINO", "DINOConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV3Config",
     "SimCLR", "SimCLRConfig", "SimSiam", "SimSiamConfig", "SwAV", "SwAVConfig",
 ]

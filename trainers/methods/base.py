@@ -83,6 +83,9 @@ class MethodConfig(BaseModel):
             raise ValueError(f"backbone.name={self.backbone.name!r} is unknown; expected one of: {', '.join(sorted(BACKBONES))}")
         return self
 
+    def check_view_sizes(self, global_sizes: list[int]) -> None:
+        """Raise UsageError if views of these sizes (px) cannot work; called by TrainConfig before any worker starts."""
+
 
 class Method(nn.Module):
     """Backbone + heads + loss + per-step state updates of one SSL method (see module doc)."""
