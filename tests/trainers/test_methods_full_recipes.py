@@ -168,12 +168,17 @@ OFFICIAL = {
         crops=(2, 0, 224, None), scales=((0.08, 1.0),),
         jitter=(0.4, 0.4, 0.2, 0.1), blur=(1.0, 0.1), solarize=(0.0, 0.2),
     ),
-    "cpc_v2": dict(  # Hénaff et al. 2020 appendix A as recalled (no official code; the config's header says what is unchecked)
+    # Hénaff et al. 2020 (no official code). Context network and min_offset: the appendix A.2 pseudo-code
+    # (5 blocks of 256, steps_to_ignore=2); colour dropping in every patch: section 4.1 as
+    # paperswithcode summarises it; the rest as recalled
+    # (the config's header says what is not re-checked).
+    "cpc_v2": dict(
         batch=512, epochs=200, optimizer="adamw",
         lr=lambda n, T: _constant_after_linear_warmup(4e-4, 2500),
         weight_decay=(0.0, 0.0), decay_norms_and_biases=False, adapt_norms_and_biases=False,
-        temperatures={}, method={"patch_size": 80, "patch_stride": 36, "min_offset": 2, "max_offset": 5,
-                                         "patch_color_drop_p": 1.0, "patch_flip_p": 0.5},
+        temperatures={}, method={"patch_size": 80, "patch_stride": 36, "min_offset": 3, "max_offset": 5,
+                                 "context_blocks": 5, "context_hidden_dim": 256,
+                                 "patch_color_drop_p": 1.0, "patch_flip_p": 0.5},
         crops=(2, 0, 260, None), scales=((0.08, 1.0),),
         jitter=(0.4, 0.4, 0.4, 0.1), blur=(0.5, 0.5), solarize=(0.0, 0.0),
     ),
