@@ -169,7 +169,7 @@ OFFICIAL = {
         jitter=(0.4, 0.4, 0.2, 0.1), blur=(1.0, 0.1), solarize=(0.0, 0.2),
     ),
     # Hénaff et al. 2020 (no official code). Context network and min_offset: the appendix A.2 pseudo-code
-    # (5 blocks of 256, steps_to_ignore=2); colour dropping in every patch: section 4.1 as
+    # (arXiv v2; 5 blocks of 256, steps_to_ignore=2); colour dropping in every patch: section 4.1 as
     # paperswithcode summarises it; the rest as recalled
     # (the config's header says what is not re-checked).
     "cpc_v2": dict(

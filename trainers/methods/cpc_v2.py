@@ -7,7 +7,7 @@ a linear map W_k per offset predicts z_{i+k,j} = W_k c_ij, scored against every 
 the global batch with InfoNCE (:func:`trainers.losses.cpc_infonce`, negatives gathered across
 ranks with gradient). With `bidirectional`, a second context network and its own W_k run on
 the grid flipped upside down and predict rows above ("predicting lengths and directions").
-Two departures from the paper's appendix A.2 pseudo-code (as public transcriptions give it): its
+Two departures from the appendix A.2 pseudo-code of arXiv v2 (as public transcriptions give it): its
 masked step is a 1x3 then a 2x1 convolution on a map padded one row above (2 rows x 3 columns;
 ours is `context_kernel` rows and columns), and it scores 64-d 1x1 projections of the latents
 against 64-d predictions scaled by 0.1 (ours: W_k to the full latent width, raw latents as targets).
