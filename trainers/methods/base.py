@@ -31,7 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import Tensor, nn
 
-from trainers.backbones import BACKBONES, BackboneConfig, build_backbone
+from trainers.backbones import BackboneConfig, build_backbone, is_known_backbone, unknown_backbone_message
 from trainers.distributed import convert_sync_batchnorm
 from viewstream.errors import UsageError, usage_error_from
 
@@ -79,8 +79,9 @@ class MethodConfig(BaseModel):
                 f"num_local_views={self.num_local_views}: method {self.name!r} has no multi-crop; "
                 "use 0 (multi-crop methods: swav, dino)"
             )
-        if self.backbone.name not in BACKBONES:
-            raise ValueError(f"backbone.name={self.backbone.name!r} is unknown; expected one of: {', '.join(sorted(BACKBONES))}")
+        if not is_known_backbone(self.backbone.name):
+            raise ValueError(unknown_backbone_message(self.backbone.name).replace(
+                f"unknown backbone {self.backbone.name!r}", f"backbone.name={self.backbone.name!r} is unknown"))
         return self
 
 
