@@ -9,6 +9,8 @@ A runner drives any method the same way (one step, every rank)::
         schedule.apply(optimizer, step)
         views = batch.views                             # global crops first, then local crops
         loss, logs = method.training_step(views, step)  # loss: this rank's local mean; logs local
+                                                        # (+ samples=SampleIds(...) for methods
+                                                        # with needs_sample_ids: iBOT's masks)
                                                         # 0-d tensors (no .item()): reduce_logs(logs)
         optimizer.zero_grad(set_to_none=True)           #   at log steps only
         loss.backward()                                 # the runner calls training_step as DDP's
@@ -25,7 +27,10 @@ Methods reach other ranks only through :mod:`trainers.distributed`.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import numpy as np
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,6 +41,7 @@ from trainers.distributed import convert_sync_batchnorm
 from viewstream.errors import UsageError, usage_error_from
 
 __all__ = [
+    "SampleIds",
     "MethodConfig",
     "Method",
     "METHODS",
@@ -46,6 +52,22 @@ __all__ = [
     "frozen_copy",
     "stochastic_layers",
 ]
+
+
+@dataclass(frozen=True)
+class SampleIds:
+    """Which samples a (micro-)batch holds, for per-sample draws made in the method (iBOT's masks).
+
+    `rows` are the batch's `ViewBatch.rows` (int64, this rank's samples in batch order): a draw
+    that is a function of (seed, epoch, row) gives a sample the same masks whatever rank or
+    batch it lands in, as the augmentation parameters (pipeline/params.py). A plain dataclass
+    of host values so DDP's forward passes it through untouched (its `_recursive_to` moves only
+    tensors and containers of them) and nothing here waits on the device.
+    """
+
+    seed: int
+    epoch: int
+    rows: np.ndarray
 
 
 class MethodConfig(BaseModel):
@@ -90,6 +112,7 @@ class Method(nn.Module):
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
+    needs_sample_ids: ClassVar[bool] = False  # the runner passes `samples=SampleIds(...)` to training_step
 
     def __init__(self, config: MethodConfig) -> None:
         super().__init__()
