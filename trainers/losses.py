@@ -227,8 +227,9 @@ def ibot_center_update(teacher_cls: Sequence[Tensor], teacher_patch: Sequence[Te
 
     `teacher_cls[q]` (B, K), `teacher_patch[q]` (B, L, K2); returns (center, patch_center).
     """
-    cls = torch.cat([t.detach() for t in teacher_cls], dim=0)
-    patch = torch.cat([t.detach().mean(dim=1) for t in teacher_patch], dim=0)
+    dtype = torch.promote_types(center.dtype, torch.float32)  # sums of bf16 autocast outputs in fp32
+    cls = torch.cat([t.detach().to(dtype) for t in teacher_cls], dim=0)
+    patch = torch.cat([t.detach().to(dtype).mean(dim=1) for t in teacher_patch], dim=0)
     sums = distributed.all_reduce_sum(torch.cat([cls.sum(dim=0), patch.sum(dim=0)])[None])
     total = cls.shape[0] * distributed.world_size()
     k = cls.shape[1]
