@@ -61,3 +61,12 @@ def test_shared_head_uses_one_last_layer_for_cls_and_patches():
     separate = build_method(TINY_CONFIGS["ibot_separate_heads"], seed=0)
     with torch.no_grad():
         assert separate.head.forward_tokens(cls, patches)[1].shape == (2, 3, 24)
+
+
+def test_the_exported_backbone_is_the_teacher_vit(tmp_path):
+    from evaluation.export import export_backbone
+
+    method = build_method(TINY_CONFIGS["ibot"], seed=0)
+    info = export_backbone(method.eval_backbone, tmp_path / "ibot.safetensors")  # verified rebuild
+    assert method.eval_backbone is method.teacher_backbone and info.metadata["library"] == "timm"
+    assert not any("mask_token" in k for k in method.eval_backbone.state_dict())

@@ -16,6 +16,7 @@ FAMILIES = [
     ("test_resnet", "convnet", 96, None, 32),
     ("test_convnext", "convnet", 64, None, 32),
     ("test_efficientnet", "convnet", 256, None, 32),
+    ("regnetx_002", "convnet", 368, None, 32),
     ("test_vit", "vit", 64, 16, 32),
     ("deit_tiny_distilled_patch16_224", "vit", 192, 16, 32),  # DeiT: 2 prefix tokens
     ("swin_tiny_patch4_window7_224", "swin", 768, 4, 32),
@@ -57,7 +58,7 @@ def test_timm_model_trains_one_step_through_the_trainer(model, family, dim, patc
     assert len(moved) > 0.5 * len(before)  # not all: timm zero-initialises the last BN of residual blocks
 
 
-@pytest.mark.parametrize("model,family,dim,patch,px", FAMILIES[:4], ids=[f[0] for f in FAMILIES[:4]])
+@pytest.mark.parametrize("model,family,dim,patch,px", FAMILIES[:5], ids=[f[0] for f in FAMILIES[:5]])
 def test_timm_model_exports_as_a_timm_model(model, family, dim, patch, px, tmp_path):
     net = build_backbone(BackboneConfig(name=f"timm:{model}", image_size=px)).eval()
     info = export_backbone(net, tmp_path / "b.safetensors")  # verified: rebuilt model, same features
