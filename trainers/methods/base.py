@@ -9,10 +9,10 @@ A runner drives any method the same way (one step, every rank)::
         schedule.apply(optimizer, step)
         views = batch.views                             # global crops first, then local crops
         loss, logs = method.training_step(views, step)  # loss: this rank's local mean; logs local
-                                                        # (+ samples=SampleIds(...) for methods
-                                                        # with needs_sample_ids: iBOT's masks)
                                                         # 0-d tensors (no .item()): reduce_logs(logs)
         optimizer.zero_grad(set_to_none=True)           #   at log steps only
+                                                        # (methods with needs_sample_ids also get
+                                                        # samples=SampleIds(...): iBOT's masks)
         loss.backward()                                 # the runner calls training_step as DDP's
                                                         # forward (distributed.data_parallel)
         method.clip_gradients(max_norm)                 # if configured; DINO clips per parameter
@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import Tensor, nn
@@ -99,7 +98,7 @@ class MethodConfig(BaseModel):
         if self.num_local_views and not self.supports_local_views:
             raise ValueError(
                 f"num_local_views={self.num_local_views}: method {self.name!r} has no multi-crop; "
-                "use 0 (multi-crop methods: swav, dino)"
+                "use 0 (multi-crop methods: swav, dino, ibot)"
             )
         if not is_known_backbone(self.backbone.name):
             raise ValueError(unknown_backbone_message(self.backbone.name).replace(
