@@ -34,9 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainers import distributed  # noqa: E402
 from trainers.methods import METHODS, build_method  # noqa: E402
 
-LOCAL_VIEWS = {"swav": 2, "dino": 2}
+LOCAL_VIEWS = {"swav": 2, "dino": 2, "ibot": 2}
 EXTRA = {"swav": {"queue_size": 3840},
          "cpc_v2": {"patch_size": 16, "patch_stride": 8}}  # 64 px views -> a 7 x 7 grid of 16 px patches
+# ResNet-18 for every method except those that need patch tokens (iBOT: ViT-S/16, masked globals)
+BACKBONE = {"ibot": lambda px: {"name": "vit_small", "image_size": px}}
 
 
 def _rss_mb() -> float:
@@ -47,7 +49,8 @@ def _measure(name: str, batch: int, px: int, steps: int) -> dict:
     """Time `steps` runner steps (after one warm-up step) on this process's share."""
     torch.set_num_threads(1)
     base_rss = _rss_mb()
-    config = {"name": name, "backbone": {"name": "resnet18"}, "num_local_views": LOCAL_VIEWS.get(name, 0),
+    backbone = BACKBONE[name](px) if name in BACKBONE else {"name": "resnet18"}
+    config = {"name": name, "backbone": backbone, "num_local_views": LOCAL_VIEWS.get(name, 0),
               **EXTRA.get(name, {})}
     method = build_method(config, seed=0)
     optimizer = torch.optim.SGD(method.parameter_groups(1e-6), lr=0.01, momentum=0.9)

@@ -2,7 +2,7 @@
 
 Users should not need viewstream to use what it trained. The export is the backbone's weights
 under the library model's own parameter names (torchvision's ResNet, timm's VisionTransformer,
-or a plain ``torch.nn.Sequential``), plus a few lines of Python that build that library model
+SwinTransformer or any timm model built by name, or a plain ``torch.nn.Sequential``), plus a few lines of Python that build that library model
 with the right shape (classifier replaced by Identity so it returns features; a small-image
 stem or a width multiplier applied where the backbone has one). The lines are generated from
 the module itself, stored in the file's metadata and a JSON sidecar, and *executed at export
@@ -125,6 +125,23 @@ def _swin_recipe(net: nn.Module) -> ExportRecipe:
     return ExportRecipe("timm", arch, dict(net.state_dict()), code, int(net.patch_embed.img_size[0]), notes)
 
 
+def _timm_recipe(net: nn.Module) -> ExportRecipe:
+    """Any other timm model (the convnets of `timm:<name>` backbones): rebuilt by its registered
+    name with timm's defaults and no classifier. Only a model built with those defaults fits;
+    the strict load and the feature check at export catch any other."""
+    arch = (getattr(net, "pretrained_cfg", None) or {}).get("architecture")
+    if not arch:
+        raise UsageError(f"cannot export this timm {type(net).__name__}: it does not name its architecture")
+    code = f"import timm\nmodel = timm.create_model({arch!r}, pretrained=False, num_classes=0)"
+    size = (getattr(net, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[-1]
+    notes = ["num_classes=0: the model returns its pooled pre-logits features"]
+    return ExportRecipe("timm", arch, dict(net.state_dict()), code, int(size), notes)
+
+
+def _is_timm_model(net: nn.Module) -> bool:
+    return type(net).__module__.startswith("timm.") and bool((getattr(net, "pretrained_cfg", None) or {}).get("architecture"))
+
+
 _SEQUENTIAL_LAYERS: dict[type, Callable[[nn.Module], str]] = {
     nn.Conv2d: lambda m: (f"torch.nn.Conv2d({m.in_channels}, {m.out_channels}, {m.kernel_size}, stride={m.stride}, "
                           f"padding={m.padding}, bias={m.bias is not None})"),
@@ -171,6 +188,7 @@ RECIPES: list[tuple[Callable[[nn.Module], bool], Callable[[Any], ExportRecipe]]]
     (lambda n: isinstance(n, tv_resnet.ResNet), _resnet_recipe),
     (_is_timm_vit, _vit_recipe),
     (_is_timm_swin, _swin_recipe),
+    (_is_timm_model, _timm_recipe),
     (lambda n: isinstance(n, nn.Sequential), _sequential_recipe),
 ]
 
@@ -184,7 +202,7 @@ def export_recipe(backbone: nn.Module) -> ExportRecipe:
             recipe.state_dict = {k: v.detach().cpu().contiguous().clone() for k, v in recipe.state_dict.items()}
             return recipe
     raise UsageError(f"cannot export a {type(net).__name__} backbone: expected a torchvision ResNet, "
-                     "a timm VisionTransformer, a timm SwinTransformer or a torch.nn.Sequential")
+                     "a timm model (VisionTransformer, SwinTransformer or one built by name) or a torch.nn.Sequential")
 
 
 def build_from_code(code: str) -> nn.Module:

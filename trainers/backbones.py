@@ -1,9 +1,10 @@
-"""Feature extractors by name: torchvision ResNets, timm ViTs, a small ConvNet for CPU demos.
+"""Feature extractors by name: torchvision ResNets, timm ViTs, any timm model, a small ConvNet.
 
 Every backbone maps (N, 3, H, W) images to (N, feature_dim) features and declares what it can
 do as fields of :class:`Backbone` (family, feature dim, token output, patch size, no-weight-decay
 names), so methods and export choose by capability, never by guessing from the name; heads are
-the methods' business. A registry maps names to builders.
+the methods' business. A registry maps names to builders; ``timm:<model_name>`` builds any timm
+model of a supported family by name (:class:`TimmBackbone`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from torchvision.models import resnet as tv_resnet
 
 from viewstream.errors import UsageError
 
-__all__ = ["Backbone", "BackboneConfig", "BACKBONES", "build_backbone", "register_backbone"]
+__all__ = ["Backbone", "BackboneConfig", "BACKBONES", "TIMM_PREFIX", "TimmBackbone", "build_backbone",
+           "is_known_backbone", "register_backbone"]
 
 
 class BackboneConfig(BaseModel):
@@ -58,6 +60,48 @@ class Backbone(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return set()
+
+    def forward_tokens(self, images: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor]:
+        """(features (N, feature_dim), patch tokens (N, h*w, feature_dim)) of one forward pass.
+
+        `mask` (N, h, w) bool with `mask_token` (1, feature_dim): masked patch embeddings are
+        replaced by the token before the transformer blocks (iBOT's masked image modelling).
+        Only token-output backbones (ViTs) implement it.
+        """
+        raise UsageError(f"backbone family {self.family!r} has no patch tokens; masked/patch methods need a ViT")
+
+
+def vit_tokens(net: nn.Module, images: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
+    """timm VisionTransformer.forward_features with masked patch embeddings, split into
+    (pooled features as `net(images)` returns them, patch tokens without the prefix tokens).
+
+    Mirrors timm's forward_features step by step (patch_embed, _pos_embed, patch_drop,
+    norm_pre, blocks, norm) with the mask applied between patch_embed and _pos_embed, where
+    iBOT's `prepare_tokens` applies it (models/vision_transformer.py `mask_model`), so masked
+    tokens still get their position embedding. `net.forward_head(pre_logits=True)` pools as
+    `net(images)` does, so the unmasked features equal the plain forward's.
+    """
+    x = net.patch_embed(images)  # (N, h, w, D) with dynamic_img_size, else (N, h*w, D)
+    if mask is not None:
+        if mask_token is None:
+            raise ValueError("a mask needs a mask_token")
+        m = mask if x.dim() == 4 else mask.flatten(1)
+        if m.shape != x.shape[:-1]:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit the patch grid {tuple(x.shape[:-1])}")
+        x = torch.where(m.unsqueeze(-1), mask_token.to(x.dtype), x)
+    x = net._pos_embed(x)
+    x = net.patch_drop(x)
+    x = net.norm_pre(x)
+    if getattr(net, "grad_checkpointing", False) and not torch.jit.is_scripting():
+        from timm.models._manipulate import checkpoint_seq
+
+        x = checkpoint_seq(net.blocks, x)
+    else:
+        x = net.blocks(x)
+    x = net.norm(x)
+    return net.forward_head(x, pre_logits=True), x[:, net.num_prefix_tokens:]
 
 
 def norm_layer(kind: str) -> Callable[[int], nn.Module]:
@@ -152,6 +196,10 @@ class ViTBackbone(Backbone):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
+
+    def forward_tokens(self, images: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor]:
+        return vit_tokens(self.net, images, mask, mask_token)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to this module) that take no weight decay (timm's list, those that exist)."""
@@ -257,6 +305,10 @@ class MoCoV3ViTBackbone(Backbone):
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
+    def forward_tokens(self, images: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor]:
+        return vit_tokens(self.net, images, mask, mask_token)
+
     def no_weight_decay(self) -> set[str]:
         return _existing(self.net, self.net.no_weight_decay())
 
@@ -285,6 +337,96 @@ class ConvNetBackbone(Backbone):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
+
+
+TIMM_PREFIX = "timm:"
+
+# timm module of the model's entry point -> our family. Others are refused: their features or
+# tokens are not known to fit (e.g. hierarchical ViTs with their own token layout).
+TIMM_FAMILIES: dict[str, str] = {
+    "vision_transformer": "vit", "deit": "vit",  # ViT, DeiT (distilled: mean of the two tokens)
+    "swin_transformer": "swin",
+    "resnet": "convnet", "convnext": "convnet", "efficientnet": "convnet", "regnet": "convnet",
+}
+
+
+def _timm_family(model_name: str) -> str:
+    """The family of timm model `model_name`, or a one-line UsageError."""
+    import timm
+    from timm.models import model_entrypoint
+
+    if not timm.is_model(model_name):
+        raise UsageError(f"backbone {TIMM_PREFIX}{model_name}: timm {timm.__version__} has no model "
+                         f"{model_name!r} (see timm.list_models())")
+    module = model_entrypoint(model_name).__module__.rsplit(".", 1)[-1]
+    if module not in TIMM_FAMILIES:
+        kinds = ", ".join(sorted(TIMM_FAMILIES))
+        raise UsageError(f"backbone {TIMM_PREFIX}{model_name}: a timm {module!r} model; {TIMM_PREFIX} backbones "
+                         f"support the timm families {kinds}")
+    return TIMM_FAMILIES[module]
+
+
+class TimmBackbone(Backbone):
+    """Any timm model of a supported family, by name: ``backbone: {name: "timm:<model_name>"}``.
+
+    ``timm.create_model(name, pretrained=False, num_classes=0)`` (the classifier removed: the
+    model returns its pooled pre-logits features, `forward_head(pre_logits=True)`), plus
+    `drop_path_rate`; ViTs and Swins also get `img_size=image_size`, `dynamic_img_size=True` (so
+    multi-crop sizes work) and `patch_size` when set. The capability fields come from timm's
+    feature interface: `num_features`, `patch_embed.patch_size`, `no_weight_decay()`. Families:
+    ViT/DeiT ("vit": class/patch tokens, masked forward), Swin ("swin"), and the convnets
+    resnet*/convnext*/efficientnet*/regnet* ("convnet"). Weights come from `init_from` (no
+    download). Export rebuilds the model by name (evaluation/export.py).
+    """
+
+    classifier_prefixes = ("head.", "fc.", "classifier.")
+
+    def __init__(self, model_name: str, config: BackboneConfig) -> None:
+        super().__init__()
+        import timm
+
+        family = _timm_family(model_name)
+        if config.width != 1.0 or config.small_images or config.zero_init_residual:
+            raise UsageError(f"backbone {TIMM_PREFIX}{model_name}: width/small_images/zero_init_residual apply to "
+                             "resnet18/resnet50/convnet only; pick a timm variant instead")
+        kwargs: dict = dict(pretrained=False, num_classes=0)
+        if config.drop_path_rate:
+            kwargs["drop_path_rate"] = config.drop_path_rate
+        if family in ("vit", "swin"):
+            kwargs.update(img_size=config.image_size, dynamic_img_size=True)
+            if config.patch_size is not None:
+                kwargs["patch_size"] = config.patch_size
+        elif config.patch_size is not None or config.freeze_patch_embedding:
+            raise UsageError(f"backbone {TIMM_PREFIX}{model_name}: patch_size/freeze_patch_embedding apply to ViT/Swin only")
+        try:
+            self.net = timm.create_model(model_name, **kwargs)
+        except TypeError as error:  # a model whose constructor lacks one of the arguments
+            raise UsageError(f"backbone {TIMM_PREFIX}{model_name}: timm cannot build it with {sorted(kwargs)}: {error}") from None
+        net = self.net
+        if not isinstance(getattr(net, "num_features", None), int) or not hasattr(net, "forward_head"):
+            raise UsageError(f"backbone {TIMM_PREFIX}{model_name}: the model lacks timm's feature interface "
+                             "(num_features, forward_head)")
+        self.family = family  # type: ignore[misc]  # per instance: one class, several families
+        self.feature_dim = net.num_features
+        if family in ("vit", "swin"):
+            self.patch_size = int(net.patch_embed.patch_size[0])
+            self.token_output = True
+            if config.freeze_patch_embedding:
+                for p in net.patch_embed.parameters():
+                    p.requires_grad_(False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def forward_tokens(self, images: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor]:
+        if self.family != "vit":
+            return super().forward_tokens(images, mask, mask_token)
+        return vit_tokens(self.net, images, mask, mask_token)
+
+    def no_weight_decay(self) -> set[str]:
+        names = self.net.no_weight_decay() if hasattr(self.net, "no_weight_decay") else set()
+        return _existing(self.net, set(names))
 
 
 BACKBONES: dict[str, Callable[[BackboneConfig], nn.Module]] = {}
@@ -317,15 +459,27 @@ register_backbone(
 register_backbone("convnet", ConvNetBackbone)
 
 
+def is_known_backbone(name: str) -> bool:
+    """A registered name, or ``timm:<model_name>`` (checked against timm when built)."""
+    return name in BACKBONES or (name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX))
+
+
+def unknown_backbone_message(name: str) -> str:
+    return f"unknown backbone {name!r}; expected one of: {', '.join(sorted(BACKBONES))} or {TIMM_PREFIX}<timm model name>"
+
+
 def build_backbone(config: BackboneConfig | dict | str) -> nn.Module:
     """Build the backbone `config` names; raise UsageError for unknown names."""
     if isinstance(config, str):
         config = BackboneConfig(name=config)
     elif isinstance(config, dict):
         config = BackboneConfig(**config)
-    if config.name not in BACKBONES:
-        raise UsageError(f"unknown backbone {config.name!r}; expected one of: {', '.join(sorted(BACKBONES))}")
-    backbone = BACKBONES[config.name](config)
+    if not is_known_backbone(config.name):
+        raise UsageError(unknown_backbone_message(config.name))
+    if config.name.startswith(TIMM_PREFIX):
+        backbone = TimmBackbone(config.name[len(TIMM_PREFIX):], config)
+    else:
+        backbone = BACKBONES[config.name](config)
     if not isinstance(backbone, Backbone):
         raise TypeError(f"backbone {config.name!r} builds a {type(backbone).__name__}, not a trainers.backbones.Backbone")
     if config.init_from:

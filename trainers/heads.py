@@ -1,10 +1,11 @@
 """Projection and prediction heads, shaped as each paper's code builds them."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["mlp", "simclr_projection_head", "DINOHead"]
+__all__ = ["mlp", "simclr_projection_head", "DINOHead", "IBOTHead"]
 
 
 def mlp(
@@ -80,3 +81,51 @@ class DINOHead(nn.Module):
         if freeze_last_layer:
             weight = weight.detach()  # DINO cancels these gradients in the first epoch
         return F.linear(x, weight)
+
+
+class IBOTHead(DINOHead):
+    """iBOT's head (bytedance/ibot models/head.py `iBOTHead`): DINO's MLP shared by the [CLS]
+    and the patch tokens, then a last layer for [CLS] and one for the patches (the same layer
+    with `shared_head`, iBOT's `last_layer2 = self.last_layer`).
+
+    `norm_last_layer=False` (the ViT-S recipe) makes the weight norm's scale `weight_g` a
+    trained parameter: here `last_layer_scale` (out_dim, 1), initialised to 1 like
+    `weight_g.data.fill_(1)`, 2-D so it is weight-decayed as in iBOT's `get_params_groups`,
+    and named "last_layer*" so the first-epoch freeze covers it (`cancel_gradients_last_layer`).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, patch_out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 shared_head: bool = True, norm_last_layer: bool = True) -> None:
+        super().__init__(in_dim, out_dim, hidden_dim, bottleneck_dim)
+        if shared_head and patch_out_dim != out_dim:
+            raise ValueError(f"a shared head has one output size: patch_out_dim={patch_out_dim} != out_dim={out_dim}")
+        self.shared_head = shared_head
+        self.last_layer_scale = None if norm_last_layer else nn.Parameter(torch.ones(out_dim, 1))
+        self.last_layer2 = None
+        self.last_layer2_scale = None
+        if not shared_head:
+            self.last_layer2 = nn.Linear(bottleneck_dim, patch_out_dim, bias=False)
+            nn.init.trunc_normal_(self.last_layer2.weight, std=0.02)
+            self.last_layer2_scale = None if norm_last_layer else nn.Parameter(torch.ones(patch_out_dim, 1))
+
+    @staticmethod
+    def _weight(weight: Tensor, scale: Tensor | None, freeze: bool) -> Tensor:
+        weight = F.normalize(weight, dim=1)
+        if scale is not None:
+            weight = weight * scale
+        return weight.detach() if freeze else weight
+
+    def forward(self, x: Tensor, freeze_last_layer: bool = False) -> Tensor:  # type: ignore[override]
+        """[CLS] features (N, in_dim) -> (N, out_dim) logits (local crops: no patches)."""
+        return F.linear(F.normalize(self.mlp(x), dim=-1),
+                        self._weight(self.last_layer.weight, self.last_layer_scale, freeze_last_layer))
+
+    def forward_tokens(self, cls: Tensor, patches: Tensor, freeze_last_layer: bool = False) -> tuple[Tensor, Tensor]:
+        """([CLS] (N, in_dim), patches (N, L, in_dim)) -> ((N, out_dim), (N, L, patch_out_dim)), one MLP pass."""
+        x = F.normalize(self.mlp(torch.cat([cls.unsqueeze(1), patches], dim=1)), dim=-1)
+        w1 = self._weight(self.last_layer.weight, self.last_layer_scale, freeze_last_layer)
+        if self.shared_head:
+            out = F.linear(x, w1)
+            return out[:, 0], out[:, 1:]
+        w2 = self._weight(self.last_layer2.weight, self.last_layer2_scale, freeze_last_layer)
+        return F.linear(x[:, 0], w1), F.linear(x[:, 1:], w2)

@@ -17,7 +17,7 @@ from trainers import distributed
 
 __all__ = [
     "nt_xent", "info_nce", "moco_v3", "sinkhorn", "swav", "dino", "dino_center_update", "negative_cosine",
-    "barlow_twins", "vicreg", "moby", "cpc_infonce",
+    "barlow_twins", "vicreg", "moby", "cpc_infonce", "ibot_patch", "ibot_center_update",
 ]
 
 
@@ -185,6 +185,56 @@ def dino_center_update(teacher_out: Sequence[Tensor], center: Tensor, momentum: 
     batch_sum = distributed.all_reduce_sum(stacked.sum(dim=0, keepdim=True))
     batch_center = batch_sum / (stacked.shape[0] * distributed.world_size())
     return center * momentum + batch_center * (1 - momentum)
+
+
+def ibot_patch(
+    student_patch: Sequence[Tensor],
+    teacher_patch: Sequence[Tensor],
+    masks: Sequence[Tensor],
+    center: Tensor,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.07,
+) -> Tensor:
+    """iBOT's masked-patch self-distillation (Zhou et al. 2022, https://arxiv.org/abs/2111.07832).
+
+    Per global crop q: `student_patch[q]` (B, L, K) logits of the student's MASKED crop,
+    `teacher_patch[q]` (B, L, K) logits of the teacher's unmasked crop, `masks[q]` (B, L) bool.
+    bytedance/ibot main_ibot.py `iBOTLoss.forward` (the `v == q` branch): per patch
+    H(softmax((t - center2)/teacher_temp), softmax(s/student_temp)), summed over the masked
+    patches of each image and divided by their count (at least 1: an unmasked image adds 0 but
+    still counts), mean over images, then over crops. The teacher gets no gradient.
+    """
+    _check_temperature("student_temp", student_temp)
+    _check_temperature("teacher_temp", teacher_temp)
+    if not len(student_patch) == len(teacher_patch) == len(masks) >= 1:
+        raise ValueError(f"ibot_patch needs one student, teacher and mask entry per global crop, got "
+                         f"{len(student_patch)}, {len(teacher_patch)}, {len(masks)}")
+    total = student_patch[0].new_zeros(())
+    for s, t, m in zip(student_patch, teacher_patch, masks):
+        target = F.softmax((t.detach() - center) / teacher_temp, dim=-1)
+        per_patch = torch.sum(-target * F.log_softmax(s / student_temp, dim=-1), dim=-1)  # (B, L)
+        m = m.flatten(1).to(per_patch.dtype)
+        total = total + (torch.sum(per_patch * m, dim=-1) / m.sum(dim=-1).clamp(min=1.0)).mean()
+    return total / len(student_patch)
+
+
+@torch.no_grad()
+def ibot_center_update(teacher_cls: Sequence[Tensor], teacher_patch: Sequence[Tensor], center: Tensor,
+                       patch_center: Tensor, momentum: float = 0.9, patch_momentum: float = 0.9
+                       ) -> tuple[Tensor, Tensor]:
+    """iBOT's two centres (`iBOTLoss.update_center`): EMAs of the teacher's mean [CLS] output and
+    of its per-image mean patch output, over ALL ranks' images, in ONE all-reduce.
+
+    `teacher_cls[q]` (B, K), `teacher_patch[q]` (B, L, K2); returns (center, patch_center).
+    """
+    dtype = torch.promote_types(center.dtype, torch.float32)  # sums of bf16 autocast outputs in fp32
+    cls = torch.cat([t.detach().to(dtype) for t in teacher_cls], dim=0)
+    patch = torch.cat([t.detach().to(dtype).mean(dim=1) for t in teacher_patch], dim=0)
+    sums = distributed.all_reduce_sum(torch.cat([cls.sum(dim=0), patch.sum(dim=0)])[None])
+    total = cls.shape[0] * distributed.world_size()
+    k = cls.shape[1]
+    return (center * momentum + sums[:, :k] / total * (1 - momentum),
+            patch_center * patch_momentum + sums[:, k:] / total * (1 - patch_momentum))
 
 
 def negative_cosine(p: Tensor, z: Tensor, *, stop_gradient: bool = True) -> Tensor:

@@ -341,3 +341,64 @@ def test_cpc_infonce_gradient_reaches_predictions_and_every_latent():
 def test_cpc_infonce_rejects_offsets_and_shapes_that_do_not_fit(offsets, shape, match):
     with pytest.raises(ValueError, match=match):
         losses.cpc_infonce(rand(2, 3, 2, 4), [rand(*shape)], offsets)
+# ------------------------------------------------------------------------------ iBOT
+def ibot_patch_reference(student, teacher, masks, center, tps, tpt):
+    """iBOT Eq. (MIM term), per image: the mean over its masked patches i of
+    H(P_t(u_i - c'), P_s(u~_i)); images without a masked patch contribute 0 (main_ibot.py
+    clamps the count at 1); mean over images, then over the global crops."""
+    crops = []
+    for s, t, m in zip(student, teacher, masks):
+        per_image = []
+        for b in range(s.shape[0]):
+            masked = [i for i in range(s.shape[1]) if bool(m[b].flatten()[i])]
+            total = 0.0
+            for i in masked:
+                p_t = torch.softmax((t[b, i] - center[0]) / tpt, dim=0)
+                log_p_s = torch.log_softmax(s[b, i] / tps, dim=0)
+                total += float(-(p_t * log_p_s).sum())
+            per_image.append(total / max(len(masked), 1))
+        crops.append(sum(per_image) / len(per_image))
+    return sum(crops) / len(crops)
+
+
+def bool_masks(batch, patches, seed, crops=2):
+    g = torch.Generator().manual_seed(seed)
+    masks = [torch.rand(batch, patches, generator=g) < 0.4 for _ in range(crops)]
+    masks[0][0] = False  # an image without masked patches
+    return masks
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("patches,dim", [(4, 5), (9, 7)])
+@pytest.mark.parametrize("tps,tpt", [(0.1, 0.04), (0.1, 0.07), (0.2, 0.1)])
+def test_ibot_patch(batch, patches, dim, tps, tpt):
+    student = [rand(batch, patches, dim, seed=70 + i) for i in range(2)]
+    teacher = [rand(batch, patches, dim, seed=80 + i) for i in range(2)]
+    masks = bool_masks(batch, patches, seed=batch)
+    center = rand(1, dim, seed=90)
+    close(losses.ibot_patch(student, teacher, masks, center, tps, tpt),
+          ibot_patch_reference(student, teacher, masks, center, tps, tpt))
+
+
+def test_ibot_patch_ignores_unmasked_patches_and_teacher_gets_no_gradient():
+    student = [rand(3, 4, 5, seed=1).requires_grad_(True) for _ in range(2)]
+    teacher = [rand(3, 4, 5, seed=2).requires_grad_(True) for _ in range(2)]
+    masks = bool_masks(3, 4, seed=0)
+    losses.ibot_patch(student, teacher, masks, torch.zeros(1, 5, dtype=torch.float64)).backward()
+    assert all(t.grad is None for t in teacher)
+    for s, m in zip(student, masks):
+        assert torch.all(s.grad[~m] == 0) and torch.any(s.grad[m] != 0)
+
+
+def test_ibot_centers_are_emas_of_the_teacher_cls_and_per_image_patch_means():
+    cls = [rand(4, 7, seed=1), rand(4, 7, seed=2)]
+    patch = [rand(4, 3, 6, seed=3), rand(4, 3, 6, seed=4)]
+    center, patch_center = rand(1, 7, seed=5), rand(1, 6, seed=6)
+    got_c, got_p = losses.ibot_center_update(cls, patch, center, patch_center, 0.9, 0.8)
+    close(got_c, 0.9 * center + 0.1 * torch.cat(cls).mean(dim=0, keepdim=True))
+    close(got_p, 0.8 * patch_center + 0.2 * torch.cat([p.mean(dim=1) for p in patch]).mean(dim=0, keepdim=True))
+
+
+def test_ibot_patch_checks_its_inputs():
+    with pytest.raises(ValueError, match="one student, teacher and mask entry"):
+        losses.ibot_patch([rand(2, 3, 4)], [rand(2, 3, 4)] * 2, [torch.ones(2, 3, dtype=torch.bool)], torch.zeros(1, 4))

@@ -79,3 +79,16 @@ def test_moby_queues_wrap_at_one_pointer_and_each_holds_its_views_keys(distribut
         assert torch.equal(moby[3]["queue.features"][slot, b:], moby[2]["queue.features"][slot, b:])
     assert not torch.equal(moby[0]["queue.features"][0, :b], moby[0]["queue.features"][1, :b])  # two views, two queues
     assert not torch.equal(moby[0]["momentum_projector.0.weight"], moby[1]["momentum_projector.0.weight"])
+
+
+@pytest.mark.integration
+def test_ibot_comparison_covers_masks_centres_and_the_frozen_last_layer(distributed_runs):
+    ibot = distributed_runs[0]["ibot"]
+    assert all(float(r["logs"]["masked_fraction"]) > 0.1 for r in ibot)  # masks drawn per sample, on both ranks
+    assert "mask_token" in ibot[0]["grads"] and ibot[0]["grads"]["mask_token"].abs().sum() > 0
+    assert ibot[-1]["state"]["center"].abs().sum() > 0 and ibot[-1]["state"]["patch_center"].abs().sum() > 0
+    assert "head.last_layer.weight" in ibot[0]["without_grad"] and "head.last_layer.weight" in ibot[1]["grads"]
+    assert ibot[0]["logs"]["teacher_patch_temperature"] < ibot[1]["logs"]["teacher_patch_temperature"]
+    separate = distributed_runs[0]["ibot_separate_heads"]
+    assert {"head.last_layer2.weight", "head.last_layer_scale", "head.last_layer2_scale"} <= set(separate[0]["grads"])
+    assert float(separate[0]["logs"]["patch_loss"]) > 0

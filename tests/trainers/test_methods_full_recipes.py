@@ -105,6 +105,19 @@ OFFICIAL = {
         crops=(2, 8, 224, 96), scales=((0.4, 1.0), (0.05, 0.4)),
         jitter=(0.4, 0.4, 0.2, 0.1), blur=(1.0, 0.1, 0.5), solarize=(0.0, 0.2, 0.0),
     ),
+    "ibot": dict(  # bytedance/ibot README ViT-S/16 run (2 nodes x 8 GPUs x 64), main_ibot.py defaults otherwise
+        batch=1024, epochs=800, optimizer="adamw",
+        lr=lambda n, T: _cosine_after_linear_warmup(0.0005 * 1024 / 256, 1e-6, 0.0, 10 * n, T),
+        weight_decay=(0.04, 0.4), decay_norms_and_biases=False, adapt_norms_and_biases=False,
+        temperatures={"student_temperature": 0.1, "teacher_temperature": 0.07, "warmup_teacher_temperature": 0.04,
+                      "teacher_patch_temperature": 0.07, "warmup_teacher_patch_temperature": 0.04},
+        ema=0.996, freeze_last_layer_epochs=1, grad_clip=3.0, drop_path=0.1, warmup_teacher_temp_epochs=30,
+        method={"out_dim": 8192, "patch_out_dim": 8192, "center_momentum": 0.9, "patch_center_momentum": 0.9,
+                "cls_loss_weight": 1.0, "patch_loss_weight": 1.0},
+        shared_head=True, norm_last_layer=False, mask_ratios=[(0.0, 0.0), (0.1, 0.5)], mask_aspect_ratio=(0.3, 1 / 0.3),
+        crops=(2, 10, 224, 96), scales=((0.25, 1.0), (0.05, 0.25)),
+        jitter=(0.4, 0.4, 0.2, 0.1), blur=(1.0, 0.1, 0.5), solarize=(0.0, 0.2, 0.0),
+    ),
     "byol": dict(  # deepmind-research byol/configs/byol.py presets for 100 epochs
         batch=4096, epochs=100, optimizer="lars", larc=False,
         lr=lambda n, T: _tf_warmup_cosine(0.45 * 4096 / 256, 10 * n, T),
@@ -217,7 +230,7 @@ def test_header_cites_the_official_source_and_the_papers_top1(recipe):
             break
         header.append(line)
     text = " ".join(header)
-    sources = ("facebookresearch/", "google-research/", "deepmind-research", "SwinTransformer/",
+    sources = ("facebookresearch/", "google-research/", "deepmind-research", "SwinTransformer/", "bytedance/",
                "arxiv.org/abs/")  # the paper, for methods without released code (CPC v2)
     assert any(org in text for org in sources), name
     assert "top-1" in text and any(ch.isdigit() for ch in text.split("top-1", 1)[1][:40]), name
@@ -266,9 +279,11 @@ def test_weight_decay_schedule_and_which_parameters_it_touches(recipe):
             assert g["weight_decay"] == (pytest.approx(ours.weight_decay[step]) if decayed else 0.0), (name, step)
             if row["optimizer"] == "lars":
                 assert g["lars_adaptation"] == (not g["norm_or_bias"] or row["adapt_norms_and_biases"]), name
-    if name == "dino":  # get_params_groups: only biases and 1-D tensors are not regularized (pos_embed, cls_token are)
+    if name in ("dino", "ibot"):  # get_params_groups: only biases and 1-D tensors are not regularized (pos_embed, cls_token are)
         decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
         assert id(method.backbone.net.pos_embed) in decayed and id(method.backbone.net.cls_token) in decayed
+    if name == "ibot":  # masked_embed (1, D) and weight_g (out_dim, 1) are 2-D: regularized too
+        assert id(method.mask_token) in decayed and id(method.head.last_layer_scale) in decayed
     if name == "moby":  # Swin set_weight_decay skip keywords: relative_position_bias_table
         decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
         tables = [p for n, p in method.backbone.named_parameters() if "relative_position_bias_table" in n]
@@ -303,6 +318,21 @@ def test_temperatures_ema_and_frozen_steps(recipe):
         assert config.grad_clip == row["grad_clip"] and type(method).clip_gradients is not type(method).__mro__[1].clip_gradients
         assert cfg.backbone.drop_path_rate == row["drop_path"]
         assert stochastic_layers(method.backbone) and not stochastic_layers(method.teacher_backbone)
+    if name == "ibot":
+        warmup = row["warmup_teacher_temp_epochs"] * n
+        assert cfg.freeze_last_layer_steps == row["freeze_last_layer_epochs"] * n
+        assert cfg.teacher_temperature_warmup_steps == warmup
+        for warm, final in (("warmup_teacher_temperature", "teacher_temperature"),
+                            ("warmup_teacher_patch_temperature", "teacher_patch_temperature")):
+            temps = row["temperatures"]
+            assert teacher_temperature(getattr(cfg, warm), getattr(cfg, final), warmup, 0) == temps[warm]
+            assert teacher_temperature(getattr(cfg, warm), getattr(cfg, final), warmup, warmup) == temps[final]
+        assert (cfg.shared_head, cfg.norm_last_layer) == (row["shared_head"], row["norm_last_layer"])
+        assert method.head.last_layer2 is None and method.head.last_layer_scale is not None
+        assert cfg.mask_ratios == row["mask_ratios"] and cfg.mask_aspect_ratio == pytest.approx(row["mask_aspect_ratio"])
+        assert config.grad_clip == row["grad_clip"] and cfg.backbone.drop_path_rate == row["drop_path"]
+        assert stochastic_layers(method.backbone) and not stochastic_layers(method.teacher_backbone)
+        assert method.backbone.patch_size == 16 and method.feature_dim == 384
     if name == "moby":
         assert method.backbone.family == "swin" and cfg.backbone.drop_path_rate == row["drop_path"]
         assert stochastic_layers(method.backbone) and not stochastic_layers(method.momentum_backbone)

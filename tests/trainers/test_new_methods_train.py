@@ -1,4 +1,4 @@
-"""Barlow Twins, VICReg, MoBY and CPC v2 train through the runner on 2 gloo workers (real local Ray) and their loss falls."""
+"""Barlow Twins, VICReg, MoBY, CPC v2 and iBOT train through the runner on 2 gloo workers (real local Ray) and their loss falls."""
 from __future__ import annotations
 
 import pytest
@@ -20,7 +20,13 @@ METHODS = {
     # 28 px views -> 4 x 4 grids of 10 px patches; the layer-norm ConvNet is the method's default
     "cpc_v2": ({"patch_size": 10, "patch_stride": 6, "max_offset": 2, "bidirectional": True, "context_blocks": 1},
                {"name": "adamw", "base_lr": 0.002, "lr_scaling": "none", "warmup_steps": 3, "weight_decay": 1e-5}),
+    # a 2-block ViT (7 x 7 patches of 4 px) on 28 px crops; slower centering as the DINO run's
+    "ibot": ({"backbone": {"name": "vit_tiny", "image_size": 28}, "out_dim": 256, "patch_out_dim": 256,
+              "hidden_dim": 64, "bottleneck_dim": 32, "center_momentum": 0.99, "patch_center_momentum": 0.99,
+              "num_local_views": 2},
+             {"name": "adamw", "base_lr": 0.002, "lr_scaling": "none", "warmup_steps": 3, "weight_decay": 0.04}),
 }
+DATA = {"ibot": {"recipe": "multicrop", "recipe_options": {"global_size": 28, "local_size": 12, "num_local": 2}}}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +43,7 @@ def test_trains_on_two_workers_and_the_loss_falls(ray_local, fmnist_shards, tmp_
     extra, optimizer = METHODS[method]
     cfg = small_config(fmnist_shards["train"], tmp_path, method, method=method, optimizer=optimizer)
     cfg["method"].update(extra)
+    cfg["data"].update(DATA.get(method, {}))
     result = run_training(TrainConfig.model_validate(cfg))
     losses = [r["loss"] for r in read_metrics(result.out_dir) if "loss" in r]
     assert len(losses) == 24
@@ -45,5 +52,8 @@ def test_trains_on_two_workers_and_the_loss_falls(ray_local, fmnist_shards, tmp_
     assert any(k.startswith("backbone.") for k in state)
     if method == "cpc_v2":  # layer norm: GroupNorm weights, no BatchNorm statistics to sync
         assert not any(k.endswith("running_mean") for k in state) and any(k.startswith("context_up.") for k in state)
+    if method == "ibot":
+        assert state["patch_center"].abs().sum() > 0 and "mask_token" in state
+        assert all(r["masked_fraction"] > 0 for r in read_metrics(result.out_dir) if "masked_fraction" in r)
     if method == "moby":
         assert int(state["queue.pointer"]) == 0 and int(state["queue.filled"]) == 64  # 24 steps x 32: wrapped

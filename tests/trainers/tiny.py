@@ -47,6 +47,16 @@ TINY_CONFIGS: dict[str, dict] = {
                    bidirectional=True, context_blocks=1, context_hidden_dim=16, patch_color_drop_p=0.5,
                    patch_flip_p=0.5),
     # MoBY's natural backbone at CPU-test size (no drop-path: per-rank randomness breaks equality)
+    # iBOT needs patch tokens: a 2-block ViT with a 4 x 4 patch grid; no drop-path (per-rank
+    # randomness breaks equality); both temperatures warm up; last layer frozen for one step;
+    # separate patch layer with learned weight-norm scales (the non-default branches)
+    "ibot": dict(name="ibot", backbone={"name": "vit_tiny", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
+                 out_dim=32, patch_out_dim=32, hidden_dim=32, bottleneck_dim=16, num_local_views=2,
+                 freeze_last_layer_steps=1, warmup_teacher_temperature=0.02, teacher_temperature_warmup_steps=2,
+                 mask_ratios=[(0.2, 0.5)]),
+    "ibot_separate_heads": dict(name="ibot", backbone={"name": "vit_tiny", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
+                                out_dim=32, patch_out_dim=24, hidden_dim=32, bottleneck_dim=16, shared_head=False,
+                                norm_last_layer=False),
     "moby_swin": dict(name="moby", backbone={"name": "swin_nano", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
                       projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32, queue_size=16),
 }
@@ -98,7 +108,8 @@ def view_batch(views: list[torch.Tensor], step: int) -> ViewBatch:
     n = local[0].shape[0]
     keys = [f"r{distributed.rank()}s{step}i{i}" for i in range(n)]
     return ViewBatch(views=local, keys=keys, group_ids=keys, labels=None, label_vocabulary=[],
-                     view_sources=torch.zeros(n, len(local), dtype=torch.long), rows=torch.arange(n),
+                     view_sources=torch.zeros(n, len(local), dtype=torch.long),
+                     rows=torch.arange(n) + distributed.rank() * n,  # global rows: per-sample draws (iBOT masks)
                      epoch=0, batch=step, position=DataPosition(0, step + 1))
 
 

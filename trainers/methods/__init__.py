@@ -3,6 +3,7 @@ from trainers.methods.base import (
     METHODS,
     Method,
     MethodConfig,
+    SampleIds,
     build_method,
     ema_update,
     frozen_copy,
@@ -14,6 +15,7 @@ from trainers.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
 from trainers.methods.byol import BYOL, BYOLConfig
 from trainers.methods.cpc_v2 import CPCV2, CPCV2Config
 from trainers.methods.dino import DINO, DINOConfig
+from trainers.methods.ibot import IBOT, IBOTConfig
 from trainers.methods.moco_v2 import MoCoV2, MoCoV2Config
 from trainers.methods.moco_v3 import MoCoV3, MoCoV3Config
 from trainers.methods.moby import MoBY, MoBYConfig
@@ -24,9 +26,10 @@ from trainers.methods.swav import SwAV, SwAVConfig
 from trainers.methods.vicreg import VICReg, VICRegConfig
 
 __all__ = [
-    "METHODS", "Method", "MethodConfig", "build_method", "parse_method_config", "register_method",
+    "METHODS", "Method", "MethodConfig", "SampleIds", "build_method", "parse_method_config", "register_method",
     "ema_update", "frozen_copy", "stochastic_layers", "EmbeddingQueue",
     "BarlowTwins", "BarlowTwinsConfig", "MoBY", "MoBYConfig", "VICReg", "VICRegConfig",
-    "BYOL", "BYOLConfig", "CPCV2", "CPCV2Config", "DINO", "DINOConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV3Config",
+    "BYOL", "BYOLConfig", "CPCV2", "CPCV2Config", "DINO", "DINOConfig", "IBOT", "IBOTConfig", "MoCoV2", "MoCoV2Config",
+    "MoCoV3", "MoCoV3Config",
     "SimCLR", "SimCLRConfig", "SimSiam", "SimSiamConfig", "SwAV", "SwAVConfig",
 ]

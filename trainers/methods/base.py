@@ -11,6 +11,8 @@ A runner drives any method the same way (one step, every rank)::
         loss, logs = method.training_step(views, step)  # loss: this rank's local mean; logs local
                                                         # 0-d tensors (no .item()): reduce_logs(logs)
         optimizer.zero_grad(set_to_none=True)           #   at log steps only
+                                                        # (methods with needs_sample_ids also get
+                                                        # samples=SampleIds(...): iBOT's masks)
         loss.backward()                                 # the runner calls training_step as DDP's
                                                         # forward (distributed.data_parallel)
         method.clip_gradients(max_norm)                 # if configured; DINO clips per parameter
@@ -25,17 +27,20 @@ Methods reach other ranks only through :mod:`trainers.distributed`.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import Tensor, nn
 
-from trainers.backbones import BACKBONES, BackboneConfig, build_backbone
+from trainers.backbones import BackboneConfig, build_backbone, is_known_backbone, unknown_backbone_message
 from trainers.distributed import convert_sync_batchnorm
 from viewstream.errors import UsageError, usage_error_from
 
 __all__ = [
+    "SampleIds",
     "MethodConfig",
     "Method",
     "METHODS",
@@ -46,6 +51,22 @@ __all__ = [
     "frozen_copy",
     "stochastic_layers",
 ]
+
+
+@dataclass(frozen=True)
+class SampleIds:
+    """Which samples a (micro-)batch holds, for per-sample draws made in the method (iBOT's masks).
+
+    `rows` are the batch's `ViewBatch.rows` (int64, this rank's samples in batch order): a draw
+    that is a function of (seed, epoch, row) gives a sample the same masks whatever rank or
+    batch it lands in, as the augmentation parameters (pipeline/params.py). A plain dataclass
+    of host values so DDP's forward passes it through untouched (its `_recursive_to` moves only
+    tensors and containers of them) and nothing here waits on the device.
+    """
+
+    seed: int
+    epoch: int
+    rows: np.ndarray
 
 
 class MethodConfig(BaseModel):
@@ -77,10 +98,11 @@ class MethodConfig(BaseModel):
         if self.num_local_views and not self.supports_local_views:
             raise ValueError(
                 f"num_local_views={self.num_local_views}: method {self.name!r} has no multi-crop; "
-                "use 0 (multi-crop methods: swav, dino)"
+                "use 0 (multi-crop methods: swav, dino, ibot)"
             )
-        if self.backbone.name not in BACKBONES:
-            raise ValueError(f"backbone.name={self.backbone.name!r} is unknown; expected one of: {', '.join(sorted(BACKBONES))}")
+        if not is_known_backbone(self.backbone.name):
+            raise ValueError(unknown_backbone_message(self.backbone.name).replace(
+                f"unknown backbone {self.backbone.name!r}", f"backbone.name={self.backbone.name!r} is unknown"))
         return self
 
     def check_view_sizes(self, global_sizes: list[int]) -> None:
@@ -92,6 +114,7 @@ class Method(nn.Module):
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
+    needs_sample_ids: ClassVar[bool] = False  # the runner passes `samples=SampleIds(...)` to training_step
 
     def __init__(self, config: MethodConfig) -> None:
         super().__init__()
