@@ -42,8 +42,8 @@ class Backbone(nn.Module):
     """What every backbone declares besides `forward(images) -> (N, feature_dim)`.
 
     family: "resnet", "vit", "swin", "convnet" (MoCo v3 builds ViT heads for "vit"; export picks
-    its recipe by family); token_output: the inner model can return patch tokens
-    (`net.forward_features`), which masked/patch methods need; patch_size: pixels per token (None
+    its recipe by family); token_output: the backbone returns patch tokens too
+    (:meth:`forward_tokens`), which masked/patch methods need; patch_size: pixels per token (None
     for CNNs); :meth:`no_weight_decay`: parameter names (relative to the backbone) that take no
     weight decay besides biases and 1-D tensors.
     """
@@ -56,6 +56,18 @@ class Backbone(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return set()
+
+    def forward_tokens(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(features (N, feature_dim), patch tokens (N, h*w, D)) of one forward: for methods that
+        also read the patch tokens (SiT's reconstruction); backbones with `token_output` define it."""
+        raise NotImplementedError(f"{type(self).__name__} gives no patch tokens (token_output is False)")
+
+
+def _timm_vit_tokens(net: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
+    """timm ViT: `forward` (= forward_head of forward_features) and the patch tokens after the final
+    norm, prefix (class/register) tokens dropped: the same forward as `net(images)`, not a second one."""
+    tokens = net.forward_features(images)
+    return net.forward_head(tokens), tokens[:, net.num_prefix_tokens:]
 
 
 def _existing(net: nn.Module, names: set[str]) -> set[str]:
@@ -139,6 +151,9 @@ class ViTBackbone(Backbone):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
+
+    def forward_tokens(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return _timm_vit_tokens(self.net, images)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to this module) that take no weight decay (timm's list, those that exist)."""
@@ -243,6 +258,9 @@ class MoCoV3ViTBackbone(Backbone):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
+
+    def forward_tokens(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return _timm_vit_tokens(self.net, images)
 
     def no_weight_decay(self) -> set[str]:
         return _existing(self.net, self.net.no_weight_decay())

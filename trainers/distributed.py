@@ -236,8 +236,8 @@ class _StepModule(nn.Module):
         super().__init__()
         self.method = method
 
-    def forward(self, views: list[Tensor], step: int):  # type: ignore[override]
-        return self.method.training_step(views, step)
+    def forward(self, views: list[Tensor], step: int, **kwargs: Any):  # type: ignore[override]
+        return self.method.training_step(views, step, **kwargs)
 
 
 def data_parallel(method: nn.Module, device: torch.device | str, bucket_cap_mb: float = 25.0,

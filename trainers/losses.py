@@ -17,7 +17,7 @@ from trainers import distributed
 
 __all__ = [
     "nt_xent", "info_nce", "moco_v3", "sinkhorn", "swav", "dino", "dino_center_update", "negative_cosine",
-    "barlow_twins", "vicreg", "moby",
+    "barlow_twins", "vicreg", "moby", "sit_reconstruction", "sit",
 ]
 
 
@@ -274,3 +274,35 @@ def moby(p1: Tensor, p2: Tensor, k1: Tensor, k2: Tensor, queue1: Tensor, queue2:
     view's earlier keys (K x D, l2-normalised, no gradient). Mean over local samples per term.
     """
     return info_nce(p1, k2, queue2, temperature) + info_nce(p2, k1, queue1, temperature)
+
+
+def sit_reconstruction(reconstruction: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """SiT's reconstruction loss (Atito et al. 2021, https://arxiv.org/abs/2104.03602).
+
+    Sara-Ahmed/SiT main.py: `F.l1_loss(s_recons, clean, reduction="none")[masks == 1].mean()`, the
+    mean absolute error over every corrupted pixel and channel of the batch (`mask`: bool, (N, 1,
+    H, W) or (N, C, H, W)). Distributed-exact: this rank's sum over the GLOBAL count / world size
+    (the count is all-reduced; it carries no gradient), so the ranks' mean is the global masked
+    mean. Computed in at least float32 (autocast may hand over a bf16 reconstruction).
+    """
+    if reconstruction.shape != target.shape or reconstruction.dim() != 4:
+        raise ValueError(f"sit_reconstruction needs two (N, C, H, W) tensors of one shape, got "
+                         f"{tuple(reconstruction.shape)}, {tuple(target.shape)}")
+    dtype = torch.promote_types(reconstruction.dtype, torch.float32)
+    error = (reconstruction.to(dtype) - target.detach().to(dtype)).abs()
+    mask = mask.bool().expand_as(error)
+    count = distributed.all_reduce_sum(mask.sum().to(dtype)).clamp_min(1.0)
+    return torch.where(mask, error, 0.0).sum() * distributed.world_size() / count
+
+
+def sit(s1: Tensor, s2: Tensor, t1: Tensor, t2: Tensor, reconstruction: Tensor, target: Tensor, mask: Tensor,
+        temperature: float = 0.2, reconstruction_weight: float = 1.0) -> Tensor:
+    """SiT's total loss (Sara-Ahmed/SiT main.py): `c_loss + lmbda * r_loss`.
+
+    c_loss: its `SimCLR.forward`, the student's heads of the corrupted crops (s1, s2) against the
+    EMA teacher's heads of the clean crops (t1, t2), crossed and gathered over ranks at
+    `temperature`, scaled by 2t: exactly :func:`moco_v3`'s symmetric loss. r_loss:
+    :func:`sit_reconstruction`.
+    """
+    contrastive = moco_v3(s1, s2, t1.detach(), t2.detach(), temperature)
+    return contrastive + reconstruction_weight * sit_reconstruction(reconstruction, target, mask)

@@ -26,7 +26,7 @@ from pipeline import DataPosition, ViewBatch, ViewLoader
 from trainers.checkpoint import Progress, find_latest_checkpoint, load_state, progress_of, save_checkpoint
 from trainers.config import TrainConfig, dataset_arg
 from trainers.distributed import data_parallel, gather_digests, reduce_logs, unused_parameter_steps
-from trainers.methods import Method, build_method
+from trainers.methods import Method, SampleKeys, build_method
 from trainers.metrics import MetricsLogger
 from trainers.optim import build_optimizer, optimizer_schedule
 from viewstream.errors import UsageError
@@ -192,6 +192,16 @@ class Trainer:
         view = view.to(self.device, non_blocking=True)
         return view.contiguous(memory_format=torch.channels_last) if self.channels_last else view
 
+    def _sample_keys(self, batch: ViewBatch, sizes: list[int]) -> list[dict[str, SampleKeys]]:
+        """Per micro-batch: `samples=` for a method with `uses_sample_keys` (its own per-sample
+        draws, e.g. SiT's corruptions), nothing for the others."""
+        if not self.method.uses_sample_keys:
+            return [{} for _ in sizes]
+        ids = np.asarray(batch.rows, dtype=np.int64)
+        bounds = np.cumsum([0, *sizes])
+        return [{"samples": SampleKeys(self.config.seed, batch.epoch, ids[lo:hi])}
+                for lo, hi in zip(bounds[:-1], bounds[1:])]
+
     def train_step(self, batch: ViewBatch) -> dict[str, Any]:
         """One optimizer step on this rank's batch; returns logs as 0-d device tensors/floats.
 
@@ -212,6 +222,7 @@ class Trainer:
         views = [self._prepare(v) for v in batch.views]
         k = self.config.gradient_accumulation_steps
         chunks = list(zip(*(v.chunk(k) for v in views))) if k > 1 else [tuple(views)]
+        samples = self._sample_keys(batch, [c[0].shape[0] for c in chunks])
         total = views[0].shape[0]
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum: Any = 0.0
@@ -222,7 +233,7 @@ class Trainer:
             sync = nullcontext() if last or not hasattr(self.step_module, "no_sync") else self.step_module.no_sync()
             with sync:
                 with self.autocast():
-                    loss, logs = self.step_module(list(micro), self.step)
+                    loss, logs = self.step_module(list(micro), self.step, **samples[i])
                 self.scaler.scale(loss * weight if k > 1 else loss).backward()
             loss_sum = loss_sum + _full_precision(loss) * weight
             for key, value in logs.items():

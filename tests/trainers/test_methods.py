@@ -13,7 +13,7 @@ from viewstream.errors import UsageError
 
 
 def test_registry_has_every_method():
-    assert set(METHODS) == {"simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam", "barlow_twins", "vicreg", "moby"}
+    assert set(METHODS) == {"simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam", "barlow_twins", "vicreg", "moby", "sit"}
     for name, cls in METHODS.items():
         assert issubclass(cls, Method) and cls.name == name and cls.config_class().name == name
 
@@ -140,6 +140,7 @@ TEACHERS = {
     "moco_v2": ("key_backbone", "key_projector"),
     "moco_v3": ("momentum_backbone", "momentum_projector"),
     "moby": ("momentum_backbone", "momentum_projector"),
+    "sit": ("teacher_backbone", "teacher_head"),
 }
 
 

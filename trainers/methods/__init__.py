@@ -3,6 +3,7 @@ from trainers.methods.base import (
     METHODS,
     Method,
     MethodConfig,
+    SampleKeys,
     build_method,
     ema_update,
     frozen_copy,
@@ -19,13 +20,14 @@ from trainers.methods.moby import MoBY, MoBYConfig
 from trainers.methods.queue import EmbeddingQueue
 from trainers.methods.simclr import SimCLR, SimCLRConfig
 from trainers.methods.simsiam import SimSiam, SimSiamConfig
+from trainers.methods.sit import SiT, SiTConfig
 from trainers.methods.swav import SwAV, SwAVConfig
 from trainers.methods.vicreg import VICReg, VICRegConfig
 
 __all__ = [
-    "METHODS", "Method", "MethodConfig", "build_method", "parse_method_config", "register_method",
+    "METHODS", "Method", "MethodConfig", "SampleKeys", "build_method", "parse_method_config", "register_method",
     "ema_update", "frozen_copy", "stochastic_layers", "EmbeddingQueue",
     "BarlowTwins", "BarlowTwinsConfig", "MoBY", "MoBYConfig", "VICReg", "VICRegConfig",
     "BYOL", "BYOLConfig", "DINO", "DINOConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV3Config",
-    "SimCLR", "SimCLRConfig", "SimSiam", "SimSiamConfig", "SwAV", "SwAVConfig",
+    "SimCLR", "SimCLRConfig", "SimSiam", "SimSiamConfig", "SiT", "SiTConfig", "SwAV", "SwAVConfig",
 ]

@@ -9,6 +9,8 @@ A runner drives any method the same way (one step, every rank)::
         schedule.apply(optimizer, step)
         views = batch.views                             # global crops first, then local crops
         loss, logs = method.training_step(views, step)  # loss: this rank's local mean; logs local
+                                                        # (+ samples=SampleKeys(...) for methods
+                                                        #  with uses_sample_keys, e.g. SiT)
                                                         # 0-d tensors (no .item()): reduce_logs(logs)
         optimizer.zero_grad(set_to_none=True)           #   at log steps only
         loss.backward()                                 # the runner calls training_step as DDP's
@@ -20,13 +22,18 @@ A runner drives any method the same way (one step, every rank)::
 `method.state_dict()` holds everything a resume needs besides the optimizer and data position
 (weights, EMA copies, queues and their pointers, centers, BN statistics): state is replicated
 on every rank, so rank 0's copy is complete. Schedules are pure functions of `step`.
-Methods reach other ranks only through :mod:`trainers.distributed`.
+Methods reach other ranks only through :mod:`trainers.distributed`. A method that draws its own
+per-sample randomness (SiT's corruptions) sets `uses_sample_keys` and gets the batch's
+:class:`SampleKeys`, so its draws are pure functions of (seed, epoch, sample id) like the
+pipeline's augmentations, whatever the rank or the batch size.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import Tensor, nn
@@ -38,6 +45,7 @@ from viewstream.errors import UsageError, usage_error_from
 __all__ = [
     "MethodConfig",
     "Method",
+    "SampleKeys",
     "METHODS",
     "register_method",
     "parse_method_config",
@@ -84,11 +92,26 @@ class MethodConfig(BaseModel):
         return self
 
 
+@dataclass(frozen=True)
+class SampleKeys:
+    """Who a step's samples are: what a method needs to draw per-sample randomness itself.
+
+    `ids` are the batch's item ids (`ViewBatch.rows`, int64 numpy on the host: numpy, not a
+    tensor, so DDP's input move leaves it on the host and drawing from it costs no device sync);
+    `seed` is the run's seed, `epoch` the batch's epoch.
+    """
+
+    seed: int
+    epoch: int
+    ids: np.ndarray
+
+
 class Method(nn.Module):
     """Backbone + heads + loss + per-step state updates of one SSL method (see module doc)."""
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
+    uses_sample_keys: ClassVar[bool] = False  # training_step takes samples=SampleKeys (see module doc)
 
     def __init__(self, config: MethodConfig) -> None:
         super().__init__()
