@@ -296,3 +296,48 @@ def test_moby(batch, t):
     queue1, queue2 = (F.normalize(rand(6, 5, seed=s), dim=1) for s in (4, 5))
     expected = info_nce_reference(p1, k2, queue2, t) + info_nce_reference(p2, k1, queue1, t)
     close(losses.moby(p1, p2, k1, k2, queue1, queue2, t), expected)
+
+
+# ------------------------------------------------------------------------------ SiT
+def sit_reference(s1, s2, t1, t2, rec, clean, mask, t, lmbda):
+    """Sara-Ahmed/SiT main.py: c_loss (its SimCLR module: student view i against teacher view j != i,
+    CE over the teachers' keys with the own index as label, x 2t) + lmbda * r_loss (L1 over every
+    corrupted pixel and channel: `recloss[masks == 1].mean()`)."""
+
+    def ctr(q, k):
+        total = 0.0
+        for i in range(len(q)):
+            logits = [cos(q[i], k[j]) / t for j in range(len(k))]
+            total += -(logits[i] - math.log(sum(math.exp(x) for x in logits)))
+        return total / len(q) * 2 * t
+
+    errors = [abs(float(rec[n, c, y, x] - clean[n, c, y, x]))
+              for n in range(rec.shape[0]) for c in range(rec.shape[1])
+              for y in range(rec.shape[2]) for x in range(rec.shape[3]) if mask[n, 0, y, x]]
+    return ctr(s1, t2) + ctr(s2, t1) + lmbda * sum(errors) / len(errors)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("channels,side", [(1, 4), (3, 6)])
+@pytest.mark.parametrize("t,lmbda", [(0.2, 1.0), (0.5, 5.0)])
+def test_sit(batch, channels, side, t, lmbda):
+    s1, s2, t1, t2 = (rand(batch, 5, seed=s) for s in range(4))
+    clean, rec = rand(2 * batch, channels, side, side, seed=4), rand(2 * batch, channels, side, side, seed=5)
+    mask = rand(2 * batch, 1, side, side, seed=6) > 0.3
+    mask[0, 0, 0, 0] = True
+    expected = sit_reference(s1, s2, t1, t2, rec, clean, mask, t, lmbda)
+    close(losses.sit(s1, s2, t1, t2, rec, clean, mask, t, lmbda), expected)
+
+
+def test_sit_reconstruction_reads_only_corrupted_pixels_and_teachers_get_no_gradient():
+    clean, rec = rand(2, 3, 4, 4), rand(2, 3, 4, 4, seed=1).requires_grad_(True)
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    mask[1, 0, 2:, :3] = True
+    losses.sit_reconstruction(rec, clean, mask).backward()
+    assert torch.equal(rec.grad != 0, mask.expand(2, 3, 4, 4))
+    t1 = rand(3, 5).requires_grad_(True)
+    s1 = rand(3, 5, seed=1).requires_grad_(True)
+    losses.sit(s1, rand(3, 5, seed=2), t1, rand(3, 5, seed=3), rec, clean, mask).backward()
+    assert t1.grad is None and s1.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"one shape, got \(2, 3, 4, 4\), \(2, 3, 4, 5\)"):
+        losses.sit_reconstruction(rec, rand(2, 3, 4, 5), mask)

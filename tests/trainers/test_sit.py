@@ -1,0 +1,134 @@
+"""SiT: the GMML corruptions against the official loop, their per-sample purity, the method's checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.params import uniforms
+from tests.trainers.tiny import TINY_CONFIGS
+from trainers.backbones import build_backbone
+from trainers.methods import SampleKeys, build_method
+from trainers.methods import gmml
+from trainers.methods.gmml import GMMLSettings, apply_gmml, draw_gmml
+from viewstream.errors import UsageError
+
+
+def official_corruption(clean, seed, epoch, ids, s: GMMLSettings):
+    """datasets_utils.py GMML_drop_rand_patches / GMML_replace_list, one crop at a time with Python
+    scalars and the official `while mask.sum() < n_drop_pix` loop, from the documented uniform slots."""
+    views, batch = 2, len(ids)
+    _, channels, height, width = clean.shape
+    k, a = s.max_blocks, s.align
+    per_view = 4 + 8 * k
+    u = uniforms(seed ^ gmml._SALT, epoch, np.asarray(ids), views * per_view).reshape(batch, views, per_view)
+    out, masks = clean.clone(), torch.zeros(views * batch, 1, height, width, dtype=torch.bool)
+    for v in range(views):
+        for b in range(batch):
+            row, uu = v * batch + b, u[b, v]
+            replace = uu[0] < s.replace_probability
+            start = (b // s.group_size) * s.group_size
+            length = min(start + s.group_size, batch) - start
+            donor = v * batch + start + int(uu[1] * length)       # randint(0, n_imgs) within the group
+            p = s.replace_fraction if replace else s.drop_fraction
+            n_drop_pix = (min(0.5, p) + (uu[3] if replace else uu[2]) * (p - min(0.5, p))) * height * width
+            rects = uu[4 + 4 * k:] if replace else uu[4:4 + 4 * k]
+            mask = torch.zeros(height, width)
+            i = 0
+            while mask.sum() < n_drop_pix:
+                ur, uc, uh, uw = rects[4 * i:4 * i + 4]
+                r = (int(ur * (height - a)) // a) * a
+                c = (int(uc * (width - a)) // a) * a
+                h = round(min(a + int(uh * (int(height * s.max_block_fraction) - a)), height - r) / a) * a
+                w = round(min(a + int(uw * (int(width * s.max_block_fraction) - a)), width - c) / a) * a
+                out[row, :, r:r + h, c:c + w] = clean[donor, :, r:r + h, c:c + w] if replace else 0.0
+                mask[r:r + h, c:c + w] = 1
+                i += 1
+            masks[row, 0] = mask.bool()
+    return out, masks
+
+
+@pytest.mark.parametrize("side,align,group", [(16, 1, 4), (28, 1, 64), (28, 4, 3), (20, 2, 1)])
+def test_gmml_equals_the_official_loop(side, align, group):
+    s = GMMLSettings(align=align, group_size=group)
+    ids = np.array([7, 3, 100, 12, 5, 6, 40])
+    clean = torch.randn(2 * len(ids), 3, side, side, generator=torch.Generator().manual_seed(0))
+    corrupted, mask, short = apply_gmml(clean, draw_gmml(1, 2, ids, 2, side, side, s), s.max_blocks)
+    expected, expected_mask = official_corruption(clean, 1, 2, ids, s)
+    assert torch.equal(mask, expected_mask)
+    assert torch.equal(corrupted, expected)
+    assert float(short) == 0.0
+
+
+def test_gmml_numbers_match_the_official_recipe():
+    """Coverage >= 0.5 (drop, zeros) or >= 0.3 (replace, donor pixels), about half replaced,
+    donors from the sample's own group."""
+    s = GMMLSettings(group_size=16)
+    ids = np.arange(1000, 1064)
+    table = draw_gmml(0, 0, ids, 2, 28, 28, s)
+    replace, donor = table[:, -2].astype(bool), table[:, -1]
+    assert 0.35 < replace.mean() < 0.65
+    rows = np.arange(128)
+    assert np.array_equal(donor // 16, rows // 16)  # within the group (and the view: groups never straddle views)
+    clean = torch.randn(128, 3, 28, 28) + 5.0        # no pixel is 0 before the corruption
+    corrupted, mask, _ = apply_gmml(clean, table, s.max_blocks)
+    coverage = mask.float().mean(dim=(1, 2, 3)).numpy()
+    assert (coverage[~replace] >= 0.5).all() and (coverage[replace] >= 0.3).all()
+    assert (coverage[replace] < coverage[~replace].min()).mean() > 0.5  # replace covers less
+    dropped = (corrupted == 0).all(dim=1, keepdim=True)
+    assert torch.equal(dropped[~torch.from_numpy(replace)], mask[~torch.from_numpy(replace)])
+    assert torch.equal(corrupted[~mask.expand_as(corrupted)], clean[~mask.expand_as(clean)])
+
+
+def test_gmml_draws_are_pure_functions_of_seed_epoch_and_sample_id():
+    s = GMMLSettings(group_size=1)  # donor = self: every column is then per sample
+    ids = np.array([5, 9, 2, 31])
+    order = np.array([2, 0, 3, 1])
+    table = draw_gmml(0, 3, ids, 2, 16, 16, s).reshape(2, 4, -1)
+    shuffled = draw_gmml(0, 3, ids[order], 2, 16, 16, s).reshape(2, 4, -1)
+    assert np.array_equal(shuffled[:, :, :-1], table[:, order, :-1])  # another batch order: the same draws
+    assert not np.array_equal(draw_gmml(0, 4, ids, 2, 16, 16, s), table.reshape(8, -1))  # another epoch
+    assert not np.array_equal(draw_gmml(1, 3, ids, 2, 16, 16, s), table.reshape(8, -1))  # another seed
+    # a stream of its own: not the pipeline's crop uniforms of the same samples
+    assert not np.allclose(uniforms(0, 3, ids, 4), uniforms(0 ^ gmml._SALT, 3, ids, 4))
+
+
+def test_gmml_refuses_crops_too_small_for_the_alignment():
+    with pytest.raises(UsageError, match=r"crops of 16x16 px are too small for drop_align=4"):
+        draw_gmml(0, 0, np.arange(2), 2, 16, 16, GMMLSettings(align=4))
+
+
+def test_vit_tokens_are_the_forward_and_its_patches():
+    backbone = build_backbone({"name": "vit_tiny", "image_size": 16}).eval()
+    x = torch.randn(3, 3, 16, 16)
+    features, patches = backbone.forward_tokens(x)
+    assert torch.equal(features, backbone(x)) and patches.shape == (3, 16, 64)
+    with pytest.raises(NotImplementedError, match="ConvNetBackbone gives no patch tokens"):
+        build_backbone("convnet").forward_tokens(x)
+
+
+def test_sit_step_reconstructs_pixels_and_logs_its_parts():
+    method = build_method(TINY_CONFIGS["sit"], seed=0)
+    views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    loss, logs = method.training_step(views, 0, samples=SampleKeys(0, 0, np.arange(4)))
+    assert set(logs) == {"loss", "contrastive", "reconstruction", "corruption_short"}
+    assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in logs.values())
+    torch.testing.assert_close(loss.detach(), logs["contrastive"] + logs["reconstruction"])
+    _, patches = method.backbone.forward_tokens(views[0])
+    assert method.reconstruction_head(patches, (4, 4)).shape == (4, 3, 16, 16)
+    loss.backward()
+    assert method.reconstruction_head.to_pixels.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in method.teacher_backbone.parameters())
+
+
+@pytest.mark.parametrize("config,call,match", [
+    ({"backbone": {"name": "convnet"}}, None, r"sit needs a ViT backbone .*'convnet' is a convnet"),
+    ({}, lambda m: m.training_step([torch.randn(2, 3, 16, 16)] * 2, 0), r"needs samples=SampleKeys"),
+    ({}, lambda m: m.training_step([torch.randn(2, 3, 18, 18)] * 2, 0, samples=SampleKeys(0, 0, np.arange(2))),
+     r"crops of 18x18 px are not a multiple of the patch size 4"),
+])
+def test_sit_bad_use_is_one_clear_line(config, call, match):
+    with pytest.raises(UsageError, match=match) as error:
+        method = build_method({**TINY_CONFIGS["sit"], **config}, seed=0)
+        call(method)
+    assert "\n" not in str(error.value)
