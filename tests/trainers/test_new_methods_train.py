@@ -1,4 +1,4 @@
-"""Barlow Twins, VICReg and MoBY train through the runner on 2 gloo workers (real local Ray) and their loss falls."""
+"""Barlow Twins, VICReg, MoBY and SiT train through the runner on 2 gloo workers (real local Ray) and their loss falls."""
 from __future__ import annotations
 
 import pytest
@@ -17,6 +17,9 @@ METHODS = {
     "vicreg": (HEADS, {"name": "lars", "base_lr": 1.0, "lr_scaling": "sqrt", "warmup_steps": 3}),
     "moby": ({**HEADS, "prediction_hidden_dim": 64, "queue_size": 64},
              {"name": "adamw", "base_lr": 0.002, "lr_scaling": "none", "warmup_steps": 3, "weight_decay": 0.05}),
+    "sit": ({"backbone": {"name": "vit_tiny", "image_size": 28, "drop_path_rate": 0.0}, "head_hidden_dim": 64,
+             "out_dim": 32, "replace_group_size": 16},
+            {"name": "adamw", "base_lr": 0.002, "lr_scaling": "none", "warmup_steps": 3, "weight_decay": 0.04}),
 }
 
 
@@ -40,5 +43,9 @@ def test_trains_on_two_workers_and_the_loss_falls(ray_local, fmnist_shards, tmp_
     assert sum(losses[-4:]) < sum(losses[:4]), losses
     state = load_state(resolve_checkpoint(result.checkpoint))["method"]
     assert any(k.startswith("backbone.") for k in state)
+    if method == "sit":  # both parts of the loss fell, and no crop stopped short of its coverage
+        records = [r for r in read_metrics(result.out_dir) if "reconstruction" in r]
+        assert records[-1]["reconstruction"] < records[0]["reconstruction"]
+        assert all(r["corruption_short"] == 0.0 for r in records)
     if method == "moby":
         assert int(state["queue.pointer"]) == 0 and int(state["queue.filled"]) == 64  # 24 steps x 32: wrapped
