@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -32,10 +33,13 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainers import distributed  # noqa: E402
-from trainers.methods import METHODS, build_method  # noqa: E402
+from trainers.methods import METHODS, SampleKeys, build_method  # noqa: E402
 
 LOCAL_VIEWS = {"swav": 2, "dino": 2}
 EXTRA = {"swav": {"queue_size": 3840}}
+# Methods that need another backbone than resnet18: SiT reconstructs from ViT patch tokens (its ViT-S/16;
+# at --px 64 that is 4 x 4 tokens)
+BACKBONES = {"sit": lambda px: {"name": "vit_small", "image_size": px}}
 
 
 def _rss_mb() -> float:
@@ -46,7 +50,8 @@ def _measure(name: str, batch: int, px: int, steps: int) -> dict:
     """Time `steps` runner steps (after one warm-up step) on this process's share."""
     torch.set_num_threads(1)
     base_rss = _rss_mb()
-    config = {"name": name, "backbone": {"name": "resnet18"}, "num_local_views": LOCAL_VIEWS.get(name, 0),
+    backbone = BACKBONES[name](px) if name in BACKBONES else {"name": "resnet18"}
+    config = {"name": name, "backbone": backbone, "num_local_views": LOCAL_VIEWS.get(name, 0),
               **EXTRA.get(name, {})}
     method = build_method(config, seed=0)
     optimizer = torch.optim.SGD(method.parameter_groups(1e-6), lr=0.01, momentum=0.9)
@@ -56,7 +61,10 @@ def _measure(name: str, batch: int, px: int, steps: int) -> dict:
     times = []
     for step in range(steps + 1):
         start = time.perf_counter()
-        loss, _ = method.training_step(views, step)
+        # per-sample draws (SiT): this rank's item ids, as the Trainer passes them
+        extra = ({"samples": SampleKeys(0, 0, np.arange(batch) + distributed.rank() * batch)}
+                 if method.uses_sample_keys else {})
+        loss, _ = method.training_step(views, step, **extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(method)
