@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.params import uniforms
-from tests.trainers.tiny import TINY_CONFIGS
+from tests.trainers.tiny import TINY_CONFIGS, make_trainer, make_views, view_batch
 from trainers.backbones import build_backbone
 from trainers.methods import SampleKeys, build_method
 from trainers.methods import gmml
@@ -132,3 +132,13 @@ def test_sit_bad_use_is_one_clear_line(config, call, match):
         method = build_method({**TINY_CONFIGS["sit"], **config}, seed=0)
         call(method)
     assert "\n" not in str(error.value)
+
+
+def test_the_trainer_hands_each_micro_batch_its_own_sample_ids():
+    trainer = make_trainer(TINY_CONFIGS["sit"], 2, gradient_accumulation_steps=2)
+    batch = view_batch(make_views(TINY_CONFIGS["sit"], 1)[0], 3)
+    keys = [k["samples"] for k in trainer._sample_keys(batch, [5, 3])]
+    assert [k.ids.tolist() for k in keys] == [batch.rows[:5].tolist(), batch.rows[5:].tolist()]
+    assert all(k.seed == trainer.config.seed and k.epoch == batch.epoch for k in keys)
+    assert torch.isfinite(trainer.train_step(batch)["loss"])
+    assert make_trainer(TINY_CONFIGS["simclr"], 2)._sample_keys(batch, [8]) == [{}]  # other methods: nothing
