@@ -142,3 +142,13 @@ def test_the_trainer_hands_each_micro_batch_its_own_sample_ids():
     assert all(k.seed == trainer.config.seed and k.epoch == batch.epoch for k in keys)
     assert torch.isfinite(trainer.train_step(batch)["loss"])
     assert make_trainer(TINY_CONFIGS["simclr"], 2)._sample_keys(batch, [8]) == [{}]  # other methods: nothing
+
+
+def test_the_tiny_equivalence_batches_exercise_both_paths_and_foreign_donors():
+    """Guards the 2-ranks == 1-rank test against a vacuous pass: its first batch (ids 0-7, 16 px,
+    groups of 4) has dropped and replaced crops, and a donor that is another sample."""
+    s = GMMLSettings(group_size=TINY_CONFIGS["sit"]["replace_group_size"])
+    table = draw_gmml(0, 0, np.arange(8), 2, 16, 16, s)
+    replace, donor = table[:, -2].astype(bool), table[:, -1]
+    assert replace.any() and (~replace).any()
+    assert (donor[replace] != np.arange(16)[replace]).any()
