@@ -9,8 +9,6 @@ A runner drives any method the same way (one step, every rank)::
         schedule.apply(optimizer, step)
         views = batch.views                             # global crops first, then local crops
         loss, logs = method.training_step(views, step)  # loss: this rank's local mean; logs local
-                                                        # (+ samples=SampleKeys(...) for methods
-                                                        #  with uses_sample_keys, e.g. SiT)
                                                         # 0-d tensors (no .item()): reduce_logs(logs)
         optimizer.zero_grad(set_to_none=True)           #   at log steps only
         loss.backward()                                 # the runner calls training_step as DDP's
