@@ -17,7 +17,7 @@ from trainers import distributed
 
 __all__ = [
     "nt_xent", "info_nce", "moco_v3", "sinkhorn", "swav", "dino", "dino_center_update", "negative_cosine",
-    "barlow_twins", "vicreg", "moby", "sit_reconstruction", "sit",
+    "barlow_twins", "vicreg", "moby", "sit_reconstruction", "sit_rotation", "sit",
 ]
 
 
@@ -295,14 +295,33 @@ def sit_reconstruction(reconstruction: Tensor, target: Tensor, mask: Tensor) -> 
     return torch.where(mask, error, 0.0).sum() * distributed.world_size() / count
 
 
+def sit_rotation(logits: Tensor, turns: Tensor) -> Tensor:
+    """SiT v1's rotation loss (arXiv 2104.03602 v1; Sara-Ahmed/SiT at 1767b91, losses.py
+    `LearnedLoss("CrossEntropy")`): 4-way cross-entropy of the rotation head's logits (N, 4)
+    against each crop's quarter turns (N,), mean over this rank's crops (equal per-rank batches:
+    the ranks' mean is the global mean). Computed in at least float32."""
+    if logits.dim() != 2 or logits.shape[0] != turns.shape[0]:
+        raise ValueError(f"sit_rotation needs (N, classes) logits and N labels, got {tuple(logits.shape)}, "
+                         f"{tuple(turns.shape)}")
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), turns)
+
+
 def sit(s1: Tensor, s2: Tensor, t1: Tensor, t2: Tensor, reconstruction: Tensor, target: Tensor, mask: Tensor,
-        temperature: float = 0.2, reconstruction_weight: float = 1.0) -> Tensor:
-    """SiT's total loss (Sara-Ahmed/SiT main.py): `c_loss + lmbda * r_loss`.
+        temperature: float = 0.2, reconstruction_weight: float = 1.0, rotation_logits: Tensor | None = None,
+        turns: Tensor | None = None, rotation_weight: float = 0.0) -> Tensor:
+    """SiT's total loss: `c_loss + lmbda * r_loss` (Sara-Ahmed/SiT main.py), plus
+    `rotation_weight * rot_loss` when the v1 rotation task is on (`rotation_logits`, `turns`).
 
     c_loss: its `SimCLR.forward`, the student's heads of the corrupted crops (s1, s2) against the
     EMA teacher's heads of the clean crops (t1, t2), crossed and gathered over ranks at
     `temperature`, scaled by 2t: exactly :func:`moco_v3`'s symmetric loss. r_loss:
-    :func:`sit_reconstruction`.
+    :func:`sit_reconstruction` (`target`: the rotated clean crops when rotating). rot_loss:
+    :func:`sit_rotation`.
     """
     contrastive = moco_v3(s1, s2, t1.detach(), t2.detach(), temperature)
-    return contrastive + reconstruction_weight * sit_reconstruction(reconstruction, target, mask)
+    loss = contrastive + reconstruction_weight * sit_reconstruction(reconstruction, target, mask)
+    if rotation_logits is not None:
+        if turns is None:
+            raise ValueError("sit: rotation_logits need their turns")
+        loss = loss + rotation_weight * sit_rotation(rotation_logits, turns)
+    return loss

@@ -21,7 +21,22 @@ Sara-Ahmed/SiT main.py (`train_SiT`, `train_one_epoch`, `SimCLR`, `FullPipline`)
   to 1e-6, weight decay 0.04 -> 0.1 on every weight that is not a bias or 1-D (the ViT tokens
   decay: `utils.get_params_groups`), gradients clipped per parameter at 3.0
   (`utils.clip_gradients`, DINO's).
-The arXiv v1 rotation-prediction task is not in the official script, so not here.
+
+Rotation (`rotation_weight` > 0; default 0, the official main.py): the rotation-prediction task
+of the paper's first version (arXiv 2104.03602 v1; its code is Sara-Ahmed/SiT at commit 1767b91,
+2021-04-20): each view of a sample is turned by its own 0/90/180/270 degrees
+(:mod:`trainers.methods.rotation`) BEFORE the corruption, so the corruption, its donors and the
+reconstruction target are the turned crops (v1 rotates in `getItem`, then `distortImages`, and
+reconstructs the rotated clean `imgs`); a learned rotation token (v1's `rot_token`, next to the
+class token here) feeds a Linear(D, 4) `rot_head` with 4-way cross-entropy (:func:`trainers.losses.sit_rotation`);
+the teacher sees the un-rotated clean crops. v1 has no teacher: its contrastive pair is the two
+student views, each turned on its own, so the positive pair differs by a uniform quarter turn --
+as here between a turned student view and an un-turned teacher view. Total loss
+`c_loss + lmbda * r_loss + rotation_weight * rot_loss` with FIXED weights: v1's code instead
+learns them (losses.py `MTL_loss`: Kendall et al.'s uncertainty weighting, `adj * exp(-s) * L +
+s / 2` per task with learned s); fixed weights keep the official current recipe's `lmbda` and its
+contrastive term as they are. Square crops only (a quarter turn of a non-square crop changes the
+batch shape): others are refused.
 """
 from __future__ import annotations
 
@@ -31,10 +46,11 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from trainers.losses import moco_v3, sit_reconstruction
+from trainers.losses import moco_v3, sit_reconstruction, sit_rotation
 from trainers.methods.base import Method, MethodConfig, SampleKeys, frozen_copy, register_method
 from trainers.methods.dino import DINO
 from trainers.methods.gmml import GMMLSettings, apply_gmml, draw_gmml
+from trainers.methods.rotation import draw_rotations, rotate
 from trainers.schedules import ema_momentum
 from viewstream.errors import UsageError
 
@@ -57,6 +73,8 @@ class SiTConfig(MethodConfig):
     max_blocks: int = Field(128, ge=1, description="rectangles drawn per crop (bound of the official loop)")
     replace_group_size: int = Field(64, ge=1, description="donors come from groups of this many samples of a "
                                                           "rank's batch (official: the per-GPU batch, 64)")
+    rotation_weight: float = Field(0.0, ge=0, description="arXiv v1 rotation task: weight of its 4-way "
+                                                          "cross-entropy (0: off, as the official main.py)")
 
 
 class SiTContrastiveHead(nn.Module):
@@ -91,6 +109,27 @@ class SiTReconstructionHead(nn.Module):
         return self.to_pixels(x.unflatten(2, grid))               # (N, C, h*p, w*p)
 
 
+def _vit_tokens_with(net: nn.Module, images: Tensor, token: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """timm ViT `forward_features` with one more learned token after the prefix (class) tokens:
+    (features as `net(images)` reads them, patch tokens, the extra token), all after the final norm;
+    `token` None: exactly `forward_tokens` (the test that this follows timm's forward).
+
+    The token has no position embedding (as timm's register tokens): v1 gives its rotation token
+    one, but a learned token plus a learned position is one learned token. It lives in the method,
+    not the backbone, so the encoder that is exported and evaluated is the plain ViT.
+    """
+    x = net.patch_drop(net._pos_embed(net.patch_embed(images)))
+    prefix = net.num_prefix_tokens
+    if token is not None:
+        x = torch.cat([x[:, :prefix], token.expand(x.shape[0], -1, -1), x[:, prefix:]], dim=1)
+    x = net.norm(net.blocks(net.norm_pre(x)))
+    extra = None
+    if token is not None:
+        extra = x[:, prefix]
+        x = torch.cat([x[:, :prefix], x[:, prefix + 1:]], dim=1)
+    return net.forward_head(x), x[:, prefix:], extra
+
+
 def _trunc_normal_linears(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -114,13 +153,19 @@ class SiT(Method):
                                  config.replace_group_size)
         self.head = SiTContrastiveHead(self.feature_dim, config.out_dim, config.head_hidden_dim, config.head_layers)
         self.reconstruction_head = SiTReconstructionHead(self.feature_dim, self.backbone.patch_size)
+        if config.rotation_weight > 0:  # v1: `rot_token` -> Linear(D, 4) `rot_head` (vision_transformer_SiT.py)
+            self.rotation_token = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, 1, self.feature_dim), std=0.02))
+            self.rotation_head = nn.Linear(self.feature_dim, 4)
+            _trunc_normal_linears(self.rotation_head)
         self.teacher_backbone = frozen_copy(self.backbone)
         self.teacher_head = frozen_copy(self.head)
 
     clip_gradients = DINO.clip_gradients  # utils.clip_gradients: per parameter, as DINO's
 
     def no_weight_decay_names(self) -> set[str]:
-        return set()  # utils.get_params_groups: only biases and 1-D parameters skip weight decay
+        # utils.get_params_groups: only biases and 1-D parameters skip weight decay; v1 kept its
+        # rot_token out too (`no_weight_decay`)
+        return {"rotation_token"} if self.config.rotation_weight > 0 else set()
 
     def training_step(self, views: list[Tensor], step: int, samples: SampleKeys | None = None
                       ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -134,18 +179,30 @@ class SiT(Method):
         if height % patch or width % patch:
             raise UsageError(f"sit reconstructs whole patches: crops of {height}x{width} px are not a multiple "
                              f"of the patch size {patch}")
+        target, logs = clean, {}
+        if cfg.rotation_weight > 0:  # v1 getItem: each view turned on its own, before the corruption
+            target, turns = rotate(clean, draw_rotations(samples.seed, samples.epoch, samples.ids, len(views)))
         table = draw_gmml(samples.seed, samples.epoch, samples.ids, len(views), height, width, self.gmml)
-        corrupted, mask, short = apply_gmml(clean, table, cfg.max_blocks)
-        with torch.no_grad():
+        corrupted, mask, short = apply_gmml(target, table, cfg.max_blocks)  # donors: rotated clean crops too
+        with torch.no_grad():  # the teacher sees the un-rotated clean crops
             t1, t2 = self.teacher_head(self.teacher_backbone(clean)).chunk(2)
-        features, patches = self.backbone.forward_tokens(corrupted)
+        if cfg.rotation_weight > 0:
+            features, patches, token = _vit_tokens_with(self.backbone.net, corrupted, self.rotation_token)
+        else:
+            features, patches = self.backbone.forward_tokens(corrupted)
         s1, s2 = self.head(features).chunk(2)
         reconstruction = self.reconstruction_head(patches, (height // patch, width // patch))
         contrastive = moco_v3(s1, s2, t1, t2, cfg.temperature)
-        rec_loss = sit_reconstruction(reconstruction, clean, mask)
+        rec_loss = sit_reconstruction(reconstruction, target, mask)  # the rotated clean crop
         loss = contrastive + cfg.reconstruction_weight * rec_loss
+        if cfg.rotation_weight > 0:
+            logits = self.rotation_head(token)
+            rotation = sit_rotation(logits, turns)
+            loss = loss + cfg.rotation_weight * rotation
+            logs = {"rotation": rotation.detach(),
+                    "rotation_accuracy": (logits.detach().argmax(dim=1) == turns).float().mean()}
         return loss, {"loss": loss.detach(), "contrastive": contrastive.detach(),
-                      "reconstruction": rec_loss.detach(), "corruption_short": short}
+                      "reconstruction": rec_loss.detach(), "corruption_short": short, **logs}
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
