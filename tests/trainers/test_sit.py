@@ -7,10 +7,14 @@ import torch
 
 from pipeline.params import uniforms
 from tests.trainers.tiny import TINY_CONFIGS, make_trainer, make_views, view_batch
+from trainers import losses
 from trainers.backbones import build_backbone
 from trainers.methods import SampleKeys, build_method
 from trainers.methods import gmml
+from trainers.methods import rotation as rotation_module
 from trainers.methods.gmml import GMMLSettings, apply_gmml, draw_gmml
+from trainers.methods.rotation import draw_rotations, rotate
+from trainers.methods.sit import _vit_tokens_with
 from viewstream.errors import UsageError
 
 
@@ -111,14 +115,112 @@ def test_sit_step_reconstructs_pixels_and_logs_its_parts():
     method = build_method(TINY_CONFIGS["sit"], seed=0)
     views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
     loss, logs = method.training_step(views, 0, samples=SampleKeys(0, 0, np.arange(4)))
-    assert set(logs) == {"loss", "contrastive", "reconstruction", "corruption_short"}
-    assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in logs.values())
-    torch.testing.assert_close(loss.detach(), logs["contrastive"] + logs["reconstruction"])
+    assert set(logs) == {"loss", "contrastive", "reconstruction", "corruption_short", "rotation", "rotation_accuracy"}
+    assert all(isinstance(v, torch.Tensor) and not v.requires_grad and v.dim() == 0 for v in logs.values())
+    torch.testing.assert_close(loss.detach(), logs["contrastive"] + logs["reconstruction"] + logs["rotation"])
     _, patches = method.backbone.forward_tokens(views[0])
     assert method.reconstruction_head(patches, (4, 4)).shape == (4, 3, 16, 16)
     loss.backward()
     assert method.reconstruction_head.to_pixels.weight.grad.abs().sum() > 0
+    assert method.rotation_head.weight.grad.abs().sum() > 0 and method.rotation_token.grad.abs().sum() > 0
     assert all(p.grad is None for p in method.teacher_backbone.parameters())
+    assert "rotation_token" in method.no_weight_decay_names()
+
+
+def test_sit_without_rotation_is_the_official_step():
+    """rotation_weight 0 (the full recipe's default): no rotation parameters, logs or loss term."""
+    method = build_method({**TINY_CONFIGS["sit"], "rotation_weight": 0.0}, seed=0)
+    assert not hasattr(method, "rotation_head") and not hasattr(method, "rotation_token")
+    loss, logs = method.training_step([torch.randn(4, 3, 16, 16) for _ in range(2)], 0,
+                                      samples=SampleKeys(0, 0, np.arange(4)))
+    assert set(logs) == {"loss", "contrastive", "reconstruction", "corruption_short"}
+    torch.testing.assert_close(loss.detach(), logs["contrastive"] + logs["reconstruction"])
+    assert method.no_weight_decay_names() == set()
+
+
+def test_rotation_draws_are_pure_functions_of_seed_epoch_and_sample_id_apart_from_the_corruption():
+    ids = np.array([5, 9, 2, 31, 77, 4])
+    order = np.array([2, 0, 5, 3, 1, 4])
+    turns = draw_rotations(0, 3, ids, 2).reshape(2, 6)
+    assert np.array_equal(draw_rotations(0, 3, ids[order], 2).reshape(2, 6), turns[:, order])  # batch order
+    assert np.array_equal(draw_rotations(0, 3, ids[:2], 2).reshape(2, 2), turns[:, :2])        # batch size
+    many = np.arange(4000)
+    base = draw_rotations(0, 0, many, 2)
+    assert not np.array_equal(draw_rotations(0, 1, many, 2), base)  # another epoch
+    assert not np.array_equal(draw_rotations(1, 0, many, 2), base)  # another seed
+    assert np.abs(np.bincount(base, minlength=4) / len(base) - 0.25).max() < 0.02
+    # independent of the corruption (and of the pipeline's crops): streams of their own, and the turn
+    # says nothing about whether a crop is replaced
+    assert rotation_module._SALT != gmml._SALT
+    assert not np.allclose(uniforms(0 ^ rotation_module._SALT, 0, many, 2), uniforms(0 ^ gmml._SALT, 0, many, 2))
+    assert not np.allclose(uniforms(0 ^ rotation_module._SALT, 0, many, 2), uniforms(0, 0, many, 2))
+    replace = uniforms(0 ^ gmml._SALT, 0, many, 2 * (4 + 8 * GMMLSettings().max_blocks))[:, 0] < 0.5  # view 1
+    for k in range(4):
+        assert 0.45 < replace[base[:4000] == k].mean() < 0.55
+
+
+def test_rotate_turns_each_crop_counter_clockwise_as_its_draw_says():
+    images = torch.randn(9, 2, 5, 5)
+    turns = np.array([3, 0, 1, 2, 1, 3, 0, 2, 2])
+    turned, labels = rotate(images, turns)
+    assert torch.equal(turned, torch.stack([torch.rot90(x, int(k), dims=(-2, -1)) for x, k in zip(images, turns)]))
+    assert labels.tolist() == turns.tolist()
+    corner = torch.zeros(1, 1, 3, 3)
+    corner[0, 0, 0, 2] = 1.0  # top right; a quarter turn counter-clockwise (PIL ROTATE_90) takes it top left
+    assert rotate(corner, np.array([1]))[0][0, 0, 0, 0] == 1.0
+    with pytest.raises(UsageError, match=r"square crops only: got 4x6 px"):
+        rotate(torch.zeros(2, 3, 4, 6), np.array([0, 1]))
+
+
+def test_the_rotation_token_forward_is_timms_forward():
+    backbone = build_backbone({"name": "vit_tiny", "image_size": 16}).eval()
+    x = torch.randn(3, 3, 16, 16)
+    features, patches, extra = _vit_tokens_with(backbone.net, x, None)
+    expected = backbone.forward_tokens(x)
+    assert extra is None and torch.equal(features, expected[0]) and torch.equal(patches, expected[1])
+    d = backbone.feature_dim
+    features, patches, extra = _vit_tokens_with(backbone.net, x, torch.randn(1, 1, d))
+    assert features.shape == (3, d) and patches.shape == (3, 16, d) and extra.shape == (3, d)
+
+
+def test_the_step_reconstructs_the_turned_clean_crop_and_the_teacher_sees_it_unturned():
+    method = build_method(TINY_CONFIGS["sit"], seed=0)
+    views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    keys = SampleKeys(0, 0, np.arange(4))
+    _, logs = method.training_step(views, 0, samples=keys)
+    clean = torch.cat(views)
+    turns = draw_rotations(0, 0, keys.ids, 2)
+    assert len(set(turns.tolist())) > 1
+    with torch.no_grad():
+        target, labels = rotate(clean, turns)
+        corrupted, mask, _ = apply_gmml(target, draw_gmml(0, 0, keys.ids, 2, 16, 16, method.gmml), method.gmml.max_blocks)
+        features, patches, token = _vit_tokens_with(method.backbone.net, corrupted, method.rotation_token)
+        reconstruction = method.reconstruction_head(patches, (4, 4))
+        torch.testing.assert_close(logs["reconstruction"], losses.sit_reconstruction(reconstruction, target, mask))
+        assert not torch.allclose(logs["reconstruction"], losses.sit_reconstruction(reconstruction, clean, mask))
+        torch.testing.assert_close(logs["rotation"], losses.sit_rotation(method.rotation_head(token), labels))
+        # the teacher's input is the un-turned clean stack: its keys from `clean` give the logged contrast
+        t1, t2 = method.teacher_head(method.teacher_backbone(clean)).chunk(2)
+        s1, s2 = method.head(features).chunk(2)
+        torch.testing.assert_close(logs["contrastive"], losses.moco_v3(s1, s2, t1, t2, 0.2))
+
+
+def test_the_rotation_head_learns_on_tiny_data():
+    """A few steps on 8 structured 16 px crops: the rotation loss falls well below chance (log 4)."""
+    torch.manual_seed(0)
+    method = build_method({**TINY_CONFIGS["sit"], "rotation_weight": 5.0}, seed=0)
+    ramp = torch.linspace(0, 1, 16)
+    base = torch.stack([ramp[:, None] * ramp[None, :]] * 3)  # brightest at the bottom right
+    views = [base + 0.1 * torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(v)) for v in range(2)]
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=2e-3)
+    seen = []
+    for step in range(25):
+        loss, logs = method.training_step(views, step, samples=SampleKeys(0, step, np.arange(8)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen.append(float(logs["rotation"]))
+    assert np.mean(seen[:3]) > 1.2 and np.mean(seen[-5:]) < 0.5 * np.log(4), seen
 
 
 @pytest.mark.parametrize("config,call,match", [
@@ -126,6 +228,8 @@ def test_sit_step_reconstructs_pixels_and_logs_its_parts():
     ({}, lambda m: m.training_step([torch.randn(2, 3, 16, 16)] * 2, 0), r"needs samples=SampleKeys"),
     ({}, lambda m: m.training_step([torch.randn(2, 3, 18, 18)] * 2, 0, samples=SampleKeys(0, 0, np.arange(2))),
      r"crops of 18x18 px are not a multiple of the patch size 4"),
+    ({}, lambda m: m.training_step([torch.randn(2, 3, 16, 20)] * 2, 0, samples=SampleKeys(0, 0, np.arange(2))),
+     r"sit rotation turns square crops only: got 16x20 px \(use square crops or rotation_weight: 0\)"),
 ])
 def test_sit_bad_use_is_one_clear_line(config, call, match):
     with pytest.raises(UsageError, match=match) as error:
@@ -152,3 +256,4 @@ def test_the_tiny_equivalence_batches_exercise_both_paths_and_foreign_donors():
     replace, donor = table[:, -2].astype(bool), table[:, -1]
     assert replace.any() and (~replace).any()
     assert (donor[replace] != np.arange(16)[replace]).any()
+    assert set(draw_rotations(0, 0, np.arange(8), 2).tolist()) == {0, 1, 2, 3}  # and every quarter turn

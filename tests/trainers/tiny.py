@@ -42,9 +42,10 @@ TINY_CONFIGS: dict[str, dict] = {
     "moby": dict(name="moby", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32,
                  queue_size=24, global_batch_size=GLOBAL_BATCH),
     # MoBY's natural backbone at CPU-test size (no drop-path: per-rank randomness breaks equality)
-    # SiT on a tiny ViT: donor groups of 4 = the per-rank batch of 2 ranks, so 2 x 4 == 1 x 8 exactly
+    # SiT on a tiny ViT: donor groups of 4 = the per-rank batch of 2 ranks, so 2 x 4 == 1 x 8 exactly;
+    # with the v1 rotation task on (the rotation-off path is the same step minus it: tests/trainers/test_sit.py)
     "sit": dict(name="sit", backbone={"name": "vit_tiny", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
-                head_hidden_dim=32, out_dim=16, replace_group_size=GLOBAL_BATCH // 2),
+                head_hidden_dim=32, out_dim=16, replace_group_size=GLOBAL_BATCH // 2, rotation_weight=1.0),
     "moby_swin": dict(name="moby", backbone={"name": "swin_nano", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
                       projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32, queue_size=16),
 }
