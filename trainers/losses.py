@@ -17,7 +17,7 @@ from trainers import distributed
 
 __all__ = [
     "nt_xent", "info_nce", "moco_v3", "sinkhorn", "swav", "dino", "dino_center_update", "negative_cosine",
-    "barlow_twins", "vicreg", "moby", "sit_reconstruction", "sit_rotation", "sit",
+    "barlow_twins", "vicreg", "moby", "sit_reconstruction", "sit_rotation", "uncertainty_weighted", "sit",
 ]
 
 
@@ -304,6 +304,18 @@ def sit_rotation(logits: Tensor, turns: Tensor) -> Tensor:
         raise ValueError(f"sit_rotation needs (N, classes) logits and N labels, got {tuple(logits.shape)}, "
                          f"{tuple(turns.shape)}")
     return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), turns)
+
+
+def uncertainty_weighted(task_losses: Sequence[Tensor], log_variances: Tensor, scales: Sequence[float]) -> Tensor:
+    """Learned task weighting (Kendall, Gal, Cipolla 2018, https://arxiv.org/abs/1705.07115) as SiT
+    v1's code has it (Sara-Ahmed/SiT at 1767b91, losses.py `LearnedLoss.calculate_weighted_loss`):
+    `sum_i scale_i * exp(-s_i) * L_i + s_i / 2`, s = `log_variances` learned (one per task), scale
+    1 for a cross-entropy or contrastive term and 1/2 for an L1 one (its `adj`)."""
+    if log_variances.shape != (len(task_losses),) or len(scales) != len(task_losses):
+        raise ValueError(f"uncertainty_weighted needs one log-variance and one scale per task; got "
+                         f"{len(task_losses)} losses, log_variances {tuple(log_variances.shape)}, {len(scales)} scales")
+    s = log_variances.float() if log_variances.dtype in (torch.float16, torch.bfloat16) else log_variances
+    return sum(scale * torch.exp(-s[i]) * loss + 0.5 * s[i] for i, (loss, scale) in enumerate(zip(task_losses, scales)))
 
 
 def sit(s1: Tensor, s2: Tensor, t1: Tensor, t2: Tensor, reconstruction: Tensor, target: Tensor, mask: Tensor,

@@ -342,6 +342,20 @@ def test_sit(batch, channels, side, t, lmbda, rot_weight):
     close(losses.sit(s1, s2, t1, t2, rec, clean, mask, t, lmbda, **rotation), expected)
 
 
+def test_uncertainty_weighted_is_sit_v1_mtl_loss():
+    """1767b91 losses.py: total = sum over tasks of adj * exp(-s) * L + 0.5 * s (adj: CE 1, contrastive 1, L1 0.5)."""
+    task = [rand(1, seed=s)[0].abs() for s in range(3)]
+    s = rand(3, seed=9).requires_grad_(True)
+    expected = sum(adj * math.exp(-float(si)) * float(li) + 0.5 * float(si)
+                   for adj, si, li in zip((1.0, 0.5, 1.0), s.tolist(), task))
+    loss = losses.uncertainty_weighted(task, s, (1.0, 0.5, 1.0))
+    close(loss, expected)
+    loss.backward()
+    close(s.grad[1], 0.5 - 0.5 * math.exp(-float(s.detach()[1])) * float(task[1]))
+    with pytest.raises(ValueError, match=r"one log-variance and one scale per task; got 3 losses, log_variances \(2,\)"):
+        losses.uncertainty_weighted(task, s[:2], (1.0, 0.5, 1.0))
+
+
 def test_sit_rotation_is_the_mean_cross_entropy_and_refuses_bad_shapes():
     logits = rand(6, 4, seed=1).requires_grad_(True)
     turns = torch.tensor([0, 1, 2, 3, 3, 1])

@@ -138,6 +138,23 @@ def test_sit_without_rotation_is_the_official_step():
     assert method.no_weight_decay_names() == set()
 
 
+def test_uncertainty_weighting_learns_v1s_task_weights():
+    method = build_method({**TINY_CONFIGS["sit"], "uncertainty_weighting": True, "reconstruction_weight": 2.0}, seed=0)
+    assert method.task_log_variances.tolist() == [1.0, 1.0, 1.0]  # v1: nn.Parameter(torch.tensor([1.0])) each
+    loss, logs = method.training_step([torch.randn(4, 3, 16, 16) for _ in range(2)], 0,
+                                      samples=SampleKeys(0, 0, np.arange(4)))
+    w = float(np.exp(-1.0))
+    expected = w * (logs["contrastive"] + 0.5 * 2.0 * logs["reconstruction"] + logs["rotation"]) + 1.5
+    torch.testing.assert_close(loss.detach(), expected)
+    assert {"contrastive_learned_weight", "reconstruction_learned_weight", "rotation_learned_weight"} <= set(logs)
+    torch.testing.assert_close(logs["rotation_learned_weight"], torch.tensor(w))
+    loss.backward()
+    assert (method.task_log_variances.grad != 0).all()
+    groups = method.parameter_groups(0.05)
+    plain = [p for g in groups if g["norm_or_bias"] for p in g["params"]]
+    assert any(p is method.task_log_variances for p in plain) and any(p is method.rotation_token for p in plain)
+
+
 def test_rotation_draws_are_pure_functions_of_seed_epoch_and_sample_id_apart_from_the_corruption():
     ids = np.array([5, 9, 2, 31, 77, 4])
     order = np.array([2, 0, 5, 3, 1, 4])

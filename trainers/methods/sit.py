@@ -32,11 +32,15 @@ class token here) feeds a Linear(D, 4) `rot_head` with 4-way cross-entropy (:fun
 the teacher sees the un-rotated clean crops. v1 has no teacher: its contrastive pair is the two
 student views, each turned on its own, so the positive pair differs by a uniform quarter turn --
 as here between a turned student view and an un-turned teacher view. Total loss
-`c_loss + lmbda * r_loss + rotation_weight * rot_loss` with FIXED weights: v1's code instead
-learns them (losses.py `MTL_loss`: Kendall et al.'s uncertainty weighting, `adj * exp(-s) * L +
-s / 2` per task with learned s); fixed weights keep the official current recipe's `lmbda` and its
-contrastive term as they are. Square crops only (a quarter turn of a non-square crop changes the
-batch shape): others are refused.
+`c_loss + lmbda * r_loss + rotation_weight * rot_loss`, FIXED weights by default (they keep the
+official current recipe's `lmbda` as it is); v1's code learns them instead (losses.py `MTL_loss`:
+Kendall et al.'s uncertainty weighting, `adj * exp(-s) * L + s / 2` per task, s initialised to
+1, adj 1/2 for the L1 term): `uncertainty_weighting: true`
+(:func:`trainers.losses.uncertainty_weighted`, on the fixed-weighted losses: weights 1 are v1's).
+What stays of the current recipe in the v1 variant: the EMA teacher and MoCo v3-style contrast
+(v1: SimCLR's NT-Xent between the two student views), the GMML corruption (v1: noise, blur,
+grey patches and pasted patches). Square crops only (a quarter turn of a non-square crop changes
+the batch shape): others are refused.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from trainers.losses import moco_v3, sit_reconstruction, sit_rotation
+from trainers.losses import moco_v3, sit_reconstruction, sit_rotation, uncertainty_weighted
 from trainers.methods.base import Method, MethodConfig, SampleKeys, frozen_copy, register_method
 from trainers.methods.dino import DINO
 from trainers.methods.gmml import GMMLSettings, apply_gmml, draw_gmml
@@ -75,6 +79,8 @@ class SiTConfig(MethodConfig):
                                                           "rank's batch (official: the per-GPU batch, 64)")
     rotation_weight: float = Field(0.0, ge=0, description="arXiv v1 rotation task: weight of its 4-way "
                                                           "cross-entropy (0: off, as the official main.py)")
+    uncertainty_weighting: bool = Field(False, description="v1's code: learned task weights exp(-s) (Kendall et "
+                                                           "al.) on the (fixed-weighted) losses; off: fixed weights")
 
 
 class SiTContrastiveHead(nn.Module):
@@ -157,6 +163,8 @@ class SiT(Method):
             self.rotation_token = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, 1, self.feature_dim), std=0.02))
             self.rotation_head = nn.Linear(self.feature_dim, 4)
             _trunc_normal_linears(self.rotation_head)
+        if config.uncertainty_weighting:  # v1 `rot_w`, `contrastive_w`, `recons_w`: nn.Parameter(1.0) each
+            self.task_log_variances = nn.Parameter(torch.ones(2 + (config.rotation_weight > 0)))
         self.teacher_backbone = frozen_copy(self.backbone)
         self.teacher_head = frozen_copy(self.head)
 
@@ -194,13 +202,20 @@ class SiT(Method):
         reconstruction = self.reconstruction_head(patches, (height // patch, width // patch))
         contrastive = moco_v3(s1, s2, t1, t2, cfg.temperature)
         rec_loss = sit_reconstruction(reconstruction, target, mask)  # the rotated clean crop
-        loss = contrastive + cfg.reconstruction_weight * rec_loss
+        parts = {"contrastive": (contrastive, 1.0), "reconstruction": (cfg.reconstruction_weight * rec_loss, 0.5)}
         if cfg.rotation_weight > 0:
             logits = self.rotation_head(token)
             rotation = sit_rotation(logits, turns)
-            loss = loss + cfg.rotation_weight * rotation
+            parts["rotation"] = (cfg.rotation_weight * rotation, 1.0)
             logs = {"rotation": rotation.detach(),
                     "rotation_accuracy": (logits.detach().argmax(dim=1) == turns).float().mean()}
+        if cfg.uncertainty_weighting:  # v1 MTLLOSS: adj * exp(-s) * L + s / 2 (adj 1/2 for the L1 term)
+            terms = list(parts.values())
+            loss = uncertainty_weighted([t for t, _ in terms], self.task_log_variances, [a for _, a in terms])
+            weights = torch.exp(-self.task_log_variances.detach())
+            logs.update({f"{name}_learned_weight": weights[i] for i, name in enumerate(parts)})
+        else:
+            loss = sum(t for t, _ in parts.values())
         return loss, {"loss": loss.detach(), "contrastive": contrastive.detach(),
                       "reconstruction": rec_loss.detach(), "corruption_short": short, **logs}
 
