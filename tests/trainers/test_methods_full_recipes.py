@@ -169,7 +169,7 @@ OFFICIAL = {
         temperatures={"temperature": 0.2}, ema=0.996, drop_path=0.1, grad_clip=3.0,
         method={"out_dim": 256, "head_hidden_dim": 4096, "head_layers": 3, "reconstruction_weight": 1.0,
                 "drop_fraction": 0.5, "replace_fraction": 0.3, "replace_probability": 0.5, "drop_align": 1,
-                "rotation_weight": 0.0},
+                "rotation_weight": 0.0, "uncertainty_weighting": False},
         crops=(2, 0, 224, None), scales=((0.2, 1.0),),
         jitter=(0.4, 0.4, 0.2, 0.1), blur=(1.0, 0.1), solarize=(0.0, 0.2),
     ),

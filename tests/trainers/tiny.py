@@ -46,6 +46,10 @@ TINY_CONFIGS: dict[str, dict] = {
     # with the v1 rotation task on (the rotation-off path is the same step minus it: tests/trainers/test_sit.py)
     "sit": dict(name="sit", backbone={"name": "vit_tiny", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
                 head_hidden_dim=32, out_dim=16, replace_group_size=GLOBAL_BATCH // 2, rotation_weight=1.0),
+    # ... and with v1's learned (uncertainty) task weights: learned scalars through DDP too
+    "sit_v1": dict(name="sit", backbone={"name": "vit_tiny", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
+                   head_hidden_dim=32, out_dim=16, replace_group_size=GLOBAL_BATCH // 2, rotation_weight=1.0,
+                   uncertainty_weighting=True),
     "moby_swin": dict(name="moby", backbone={"name": "swin_nano", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
                       projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32, queue_size=16),
 }
