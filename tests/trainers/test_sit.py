@@ -223,21 +223,24 @@ def test_the_step_reconstructs_the_turned_clean_crop_and_the_teacher_sees_it_unt
 
 
 def test_the_rotation_head_learns_on_tiny_data():
-    """A few steps on 8 structured 16 px crops: the rotation loss falls well below chance (log 4)."""
+    """40 steps on 8 structured 16 px crops: the rotation loss falls well below chance (log 4)."""
     torch.manual_seed(0)
     method = build_method({**TINY_CONFIGS["sit"], "rotation_weight": 5.0}, seed=0)
     ramp = torch.linspace(0, 1, 16)
     base = torch.stack([ramp[:, None] * ramp[None, :]] * 3)  # brightest at the bottom right
     views = [base + 0.1 * torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(v)) for v in range(2)]
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=2e-3)
-    seen = []
-    for step in range(25):
+    seen, accuracy = [], []
+    for step in range(40):  # each step turns the crops afresh (the epoch changes the draws)
         loss, logs = method.training_step(views, step, samples=SampleKeys(0, step, np.arange(8)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         seen.append(float(logs["rotation"]))
-    assert np.mean(seen[:3]) > 1.2 and np.mean(seen[-5:]) < 0.5 * np.log(4), seen
+        accuracy.append(float(logs["rotation_accuracy"]))
+    # measured: first 3 ~1.42, last 5 ~0.37 (accuracy ~0.95; chance 0.25)
+    assert np.mean(seen[:3]) > 1.2 and np.mean(seen[-5:]) < 0.4 * np.log(4), seen
+    assert np.mean(accuracy[-5:]) > 0.7, accuracy
 
 
 @pytest.mark.parametrize("config,call,match", [
