@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -32,13 +33,15 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainers import distributed  # noqa: E402
-from trainers.methods import METHODS, build_method  # noqa: E402
+from trainers.methods import METHODS, SampleIds, build_method  # noqa: E402
 
 LOCAL_VIEWS = {"swav": 2, "dino": 2, "ibot": 2}
 EXTRA = {"swav": {"queue_size": 3840},
          "cpc_v2": {"patch_size": 16, "patch_stride": 8}}  # 64 px views -> a 7 x 7 grid of 16 px patches
-# ResNet-18 for every method except those that need patch tokens (iBOT: ViT-S/16, masked globals)
-BACKBONE = {"ibot": lambda px: {"name": "vit_small", "image_size": px}}
+# ResNet-18 for every method except those that need patch tokens (iBOT: ViT-S/16, masked globals; SiT:
+# its ViT-S/16 reconstructs from patch tokens; at --px 64 that is 4 x 4 tokens)
+BACKBONE = {"ibot": lambda px: {"name": "vit_small", "image_size": px},
+            "sit": lambda px: {"name": "vit_small", "image_size": px}}
 
 
 def _rss_mb() -> float:
@@ -60,7 +63,10 @@ def _measure(name: str, batch: int, px: int, steps: int) -> dict:
     times = []
     for step in range(steps + 1):
         start = time.perf_counter()
-        loss, _ = method.training_step(views, step)
+        # per-sample draws (SiT): this rank's item ids, as the Trainer passes them
+        extra = ({"samples": SampleIds(0, 0, np.arange(batch) + distributed.rank() * batch)}
+                 if method.needs_sample_ids else {})
+        loss, _ = method.training_step(views, step, **extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(method)

@@ -46,8 +46,8 @@ class Backbone(nn.Module):
     """What every backbone declares besides `forward(images) -> (N, feature_dim)`.
 
     family: "resnet", "vit", "swin", "convnet" (MoCo v3 builds ViT heads for "vit"; export picks
-    its recipe by family); token_output: the inner model can return patch tokens
-    (`net.forward_features`), which masked/patch methods need; patch_size: pixels per token (None
+    its recipe by family); token_output: the backbone returns patch tokens too
+    (:meth:`forward_tokens`), which masked/patch methods need; patch_size: pixels per token (None
     for CNNs); :meth:`no_weight_decay`: parameter names (relative to the backbone) that take no
     weight decay besides biases and 1-D tensors.
     """

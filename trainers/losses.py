@@ -18,6 +18,7 @@ from trainers import distributed
 __all__ = [
     "nt_xent", "info_nce", "moco_v3", "sinkhorn", "swav", "dino", "dino_center_update", "negative_cosine",
     "barlow_twins", "vicreg", "moby", "cpc_infonce", "ibot_patch", "ibot_center_update",
+    "sit_reconstruction", "sit_rotation", "uncertainty_weighted", "sit",
 ]
 
 
@@ -358,3 +359,64 @@ def cpc_infonce(latents: Tensor, predictions: Sequence[Tensor], offsets: Sequenc
         targets.append((index[:, k:] if k > 0 else index[:, : rows + k]).reshape(-1))
     logits = torch.cat(anchors) @ candidates.T
     return F.cross_entropy(logits, torch.cat(targets))
+def sit_reconstruction(reconstruction: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """SiT's reconstruction loss (Atito et al. 2021, https://arxiv.org/abs/2104.03602).
+
+    Sara-Ahmed/SiT main.py: `F.l1_loss(s_recons, clean, reduction="none")[masks == 1].mean()`, the
+    mean absolute error over every corrupted pixel and channel of the batch (`mask`: bool, (N, 1,
+    H, W) or (N, C, H, W)). Distributed-exact: this rank's sum over the GLOBAL count / world size
+    (the count is all-reduced; it carries no gradient), so the ranks' mean is the global masked
+    mean. Computed in at least float32 (autocast may hand over a bf16 reconstruction).
+    """
+    if reconstruction.shape != target.shape or reconstruction.dim() != 4:
+        raise ValueError(f"sit_reconstruction needs two (N, C, H, W) tensors of one shape, got "
+                         f"{tuple(reconstruction.shape)}, {tuple(target.shape)}")
+    dtype = torch.promote_types(reconstruction.dtype, torch.float32)
+    error = (reconstruction.to(dtype) - target.detach().to(dtype)).abs()
+    mask = mask.bool().expand_as(error)
+    count = distributed.all_reduce_sum(mask.sum().to(dtype)).clamp_min(1.0)
+    return torch.where(mask, error, 0.0).sum() * distributed.world_size() / count
+
+
+def sit_rotation(logits: Tensor, turns: Tensor) -> Tensor:
+    """SiT v1's rotation loss (arXiv 2104.03602 v1; Sara-Ahmed/SiT at 1767b91, losses.py
+    `LearnedLoss("CrossEntropy")`): 4-way cross-entropy of the rotation head's logits (N, 4)
+    against each crop's quarter turns (N,), mean over this rank's crops (equal per-rank batches:
+    the ranks' mean is the global mean). Computed in at least float32."""
+    if logits.dim() != 2 or logits.shape[0] != turns.shape[0]:
+        raise ValueError(f"sit_rotation needs (N, classes) logits and N labels, got {tuple(logits.shape)}, "
+                         f"{tuple(turns.shape)}")
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), turns)
+
+
+def uncertainty_weighted(task_losses: Sequence[Tensor], log_variances: Tensor, scales: Sequence[float]) -> Tensor:
+    """Learned task weighting (Kendall, Gal, Cipolla 2018, https://arxiv.org/abs/1705.07115) as SiT
+    v1's code has it (Sara-Ahmed/SiT at 1767b91, losses.py `LearnedLoss.calculate_weighted_loss`):
+    `sum_i scale_i * exp(-s_i) * L_i + s_i / 2`, s = `log_variances` learned (one per task), scale
+    1 for a cross-entropy or contrastive term and 1/2 for an L1 one (its `adj`)."""
+    if log_variances.shape != (len(task_losses),) or len(scales) != len(task_losses):
+        raise ValueError(f"uncertainty_weighted needs one log-variance and one scale per task; got "
+                         f"{len(task_losses)} losses, log_variances {tuple(log_variances.shape)}, {len(scales)} scales")
+    s = log_variances.float() if log_variances.dtype in (torch.float16, torch.bfloat16) else log_variances
+    return sum(scale * torch.exp(-s[i]) * loss + 0.5 * s[i] for i, (loss, scale) in enumerate(zip(task_losses, scales)))
+
+
+def sit(s1: Tensor, s2: Tensor, t1: Tensor, t2: Tensor, reconstruction: Tensor, target: Tensor, mask: Tensor,
+        temperature: float = 0.2, reconstruction_weight: float = 1.0, rotation_logits: Tensor | None = None,
+        turns: Tensor | None = None, rotation_weight: float = 0.0) -> Tensor:
+    """SiT's total loss: `c_loss + lmbda * r_loss` (Sara-Ahmed/SiT main.py), plus
+    `rotation_weight * rot_loss` when the v1 rotation task is on (`rotation_logits`, `turns`).
+
+    c_loss: its `SimCLR.forward`, the student's heads of the corrupted crops (s1, s2) against the
+    EMA teacher's heads of the clean crops (t1, t2), crossed and gathered over ranks at
+    `temperature`, scaled by 2t: exactly :func:`moco_v3`'s symmetric loss. r_loss:
+    :func:`sit_reconstruction` (`target`: the rotated clean crops when rotating). rot_loss:
+    :func:`sit_rotation`.
+    """
+    contrastive = moco_v3(s1, s2, t1.detach(), t2.detach(), temperature)
+    loss = contrastive + reconstruction_weight * sit_reconstruction(reconstruction, target, mask)
+    if rotation_logits is not None:
+        if turns is None:
+            raise ValueError("sit: rotation_logits need their turns")
+        loss = loss + rotation_weight * sit_rotation(rotation_logits, turns)
+    return loss

@@ -1,4 +1,4 @@
-"""Barlow Twins, VICReg, MoBY, CPC v2 and iBOT train through the runner on 2 gloo workers (real local Ray) and their loss falls."""
+"""Barlow Twins, VICReg, MoBY, CPC v2, iBOT and SiT train through the runner on 2 gloo workers (real local Ray) and their loss falls."""
 from __future__ import annotations
 
 import pytest
@@ -25,6 +25,9 @@ METHODS = {
               "hidden_dim": 64, "bottleneck_dim": 32, "center_momentum": 0.99, "patch_center_momentum": 0.99,
               "num_local_views": 2},
              {"name": "adamw", "base_lr": 0.002, "lr_scaling": "none", "warmup_steps": 3, "weight_decay": 0.04}),
+    "sit": ({"backbone": {"name": "vit_tiny", "image_size": 28, "drop_path_rate": 0.0}, "head_hidden_dim": 64,
+             "out_dim": 32, "replace_group_size": 16, "rotation_weight": 1.0},
+            {"name": "adamw", "base_lr": 0.002, "lr_scaling": "none", "warmup_steps": 3, "weight_decay": 0.04}),
 }
 DATA = {"ibot": {"recipe": "multicrop", "recipe_options": {"global_size": 28, "local_size": 12, "num_local": 2}}}
 
@@ -55,5 +58,11 @@ def test_trains_on_two_workers_and_the_loss_falls(ray_local, fmnist_shards, tmp_
     if method == "ibot":
         assert state["patch_center"].abs().sum() > 0 and "mask_token" in state
         assert all(r["masked_fraction"] > 0 for r in read_metrics(result.out_dir) if "masked_fraction" in r)
+    if method == "sit":  # the reconstruction and rotation losses fell, no crop stopped short of its coverage
+        records = [r for r in read_metrics(result.out_dir) if "reconstruction" in r]
+        for part in ("reconstruction", "rotation"):
+            values = [r[part] for r in records]
+            assert sum(values[-4:]) < sum(values[:4]), (part, values)
+        assert all(r["corruption_short"] == 0.0 for r in records)
     if method == "moby":
         assert int(state["queue.pointer"]) == 0 and int(state["queue.filled"]) == 64  # 24 steps x 32: wrapped

@@ -57,6 +57,14 @@ TINY_CONFIGS: dict[str, dict] = {
     "ibot_separate_heads": dict(name="ibot", backbone={"name": "vit_tiny", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
                                 out_dim=32, patch_out_dim=24, hidden_dim=32, bottleneck_dim=16, shared_head=False,
                                 norm_last_layer=False),
+    # SiT on a tiny ViT: donor groups of 4 = the per-rank batch of 2 ranks, so 2 x 4 == 1 x 8 exactly;
+    # with the v1 rotation task on (the rotation-off path is the same step minus it: tests/trainers/test_sit.py)
+    "sit": dict(name="sit", backbone={"name": "vit_tiny", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
+                head_hidden_dim=32, out_dim=16, replace_group_size=GLOBAL_BATCH // 2, rotation_weight=1.0),
+    # ... and with v1's learned (uncertainty) task weights: learned scalars through DDP too
+    "sit_v1": dict(name="sit", backbone={"name": "vit_tiny", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
+                   head_hidden_dim=32, out_dim=16, replace_group_size=GLOBAL_BATCH // 2, rotation_weight=1.0,
+                   uncertainty_weighting=True),
     "moby_swin": dict(name="moby", backbone={"name": "swin_nano", "image_size": GLOBAL_PX, "drop_path_rate": 0.0},
                       projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32, queue_size=16),
 }
@@ -103,13 +111,14 @@ def local_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def view_batch(views: list[torch.Tensor], step: int) -> ViewBatch:
-    """This rank's share of a global batch as the loader would hand it over."""
+    """This rank's share of a global batch as the loader would hand it over (`rows`: the samples'
+    item ids, global: the same sample has the same id on any number of ranks)."""
     local = [local_rows(v) for v in views]
     n = local[0].shape[0]
     keys = [f"r{distributed.rank()}s{step}i{i}" for i in range(n)]
+    rows = local_rows(torch.arange(views[0].shape[0])) + step * views[0].shape[0]
     return ViewBatch(views=local, keys=keys, group_ids=keys, labels=None, label_vocabulary=[],
-                     view_sources=torch.zeros(n, len(local), dtype=torch.long),
-                     rows=torch.arange(n) + distributed.rank() * n,  # global rows: per-sample draws (iBOT masks)
+                     view_sources=torch.zeros(n, len(local), dtype=torch.long), rows=rows,
                      epoch=0, batch=step, position=DataPosition(0, step + 1))
 
 

@@ -13,7 +13,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*/*.yam
 def test_there_is_a_small_and_a_full_config_per_method():
     names = {(p.parent.name, p.stem) for p in CONFIGS}
     for method in ("simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam", "barlow_twins", "vicreg", "moby",
-                   "cpc_v2", "ibot"):
+                   "cpc_v2", "ibot", "sit"):
         assert ("small", method) in names and ("full", method) in names, method
 
 

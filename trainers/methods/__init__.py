@@ -22,6 +22,7 @@ from trainers.methods.moby import MoBY, MoBYConfig
 from trainers.methods.queue import EmbeddingQueue
 from trainers.methods.simclr import SimCLR, SimCLRConfig
 from trainers.methods.simsiam import SimSiam, SimSiamConfig
+from trainers.methods.sit import SiT, SiTConfig
 from trainers.methods.swav import SwAV, SwAVConfig
 from trainers.methods.vicreg import VICReg, VICRegConfig
 
@@ -31,5 +32,5 @@ __all__ = [
     "BarlowTwins", "BarlowTwinsConfig", "MoBY", "MoBYConfig", "VICReg", "VICRegConfig",
     "BYOL", "BYOLConfig", "CPCV2", "CPCV2Config", "DINO", "DINOConfig", "IBOT", "IBOTConfig", "MoCoV2", "MoCoV2Config",
     "MoCoV3", "MoCoV3Config",
-    "SimCLR", "SimCLRConfig", "SimSiam", "SimSiamConfig", "SwAV", "SwAVConfig",
+    "SimCLR", "SimCLRConfig", "SimSiam", "SimSiamConfig", "SiT", "SiTConfig", "SwAV", "SwAVConfig",
 ]

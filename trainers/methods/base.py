@@ -22,7 +22,10 @@ A runner drives any method the same way (one step, every rank)::
 `method.state_dict()` holds everything a resume needs besides the optimizer and data position
 (weights, EMA copies, queues and their pointers, centers, BN statistics): state is replicated
 on every rank, so rank 0's copy is complete. Schedules are pure functions of `step`.
-Methods reach other ranks only through :mod:`trainers.distributed`.
+Methods reach other ranks only through :mod:`trainers.distributed`. A method that draws its own
+per-sample randomness (iBOT's masks, SiT's corruptions and rotations) sets `needs_sample_ids`
+and gets the batch's :class:`SampleIds`, so its draws are pure functions of (seed, epoch, sample id) like the
+pipeline's augmentations, whatever the rank or the batch size.
 """
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SampleIds:
-    """Which samples a (micro-)batch holds, for per-sample draws made in the method (iBOT's masks).
+    """Which samples a (micro-)batch holds, for per-sample draws made in the method (iBOT's masks, SiT's corruptions).
 
     `rows` are the batch's `ViewBatch.rows` (int64, this rank's samples in batch order): a draw
     that is a function of (seed, epoch, row) gives a sample the same masks whatever rank or
