@@ -154,11 +154,13 @@ def plot_view_grid(views: Sequence[torch.Tensor] | Any, out_png: str | os.PathLi
 
 
 def plot_retrieval_grid(queries: Sequence[np.ndarray], results: Sequence[Sequence[tuple[np.ndarray, float, Optional[bool]]]],
-                        out_png: str | os.PathLike, *, query_labels: Optional[Sequence[str]] = None) -> Path:
-    """Each row: a query image, then its top-k results with cosine score; green = same group.
+                        out_png: str | os.PathLike, *, query_labels: Optional[Sequence[str]] = None,
+                        title: Optional[str] = None, match: str = "another photo of the same group") -> Path:
+    """Each row: a query image, then its top-k results with cosine score; green = a match.
 
     Images are HxWx3 (uint8 or float in [0, 1]) or HxW arrays; `results[i]` lists
-    (image, score, same_group) best first; same_group None (unknown, e.g. an image-file query) is gray.
+    (image, score, match) best first; match None (unknown, e.g. an image-file query) is gray. `match` names what green means in the legend (a caller that
+    colours by label says "same label", not "same group").
     """
     if not queries:
         raise UsageError("no queries to show")
@@ -175,8 +177,7 @@ def plot_retrieval_grid(queries: Sequence[np.ndarray], results: Sequence[Sequenc
                 ax.set_title(f"#{col}  {score:.2f}", fontsize=8, color="tab:green" if same else "black")
             else:
                 ax.axis("off")
-    fig.suptitle("retrieval: query, then nearest neighbours (green border = another photo of the same group)",
-                 fontsize=9)
+    fig.suptitle(title or f"retrieval: query, then nearest neighbours (green border = {match})", fontsize=9)
     return _save(fig, out_png)
 
 
@@ -207,3 +208,33 @@ def plot_pair_sheet(pairs: Sequence[tuple[np.ndarray, np.ndarray, str]], out_png
         axes[r, 2 * c].set_title(caption, fontsize=7, loc="left")
     fig.suptitle("closest pairs across groups (near-duplicates), closest first", fontsize=9)
     return _save(fig, out_png)
+
+
+def plot_demo_summary(scores: Mapping[str, Mapping[str, float]], retrieval: Mapping[str, Mapping[int, float]],
+                      out_png: str | os.PathLike) -> Path:
+    """The demo's report as bars: Fashion-MNIST kNN / linear top-1 per encoder (left), and
+    natural-view group recall@k per encoder (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    _bars(left, {metric.replace("_top1", "").replace("knn", "kNN top-1").replace("linear", "linear top-1"): values
+                 for metric, values in scores.items()}, "Fashion-MNIST: accuracy (%)")
+    _bars(right, {f"recall@{k}": {name: recalls[k] for name, recalls in retrieval.items()}
+                  for k in sorted(next(iter(retrieval.values())))}, "natural views: group retrieval (%)")
+    return _save(fig, out_png)
+
+
+def _bars(ax: plt.Axes, groups: Mapping[str, Mapping[str, float]], title: str) -> None:
+    """One cluster of bars per metric (`groups` key), one bar per encoder, value on top."""
+    encoders = list(dict.fromkeys(name for values in groups.values() for name in values))
+    width = 0.8 / max(1, len(encoders))
+    colours = dict(zip(encoders, ("tab:green", "tab:blue", "tab:gray", "silver", "tab:orange")))
+    for i, name in enumerate(encoders):
+        xs = [g + (i - (len(encoders) - 1) / 2) * width for g in range(len(groups))]
+        ys = [100 * values.get(name, float("nan")) for values in groups.values()]
+        ax.bar(xs, ys, width, label=name.replace("_", " "), color=colours[name])
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.1f}", (x, y), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set(title=title)
+    ax.margins(y=0.15)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(frameon=False, fontsize=8)

@@ -47,6 +47,9 @@ class ViewLoader:
     iterator may be open at a time. `streams` shard streams are read at once (default: 6 when
     a root is on S3, else 1); `verify`
     "sha256" checks every photo against its recorded digest, "none" skips that.
+    `natural_views=False` makes every photo its own sample (the usual single-image SSL setting,
+    to compare with natural views on the same data): the plan counts photos per shard, each
+    epoch sees every photo once, and both views are augmentations of that one photo.
 
     Construction reads only shard-level metadata (manifest.json, shards.parquet); the index
     part of a shard is read when this rank reads that shard (memory O(shards + own samples)).
@@ -57,7 +60,7 @@ class ViewLoader:
                  drop_last: bool = False, shuffle_block: int = 1024, prefetch: int = 2,
                  endpoint_url: Optional[str] = None, device_id: Optional[int] = None,
                  epoch_size: Optional[int] = None, streams: Optional[int] = None,
-                 verify: str = "sha256"):
+                 verify: str = "sha256", natural_views: bool = True):
         if device not in DEVICES:
             raise UsageError(f"device={device!r}: expected one of {list(DEVICES)}")
         if num_threads < 1:
@@ -73,11 +76,11 @@ class ViewLoader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device, self.num_threads, self.drop_last = device, num_threads, drop_last
         self.shuffle_block, self.prefetch = shuffle_block, prefetch
-        self.verify = verify
+        self.verify, self.natural_views = verify, natural_views
         self.device_id = device_id if device_id is not None else (
             torch.cuda.current_device() if device == "cuda" else 0)
         self.storage = Storage(endpoint_url)
-        self.mixture = load_mixture(dataset, self.storage, epoch_size)
+        self.mixture = load_mixture(dataset, self.storage, epoch_size, natural_views)
         if streams is None:
             remote = any(self.storage.local_path(root) is None for root in self.mixture.roots)
             streams = S3_STREAMS if remote else LOCAL_STREAMS
@@ -91,7 +94,8 @@ class ViewLoader:
 
     @property
     def num_samples(self) -> int:
-        """Samples per epoch over all roots (with their repeat/choose/proportion)."""
+        """Samples (photos when `natural_views` is False) per epoch over all roots (with their
+        repeat/choose/proportion)."""
         return self.mixture.table.epoch_samples
 
     @property
@@ -139,7 +143,16 @@ class ViewLoader:
         part = read_index_part(root, name, self.storage).select(
             ["key", "view_exts", "group_id", "label"])
         positions = plan.stream_positions[lo:hi]
-        if len(positions) and int(positions.max()) >= part.num_rows:
+        photos = None
+        if not self.natural_views:  # positions count photos: map each to (group row, photo)
+            ends = np.cumsum([len(e) for e in part.column("view_exts").to_pylist()])
+            if len(positions) and int(positions.max()) >= (int(ends[-1]) if len(ends) else 0):
+                raise UsageError(f"{root!r}: index part of {name} has {int(ends[-1]) if len(ends) else 0} "
+                                 "photos, shards.parquet says more; the dataset is inconsistent")
+            group_rows = np.searchsorted(ends, positions, side="right")
+            photos = (positions - np.concatenate([[0], ends])[group_rows]).tolist()
+            positions = group_rows
+        elif len(positions) and int(positions.max()) >= part.num_rows:
             raise UsageError(f"{root!r}: index part of {name} has {part.num_rows} rows, "
                              "shards.parquet says more; the dataset is inconsistent")
         part = part.take(positions)
@@ -148,11 +161,12 @@ class ViewLoader:
         ids = plan.stream_rows[lo:hi]
         pair_u = pair_uniforms(self.seed, plan.epoch, ids).tolist()
         return [SampleRef(int(row), name, key, tuple(exts), uri, group,
-                          lookup.get(label, -1) if label is not None else -1, index, tuple(u))
-                for index, row, u, key, exts, group, label in zip(
+                          lookup.get(label, -1) if label is not None else -1, index, tuple(u), photo)
+                for index, row, u, key, exts, group, label, photo in zip(
                     range(lo, hi), ids.tolist(), pair_u,
                     part.column("key").to_pylist(), part.column("view_exts").to_pylist(),
-                    part.column("group_id").to_pylist(), part.column("label").to_pylist())]
+                    part.column("group_id").to_pylist(), part.column("label").to_pylist(),
+                    photos if photos is not None else [-1] * (hi - lo))]
 
     def _read(self, plan: RankEpoch, start: int):
         num_global = self.spec.num_global

@@ -9,6 +9,9 @@ has the same length and `pipeline.epochs` plans it exactly.
 
 Only shard-level metadata is read here (manifest.json and shards.parquet of each root): the
 per-sample index parts are read later, by the rank that reads the shard.
+
+With ``natural_views=False`` the unit of an epoch is a photo, not a group: the plan counts each
+shard's photos (shards.parquet ``num_views``) instead of its groups, and the knobs count photos.
 """
 from __future__ import annotations
 
@@ -121,16 +124,19 @@ class Mixture:
 
 
 def load_mixture(dataset: Union[RootSpec, Sequence[RootSpec]], storage: Storage,
-                 epoch_size: Optional[int] = None) -> Mixture:
-    """Read each root's manifest and shards.parquet (O(shards)) and resolve the epoch sizes."""
+                 epoch_size: Optional[int] = None, natural_views: bool = True) -> Mixture:
+    """Read each root's manifest and shards.parquet (O(shards)) and resolve the epoch sizes.
+
+    `natural_views=False`: the table counts photos per shard (every photo its own sample)."""
+    unit = "num_samples" if natural_views else "num_views"
     roots = parse_roots(dataset)
     manifests, names, counts = [], [], []
     for root in roots:
         manifests.append(load_manifest(root.root, storage))
-        shards = read_shards(root.root, storage, columns=["name", "num_samples"])
+        shards = read_shards(root.root, storage, columns=["name", unit])
         names.append(shards.column("name").to_pylist())
         # to_pylist, not to_numpy: ChunkedArray.to_numpy imports pandas (~30 MB RSS)
-        counts.append(np.array(shards.column("num_samples").to_pylist(), dtype=np.int64))
+        counts.append(np.array(shards.column(unit).to_pylist(), dtype=np.int64))
         del shards
     # mimalloc (arrow's default pool) keeps the decode buffers of a Parquet read mapped: ~1 KB
     # per shard of RSS for nothing once the columns are Python lists and arrays

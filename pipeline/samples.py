@@ -43,6 +43,7 @@ class SampleRef:
     label: int = -1             # index into the loader's label vocabulary, -1 if none
     index: int = 0              # position in the rank's stream order (RankEpoch.stream_rows)
     u: tuple[float, float] = (0.0, 0.0)  # params.pair_uniforms: which photos the epoch draws
+    photo: int = -1             # >= 0: this sample is that one photo of the group (data.natural_views false)
 
 
 @dataclass
@@ -146,7 +147,7 @@ def check_sample(ref: SampleRef, members: dict[str, bytes], stats: ReadStats,
         except (ValueError, UnicodeDecodeError):
             meta = {}
     shas = _recorded_sha256(meta, len(ref.view_exts)) if verify else [None] * len(ref.view_exts)
-    candidates = list(range(len(ref.view_exts)))
+    candidates = [ref.photo] if ref.photo >= 0 else list(range(len(ref.view_exts)))
     photos, sizes = {}, {}
     while candidates:
         wanted = pick(ref, candidates) if pick is not None else tuple(candidates)
@@ -285,7 +286,7 @@ def _run_members(storage: Storage, refs: list[SampleRef], stats: ReadStats
         index = read_idx(storage, uri)
     except FileNotFoundError:
         index = None
-    keys = [r.key for r in refs]
+    keys = list(dict.fromkeys(r.key for r in refs))
     if index is None or any(not index.get(k) for k in keys):
         yield from read_shard_members(storage, uri, set(keys), stats)
         return
@@ -328,11 +329,13 @@ def _read_run(storage: Storage, run: _Run, stats: ReadStats, verify: bool, pick,
     try:
         refs = run.describe()
         if refs:
-            by_key = {r.key: r for r in refs}
+            by_key: dict[str, list[SampleRef]] = {}
+            for r in refs:  # several refs per key when each photo is its own sample
+                by_key.setdefault(r.key, []).append(r)
             for key, members in _run_members(storage, refs, stats):
-                ref = by_key.pop(key)
-                if not put((ref, check_sample(ref, members, stats, verify, pick))):
-                    return
+                for ref in by_key.pop(key):
+                    if not put((ref, check_sample(ref, members, stats, verify, pick))):
+                        return
             for ref in refs:  # never reached: missing from the shard (tar order kept)
                 if ref.key in by_key and not put((ref, check_sample(ref, {}, stats, verify, pick))):
                     return

@@ -68,6 +68,9 @@ class DataConfig(_Strict):
     recipe_options: dict[str, Any] = Field(
         default_factory=dict, description="arguments of the recipe (size, global_size, local_size, num_local, ...)"
     )
+    natural_views: bool = Field(
+        True, description="true: a sample is a natural-view group and its two views are two different photos "
+        "of it; false: every photo is its own sample with two augmented views (single-image SSL on the same data)")
     num_threads: PositiveInt = Field(1, description="DALI threads per worker")
     prefetch: PositiveInt = 2
     endpoint_url: Optional[str] = Field(

@@ -85,3 +85,75 @@ def test_views_show_the_photo_the_batch_names(multi_photo_dataset):
                 assert errors[named] == min(errors.values()) and errors[named] < 0.02
                 checked += 1
     assert checked == 2 * len(index)
+
+
+# ---- data.natural_views: false (every photo its own sample) -------------------------------------
+
+def all_photos(dataset: str) -> set[tuple[str, int]]:
+    return {(k, v) for k, n in photo_counts(dataset).items() for v in range(n)}
+
+
+def test_without_natural_views_every_photo_is_a_sample_seen_once_per_epoch(multi_photo_dataset):
+    photos = all_photos(multi_photo_dataset)
+    assert len(photos) > len(photo_counts(multi_photo_dataset))  # there are groups of several
+    groups = dict(zip(read_index(multi_photo_dataset).column("key").to_pylist(),
+                      read_index(multi_photo_dataset).column("group_id").to_pylist()))
+    loader = ViewLoader(multi_photo_dataset, ViewSpec.simclr(size=32), 5, seed=7, natural_views=False)
+    assert loader.num_samples == len(photos)
+    orders = []
+    for epoch in range(2):
+        seen = []
+        for batch in loader.iter_epoch(epoch):
+            for i, (key, group, sources) in enumerate(zip(batch.keys, batch.group_ids, batch.view_sources.tolist())):
+                assert sources[0] == sources[1], f"{key}: two photos in one sample"
+                assert group == groups[key]
+                assert not torch.equal(batch.views[0][i], batch.views[1][i])  # two augmentations
+                seen.append((key, sources[0]))
+        assert len(seen) == len(set(seen)) and set(seen) == photos, f"epoch {epoch}"
+        orders.append(seen)
+    assert orders[0] != orders[1]  # reshuffled per epoch
+
+
+def test_without_natural_views_ranks_split_the_photos(multi_photo_dataset):
+    """3 ranks, drop_last=False: disjoint shares whose union is every photo once."""
+    photos = all_photos(multi_photo_dataset)
+    seen: list[tuple[str, int]] = []
+    for rank in range(3):
+        loader = ViewLoader(multi_photo_dataset, ViewSpec.simclr(size=32), 4, rank=rank, world_size=3,
+                            seed=1, natural_views=False)
+        # the plan is made from shard-level photo counts: it names positions, nothing per sample
+        assert len(loader.plan(0).stream_rows) in (len(photos) // 3, len(photos) // 3 + 1)
+        for batch in loader.iter_epoch(0):
+            seen += [(k, s[0]) for k, s in zip(batch.keys, batch.view_sources.tolist())]
+    assert len(seen) == len(set(seen)) and set(seen) == photos
+
+
+def test_without_natural_views_a_view_shows_its_own_photo(multi_photo_dataset):
+    plain = Augmentation(center_crop=True, crop_fraction=1.0, flip_p=0, jitter_p=0, grayscale_p=0,
+                         blur_p=0)
+    spec = ViewSpec(views=[ViewConfig(size=32, augment=plain)] * 2, mean=(0, 0, 0), std=(1, 1, 1))
+    index = read_index(multi_photo_dataset)
+    photos: dict[tuple[str, int], np.ndarray] = {}
+    for shard in sorted(set(index.column("shard").to_pylist())):
+        with tarfile.open(shard_uri(multi_photo_dataset, shard)) as tar:
+            for info in tar:
+                key, view, ext = (info.name.split(".") + [""])[:3]
+                if ext in ("jpg", "png"):
+                    image = Image.open(io.BytesIO(tar.extractfile(info).read())).convert("RGB")
+                    photos[(key, int(view))] = np.asarray(image, dtype=np.float32) / 255
+    loader = ViewLoader(multi_photo_dataset, spec, 6, seed=4, natural_views=False)
+    checked = 0
+    for batch in loader.iter_epoch(0):
+        for i, key in enumerate(batch.keys):
+            got = batch.views[0][i].permute(1, 2, 0).numpy()
+            mine = int(batch.view_sources[i, 0])
+            assert np.abs(photos[(key, mine)] - got).mean() < 0.02
+            checked += 1
+    assert checked == len(photos)
+
+
+def test_train_config_natural_views_defaults_on_and_can_be_switched_off():
+    from trainers.config import DataConfig
+
+    assert DataConfig(dataset="x").natural_views is True
+    assert DataConfig(dataset="x", natural_views=False).natural_views is False
