@@ -38,6 +38,14 @@ def test_a_method_outside_the_demo_is_a_one_line_error_listing_the_demo_methods(
     assert all(m in message for m in METHOD_SETTINGS)
 
 
+def test_every_registered_method_is_in_the_demo_or_says_why_not():
+    from trainers.methods import METHODS
+    from viewstream.demo import NOT_IN_DEMO
+
+    assert set(METHODS) == set(METHOD_SETTINGS) | set(NOT_IN_DEMO)
+    assert not set(METHOD_SETTINGS) & set(NOT_IN_DEMO)
+
+
 @pytest.mark.parametrize("size", [QUICK, FULL])
 def test_natural_view_part_trains_both_ways_at_the_same_budget(size, tmp_path):
     natural = TrainConfig.model_validate(view_config(SHARDS, tmp_path, size, True))
