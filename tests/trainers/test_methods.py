@@ -107,7 +107,7 @@ def _roundtrip(obj) -> dict:
     return torch.load(buffer, weights_only=True)
 
 
-@pytest.mark.parametrize("name", [n for n in TINY_CONFIGS if n != "moco_v3_vit" and not n.startswith("ibot")])
+@pytest.mark.parametrize("name", [n for n in TINY_CONFIGS if n != "moco_v3_vit"])
 def test_state_dict_resume_is_bitwise_identical(name, tmp_path):
     """Through the real Trainer: save at step 3, restore into a differently seeded one, replay."""
     config, total, stop = TINY_CONFIGS[name], 5, 3
@@ -121,15 +121,18 @@ def test_state_dict_resume_is_bitwise_identical(name, tmp_path):
     uninterrupted = [record(trainer, trainer.train_step(view_batch(views[s], s))) for s in range(stop, total)]
 
     # different init: everything must come from the checkpoint. A method with its own per-sample
-    # draws (SiT) keeps the run's seed, which names those draws as it names the views (data, from
-    # the config); its weights are scrambled instead.
+    # draws (iBOT's masks, SiT's corruptions) keeps the run's seed, which names those draws as it
+    # names the views (data, from the config); its whole state (weights, mask token, centres, EMA
+    # teacher) is overwritten with noise instead.
     own_draws = METHODS[config["name"]].needs_sample_ids
     resumed = make_trainer(config, total, seed=0 if own_draws else 1)
     if own_draws:
         with torch.no_grad():
             for value in resumed.method.state_dict().values():
                 if value.is_floating_point():
-                    value.add_(1.0)
+                    value.copy_(torch.randn_like(value))
+    if config["name"] == "ibot":
+        assert not torch.equal(resumed.method.center, trainer.method.center)
     resumed.restore(str(tmp_path))
     assert resumed.step == stop
     torch.set_rng_state(rng)
@@ -140,38 +143,8 @@ def test_state_dict_resume_is_bitwise_identical(name, tmp_path):
         assert a["state"].keys() == b["state"].keys()
         for key in a["state"]:
             assert torch.equal(a["state"][key], b["state"][key]), key
-
-
-@pytest.mark.parametrize("name", ["ibot", "ibot_separate_heads"])
-def test_ibot_resume_is_bitwise_identical(name, tmp_path):
-    """iBOT's masks are functions of the run's seed (like its augmentations), so the resumed run
-    keeps seed 0; its weights, mask token, centres and EMA teacher are overwritten with noise
-    first, so everything must come from the checkpoint."""
-    config, total, stop = TINY_CONFIGS[name], 5, 3
-    views = make_views(config, total, seed=7)
-    trainer = make_trainer(config, total)
-    for step in range(stop):
-        trainer.train_step(view_batch(views[step], step))
-    trainer.save(str(tmp_path))
-    rng = torch.get_rng_state()
-    uninterrupted = [record(trainer, trainer.train_step(view_batch(views[s], s))) for s in range(stop, total)]
-
-    resumed = make_trainer(config, total)
-    with torch.no_grad():
-        for value in resumed.method.state_dict().values():
-            if value.is_floating_point():
-                value.copy_(torch.randn_like(value))
-    assert not torch.equal(resumed.method.center, trainer.method.center)
-    resumed.restore(str(tmp_path))
-    assert resumed.step == stop
-    torch.set_rng_state(rng)
-    replay = [record(resumed, resumed.train_step(view_batch(views[s], s))) for s in range(stop, total)]
-    for a, b in zip(uninterrupted, replay):
-        assert torch.equal(a["loss"], b["loss"])
-        assert a["state"].keys() == b["state"].keys()
-        for key in a["state"]:
-            assert torch.equal(a["state"][key], b["state"][key]), key
-    assert {"center", "patch_center", "mask_token"} <= set(uninterrupted[0]["state"])
+    if config["name"] == "ibot":
+        assert {"center", "patch_center", "mask_token"} <= set(uninterrupted[0]["state"])
 
 
 # ------------------------------------------------------------------------ teachers and clipping
