@@ -407,19 +407,12 @@ def sit_reference(s1, s2, t1, t2, rec, clean, mask, t, lmbda, rot_logits=None, t
     """Sara-Ahmed/SiT main.py: c_loss (its SimCLR module: student view i against teacher view j != i,
     CE over the teachers' keys with the own index as label, x 2t) + lmbda * r_loss (L1 over every
     corrupted pixel and channel: `recloss[masks == 1].mean()`); + rot_weight * the v1 rotation
-    cross-entropy (1767b91 losses.py `CrossEntropyLoss()` of `rot_p` against `rots`, mean)."""
-
-    def ctr(q, k):
-        total = 0.0
-        for i in range(len(q)):
-            logits = [cos(q[i], k[j]) / t for j in range(len(k))]
-            total += -(logits[i] - math.log(sum(math.exp(x) for x in logits)))
-        return total / len(q) * 2 * t
-
+    cross-entropy (1767b91 losses.py `CrossEntropyLoss()` of `rot_p` against `rots`, mean). Its
+    c_loss is MoCo v3's Algorithm 1 with the teachers as keys: `moco_v3_reference`."""
     errors = [abs(float(rec[n, c, y, x] - clean[n, c, y, x]))
               for n in range(rec.shape[0]) for c in range(rec.shape[1])
               for y in range(rec.shape[2]) for x in range(rec.shape[3]) if mask[n, 0, y, x]]
-    total = ctr(s1, t2) + ctr(s2, t1) + lmbda * sum(errors) / len(errors)
+    total = moco_v3_reference(s1, s2, t1, t2, t) + lmbda * sum(errors) / len(errors)
     if rot_logits is not None:
         rows = rot_logits.tolist()
         rotation = sum(-(row[int(k)] - math.log(sum(math.exp(x) for x in row))) for row, k in zip(rows, turns))
