@@ -125,6 +125,12 @@ class Method(nn.Module):
         self.backbone = build_backbone(config.backbone)
 
     # ----------------------------------------------------------------- the runner's interface
+    def require_vit_tokens(self, why: str) -> None:
+        """A one-line UsageError unless the backbone is a ViT with patch tokens (masked/patch methods)."""
+        if self.backbone.family != "vit" or not self.backbone.token_output:
+            raise UsageError(f"{self.name} needs a ViT backbone ({why}); backbone.name={self.config.backbone.name!r} "
+                             f"is a {self.backbone.family} backbone")
+
     @property
     def feature_dim(self) -> int:
         """Width of the backbone features (what kNN, linear probes and export see)."""

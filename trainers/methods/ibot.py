@@ -96,9 +96,7 @@ class IBOT(DINO):
 
     def __init__(self, config: IBOTConfig) -> None:
         Method.__init__(self, config)  # DINO's head is replaced by iBOT's
-        if self.backbone.family != "vit" or not self.backbone.token_output:
-            raise UsageError(f"ibot needs a ViT backbone (patch tokens and a masked forward); "
-                             f"{config.backbone.name!r} is a {self.backbone.family!r} backbone")
+        self.require_vit_tokens("patch tokens and a masked forward")
         self.head = IBOTHead(self.feature_dim, config.out_dim, config.patch_out_dim, config.hidden_dim,
                              config.bottleneck_dim, shared_head=config.shared_head,
                              norm_last_layer=config.norm_last_layer)

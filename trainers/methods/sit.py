@@ -151,9 +151,7 @@ class SiT(Method):
 
     def __init__(self, config: SiTConfig) -> None:
         super().__init__(config)
-        if not self.backbone.token_output or self.backbone.family != "vit":
-            raise UsageError(f"sit needs a ViT backbone (patch tokens to reconstruct from); "
-                             f"backbone.name={config.backbone.name!r} is a {self.backbone.family}")
+        self.require_vit_tokens("patch tokens to reconstruct from")
         self.gmml = GMMLSettings(config.drop_fraction, config.replace_fraction, config.replace_probability,
                                  config.drop_align, config.max_block_fraction, config.max_blocks,
                                  config.replace_group_size)
