@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Iterator, Optional
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from sharding.dataset import read_index_part, shard_uri
@@ -145,7 +146,7 @@ class ViewLoader:
         positions = plan.stream_positions[lo:hi]
         photos = None
         if not self.natural_views:  # positions count photos: map each to (group row, photo)
-            ends = np.cumsum([len(e) for e in part.column("view_exts").to_pylist()])
+            ends = np.cumsum(pc.list_value_length(part.column("view_exts")).to_numpy())  # no Python lists
             if len(positions) and int(positions.max()) >= (int(ends[-1]) if len(ends) else 0):
                 raise UsageError(f"{root!r}: index part of {name} has {int(ends[-1]) if len(ends) else 0} "
                                  "photos, shards.parquet says more; the dataset is inconsistent")
