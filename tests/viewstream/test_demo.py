@@ -14,12 +14,9 @@ from viewstream.errors import UsageError
 SHARDS = {"train": "/data/train", "test": "/data/test"}
 
 # What the quick demo holds on seeds 0, 1, 2 (measured, benchmarks/demo_experiments.md):
-# kNN trained - random init +3.1 / +0.8 / +3.5 points; linear probe +2.0 / 0.0 / +4.5 (a tie on
-# seed 1, so only >=); natural views / augmentation only at recall@5 2.0x / 1.9x / 1.45x and at
-# recall@10 1.8x / 1.8x / 1.9x. recall@1 does NOT hold (1.76 vs 1.37, 0.78 vs 0.98, 0.39 vs
-# 0.78 %: 2-9 hits in 512 queries at this budget), so it is not asserted.
-RECALL5_RATIO = 1.2
-RECALL10_RATIO = 1.5
+# kNN trained - random init +4.5 / +1.2 / +2.9 points, linear probe +0.8 / +2.0 / +1.2; natural
+# views / augmentation only at recall@1 SEEDS_R1 (500 held-out objects: one hit is 0.1 point).
+RECALL1_RATIO = 2.0
 
 
 @pytest.mark.parametrize("method", ["barlow_twins", "vicreg", "simclr", "byol"])
@@ -75,9 +72,9 @@ def test_quick_demo_writes_report_and_plots_and_training_helps(tmp_path):
         assert key in report, key
     assert report["method"] == "simclr"
     assert report["knn_top1_trained"] > report["knn_top1_random_init"], report
-    assert report["linear_top1_trained"] >= report["linear_top1_random_init"], report
-    assert report["recall@5_natural_views"] > RECALL5_RATIO * report["recall@5_augment_only"], report
-    assert report["recall@10_natural_views"] > RECALL10_RATIO * report["recall@10_augment_only"], report
+    assert report["linear_top1_trained"] > report["linear_top1_random_init"], report
+    assert report["recall@1_natural_views"] > RECALL1_RATIO * report["recall@1_augment_only"], report
+    assert report["recall@1_natural_views"] > RECALL1_RATIO * report["recall@1_raw_pixels"], report
     assert 0.5 < report["knn_top1_raw_pixels"] < 1.0
     for name in ("loss_lr.png", "knn_over_training.png", "augmented_views.png", "retrieval.png", "summary.png"):
         png = out / "plots" / name
