@@ -24,7 +24,7 @@ import torch
 
 from pipeline import DataPosition, ViewBatch, ViewLoader
 from trainers.checkpoint import Progress, find_latest_checkpoint, load_state, progress_of, save_checkpoint
-from trainers.config import TrainConfig, dataset_arg
+from trainers.config import FaultDrill, TrainConfig, dataset_arg
 from trainers.distributed import data_parallel, gather_digests, reduce_logs, unused_parameter_steps
 from trainers.methods import Method, SampleIds, build_method
 from trainers.metrics import MetricsLogger
@@ -279,13 +279,13 @@ class Trainer:
                 f"learning rate, grad_clip, or nonfinite_loss=skip")
 
     def maybe_fail(self) -> None:
-        """The configured recovery drill: fail once, at the configured step, on one rank."""
-        fault = self.config.run.fault
-        if not fault or fault.step != self.step or fault.rank != self.rank:
-            return
+        """The configured recovery drills: each fails once, at its step, on its rank."""
+        for fault in self.config.run.fault_drills():
+            if fault.step == self.step and fault.rank == self.rank and not Path(fault.marker).exists():
+                self._fire(fault)
+
+    def _fire(self, fault: FaultDrill) -> None:
         marker = Path(fault.marker)
-        if marker.exists():
-            return
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"fault drill fired at step {self.step} on rank {self.rank}\n")
         if fault.kind == "sigkill":
