@@ -1,7 +1,8 @@
 """`viewstream train` on a real local Ray (127.0.0.1, 2 CPUs) with 2 gloo workers.
 
 One Ray instance serves the whole module. The uninterrupted SimCLR run is the reference for
-the fault and resume tests: both must end with the same weights and see the same batches.
+the fault-and-resume test (in-run restarts after a raise and a SIGKILL, and a stopped job run
+again): it must end with the same weights and see the same batches.
 """
 from __future__ import annotations
 
