@@ -5,3 +5,7 @@ import os
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DISABLE_DOCKER_CPU_WARNING", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Ray Train's controller polls its workers every 2 s: a run's end and a worker's failure are seen
+# up to 2 s late, once per training attempt (~30 in the suite). 0.5 s polls cost nothing on tiny
+# runs; Ray's processes inherit this from the test process (ray.init, LocalRayCluster, job drivers).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")

@@ -141,7 +141,14 @@ class RunSettings(_Strict):
     max_failures: int = Field(0, ge=-1, description="restarts from the latest checkpoint; -1 = unlimited")
     log_every_steps: PositiveInt = 10
     address: Optional[str] = Field(None, description="Ray cluster address; None starts a local Ray on 127.0.0.1")
-    fault: Optional[FaultDrill] = None
+    fault: Union[FaultDrill, list[FaultDrill], None] = Field(
+        None, description="recovery drill, or a list of drills that each fire once (one run, several failures)")
+
+    def fault_drills(self) -> list[FaultDrill]:
+        """The configured drills as a list (none, one, or several)."""
+        if self.fault is None:
+            return []
+        return self.fault if isinstance(self.fault, list) else [self.fault]
 
     def output_dir(self) -> Path:
         if self.out_dir:

@@ -24,7 +24,7 @@ import torch
 
 from pipeline import DataPosition, ViewBatch, ViewLoader
 from trainers.checkpoint import Progress, find_latest_checkpoint, load_state, progress_of, save_checkpoint
-from trainers.config import TrainConfig, dataset_arg
+from trainers.config import FaultDrill, TrainConfig, dataset_arg
 from trainers.distributed import data_parallel, gather_digests, reduce_logs, unused_parameter_steps
 from trainers.methods import Method, SampleIds, build_method
 from trainers.metrics import MetricsLogger
@@ -151,6 +151,7 @@ class Trainer:
         )
         self.lr = optimizer_schedule(config.optimizer, config.batch_size, self.total_steps)  # per group: LR, WD
         self.step = 0
+        self.resumed_from = 0  # the step this attempt restored (the fault drills' markers say it)
         self.position = DataPosition(0, 0)
         # DDP over the method's step: bucketed all-reduces overlap backward (trainers.distributed)
         self.unused_parameters_until = unused_parameter_steps(self.method)
@@ -175,6 +176,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         progress = progress_of(state)
         self.step, self.position = progress.step, DataPosition(progress.epoch, progress.batch)
+        self.resumed_from = progress.step
 
     def save(self, directory: str, metrics_file: Path | None = None) -> None:
         """Write a checkpoint; the metrics so far ride along, so they reach the run's storage."""
@@ -279,15 +281,16 @@ class Trainer:
                 f"learning rate, grad_clip, or nonfinite_loss=skip")
 
     def maybe_fail(self) -> None:
-        """The configured recovery drill: fail once, at the configured step, on one rank."""
-        fault = self.config.run.fault
-        if not fault or fault.step != self.step or fault.rank != self.rank:
-            return
+        """The configured recovery drills: each fails once, at its step, on its rank."""
+        for fault in self.config.run.fault_drills():
+            if fault.step == self.step and fault.rank == self.rank and not Path(fault.marker).exists():
+                self._fire(fault)
+
+    def _fire(self, fault: FaultDrill) -> None:
         marker = Path(fault.marker)
-        if marker.exists():
-            return
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"fault drill fired at step {self.step} on rank {self.rank}\n")
+        marker.write_text(f"fault drill fired at step {self.step} on rank {self.rank} "
+                          f"in an attempt resumed from step {self.resumed_from}\n")
         if fault.kind == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"fault drill: rank {self.rank} fails at step {self.step}")

@@ -29,6 +29,9 @@ METHODS = {
              "out_dim": 32, "replace_group_size": 16, "rotation_weight": 1.0},
             {"name": "adamw", "base_lr": 0.002, "lr_scaling": "none", "warmup_steps": 3, "weight_decay": 0.04}),
 }
+# One epoch (384 // 32 = 12 steps) shows the loss falling for every method but SiT, whose rotation
+# loss needs the second epoch (12 steps: 5.58 -> 5.63 over the first/last 4 steps, measured).
+EPOCHS = {"sit": 2}
 DATA = {"ibot": {"recipe": "multicrop", "recipe_options": {"global_size": 28, "local_size": 12, "num_local": 2}}}
 
 
@@ -44,12 +47,14 @@ def ray_local():
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_trains_on_two_workers_and_the_loss_falls(ray_local, fmnist_shards, tmp_path, method):  # noqa: F811
     extra, optimizer = METHODS[method]
-    cfg = small_config(fmnist_shards["train"], tmp_path, method, method=method, optimizer=optimizer)
+    epochs = EPOCHS.get(method, 1)
+    cfg = small_config(fmnist_shards["train"], tmp_path, method, method=method, optimizer=optimizer, epochs=epochs)
     cfg["method"].update(extra)
     cfg["data"].update(DATA.get(method, {}))
     result = run_training(TrainConfig.model_validate(cfg))
     losses = [r["loss"] for r in read_metrics(result.out_dir) if "loss" in r]
-    assert len(losses) == 24
+    assert len(losses) == 12 * epochs
+    print(f"{method}: first 4 steps' loss {sum(losses[:4]):.3f}, last 4 {sum(losses[-4:]):.3f}")
     assert sum(losses[-4:]) < sum(losses[:4]), losses
     state = load_state(resolve_checkpoint(result.checkpoint))["method"]
     assert any(k.startswith("backbone.") for k in state)
@@ -62,7 +67,8 @@ def test_trains_on_two_workers_and_the_loss_falls(ray_local, fmnist_shards, tmp_
         records = [r for r in read_metrics(result.out_dir) if "reconstruction" in r]
         for part in ("reconstruction", "rotation"):
             values = [r[part] for r in records]
+            print(f"sit {part}: first 4 {sum(values[:4]):.3f}, last 4 {sum(values[-4:]):.3f}")
             assert sum(values[-4:]) < sum(values[:4]), (part, values)
         assert all(r["corruption_short"] == 0.0 for r in records)
     if method == "moby":
-        assert int(state["queue.pointer"]) == 0 and int(state["queue.filled"]) == 64  # 24 steps x 32: wrapped
+        assert int(state["queue.pointer"]) == 0 and int(state["queue.filled"]) == 64  # 12 steps x 32: wrapped

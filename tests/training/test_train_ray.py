@@ -1,9 +1,12 @@
 """`viewstream train` on a real local Ray (127.0.0.1, 2 CPUs) with 2 gloo workers.
 
 One Ray instance serves the whole module. The uninterrupted SimCLR run is the reference for
-the fault and resume tests: both must end with the same weights and see the same batches.
+the fault-and-resume test (in-run restarts after a raise and a SIGKILL, and a stopped job run
+again): it must end with the same weights and see the same batches.
 """
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -73,34 +76,32 @@ def test_dino_multicrop_trains(ray_local, fmnist_shards, storage):
     assert "center" in "".join(state) and any(k.startswith("teacher_backbone.") for k in state)
 
 
-@pytest.mark.parametrize("kind", ["raise", "sigkill"])
-def test_failed_worker_restarts_from_checkpoint_with_identical_result(reference_run, fmnist_shards, storage, tmp_path, kind):
-    ref_config, ref = reference_run
-    marker = tmp_path / "fault-fired"
-    cfg = small_config(fmnist_shards["train"], storage, f"fault-{kind}",
-                       run__max_failures=1, run__fault={"step": 9, "rank": 1, "kind": kind, "marker": str(marker)})
-    result = run_training(TrainConfig.model_validate(cfg))
-    assert marker.exists(), "the fault drill did not fire"
-    assert result.metrics["resumed_from_step"] == 6  # restarted from the checkpoint at step 6
+def test_failed_workers_restart_and_a_stopped_job_reruns_to_identical_result(reference_run, fmnist_shards, storage,
+                                                                             tmp_path):
+    """Three failures in two trainings (separate tests for each took four). Rank 1 raises at step
+    9: Ray Train restarts the workers from the checkpoint at 6 (max_failures=1). Rank 0 raises at
+    15, past the budget: the job stops. The same command again resumes from 12; there rank 1
+    SIGKILLs itself at 21 and the workers restart from 18. The run ends with the reference run's
+    batches and weights."""
+    _, ref = reference_run
+    markers = [tmp_path / "raise-fired", tmp_path / "stop-fired", tmp_path / "sigkill-fired"]
+    cfg = small_config(fmnist_shards["train"], storage, "faults", run__max_failures=1,
+                       run__fault=[{"step": 9, "rank": 1, "kind": "raise", "marker": str(markers[0])},
+                                   {"step": 15, "rank": 0, "kind": "raise", "marker": str(markers[1])},
+                                   {"step": 21, "rank": 1, "kind": "sigkill", "marker": str(markers[2])}])
+    with pytest.raises(Exception):
+        run_training(TrainConfig.model_validate(cfg))  # the second failure is over max_failures: the job stops
+    assert [m.exists() for m in markers] == [True, True, False]
+    result = run_training(TrainConfig.model_validate(cfg))  # the same command again
+    assert result.metrics["resumed_from_step"] == 18  # the rerun's workers restarted from the checkpoint at 18
+    # Each drill's marker names the step its attempt had resumed from: the raise at 9 fired in the
+    # first attempt, the stop at 15 after the restart from 6, the SIGKILL at 21 in the rerun (from 12).
+    fired = [re.fullmatch(r"fault drill fired at step (\d+) on rank (\d) in an attempt resumed from step (\d+)\n",
+                          m.read_text()) for m in markers]
+    assert [tuple(map(int, f.groups())) for f in fired] == [(9, 1, 0), (15, 0, 6), (21, 1, 12)]
     assert _trained_batches(result.out_dir) == _trained_batches(ref.out_dir)
     expected, got = _final_state(ref), _final_state(result)
     assert expected.keys() == got.keys()
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
-
-
-def test_stopped_job_rerun_resumes_to_identical_result(reference_run, fmnist_shards, storage, tmp_path):
-    _, ref = reference_run
-    marker = tmp_path / "stop-fired"
-    cfg = small_config(fmnist_shards["train"], storage, "stopped",
-                       run__fault={"step": 15, "rank": 0, "kind": "raise", "marker": str(marker)})
-    with pytest.raises(Exception):
-        run_training(TrainConfig.model_validate(cfg))  # max_failures=0: the job stops
-    assert marker.exists()
-    result = run_training(TrainConfig.model_validate(cfg))  # the same command again
-    assert result.metrics["resumed_from_step"] == 12
-    assert _trained_batches(result.out_dir) == _trained_batches(ref.out_dir)
-    expected, got = _final_state(ref), _final_state(result)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
