@@ -222,12 +222,12 @@ def run_demo(method: str, out: Path, quick: bool, *, address: Optional[str] = No
 
     The terminal shows the stages and the live training lines; Ray's own log lines go to
     out/ray.log unless `verbose`. One Ray (local or `address`) serves all three trainings."""
+    check_method(method)  # before the heavy imports below: a wrong --method fails in well under a second
     from sharding.ray_connect import connect_ray
     from trainers.config import TrainConfig
     from viewstream.demo_eval import (evaluate_encoders, evaluate_retrieval, print_report_table,
                                       write_demo_plots, write_retrieval_plots)
 
-    check_method(method)
     started = time.monotonic()
     size = size or (QUICK if quick else FULL)
     out.mkdir(parents=True, exist_ok=True)
