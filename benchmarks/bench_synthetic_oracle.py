@@ -4,7 +4,7 @@ An oracle that knows each photo's true object attributes (shape, print, repeats)
 colours (after the photo's colour shift and brightness) compares colours in log-chromaticity
 (brightness removed) and attributes exactly: its group recall@1 over two photos of each of N
 objects is what a perfect encoder could reach on this corpus. The draws follow the generator's
-distributions (colour ranges, +-20 shift, x0.75-1.25 brightness), not its exact byte stream.
+distributions (its BODY_LEVELS, COLOUR_SHIFT, BRIGHTNESS and kinds), not its exact byte stream.
 
     .venv/bin/python benchmarks/bench_synthetic_oracle.py --objects 256 500 1000
 """
@@ -13,8 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sharding.synthetic import BODY_LEVELS, BRIGHTNESS, COLOUR_SHIFT, PATTERNS, SHAPES  # noqa: E402
 
 
 def _chromaticity(colour: np.ndarray, shift: np.ndarray, brightness: float) -> np.ndarray:
@@ -30,12 +36,12 @@ def oracle_recall_at_1(objects: int, two_tone: bool, kinds: int, seed: int = 1) 
     for n in range(objects):
         rng = random.Random(f"oracle/{seed}/{n}")
         k = rng.randrange(kinds)
-        colours = [np.array([rng.randrange(40, 256) for _ in range(3)], float)]
+        colours = [np.array([rng.randrange(*BODY_LEVELS) for _ in range(3)], float)]
         if two_tone:
             colours.append(np.array([rng.randrange(0, 256) for _ in range(3)], float))
         for _ in range(2):
-            shift = np.array([rng.randrange(-20, 21) for _ in range(3)], float)
-            brightness = rng.uniform(0.75, 1.25)
+            shift = np.array([rng.randrange(-COLOUR_SHIFT, COLOUR_SHIFT + 1) for _ in range(3)], float)
+            brightness = rng.uniform(*BRIGHTNESS)
             features.append(np.concatenate([_chromaticity(c, shift, brightness) for c in colours]))
             kind.append(k)
             group.append(n)
@@ -56,10 +62,10 @@ def main() -> None:
     for n in args.objects:
         result[str(n)] = {
             # the first generator: 4 shapes x 4 stripe counts, one colour; and without the stripe count
-            "one_colour_16_kinds": oracle_recall_at_1(n, False, 16),
-            "one_colour_4_kinds": oracle_recall_at_1(n, False, 4),
+            "one_colour_16_kinds": oracle_recall_at_1(n, False, len(SHAPES) * 4),
+            "one_colour_4_kinds": oracle_recall_at_1(n, False, len(SHAPES)),
             # today's: 4 shapes x 4 prints, body + accent colour
-            "two_tone_16_kinds": oracle_recall_at_1(n, True, 16),
+            "two_tone_16_kinds": oracle_recall_at_1(n, True, len(SHAPES) * len(PATTERNS)),
         }
         print(n, result[str(n)])
     print(json.dumps({"oracle_recall_at_1": result}))

@@ -155,12 +155,11 @@ def plot_view_grid(views: Sequence[torch.Tensor] | Any, out_png: str | os.PathLi
 
 def plot_retrieval_grid(queries: Sequence[np.ndarray], results: Sequence[Sequence[tuple[np.ndarray, float, Optional[bool]]]],
                         out_png: str | os.PathLike, *, query_labels: Optional[Sequence[str]] = None,
-                        title: Optional[str] = None, match: str = "another photo of the same group") -> Path:
-    """Each row: a query image, then its top-k results with cosine score; green = a match.
+                        title: Optional[str] = None) -> Path:
+    """Each row: a query image, then its top-k results with cosine score; green = same group.
 
     Images are HxWx3 (uint8 or float in [0, 1]) or HxW arrays; `results[i]` lists
-    (image, score, match) best first; match None (unknown, e.g. an image-file query) is gray. `match` names what green means in the legend (a caller that
-    colours by label says "same label", not "same group").
+    (image, score, same_group) best first; same_group None (unknown, e.g. an image-file query) is gray.
     """
     if not queries:
         raise UsageError("no queries to show")
@@ -177,7 +176,8 @@ def plot_retrieval_grid(queries: Sequence[np.ndarray], results: Sequence[Sequenc
                 ax.set_title(f"#{col}  {score:.2f}", fontsize=8, color="tab:green" if same else "black")
             else:
                 ax.axis("off")
-    fig.suptitle(title or f"retrieval: query, then nearest neighbours (green border = {match})", fontsize=9)
+    fig.suptitle(title or "retrieval: query, then nearest neighbours (green border = another photo of the same group)",
+                 fontsize=9)
     return _save(fig, out_png)
 
 

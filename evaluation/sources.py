@@ -121,27 +121,27 @@ def labelled_features(backbone: nn.Module, loader, vocabulary: Optional[list[str
     return FeatureSet(feats.features[keep], labels[keep], keys, groups), vocabulary
 
 
-def natural_view_features(backbone: nn.Module, loader) -> tuple[np.ndarray, list[str], list[str]]:
-    """(vectors, groups, keys) with two different photos of every multi-photo group, one of the rest.
+def retrieval_rows(batch) -> list[tuple[int, int]]:
+    """The (sample, view) pairs of an eval batch that are natural-view retrieval rows, in order.
 
     The loader makes two eval views; the pipeline draws them from different photos when a group
-    has several (`view_sources` says which), so both are rows; a group of one gives one row.
-    """
+    has several (`view_sources` says which), so both are rows; a group of one gives one row."""
+    distinct = (batch.view_sources[:, 0] != batch.view_sources[:, 1]).tolist()
+    return [(b, v) for b in range(len(batch)) for v in ((0, 1) if distinct[b] else (0,))]
+
+
+def natural_view_features(backbone: nn.Module, loader) -> tuple[np.ndarray, list[str], list[str]]:
+    """(vectors, groups, keys) with two different photos of every multi-photo group, one of the rest
+    (`retrieval_rows`)."""
     vectors, groups, keys = [], [], []
     for batch in loader.iter_epoch(0):
         if len(batch) == 0:
             continue
-        first = next(iter_features(backbone, [batch], view=0)).features
-        second = next(iter_features(backbone, [batch], view=1)).features
-        distinct = (batch.view_sources[:, 0] != batch.view_sources[:, 1]).tolist()
-        for b, key in enumerate(batch.keys):
-            vectors.append(first[b])
+        views = [next(iter_features(backbone, [batch], view=v)).features for v in (0, 1)]
+        for b, v in retrieval_rows(batch):
+            vectors.append(views[v][b])
             groups.append(batch.group_ids[b])
-            keys.append(f"{key}.{int(batch.view_sources[b, 0])}")
-            if distinct[b]:
-                vectors.append(second[b])
-                groups.append(batch.group_ids[b])
-                keys.append(f"{key}.{int(batch.view_sources[b, 1])}")
+            keys.append(f"{batch.keys[b]}.{int(batch.view_sources[b, v])}")
     if not vectors:
         raise UsageError(f"dataset {loader.dataset!r} has no samples")
     return torch.stack(vectors).numpy(), groups, keys

@@ -146,12 +146,12 @@ class ViewLoader:
         positions = plan.stream_positions[lo:hi]
         photos = None
         if not self.natural_views:  # positions count photos: map each to (group row, photo)
-            ends = np.cumsum(pc.list_value_length(part.column("view_exts")).to_numpy())  # no Python lists
-            if len(positions) and int(positions.max()) >= (int(ends[-1]) if len(ends) else 0):
-                raise UsageError(f"{root!r}: index part of {name} has {int(ends[-1]) if len(ends) else 0} "
+            starts = np.concatenate([[0], np.cumsum(pc.list_value_length(part.column("view_exts")).to_numpy())])
+            if len(positions) and int(positions.max()) >= int(starts[-1]):  # starts[-1]: the part's photos
+                raise UsageError(f"{root!r}: index part of {name} has {int(starts[-1])} "
                                  "photos, shards.parquet says more; the dataset is inconsistent")
-            group_rows = np.searchsorted(ends, positions, side="right")
-            photos = (positions - np.concatenate([[0], ends])[group_rows]).tolist()
+            group_rows = np.searchsorted(starts, positions, side="right") - 1
+            photos = (positions - starts[group_rows]).tolist()
             positions = group_rows
         elif len(positions) and int(positions.max()) >= part.num_rows:
             raise UsageError(f"{root!r}: index part of {name} has {part.num_rows} rows, "

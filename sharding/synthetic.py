@@ -25,6 +25,9 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 SHAPES = ("circle", "square", "triangle", "star")
 PATTERNS = ("stripes", "checks", "dots", "band")
+BODY_LEVELS = (40, 256)        # per channel, randrange bounds of the body colour (the accent: 0-256)
+COLOUR_SHIFT = 20              # per view and channel, +-: the light's colour (body and accent alike)
+BRIGHTNESS = (0.75, 1.25)      # per view: the light's strength
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ def generate_view_corpus(
     for number in range(num_groups):
         rng = random.Random(f"{seed}/{number}")
         shape = SHAPES[rng.randrange(len(SHAPES))]
-        colour = tuple(rng.randrange(40, 256) for _ in range(3))
+        colour = tuple(rng.randrange(*BODY_LEVELS) for _ in range(3))
         stripes = rng.randrange(2, 6)
         # Drawn from their own stream so that group sizes stay what they were with one colour.
         identity = random.Random(f"{seed}/{number}/identity")
@@ -91,7 +94,7 @@ def render_view(shape: str, colour: tuple[int, int, int], stripes: int, size: in
     cx = big / 2 + rng.uniform(-0.15, 0.15) * big
     cy = big / 2 + rng.uniform(-0.15, 0.15) * big
     angle = rng.uniform(0, 2 * math.pi)
-    shift = [rng.randrange(-20, 21) for _ in range(3)]
+    shift = [rng.randrange(-COLOUR_SHIFT, COLOUR_SHIFT + 1) for _ in range(3)]
     shifted = _shifted(colour, shift)
     accent_shifted = _shifted(accent, shift) if accent is not None else tuple(c // 2 for c in shifted)
     mask = Image.new("L", (big, big), 0)
@@ -100,7 +103,7 @@ def render_view(shape: str, colour: tuple[int, int, int], stripes: int, size: in
     _draw_pattern(ImageDraw.Draw(texture), pattern, accent_shifted, stripes, cx, cy, radius, angle, big)
     canvas.paste(texture, (0, 0), mask)
     image = canvas.resize((size, size), Image.Resampling.LANCZOS)
-    return ImageEnhance.Brightness(image).enhance(rng.uniform(0.75, 1.25))
+    return ImageEnhance.Brightness(image).enhance(rng.uniform(*BRIGHTNESS))
 
 
 def _shifted(colour: tuple[int, int, int], shift: list[int]) -> tuple[int, int, int]:

@@ -160,12 +160,12 @@ def prepare_view_shards(out: Path, size: DemoSize, image_size: int = 32) -> dict
     return shards
 
 
-def demo_config(method: str, shards: dict[str, str], out: Path, size: DemoSize) -> dict[str, Any]:
+def demo_config(method: str, shards: dict[str, str], out: Path, size: DemoSize, seed: int = 0) -> dict[str, Any]:
     """The Fashion-MNIST training config of `method` (part 1)."""
     check_method(method)
     settings = METHOD_SETTINGS[method]
     return {
-        "seed": 0,
+        "seed": seed,
         "data": {"dataset": shards["train"], "recipe": "simclr",
                  "recipe_options": {"size": 28, **_AUGMENT}, "num_threads": 1},
         "method": {"name": method, "backbone": _BACKBONE, **settings["method"]},
@@ -215,9 +215,7 @@ def _train(config, address: Optional[str], verbose: bool):
 
 
 def run_demo(method: str, out: Path, quick: bool, *, address: Optional[str] = None,
-             verbose: bool = False, json_out: Optional[str] = None,
-             view_settings: dict[str, Any] = VIEW_SETTINGS, seed: int = 0,
-             size: Optional[DemoSize] = None) -> dict[str, Any]:
+             verbose: bool = False, json_out: Optional[str] = None, seed: int = 0) -> dict[str, Any]:
     """Run the demo end to end and return the report (also written to out/report.json).
 
     The terminal shows the stages and the live training lines; Ray's own log lines go to
@@ -229,15 +227,15 @@ def run_demo(method: str, out: Path, quick: bool, *, address: Optional[str] = No
                                       write_demo_plots, write_retrieval_plots)
 
     started = time.monotonic()
-    size = size or (QUICK if quick else FULL)
+    size = QUICK if quick else FULL
     out.mkdir(parents=True, exist_ok=True)
     print(f"[demo] Fashion-MNIST -> shards in {out / 'shards'}")
     shards = prepare_shards(out, size, find_fashion_mnist(out))
     print(f"[demo] natural-view corpus ({size.view_groups} objects, 2-5 photos each) -> {out / 'view_shards'}")
-    view_shards = prepare_view_shards(out, size, view_settings["image_size"])
-    config = TrainConfig.model_validate(demo_config(method, shards, out, size) | {"seed": seed})
-    natural = TrainConfig.model_validate(view_config(view_shards, out, size, True, view_settings, seed))
-    augment = TrainConfig.model_validate(view_config(view_shards, out, size, False, view_settings, seed))
+    view_shards = prepare_view_shards(out, size, VIEW_SETTINGS["image_size"])
+    config = TrainConfig.model_validate(demo_config(method, shards, out, size, seed))
+    natural = TrainConfig.model_validate(view_config(view_shards, out, size, True, seed=seed))
+    augment = TrainConfig.model_validate(view_config(view_shards, out, size, False, seed=seed))
     started_ray = connect_ray(address, log_file=None if verbose else out / "ray.log")
     try:
         print(f"[demo] 1/3 training {method} on Fashion-MNIST with {config.scaling.num_workers} Ray workers")

@@ -23,7 +23,7 @@ from trainers.checkpoint import load_backbone
 from trainers.config import TrainConfig
 from evaluation.features import iter_features
 from evaluation.linear import LinearProbeConfig, linear_probe_evaluate
-from evaluation.sources import eval_loader, labelled_features
+from evaluation.sources import eval_loader, labelled_features, retrieval_rows
 from evaluation.knn import knn_evaluate
 from evaluation.retrieval import group_recall_at_k
 from trainers.methods import build_method
@@ -86,11 +86,10 @@ def evaluate_encoders(config: TrainConfig, checkpoint: str, shards: dict[str, st
 
 def natural_view_rows(encoders: dict[str, torch.nn.Module], loader: ViewLoader
                       ) -> tuple[dict[str, np.ndarray], list[str], np.ndarray]:
-    """Features of every encoder for two different photos of every multi-photo group (one for a
-    group of one), their groups, and the photos themselves (HxWx3 in [0, 1]) for the grid.
-
-    One pass over the loader (two eval views) feeds all encoders: the rows are the same ones
-    `evaluation.sources.natural_view_features` gives `viewstream eval retrieval`."""
+    """Features of every encoder for the rows `viewstream eval retrieval` scores
+    (`evaluation.sources.retrieval_rows`: two different photos of every multi-photo group, one
+    of the rest), their groups, and the photos themselves (HxWx3 in [0, 1]) for the grid; one
+    pass over the loader feeds all encoders."""
     from evaluation.plots import denormalize
 
     feats: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
@@ -99,15 +98,13 @@ def natural_view_rows(encoders: dict[str, torch.nn.Module], loader: ViewLoader
     for batch in loader.iter_epoch(0):
         if len(batch) == 0:
             continue
-        keep = [(b, 0) for b in range(len(batch))]
-        keep += [(b, 1) for b in range(len(batch)) if int(batch.view_sources[b, 0]) != int(batch.view_sources[b, 1])]
-        keep.sort()
+        rows = retrieval_rows(batch)
         for name, encoder in encoders.items():
             views = [next(iter_features(encoder, [batch], view=v)).features for v in (0, 1)]
-            feats[name] += [views[v][b] for b, v in keep]
+            feats[name] += [views[v][b] for b, v in rows]
         shown = [denormalize(batch.views[v], loader.spec.mean, loader.spec.std) for v in (0, 1)]
-        groups += [batch.group_ids[b] for b, _ in keep]
-        images += [shown[v][b] for b, v in keep]
+        groups += [batch.group_ids[b] for b, _ in rows]
+        images += [shown[v][b] for b, v in rows]
     return {name: torch.stack(rows).numpy() for name, rows in feats.items()}, groups, np.stack(images)
 
 

@@ -54,7 +54,6 @@ def test_trains_on_two_workers_and_the_loss_falls(ray_local, fmnist_shards, tmp_
     result = run_training(TrainConfig.model_validate(cfg))
     losses = [r["loss"] for r in read_metrics(result.out_dir) if "loss" in r]
     assert len(losses) == 12 * epochs
-    print(f"{method}: first 4 steps' loss {sum(losses[:4]):.3f}, last 4 {sum(losses[-4:]):.3f}")
     assert sum(losses[-4:]) < sum(losses[:4]), losses
     state = load_state(resolve_checkpoint(result.checkpoint))["method"]
     assert any(k.startswith("backbone.") for k in state)
@@ -67,7 +66,6 @@ def test_trains_on_two_workers_and_the_loss_falls(ray_local, fmnist_shards, tmp_
         records = [r for r in read_metrics(result.out_dir) if "reconstruction" in r]
         for part in ("reconstruction", "rotation"):
             values = [r[part] for r in records]
-            print(f"sit {part}: first 4 {sum(values[:4]):.3f}, last 4 {sum(values[-4:]):.3f}")
             assert sum(values[-4:]) < sum(values[:4]), (part, values)
         assert all(r["corruption_short"] == 0.0 for r in records)
     if method == "moby":
