@@ -40,7 +40,7 @@ from sharding.build import ShardRecord
 from sharding.dedup_groups import (BucketTask, SplitTask, _fingerprint, bucket_bits, scan_bucket,
                                    split_chunk, view_rows, write_report)
 from sharding.dataset import read_index_part
-from sharding.storage import Storage
+from groundfloor.storage import Storage
 def peak_rss_kb():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 root, what, shards, rows, per_bucket = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_loader_scale.py [--sizes 1e6 1e7] [--shard-samples 1500]
 
 For each size, writes the metadata of a dataset of N samples in 1,500-sample shards
-(manifest.json, shards.parquet, index parts; no tars: `pipeline.scale`), then in a fresh
+(manifest.json, shards.parquet, index parts; no tars: `testbed.scale`), then in a fresh
 process measures what `ViewLoader(root, simclr, 256, rank=0, world_size=64)` plus one epoch
 plan add to RSS (high-water mark over the post-import baseline) and how long each takes.
 `bytes_per_corpus_sample` is the slope between the two sizes. Goals: rss_mb_1e7 < 100,
@@ -22,12 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.scale import write_metadata_dataset  # noqa: E402
+from testbed.scale import write_metadata_dataset  # noqa: E402
 
 
 def measure(root: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-m", "pipeline.scale", root, "0", "64"], env=env,
+    out = subprocess.run([sys.executable, "-m", "testbed.scale", root, "0", "64"], env=env,
                          capture_output=True, text=True, timeout=600, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -4,7 +4,7 @@ DataLoader (2 workers) on the same shards and augmentations, measured in the sam
     .venv/bin/python benchmarks/bench_pipeline.py [--groups 1000] [--epochs 2]
 
 The data is representative of product photos: `--groups` groups of 1-6 JPEGs of 400-500 px,
-~100 KB each (`pipeline.scale.write_photo_corpus`), in shards of 100 groups.
+~100 KB each (`testbed.scale.write_photo_corpus`), in shards of 100 groups.
 
 * two_view_ratio: SimCLR two views at 224 (natural-view pair), samples/s of viewstream /
   samples/s of the baseline (goal >= 2 on a 2-core CPU).
@@ -40,11 +40,11 @@ from tqdm import tqdm  # noqa: E402
 
 from pipeline import ViewLoader, ViewSpec  # noqa: E402
 from pipeline.spec import IMAGENET_MEAN, IMAGENET_STD, Augmentation  # noqa: E402
-from pipeline.scale import write_photo_corpus  # noqa: E402
+from testbed.scale import write_photo_corpus  # noqa: E402
 from sharding.dataset import load_manifest, shard_uris  # noqa: E402
 from sharding.migrate import migrate_dataset  # noqa: E402
 from sharding.run import shard_dataset  # noqa: E402
-from sharding.storage import Storage  # noqa: E402
+from groundfloor.storage import Storage  # noqa: E402
 
 
 # ---- baseline: webdataset + PIL + torchvision.transforms.v2 ------------------------------------

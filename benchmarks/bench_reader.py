@@ -5,7 +5,7 @@ over, for groups of 1, 2 and 4 photos of ~100 KB JPEGs.
 
 * local_samples_per_s_{1,2,4}photos: shards on local disk (page-cached after a warm-up).
 * s3_latency_samples_per_s_4photos: the 4-photo shards on moto S3 (its own process) behind a
-  127.0.0.1 proxy (`pipeline.faulty_proxy`) that adds 20 ms to every response's first byte.
+  127.0.0.1 proxy (`testbed.faulty_proxy`) that adds 20 ms to every response's first byte.
 * all_photos_checked_samples_per_s_4photos / one_stream_samples_per_s_4photos: the same local
   read checking every photo of a group (the old reader), and with one shard stream: what
   checking only the drawn photos and several streams in flight each bring.
@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_pipeline import start_s3_server  # noqa: E402
 
 from pipeline import ViewLoader, ViewSpec  # noqa: E402
-from pipeline.faulty_proxy import DroppingProxy  # noqa: E402
+from testbed.faulty_proxy import DroppingProxy  # noqa: E402
 from pipeline.samples import read_samples  # noqa: E402
-from pipeline.scale import write_photo_corpus  # noqa: E402
+from testbed.scale import write_photo_corpus  # noqa: E402
 from sharding.migrate import migrate_dataset  # noqa: E402
 from sharding.run import shard_dataset  # noqa: E402
-from sharding.storage import Storage  # noqa: E402
+from groundfloor.storage import Storage  # noqa: E402
 
 SPEC = ViewSpec.simclr(size=224)
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from sharding.ray_connect import connect_ray  # noqa: E402
+from groundfloor.ray_connect import connect_ray  # noqa: E402
 from sharding.fashion_mnist import export_fashion_mnist  # noqa: E402
 from sharding.migrate import migrate_dataset  # noqa: E402
 from sharding.run import shard_dataset  # noqa: E402

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 RUN_FILE = "_embed.json"
 IN_FLIGHT_PER_WORKER = 2  # one shard running, one queued: the actor never waits for the driver
@@ -141,7 +141,7 @@ class ShardEmbedWorker:
 
         from evaluation.shard_reader import ShardReader
         from evaluation.sources import eval_spec, load_checkpoint_backbone
-        from sharding.storage import Storage
+        from groundfloor.storage import Storage
 
         torch.set_num_threads(max(1, job.num_threads))
         self.job, self.device = job, device
@@ -215,8 +215,8 @@ def embed_on_ray(job: EmbedJob, roots: Sequence[str], *, workers: Optional[int] 
     import ray
     from tqdm.auto import tqdm
 
-    from sharding.storage import Storage
-    from sharding.ray_connect import connect_ray
+    from groundfloor.storage import Storage
+    from groundfloor.ray_connect import connect_ray
 
     storage = Storage(job.endpoint_url)
     started = connect_ray(address)

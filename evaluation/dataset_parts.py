@@ -10,7 +10,7 @@ from typing import Optional
 import pyarrow as pa
 
 from sharding import dataset as ds
-from sharding.storage import Storage
+from groundfloor.storage import Storage
 
 
 def shard_names(root: str, storage: Optional[Storage] = None) -> list[str]:

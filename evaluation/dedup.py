@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from evaluation.embeddings import count_embeddings, iter_embeddings, read_embeddings, read_embeddings_metadata
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 PAIRS_SCHEMA = pa.schema([("key_a", pa.string()), ("group_a", pa.string()), ("key_b", pa.string()),
                           ("group_b", pa.string()), ("score", pa.float32()), ("distance", pa.float32())])

@@ -6,7 +6,7 @@ FAISS loaders) get a dense [N, D] matrix without parsing. The file's schema meta
 file says where its vectors came from. Writing streams row groups: memory stays one batch.
 
 An embeddings *dataset* is a folder (or s3:// prefix) of such files, one per shard, as
-`embed --ray` writes them (`write_embedding_table`: atomic, through `sharding.storage`); they
+`embed --ray` writes them (`write_embedding_table`: atomic, through `groundfloor.storage`); they
 also carry ``shard`` and ``dataset`` columns. Every reader here takes a file or a dataset.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from evaluation.features import FeatureBatch
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 METADATA_KEY = b"viewstream"
 COLUMNS = ("key", "group", "label", "vector")
@@ -66,7 +66,7 @@ def embedding_table(vectors: np.ndarray, keys: Sequence[str], groups: Sequence[s
 
 def write_embedding_table(uri: str, table: pa.Table, storage=None) -> None:
     """Write `table` to `uri` (local or s3://) atomically: a reader sees all of it or nothing."""
-    from sharding.storage import Storage
+    from groundfloor.storage import Storage
 
     storage = storage or Storage()
     with storage.open_atomic_write(uri) as f:
@@ -77,9 +77,9 @@ def embedding_files(path: str | os.PathLike, storage=None) -> list[str]:
     """The Parquet files of an embeddings file or dataset (folder or s3:// prefix), sorted.
 
     In a folder, names starting with "." (unfinished atomic writes) or "_" (run records) are
-    not embeddings. No URI scheme is tested here: `sharding.storage` owns that.
+    not embeddings. No URI scheme is tested here: `groundfloor.storage` owns that.
     """
-    from sharding.storage import Storage
+    from groundfloor.storage import Storage
 
     path = str(path)
     storage = storage or Storage()
@@ -212,7 +212,7 @@ def _open(path: str | os.PathLike) -> pq.ParquetFile:
         if os.path.isfile(path):
             pf = pq.ParquetFile(path)
         else:  # object storage: one file of an embeddings dataset is one shard's rows
-            from sharding.storage import Storage
+            from groundfloor.storage import Storage
 
             pf = pq.ParquetFile(io.BytesIO(Storage().read_bytes(path)))
     except (FileNotFoundError, OSError, pa.ArrowInvalid) as err:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 EXPORT_FORMAT = "viewstream-export/1"
 METADATA_KEY = "viewstream_export"
@@ -282,3 +282,16 @@ def load_exported(path: str | os.PathLike) -> nn.Module:
     model = build_from_code(meta["build_code"])
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.eval()
+
+
+def export_checkpoint(checkpoint: str, path: str | os.PathLike, *, endpoint_url: Optional[str] = None) -> ExportInfo:
+    """`export_backbone` of a training checkpoint's backbone, its metadata naming the producer
+    and the eval input (image size, ImageNet mean and std) when the checkpoint records it."""
+    from evaluation.sources import load_checkpoint_backbone
+    from pipeline.spec import IMAGENET_MEAN, IMAGENET_STD
+
+    backbone, info = load_checkpoint_backbone(checkpoint, endpoint_url)
+    meta = info.producer()
+    if info.image_size:
+        meta["input"] = {"image_size": info.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    return export_backbone(backbone, path, metadata=meta)

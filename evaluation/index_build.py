@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from evaluation.embeddings import count_embeddings, embedding_files, iter_embeddings, read_embeddings_metadata
 from evaluation.search import INDEX_FILE, INFO_FILE, ROWS_FILE, normalized
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 log = logging.getLogger(__name__)
 TRAINED_FILE = "trained.faiss"

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from evaluation.index_build import QUERIES_FILE, iter_rows, log2_range, nlist_of
 from evaluation.search import normalized
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 @dataclass
@@ -115,3 +115,50 @@ def tune_nprobe(index, queries: np.ndarray, exact_ids: np.ndarray, k: int, targe
         if result.recall >= target:
             return result, tried
     return None, tried
+
+
+@dataclass
+class IndexEvaluation:
+    """What `search eval` reports: the chosen (or only) setting and every setting tried."""
+
+    info: dict
+    count: int
+    dim: int
+    bytes_per_vector: float
+    index_bytes: int
+    num_queries: int
+    chosen: Optional[RecallResult]
+    tried: list[RecallResult]
+
+
+def held_out_rows(index_dir: str | Path) -> list[int]:
+    """Row ids `search build --hold-out` kept out of the index (skipped by the exact pass)."""
+    path = Path(index_dir) / QUERIES_FILE
+    return pq.read_table(path, columns=["row"]).column("row").to_pylist() if path.is_file() else []
+
+
+def evaluate_index_dir(index_dir: str, *, queries: Optional[str] = None, max_queries: Optional[int] = None,
+                       k: int = 10, tune: bool = False, target: float = 0.9, params: Optional[dict] = None,
+                       gpu: bool = False) -> IndexEvaluation:
+    """recall@k of a compressed index folder against exact search over its source embeddings
+    (held-out rows, or `queries`); with `tune`, the smallest nprobe reaching `target`."""
+    import json
+
+    from evaluation.sharded_index import ShardedIndex
+
+    info_path = Path(index_dir) / "index.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if "shards" not in info:
+        raise UsageError(f"{index_dir!r} is not a compressed index; build one with "
+                         "`search build --index FACTORY --hold-out N`")
+    index = ShardedIndex.load(index_dir, gpu=gpu, with_rows=False)
+    vectors = load_queries(index_dir, queries, max_queries)
+    held = [] if queries else held_out_rows(index_dir)
+    _, exact_ids = exact_top_k(info["source"]["embeddings"], vectors, k, held)
+    if tune:
+        chosen, tried = tune_nprobe(index, vectors, exact_ids, k, target, params)
+    else:
+        chosen = evaluate(index, vectors, exact_ids, k, params)
+        tried = [chosen]
+    return IndexEvaluation(info, len(index), index.dim, index.bytes_per_vector, index.index_bytes,
+                           len(vectors), chosen, tried)

@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 DEFAULT_KS = (20, 200)
 DEFAULT_TEMPERATURE = 0.07

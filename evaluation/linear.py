@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation.knn import topk_accuracy
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 SMALL_PROBLEM_VALUES = 1_000_000  # features.numel() below which one thread is faster
 

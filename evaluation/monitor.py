@@ -23,7 +23,7 @@ from torch import nn
 from trainers.config import MonitorConfig, TrainConfig, dataset_arg
 from evaluation.sources import eval_loader, labelled_features
 from evaluation.knn import knn_evaluate
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 log = logging.getLogger(__name__)
 TRAIN_SHARE = 0.6  # of the budget for the memory bank; the test split gets the rest but 5 %

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from pipeline.spec import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402  (written once, in the pipeline)
 from trainers.metrics import METRICS_FILE, read_metrics  # noqa: E402
-from viewstream.errors import UsageError  # noqa: E402
+from groundfloor.errors import UsageError  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from evaluation.search import IndexConfig, SearchIndex
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 DEFAULT_RECALL_KS = (1, 5, 10)
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 INDEX_FILE = "index.faiss"
 ROWS_FILE = "rows.parquet"

@@ -27,7 +27,7 @@ from pipeline.producer import BatchProducer, PreparedBatch
 from pipeline.samples import ReadStats, SampleRef, read_samples
 from pipeline.spec import ViewSpec
 from sharding.dataset import shard_uri
-from sharding.storage import Storage
+from groundfloor.storage import Storage
 
 
 class ShardReader:

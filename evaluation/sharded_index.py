@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from evaluation.search import INDEX_FILE, INFO_FILE, ROWS_FILE, SearchResult, normalized, rows_of
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, float]:

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from evaluation.features import FeatureSet, extract_features, iter_features
-from viewstream.errors import UsageError
+from evaluation.labels import vocabulary_remap
+from groundfloor.errors import UsageError
 
 DEFAULT_CROP_FRACTION = 0.875
 
@@ -108,7 +109,7 @@ def labelled_features(backbone: nn.Module, loader, vocabulary: Optional[list[str
                          "(shard with --label-from parent)")
     vocabulary = list(vocabulary or [])
     vocabulary += [name for name in loader.label_vocabulary if name not in vocabulary]
-    remap = torch.tensor([vocabulary.index(name) for name in loader.label_vocabulary] + [-1])
+    remap = vocabulary_remap(loader.label_vocabulary, vocabulary)
     batches, total = loader.iter_epoch(0), loader.batches_per_epoch
     if max_samples is not None:
         total = min(total, -(-max_samples // loader.batch_size))
@@ -173,7 +174,7 @@ def _sample_locations(dataset: str, endpoint_url: Optional[str]) -> dict[str, tu
     """key -> (root, shard, view extensions) of every sample: read once per dataset, not once per
     picture of a grid (a whole-dataset tool: grids are drawn from small datasets)."""
     from sharding.dataset import read_index
-    from sharding.storage import Storage
+    from groundfloor.storage import Storage
 
     storage = Storage(endpoint_url)
     roots = dataset_list(dataset)
@@ -190,7 +191,7 @@ def read_sample_image(dataset: str, key: str, view: int = 0, endpoint_url: Optio
     from PIL import Image
 
     from sharding.dataset import read_sample
-    from sharding.storage import Storage
+    from groundfloor.storage import Storage
 
     storage = Storage(endpoint_url)
     located = _sample_locations(str(dataset), endpoint_url).get(key)

@@ -13,15 +13,13 @@ Modules: `spec` (what views), `epochs` (exact per-rank plans from per-shard coun
 (several dataset roots as one, per-root epoch sizes), `samples`/`streams`/`imageinfo`
 (reading and checking shards, S3 resume, image headers), `params` (all randomness, drawn in
 numpy), `dali_graph` (the DALI graph for both backends), `producer` (background reading
-ahead), `loader`; `scale` (metadata-only and photo datasets for benchmarks) and
-`faulty_proxy` (a misbehaving TCP proxy for S3 tests and benchmarks) are tooling.
+ahead), `loader`, `preview` (a batch as a PNG grid).
 """
 import importlib
 from typing import TYPE_CHECKING
 
-# Public names and the module each lives in. They are imported on first use, so that
-# `import pipeline.commands` (the CLI's help, every `viewstream` start) does not pay for torch
-# and DALI.
+# Public names and the module each lives in. They are imported on first use, so that the CLI's
+# help (every `viewstream` start) does not pay for torch and DALI.
 _EXPORTS = {
     "Augmentation": "pipeline.spec", "RECIPES": "pipeline.spec", "ViewConfig": "pipeline.spec",
     "ViewSpec": "pipeline.spec", "DataPosition": "pipeline.epochs", "ViewBatch": "pipeline.batch",

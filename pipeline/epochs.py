@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 @dataclass(frozen=True, order=True)

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import torch
 
 from sharding.dataset import read_index_part, shard_uri
-from sharding.storage import Storage
+from groundfloor.storage import Storage
 from pipeline.batch import ViewBatch
 from pipeline.dali_driver import DaliDriver
 from pipeline.dali_graph import feed_arrays
@@ -25,7 +25,7 @@ from pipeline.params import pair_uniforms, pick_photos
 from pipeline.roots import load_mixture
 from pipeline.samples import ReadStats, SampleRef, read_samples
 from pipeline.spec import ViewSpec
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 DEVICES = ("cpu", "cuda")
 VERIFY = ("sha256", "none")

@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 
 from sharding.dataset import load_manifest, read_shards
-from sharding.storage import Storage
+from groundfloor.storage import Storage
 from pipeline.epochs import ShardTable
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 RootSpec = Union[str, dict]
 KNOBS = ("repeat", "choose", "proportion")

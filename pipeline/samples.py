@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-from sharding.storage import Storage
+from groundfloor.storage import Storage
 from sharding.dataset import read_shard_index
 from sharding.format import SHARDS_DIR, meta_member, view_member
 from pipeline.imageinfo import image_info

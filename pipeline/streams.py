@@ -1,14 +1,14 @@
 """Byte streams of shard files for the loader.
 
 A training run streams large shards for hours; `Storage.open_stream` gives a buffered reader
-that on S3 resumes after a dropped connection (`sharding.storage.ResumableS3Stream`, re-exported
+that on S3 resumes after a dropped connection (`groundfloor.storage.ResumableS3Stream`, re-exported
 here) without losing or repeating a byte.
 """
 from __future__ import annotations
 
 from typing import BinaryIO
 
-from sharding.storage import STREAM_BUFFER_BYTES, ResumableS3Stream, Storage  # noqa: F401 (re-export)
+from groundfloor.storage import STREAM_BUFFER_BYTES, ResumableS3Stream, Storage  # noqa: F401 (re-export)
 
 
 

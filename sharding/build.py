@@ -39,7 +39,7 @@ from sharding.format import (
     quarantine_part_name,
 )
 from sharding.plan import Group, groups_of
-from sharding.storage import Storage, join
+from groundfloor.storage import Storage, join
 from sharding.tar_writer import TarWriter
 from sharding.validate import (
     CORRUPT,

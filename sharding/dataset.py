@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 from sharding.format import (
     FORMAT_VERSION,
@@ -30,7 +30,7 @@ from sharding.format import (
     idx_name,
     index_part_name,
 )
-from sharding.storage import Storage, join
+from groundfloor.storage import Storage, join
 
 
 def _storage(storage: Storage | None) -> Storage:

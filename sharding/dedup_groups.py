@@ -111,7 +111,7 @@ from sharding.format import (
     quarantine_part_name,
     rewritten_name,
 )
-from sharding.storage import Storage, join
+from groundfloor.storage import Storage, join
 from sharding.validate import DUPLICATE_ACROSS_GROUPS, DUPLICATE_MERGED
 
 Mode = Literal["report", "drop", "keep-first", "merge"]

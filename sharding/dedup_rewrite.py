@@ -38,7 +38,7 @@ from sharding.format import (
     quarantine_part_name,
     rewritten_name,
 )
-from sharding.storage import Storage, join
+from groundfloor.storage import Storage, join
 from sharding.tar_writer import TarWriter
 
 META_LISTS = ("sources", "sha256", "width", "height", "reencoded")

@@ -82,7 +82,7 @@ class RayExecutor:
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
         import ray
 
-        from sharding.ray_connect import connect_ray
+        from groundfloor.ray_connect import connect_ray
 
         self._ray = ray
         self._started_here = connect_ray(address, num_cpus, log_to_driver=False)

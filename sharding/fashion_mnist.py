@@ -3,13 +3,10 @@
 Writes ``{out}/train/{label}/{index:05d}.png`` and ``{out}/test/{label}/{index:05d}.png`` (28x28
 grayscale PNGs, kept as-is by the sharder), so ``viewstream shard OUT/train DS --label-from
 parent`` gives a labelled dataset. Deterministic: the first `limit_per_split` images of each
-split, encoded the same way every time.
-
-    python -m sharding.fashion_mnist OUT [--limit N] [--split train|test|both]
+split, encoded the same way every time (`export_fashion_mnist(out, "both", limit)`).
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import os
 import struct
@@ -19,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
@@ -71,18 +68,3 @@ def export_fashion_mnist(
             Image.fromarray(images[index]).save(path, format="PNG")
         counts[name] = count
     return counts
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export Fashion-MNIST to PNG ImageFolder trees.")
-    parser.add_argument("out_dir")
-    parser.add_argument("--split", default="both", choices=("train", "test", "both"))
-    parser.add_argument("--limit", type=int, default=None, help="images per split")
-    parser.add_argument("--source-dir", default=FASHION_MNIST_DIR)
-    args = parser.parse_args(argv)
-    print(export_fashion_mnist(args.out_dir, args.split, args.limit, args.source_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -30,10 +30,10 @@ from typing import Iterable, Iterator, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
-from sharding.storage import FileEntry, Storage, local_path
-from sharding.storage.uri import ABSOLUTE_URI_REGEX, parent_folder, s3_uri
+from groundfloor.storage import FileEntry, Storage, local_path
+from groundfloor.storage.uri import ABSOLUTE_URI_REGEX, parent_folder, s3_uri
 
 GroupBy = Literal["file", "dir"]
 LabelFrom = Literal["none", "parent"]

@@ -22,7 +22,7 @@ from sharding.dataset import (
     read_shards,
     shard_uri,
 )
-from sharding.storage import Storage
+from groundfloor.storage import Storage
 
 THUMB = 96
 MAX_COLUMNS = 6

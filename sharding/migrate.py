@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 from sharding.dataset import index_part_uri, read_shard_index, shard_uri
 from sharding.format import (
@@ -43,7 +43,7 @@ from sharding.format import (
     V1_QUARANTINE_FILE,
     quarantine_part_name,
 )
-from sharding.storage import Storage, join
+from groundfloor.storage import Storage, join
 
 MIGRATE_THREADS = 16  # shards migrated at once: sized for S3 round trips, not CPU
 

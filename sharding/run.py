@@ -24,7 +24,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
-from viewstream.errors import UsageError, usage_error_from
+from groundfloor.errors import UsageError, usage_error_from
 
 from sharding.build import (
     DEFAULT_PREFETCH,
@@ -50,7 +50,7 @@ from sharding.format import (
 )
 from sharding.inputs import InputSource, iter_input_batches, resolve_source
 from sharding.plan import PlannedShard, PlanStats, plan_stream
-from sharding.storage import Storage, absolute, join
+from groundfloor.storage import Storage, absolute, join
 from sharding.validate import DEFAULT_MAX_PIXELS
 
 MANIFEST_INTERVAL_S = 2.0
@@ -76,6 +76,34 @@ class ShardConfig(BaseModel):
 
     def build_options(self) -> BuildOptions:
         return BuildOptions(max_pixels=self.max_pixels, max_side=self.max_side, quality=self.quality)
+
+
+class ShardRunOptions(BaseModel):
+    """Where and how a build runs (not stored: they never change the output bytes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: str = Field(min_length=1, description="folder, manifest(s) or s3:// prefix")
+    output: str | None = Field(None, description="dataset folder or s3:// prefix (none for a dry run)")
+    workers: int = Field(1, ge=1, description="local worker processes")
+    ray: bool = False
+    address: str | None = None
+    ray_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started here")
+    endpoint_url: str | None = None
+    prefetch: int | None = Field(None, ge=1, description="reads in flight per shard task")
+
+
+def split_settings(settings: dict) -> tuple[ShardConfig, ShardRunOptions]:
+    """One flat settings mapping (a shard YAML config with its flags applied) as the build's
+    config and the run's options, both validated: a wrong value is one UsageError naming it."""
+    run_keys = set(ShardRunOptions.model_fields)
+    run = {key: value for key, value in settings.items() if key in run_keys}
+    config = {key: value for key, value in settings.items() if key not in run_keys}
+    try:
+        options = ShardRunOptions.model_validate(run)
+    except ValidationError as err:
+        raise usage_error_from(err, "shard config") from None
+    return make_config(**config), options
 
 
 @dataclass

@@ -1,8 +1,9 @@
-"""The import order of ARCHITECTURE.md: viewstream -> evaluation -> trainers -> pipeline -> sharding.
+"""The floors of ARCHITECTURE.md: viewstream -> evaluation -> trainers -> pipeline -> sharding -> groundfloor.
 
-A stage may import the stages below it (and the leaves `viewstream.errors`, `viewstream.argtypes`, `viewstream.cliflags`,
-`viewstream.config_files`),
-never one above it, lazily or not. Checked on the source, so a function-level import counts too.
+A package may import the packages below it, never one above it, lazily or not: checked on the
+source, so a function-level import counts too. No exceptions. Command lines are the front
+door's: nothing outside `viewstream/` imports argparse or `viewstream`. Test and benchmark
+tooling (`testbed/`) sits beside the floors: tests and benchmarks import it, no stage does.
 """
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["sharding", "pipeline", "trainers", "evaluation", "viewstream"]
-LEAVES = {"viewstream.errors", "viewstream.argtypes", "viewstream.cliflags", "viewstream.config_files"}
+ORDER = ["groundfloor", "sharding", "pipeline", "trainers", "evaluation", "viewstream"]
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -27,26 +27,37 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("stage", ORDER[:-1])
-def test_no_stage_imports_upward(stage: str) -> None:
-    above = ORDER[ORDER.index(stage) + 1:]
-    offenders = []
-    for path in sorted((ROOT / stage).rglob("*.py")):
-        for name in imported_modules(path):
-            top = name.split(".")[0]
-            if top in above and not any(name == leaf or name.startswith(leaf + ".") for leaf in LEAVES):
-                if top == "viewstream" and name == "viewstream":
-                    continue
-                offenders.append(f"{path.relative_to(ROOT)} imports {name}")
-    assert not offenders, "\n".join(offenders)
+def offenders(folder: str, forbidden: set[str]) -> list[str]:
+    return [f"{path.relative_to(ROOT)} imports {name}"
+            for path in sorted((ROOT / folder).rglob("*.py"))
+            for name in sorted(imported_modules(path)) if name.split(".")[0] in forbidden]
+
+
+@pytest.mark.parametrize("floor", ORDER[:-1])
+def test_no_floor_imports_upward(floor: str) -> None:
+    above = set(ORDER[ORDER.index(floor) + 1:]) | {"testbed", "tests", "benchmarks"}
+    found = offenders(floor, above)
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("floor", ORDER[:-1] + ["testbed"])
+def test_command_lines_are_the_front_doors(floor: str) -> None:
+    found = offenders(floor, {"argparse", "viewstream"})
+    assert not found, "\n".join(found)
+
+
+def test_the_front_door_imports_no_tooling() -> None:
+    found = offenders("viewstream", {"testbed", "tests", "benchmarks"})
+    assert not found, "\n".join(found)
 
 
 def test_benchmarks_and_deploy_do_not_import_tests() -> None:
-    offenders = [
-        f"{path.relative_to(ROOT)} imports {name}"
-        for folder in ("benchmarks", "deploy")
-        for path in sorted((ROOT / folder).rglob("*.py"))
-        for name in imported_modules(path)
-        if name.split(".")[0] == "tests"
-    ]
-    assert not offenders, "\n".join(offenders)
+    found = [row for folder in ("benchmarks", "deploy") for row in offenders(folder, {"tests"})]
+    assert not found, "\n".join(found)
+
+
+def test_the_rule_sees_a_lazy_upward_import(tmp_path: Path) -> None:
+    """The checker counts imports inside functions (a lazy import is still an upward arrow)."""
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from evaluation.knn import knn_evaluate\n    import argparse\n")
+    assert {"evaluation.knn", "evaluation.knn.knn_evaluate", "argparse"} <= imported_modules(module)

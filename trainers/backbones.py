@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 __all__ = ["Backbone", "BackboneConfig", "BACKBONES", "TIMM_PREFIX", "TimmBackbone", "build_backbone",
            "is_known_backbone", "register_backbone"]

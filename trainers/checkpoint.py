@@ -8,7 +8,7 @@ A checkpoint is a directory with two files:
 - ``meta.json``: the validated training config and the progress (step, epoch, batch), readable
   without torch, so tools can tell what a checkpoint is before loading it.
 
-Checkpoints live wherever Ray Train persists them (any `sharding.storage` URI); ``resolve_checkpoint``
+Checkpoints live wherever Ray Train persists them (any `groundfloor.storage` URI); ``resolve_checkpoint``
 turns a run folder, a checkpoint folder or a remote URI into a local checkpoint folder.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from sharding.storage import Storage, join
-from viewstream.errors import UsageError
+from groundfloor.storage import Storage, join
+from groundfloor.errors import UsageError
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"

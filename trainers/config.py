@@ -13,11 +13,11 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from pipeline import RECIPES, ViewSpec
-from sharding.storage import local_path
-from viewstream.config_files import load_yaml_config, validate
+from groundfloor.storage import local_path
+from groundfloor.config_files import load_yaml_config, validate
 from trainers.methods import MethodConfig, parse_method_config
 from trainers.optim import OptimizerConfig
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 class _Strict(BaseModel):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 __all__ = ["read_state_dict", "load_backbone_weights"]
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, TextIO
 
 from sharding.dataset import load_manifest
-from sharding.ray_connect import connect_ray
-from sharding.storage import Storage, absolute, join, resolve_endpoint
+from groundfloor.ray_connect import connect_ray
+from groundfloor.storage import Storage, absolute, join, resolve_endpoint
 from trainers.config import TrainConfig, dataset_roots
 from trainers.storage import storage_for
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 @dataclass

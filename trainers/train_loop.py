@@ -29,7 +29,7 @@ from trainers.distributed import data_parallel, gather_digests, reduce_logs, unu
 from trainers.methods import Method, SampleIds, build_method
 from trainers.metrics import MetricsLogger
 from trainers.optim import build_optimizer, optimizer_schedule
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,7 @@
-"""The `viewstream` front door: one argparse tree, each stage adds its own subcommands.
+"""The `viewstream` front door: one argparse tree with a module per command (`viewstream.commands`).
 
-It holds no logic. Every stage module listed in COMMAND_MODULES has
-``add_commands(subparsers)`` which registers subcommands whose ``func(args) -> int`` does the work.
-Errors that a user can fix (`UsageError`) print one line and exit 2, with no traceback.
+It holds no logic. Errors that a user can fix (`UsageError`) print one line and exit 2, with no
+traceback.
 """
 from __future__ import annotations
 
@@ -10,18 +9,8 @@ import argparse
 import importlib
 import sys
 
-from viewstream.errors import UsageError
-
-# Stage modules that contribute subcommands, in help order. A module that is not written yet
-# (ImportError on the module itself) is left out so the rest of the CLI keeps working.
-COMMAND_MODULES = (
-    "sharding.commands",      # shard, inspect
-    "sharding.migrate_command",  # migrate (format version 1 -> 2)
-    "pipeline.commands",      # views (what the pipeline feeds the model)
-    "viewstream.train_command",  # train (trainers + the evaluation stage's online monitor)
-    "evaluation.commands",       # eval, embed, search, export
-    "viewstream.demo",           # demo (composes every stage)
-)
+from groundfloor.errors import UsageError
+from viewstream.commands import COMMANDS
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -36,14 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="viewstream", description="Self-supervised visual representation learning, end to end."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name and module_name.startswith(err.name):
-                continue
-            raise
-        module.add_commands(subparsers)
+    for name in COMMANDS:
+        importlib.import_module(f"viewstream.commands.{name}").add_command(subparsers)
     return parser
 
 

@@ -3,7 +3,7 @@
 A leaf module (imports nothing of ours), so each stage's ``commands.py`` can use it:
 
     --address ADDR      Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)
-    --endpoint-url URL  S3 endpoint (precedence in sharding.storage.settings: flag > config > env)
+    --endpoint-url URL  S3 endpoint (precedence in groundfloor.storage.settings: flag > config > env)
     --json PATH         also write the command's result as one JSON object to PATH
     --device DEV        auto (cuda if present, else cpu), cpu or cuda
     --config/--set      a YAML config and KEY=VALUE overrides of it (train, shard)
@@ -14,7 +14,7 @@ spellings, and that every command's ``--help`` ends with an example.
 """
 from __future__ import annotations
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 import argparse
 import json

@@ -15,7 +15,6 @@ One local Ray serves every training of the run. Plots and ``report.json`` go nex
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -24,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from viewstream.cliflags import add_address, add_json, add_verbose, with_example, write_json
-from viewstream.errors import UsageError
+from viewstream.cliflags import write_json
+from groundfloor.errors import UsageError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -207,7 +206,7 @@ def view_config(shards: dict[str, str], out: Path, size: DemoSize, natural_views
 
 
 def _train(config, address: Optional[str], verbose: bool):
-    from viewstream.train_command import run_monitored_training
+    from viewstream.training import run_monitored_training
 
     result = run_monitored_training(config, address=address, verbose=verbose, progress=sys.stdout)
     print(result.summary())
@@ -221,7 +220,7 @@ def run_demo(method: str, out: Path, quick: bool, *, address: Optional[str] = No
     The terminal shows the stages and the live training lines; Ray's own log lines go to
     out/ray.log unless `verbose`. One Ray (local or `address`) serves all three trainings."""
     check_method(method)  # before the heavy imports below: a wrong --method fails in well under a second
-    from sharding.ray_connect import connect_ray
+    from groundfloor.ray_connect import connect_ray
     from trainers.config import TrainConfig
     from viewstream.demo_eval import (evaluate_encoders, evaluate_retrieval, print_report_table,
                                       write_demo_plots, write_retrieval_plots)
@@ -282,20 +281,3 @@ def run_demo(method: str, out: Path, quick: bool, *, address: Optional[str] = No
         "recall@1_random_init", "recall@1_raw_pixels", "minutes")}))
     write_json(json_out, report)
     return report
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    demo = subparsers.add_parser(
-        "demo", help="Fashion-MNIST and a natural-view corpus: train on 2 Ray workers, compare with baselines",
-        **with_example("viewstream demo --quick", "viewstream demo --method byol --out demo_byol --json report.json"))
-    demo.add_argument("--method", default="simclr",
-                      help=f"Fashion-MNIST part: one of {sorted(METHOD_SETTINGS)} (default simclr)")
-    demo.add_argument("--quick", action="store_true", help="reduced size (under 3 minutes; what CI runs)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of all three trainings (default 0)")
-    demo.add_argument("--out", default="demo_out", help="folder for shards, runs, plots and report.json")
-    add_address(demo)
-    add_json(demo)
-    add_verbose(demo)
-    demo.set_defaults(func=lambda args: run_demo(args.method, Path(args.out), args.quick, address=args.address,
-                                                 verbose=args.verbose, json_out=args.json_out,
-                                                 seed=args.seed) and 0)

@@ -18,7 +18,7 @@ from sharding.fashion_mnist import export_fashion_mnist
 from sharding.migrate import migrate_dataset
 from sharding.run import shard_dataset
 from deploy.local.ray_cluster import LocalRayCluster
-from tests.training.conftest import small_config
+from tests.trainers.small_configs import small_config
 
 pytestmark = pytest.mark.integration
 

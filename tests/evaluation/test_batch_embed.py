@@ -38,7 +38,7 @@ def ckpt(tmp_path_factory, two_roots) -> str:
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """moto on 127.0.0.1, started before the cluster so its workers inherit the test credentials."""
-    from sharding.storage import Storage
+    from groundfloor.storage import Storage
     from tests.helpers.s3_server import moto_s3_server
 
     with moto_s3_server() as endpoint:
@@ -144,7 +144,7 @@ def test_killed_run_resumes_without_recomputing_finished_shards(cluster, ckpt, t
 
 def test_ray_reads_an_s3_root_and_writes_s3_output_equal_to_local(cluster, s3_endpoint, ckpt, two_roots, single,
                                                                   tmp_path):
-    from sharding.storage import Storage
+    from groundfloor.storage import Storage
 
     storage = Storage(s3_endpoint)
     for entry in storage.list_files(two_roots[1]):

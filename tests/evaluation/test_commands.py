@@ -167,10 +167,10 @@ def test_export_command_writes_a_loadable_state_dict(tmp_path, capsys, other_ckp
 
 
 def test_embeddings_of_splits_with_different_label_sets_are_aligned(tmp_path):
-    from evaluation.commands import _align_labels
+    from evaluation.labels import align_labels
     from evaluation.features import FeatureSet
 
     train = FeatureSet(torch.zeros(3, 2), torch.tensor([0, 1, 2]))
     test = FeatureSet(torch.zeros(3, 2), torch.tensor([0, 1, 1]))
-    _align_labels(train, ["circle", "square", "star"], test, ["square", "star"])
+    align_labels(train, ["circle", "square", "star"], test, ["square", "star"])
     assert test.labels.tolist() == [1, 2, 2]

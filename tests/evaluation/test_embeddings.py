@@ -8,7 +8,7 @@ from torch import nn
 from evaluation.embeddings import (EmbeddingWriter, iter_embeddings, read_embeddings,
                                       read_embeddings_metadata, write_embeddings)
 from evaluation.features import FeatureBatch, iter_features
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 class FakeViewBatch:

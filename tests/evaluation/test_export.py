@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from trainers.backbones import BackboneConfig, build_backbone
 from evaluation.export import export_backbone, load_exported, read_export_metadata
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 def _features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

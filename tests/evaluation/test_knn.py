@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
 from evaluation.knn import knn_evaluate, knn_scores, topk_neighbours
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 def _clustered(n: int, dim: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ from PIL import Image
 from pipeline import ViewLoader, ViewSpec
 from evaluation.plots import (denormalize, plot_knn_over_training, plot_retrieval_grid,
                                  plot_training_curves, plot_view_grid)
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 def _assert_picture(path, min_width=300):

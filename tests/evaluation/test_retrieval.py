@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from evaluation.retrieval import group_recall_at_k
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 def _reference(vectors: np.ndarray, groups: list[str], k: int) -> float:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from evaluation.search import IndexConfig, SearchIndex
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import torch
 from pipeline import Augmentation, ViewConfig, ViewLoader, ViewSpec
 from pipeline.params import COL, blur_window, draw_batch
 from pipeline.spec import IMAGENET_MEAN, IMAGENET_STD, RECIPES
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 DRAWS = 4000
 

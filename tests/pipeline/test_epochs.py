@@ -11,7 +11,7 @@ import torch
 from pipeline import DataPosition, ViewLoader, ViewSpec
 from pipeline.epochs import batch_sizes, batches_per_epoch, plan_rank_epoch
 from sharding.dataset import read_index
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 SPEC = ViewSpec.simclr(size=32)
 

@@ -9,11 +9,11 @@ import pytest
 from sharding.dataset import load_manifest, read_index, read_quarantine, read_sample, read_shards
 from sharding.migrate import migrate_dataset
 from sharding.run import shard_dataset
-from sharding.storage import Storage
+from groundfloor.storage import Storage
 from sharding.synthetic import generate_view_corpus
 from tests.pipeline.v1_layout import downgrade_to_v1
 from viewstream.cli import main
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 @pytest.fixture()

@@ -11,10 +11,10 @@ from pipeline import ViewLoader, ViewSpec
 from pipeline.epochs import ShardTable, plan_rank_epoch
 from pipeline.roots import Root, epoch_sizes, parse_roots
 from sharding.dataset import read_index
-from sharding.storage import Storage
+from groundfloor.storage import Storage
 from tests.helpers.s3_server import moto_s3_server
 from tests.pipeline.conftest import build_dataset
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 SPEC = ViewSpec.simclr(size=32)
 

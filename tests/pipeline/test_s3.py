@@ -11,9 +11,9 @@ import torch
 
 from pipeline import ViewLoader, ViewSpec
 from pipeline.streams import ResumableS3Stream
-from sharding.storage import Storage
+from groundfloor.storage import Storage
 
-from pipeline.faulty_proxy import DroppingProxy
+from testbed.faulty_proxy import DroppingProxy
 
 pytestmark = pytest.mark.integration
 SPEC = ViewSpec.multicrop(global_size=32, local_size=16, num_local=2)

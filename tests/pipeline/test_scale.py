@@ -6,13 +6,13 @@ import os
 import subprocess
 import sys
 
-from pipeline.scale import write_metadata_dataset
+from testbed.scale import write_metadata_dataset
 
 
 def test_loader_and_plan_on_rank_0_of_64_add_under_64_mb_for_2e6_samples(tmp_path):
     root = str(tmp_path / "meta")
     assert write_metadata_dataset(root, 2_000_000, 1429) == 1400  # no tars: planning needs none
-    out = subprocess.run([sys.executable, "-m", "pipeline.scale", root, "0", "64"],
+    out = subprocess.run([sys.executable, "-m", "testbed.scale", root, "0", "64"],
                          capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])

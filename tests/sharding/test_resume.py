@@ -31,7 +31,7 @@ OPTIONS = dict(group_by="dir", label_from="parent", shard_samples=2, max_side=32
 CHILD = textwrap.dedent(
     """
     import os, signal, sys, time
-    import sharding.run, sharding.build, sharding.tar_writer, sharding.storage
+    import sharding.run, sharding.build, sharding.tar_writer, groundfloor.storage
     sharding.run.MANIFEST_INTERVAL_S = 0.0   # rewrite the manifest after every shard
     point, arg = sys.argv[3], sys.argv[4]
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
@@ -47,7 +47,7 @@ CHILD = textwrap.dedent(
             return original(self, key, members)
         sharding.tar_writer.TarWriter.write_sample = write_sample
     elif point in ("before_part", "mid_manifest", "before_tables"):
-        original = sharding.storage.Storage.write_bytes
+        original = groundfloor.storage.Storage.write_bytes
         def write_bytes(self, uri, data):
             if point == "before_part" and uri.endswith("/_parts/" + arg):
                 die()
@@ -59,7 +59,7 @@ CHILD = textwrap.dedent(
                     with self.open_atomic_write(uri) as f:
                         f.write(data[: len(data) // 2]); f.flush(); die()
             return original(self, uri, data)
-        sharding.storage.Storage.write_bytes = write_bytes
+        groundfloor.storage.Storage.write_bytes = write_bytes
     if point == "before_tables":  # shards.parquet is also written (empty) before building
         original_write = sharding.run.write_shards_table
         def write_shards_table(output, records, storage):

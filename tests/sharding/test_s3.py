@@ -11,8 +11,8 @@ import pytest
 from sharding.dataset import read_index, read_sample, read_shards
 from sharding.inspect import inspect_dataset
 from sharding.run import shard_dataset
-from sharding.storage import Storage
-from sharding.storage.s3 import _S3AtomicWriter
+from groundfloor.storage import Storage
+from groundfloor.storage.s3 import _S3AtomicWriter
 
 from tests.sharding.conftest import tree_digest
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 import sharding.plan as plan_module
 from sharding.dataset import load_manifest, read_index, read_index_part, read_shards
@@ -200,7 +200,7 @@ def test_dry_run_of_two_million_rows_in_bounded_memory(tmp_path):
 def test_manifests_larger_than_one_read_stream_whole(tmp_path):
     """CSV past the header peek and JSONL past one chunk: every row, none twice."""
     from sharding.inputs import iter_input_batches
-    from sharding.storage import Storage
+    from groundfloor.storage import Storage
 
     rows = [(f"img/{i:06d}-{'x' * 40}.jpg", f"g{i // 4}") for i in range(6000)]
     (tmp_path / "m.csv").write_text("uri,group\n" + "".join(f"{u},{g}\n" for u, g in rows))

@@ -13,9 +13,9 @@ import pytest
 from tests.helpers.http_server import http_folder_server
 from tests.helpers.s3_server import moto_s3_server
 
-from sharding.storage import Storage, join
-from sharding.storage.s3 import S3Backend
-from viewstream.errors import UsageError
+from groundfloor.storage import Storage, join
+from groundfloor.storage.s3 import S3Backend
+from groundfloor.errors import UsageError
 
 FILES = {"a.bin": bytes(range(256)) * 4, "a/b.txt": b"hello", "a/c/d.txt": b"deep", "a-x": b"dash", "b": b""}
 
@@ -140,7 +140,7 @@ def test_s3_listing_streams_page_by_page(monkeypatch):
 
 
 def test_endpoint_precedence_flag_config_env(monkeypatch):
-    from sharding.storage import resolve_endpoint
+    from groundfloor.storage import resolve_endpoint
 
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://env")

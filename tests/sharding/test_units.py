@@ -11,14 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
-from sharding.commands import parse_size
 from sharding.inputs import InputRecord, discover_inputs
 from sharding.build import parquet_bytes
 from sharding.plan import group_key, make_groups, plan_shards
 from sharding.run import shard_fingerprint
-from sharding.storage import Storage, join
+from groundfloor.storage import Storage, join
 from sharding.tar_writer import TarWriter
 from sharding.validate import ValidImage, validate_image
 
@@ -161,18 +160,6 @@ def test_validate_keeps_resizes_and_rejects():
     assert validate_image(jpeg, max_pixels=799).reason == "too_many_pixels"
     assert validate_image(b"").reason == "zero_bytes"
     assert validate_image(jpeg[:-200]).reason == "truncated"
-
-
-@pytest.mark.parametrize("text,value", [("1000", 1000), ("64MB", 64_000_000), ("64MiB", 64 * 2**20),
-                                        ("1.5k", 1500), ("2 GiB", 2 * 2**30)])
-def test_parse_size(text, value):
-    assert parse_size(text) == value
-
-
-@pytest.mark.parametrize("text", ["", "MB", "12XB", "-5", "0"])
-def test_parse_size_rejects(text):
-    with pytest.raises(argparse.ArgumentTypeError):
-        parse_size(text)
 
 
 def test_join_paths_and_uris():

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from trainers.backbones import BACKBONES, BackboneConfig, build_backbone
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

@@ -8,7 +8,7 @@ import torch
 from tests.trainers.tiny import TINY_CONFIGS
 from trainers.methods import build_method
 from trainers.methods.cpc_v2 import ContextNetwork, PatchGridBackbone, patch_grid
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 def test_patch_grid_cuts_overlapping_patches_row_major():

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from trainers.backbones import build_backbone
 from trainers.methods import build_method
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 def _features_close(ours, expected) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from tests.trainers.tiny import TINY_CONFIGS, make_trainer, make_views, record, view_batch
 from trainers.methods import METHODS, Method, MethodConfig, build_method, parse_method_config, stochastic_layers
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 def test_registry_has_every_method():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.training.conftest import fmnist_shards, small_config  # noqa: F401 - fixture
+from tests.trainers.small_configs import small_config
 from trainers.checkpoint import load_state, resolve_checkpoint
 from trainers.config import TrainConfig
 from trainers.metrics import read_metrics

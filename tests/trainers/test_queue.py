@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trainers.methods.queue import EmbeddingQueue
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 def test_ring_overwrites_the_oldest_rows_and_wraps():

@@ -15,7 +15,7 @@ from trainers.methods import rotation as rotation_module
 from trainers.methods.gmml import GMMLSettings, apply_gmml, draw_gmml
 from trainers.methods.rotation import draw_rotations, rotate
 from trainers.methods.sit import _vit_tokens_with
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 def official_corruption(clean, seed, epoch, ids, s: GMMLSettings):

@@ -9,7 +9,7 @@ from evaluation.export import export_backbone, load_exported
 from tests.trainers.tiny import make_trainer, view_batch
 from trainers.backbones import BackboneConfig, build_backbone
 from trainers.methods import parse_method_config
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 # (timm name, family, feature dim, patch size, crop px): timm's own test models where it has one
 FAMILIES = [

@@ -9,7 +9,7 @@ import pytest
 
 from trainers.config import TrainConfig
 from viewstream.demo import METHOD_SETTINGS, QUICK, FULL, VIEW_SETTINGS, demo_config, view_config
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 SHARDS = {"train": "/data/train", "test": "/data/test"}
 

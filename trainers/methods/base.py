@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from trainers.backbones import BackboneConfig, build_backbone, is_known_backbone, unknown_backbone_message
 from trainers.distributed import convert_sync_batchnorm
-from viewstream.errors import UsageError, usage_error_from
+from groundfloor.errors import UsageError, usage_error_from
 
 __all__ = [
     "SampleIds",

@@ -49,7 +49,7 @@ from trainers import distributed
 from trainers.backbones import Backbone
 from trainers.losses import cpc_infonce
 from trainers.methods.base import Method, MethodConfig, register_method
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 class CPCV2Config(MethodConfig):

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from pipeline.params import uniforms
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 __all__ = ["GMMLSettings", "check_image_size", "draw_gmml", "apply_gmml"]
 

@@ -49,7 +49,7 @@ from trainers.methods.base import Method, SampleIds, frozen_copy, register_metho
 from trainers.methods.dino import DINO, DINOConfig
 from trainers.methods.masks import block_masks
 from trainers.schedules import teacher_temperature
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 class IBOTConfig(DINOConfig):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers import distributed
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 __all__ = ["EmbeddingQueue", "upgrade_legacy_queue_keys"]
 

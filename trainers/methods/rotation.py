@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from pipeline.params import uniforms
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 __all__ = ["draw_rotations", "rotate"]
 

@@ -56,7 +56,7 @@ from trainers.methods.dino import DINO
 from trainers.methods.gmml import GMMLSettings, apply_gmml, draw_gmml
 from trainers.methods.rotation import draw_rotations, rotate
 from trainers.schedules import ema_momentum
-from viewstream.errors import UsageError
+from groundfloor.errors import UsageError
 
 
 class SiTConfig(MethodConfig):

@@ -1,0 +1,38 @@
+"""Checkpoints: safe loading, and finding the newest complete one in a run's storage."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainers.checkpoint import Progress, find_latest_checkpoint, load_state, resolve_checkpoint, save_checkpoint
+from groundfloor.errors import UsageError
+
+
+def _save(directory, step):
+    save_checkpoint(directory, method_state={"w": torch.full((3,), float(step))}, optimizer_state={"state": {}},
+                    progress=Progress(step, 0, step), config={"step": step})
+
+
+def test_round_trip_is_weights_only(tmp_path):
+    _save(tmp_path / "c", 5)
+    state = load_state(tmp_path / "c")
+    assert torch.equal(state["method"]["w"], torch.full((3,), 5.0))
+    assert state["progress"] == {"step": 5, "epoch": 0, "batch": 5}
+
+
+def test_newest_complete_checkpoint_wins_and_partial_ones_are_passed_over(tmp_path):
+    run = tmp_path / "run"
+    for step in (3, 7, 11):
+        _save(run / f"checkpoint_{step:09d}", step)
+    (run / "checkpoint_000000011" / "state.pt").write_bytes(b"truncated")  # a copy cut short
+    found = find_latest_checkpoint(str(tmp_path), "run")
+    assert found == run / "checkpoint_000000007"
+    assert resolve_checkpoint(str(run)) == found
+    assert find_latest_checkpoint(str(tmp_path), "other") is None
+
+
+def test_a_folder_that_is_not_a_checkpoint_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="no viewstream checkpoint"):
+        resolve_checkpoint(str(tmp_path))
+    with pytest.raises(UsageError, match="does not exist"):
+        resolve_checkpoint(str(tmp_path / "missing"))
