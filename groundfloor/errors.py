@@ -8,15 +8,16 @@ class UsageError(ValueError):
     """
 
 
-def describe_validation_error(error, what: str = "config") -> str:
+def describe_validation_error(error, what: str = "config", prefix: str = "") -> str:
     """One line from a pydantic ValidationError, the same for every config in viewstream:
-    ``invalid <what>: a.b: <message> (got <value>); unknown field 'c'``.
+    ``invalid <what>: a.b: <message> (got <value>); unknown field 'c'``. `prefix` is where the
+    validated mapping sits in the whole config (``"method."``), so the path is the user's.
 
     Takes the error by duck type (``error.errors()``) so this leaf module imports no pydantic.
     """
     parts = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or what
+        where = prefix + ".".join(str(p) for p in item["loc"]) or what
         if item["type"] == "extra_forbidden":
             parts.append(f"unknown field {where!r}")
             continue
@@ -26,6 +27,6 @@ def describe_validation_error(error, what: str = "config") -> str:
     return f"invalid {what}: " + "; ".join(parts)
 
 
-def usage_error_from(error, what: str = "config") -> UsageError:
+def usage_error_from(error, what: str = "config", prefix: str = "") -> UsageError:
     """`describe_validation_error` as the UsageError the CLI prints."""
-    return UsageError(describe_validation_error(error, what))
+    return UsageError(describe_validation_error(error, what, prefix))

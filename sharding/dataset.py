@@ -31,6 +31,7 @@ from sharding.format import (
     index_part_name,
 )
 from groundfloor.storage import Storage, join
+from groundfloor.storage.uri import require_location
 
 
 def _storage(storage: Storage | None) -> Storage:
@@ -38,6 +39,7 @@ def _storage(storage: Storage | None) -> Storage:
 
 
 def _root(root: str) -> str:
+    require_location(root)
     return root.rstrip("/") if len(root) > 1 else root
 
 

@@ -44,6 +44,7 @@ from sharding.format import (
     quarantine_part_name,
 )
 from groundfloor.storage import Storage, join
+from groundfloor.storage.uri import require_location
 
 MIGRATE_THREADS = 16  # shards migrated at once: sized for S3 round trips, not CPU
 
@@ -150,7 +151,7 @@ def migrate_dataset(root: str, endpoint_url: str | None = None, progress: bool =
                     storage: Storage | None = None) -> MigrateReport:
     """Rewrite the dataset at `root` as format version 2 (a no-op on version 2)."""
     storage = storage if storage is not None else Storage(endpoint_url)
-    root = root.rstrip("/")
+    root = require_location(root).rstrip("/")
     try:
         manifest = json.loads(storage.read_bytes(join(root, MANIFEST_FILE)))
     except FileNotFoundError:

@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from pipeline import RECIPES, ViewSpec
 from groundfloor.storage import local_path
 from groundfloor.config_files import load_yaml_config, validate
 from trainers.methods import MethodConfig, parse_method_config
 from trainers.optim import OptimizerConfig
-from groundfloor.errors import UsageError
+from groundfloor.errors import UsageError, usage_error_from
 
 
 class _Strict(BaseModel):
@@ -208,6 +208,8 @@ class TrainConfig(_Strict):
     def view_spec(self) -> ViewSpec:
         try:
             return self.data.view_spec()
+        except ValidationError as err:
+            raise usage_error_from(err, "config", prefix="data.recipe_options.") from None
         except (TypeError, ValueError) as err:
             raise UsageError(f"data.recipe_options: {err}".splitlines()[0]) from None
 

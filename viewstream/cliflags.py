@@ -1,13 +1,13 @@
 """The flags every subcommand shares, defined once so they are spelled and behave the same.
 
-A leaf module (imports nothing of ours), so each stage's ``commands.py`` can use it:
+Used by every module of `viewstream.commands`:
 
     --address ADDR      Ray cluster to join (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)
     --endpoint-url URL  S3 endpoint (precedence in groundfloor.storage.settings: flag > config > env)
     --json PATH         also write the command's result as one JSON object to PATH
     --device DEV        auto (cuda if present, else cpu), cpu or cuda
     --config/--set      a YAML config and KEY=VALUE overrides of it (train, shard)
-    --verbose           show Ray's own log lines on the terminal instead of the run folder's log
+    --verbose           show an error's traceback, and Ray's own log lines on the terminal
 
 `tests/viewstream/test_cli_conventions.py` walks every subcommand and checks these are the only
 spellings, and that every command's ``--help`` ends with an example.
@@ -67,7 +67,8 @@ def add_config(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
 
 def add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true",
-                   help="show Ray's own INFO/WARNING lines here (default: the run folder's ray.log)")
+                   help="show the traceback of an error, and Ray's own INFO/WARNING lines here "
+                        "(default: one line per error; Ray's lines in the run folder's ray.log)")
 
 
 def resolve_device(name: str) -> str:

@@ -99,9 +99,11 @@ class LocalBackend(Backend):
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(err, OSError) and err.filename is None:  # a write() failing names no file
+                raise OSError(err.errno, err.strerror, path) from err
             raise
 
     def remove_unfinished_writes(self, root: str, folders: tuple[str, ...]) -> int:

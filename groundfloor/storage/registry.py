@@ -12,7 +12,7 @@ from groundfloor.storage.http import HttpBackend
 from groundfloor.storage.local import LocalBackend
 from groundfloor.storage.s3 import S3Backend
 from groundfloor.storage.settings import S3Settings
-from groundfloor.storage.uri import scheme_of
+from groundfloor.storage.uri import require_location, scheme_of
 from groundfloor.errors import UsageError
 
 # scheme -> factory(settings) -> backend; "" is a plain local path.
@@ -27,7 +27,7 @@ BACKENDS: dict[str, Callable[[S3Settings], Backend]] = {
 
 def backend_key(uri: str) -> str:
     """The registry key for `uri` (backends shared by several schemes share one instance)."""
-    scheme = scheme_of(uri)
+    scheme = scheme_of(require_location(uri))
     if scheme not in BACKENDS:
         known = ", ".join(f"{s}://" for s in BACKENDS if s)
         raise UsageError(f"{uri!r}: unsupported storage scheme {scheme}:// (known: {known}, or a local path)")

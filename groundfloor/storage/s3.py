@@ -43,6 +43,7 @@ def _missing_as_not_found(uri: str) -> Iterator[None]:
     except ClientError as err:
         if err.response.get("Error", {}).get("Code") in _MISSING:
             raise FileNotFoundError(f"no such object: {uri}") from None
+        err.uri = uri  # the front door's one-line error names it (botocore's message does not)
         raise
 
 

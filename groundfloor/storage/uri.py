@@ -10,6 +10,8 @@ import os
 import posixpath
 import re
 
+from groundfloor.errors import UsageError
+
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
@@ -46,11 +48,21 @@ def join(root: str, *parts: str) -> str:
     return out
 
 
+def require_location(uri: str) -> str:
+    """`uri` itself, after checking that a remote URI names its bucket or host: ``s3://`` alone
+    is a UsageError where it enters (stripped of its slashes it would read as a local folder
+    ``s3:``)."""
+    scheme = scheme_of(uri)
+    if scheme and scheme != "file" and not _SCHEME.sub("", uri, count=1).strip("/"):
+        raise UsageError(f"{uri!r} names no bucket (expected {scheme}://bucket/prefix)")
+    return uri
+
+
 def absolute(uri: str) -> str:
     """Local paths made absolute (workers run elsewhere); remote URIs without a trailing '/'."""
     if is_local(uri):
         return os.path.abspath(fs_path(uri))
-    return uri.rstrip("/")
+    return require_location(uri).rstrip("/")
 
 
 def resolve_relative(base_file: str, entry: str) -> str:
@@ -68,7 +80,7 @@ def split_bucket(uri: str) -> tuple[str, str]:
     rest = _SCHEME.sub("", uri, count=1)
     bucket, _, key = rest.partition("/")
     if not bucket:
-        raise ValueError(f"{uri!r} has no bucket (expected {scheme_of(uri)}://bucket/key)")
+        raise UsageError(f"{uri!r} names no bucket (expected {scheme_of(uri)}://bucket/key)")
     return bucket, key
 
 

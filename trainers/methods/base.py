@@ -313,7 +313,7 @@ def parse_method_config(data: MethodConfig | dict[str, Any]) -> MethodConfig:
     try:
         return METHODS[name].config_class(**data)
     except ValidationError as error:
-        raise usage_error_from(error, f"{name} config") from None
+        raise usage_error_from(error, f"{name} config", prefix="method.") from None
 
 
 def build_method(config: MethodConfig | dict[str, Any], seed: int | None = None) -> Method:
