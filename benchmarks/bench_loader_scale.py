@@ -6,8 +6,10 @@ For each size, writes the metadata of a dataset of N samples in 1,500-sample sha
 (manifest.json, shards.parquet, index parts; no tars: `testbed.scale`), then in a fresh
 process measures what `ViewLoader(root, simclr, 256, rank=0, world_size=64)` plus one epoch
 plan add to RSS (high-water mark over the post-import baseline) and how long each takes.
-`bytes_per_corpus_sample` is the slope between the two sizes. Goals: rss_mb_1e7 < 100,
-init_s_1e7 < 5, plan_s_1e7 < 2, bytes_per_corpus_sample < 1. Last line: one JSON object.
+`elastic_plan_s` is the plan of the same epoch on 32 workers at the same global batch (a run
+resumed on another worker count). `bytes_per_corpus_sample` is the slope between the two sizes.
+Goals: rss_mb_1e7 < 100, init_s_1e7 < 5, plan_s_1e7 < 2, elastic_plan_s_1e7 < 2,
+bytes_per_corpus_sample < 1. Last line: one JSON object.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ def main() -> int:
             figures[f"rss_mb_{tag}"] = report["peak_mb_added"]
             figures[f"init_s_{tag}"] = report["init_s"]
             figures[f"plan_s_{tag}"] = report["plan_s"]
+            figures[f"elastic_plan_s_{tag}"] = report["elastic_plan_s"]
             figures[f"shards_{tag}"] = shards
             figures[f"rank_samples_{tag}"] = report["rank_samples"]
     lo, hi = sizes[0], sizes[-1]

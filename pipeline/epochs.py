@@ -1,26 +1,29 @@
-"""Exact epochs: which samples each rank sees, in which order, in which batches.
+"""Exact, elastic epochs: which samples each rank sees, in which order, in which batches.
 
-Everything is a pure function of (seed, epoch, rank, world_size) over *shard-level* metadata:
-the per-shard sample counts of every root (shards.parquet) and how many samples each root gives
-per epoch. Nothing here is an array over the corpus: a plan costs O(shards + this rank's
-samples) memory and time, so a rank of a 1e9-sample run plans in the time it takes to sort its
-own share.
+Everything is a pure function of (seed, epoch) over *shard-level* metadata (the per-shard sample
+counts of every root and how many samples each root gives per epoch), and the number of ranks
+only decides how each global batch is split. Nothing here is an array over the corpus: a rank
+holds O(shards + its own samples) and passes once over the epoch's positions in bounded pieces.
 
 1. Each root gives `choose` samples per epoch (default: all of them once). ``choose // N``
    whole copies of the root, plus a remainder drawn at shard level: the root's shards in a
    seeded order, whole shards while they fit, then a seeded subset of the next shard. The
    result is a list of *segments* (shard, copy, how many samples of it).
 2. The segments of all roots are put in a random order for the epoch and their samples
-   concatenated (the *stream order*: each segment is read once, front to back, in tar order).
-3. Rank r takes the r-th contiguous slice of that sequence, so a rank reads mostly whole shards
-   and at most two partial ones (the split is at sample level, which also covers fewer shards
-   than ranks). With ``drop_last=True`` only the first ``(N // (W*B)) * W*B`` samples are used
-   and every batch has exactly B samples (the tail that is dropped changes every epoch). With
-   ``drop_last=False`` every sample is used once: slices differ by at most one sample, every
-   rank yields ``ceil(ceil(N/W)/B)`` batches, and only the last batch(es) of a rank are smaller
-   (possibly empty on a rank that has fewer samples than batches, so it never hangs the others).
-4. Within a rank, the stream is cut into blocks of `shuffle_block` samples and each block is
-   shuffled: the consumption order. A batch is a contiguous run of that order.
+   concatenated: the *stream*, read front to back in tar order within each segment.
+3. The epoch uses the first ``(N // B) * B`` stream positions with ``drop_last=True`` (B: the
+   global batch, batch_size x world_size), all N otherwise. They are cut into global blocks of
+   L positions (`shuffle_block` rounded up to a multiple of B) and each block is shuffled by
+   (seed, epoch, block): the *consumption order*. Global batch b is positions [bB, (b+1)B) of
+   it, so its set of samples and their order depend on (seed, epoch, B), not on the ranks.
+4. Rank r of W takes the r-th of W equal slices of each global batch, the batch sorted by stream
+   position (the last, short global batch of ``drop_last=False`` is split as evenly as it goes:
+   some ranks may get an empty batch, never a different number of batches). Concatenating the
+   ranks' batches in rank order gives the global batch, the same for every W that divides B:
+   a run resumed at global batch k on another number of ranks sees every sample exactly once
+   (mosaicml/streaming keeps the global order fixed over canonical nodes to the same end).
+   Sorting by stream position keeps each rank's reads local: within a block a rank reads mostly
+   its own 1/W of the block's stream, front to back.
 
 A sample's *item id* is ``copy * total_rows + row`` (row: its position in the concatenation of
 all roots' shards), unique within an epoch even when a root repeats, and the key of all its
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -153,17 +156,19 @@ def partial_positions(seed: int, epoch: int, shard: int, copy: int, size: int, t
 
 @dataclass(frozen=True)
 class RankEpoch:
-    """One rank's epoch: its samples in stream and consumption order, and its batch sizes.
+    """One rank's epoch: its samples in read and consumption order, and its batch sizes.
 
-    `stream_rows` are item ids (see the module docstring) in the order they are read;
+    `stream_rows` are item ids (see the module docstring) in read order (stream position);
     `stream_shards`/`stream_positions` say where each lives (global shard number, position in
-    the shard's tar order); `rows` are the same ids in consumption order.
+    the shard's tar order); `rows` are the same ids in consumption order (batch by batch).
+    Invariant the producer relies on: for every k, `rows[k*block:(k+1)*block]` and
+    `stream_rows[k*block:(k+1)*block]` hold the same ids (a rank's share of global block k).
     """
 
     stream_rows: np.ndarray       # int64 item ids, read order
     stream_shards: np.ndarray     # int32 global shard number of each
     stream_positions: np.ndarray  # int32 position inside its shard
-    rows: np.ndarray              # int64 item ids, consumption order (blocks shuffled)
+    rows: np.ndarray              # int64 item ids, consumption order
     sizes: list[int]
     block: int
     epoch: int = 0
@@ -183,48 +188,96 @@ def check_arguments(rank: int, world_size: int, batch_size: int, shuffle_block: 
         raise UsageError(f"shuffle_block={shuffle_block}: expected an integer >= 1")
 
 
+def global_block(global_batch: int, shuffle_block: int) -> int:
+    """Positions shuffled together: `shuffle_block` rounded up to whole global batches, so a
+    global batch never straddles two blocks."""
+    return -(-shuffle_block // global_batch) * global_batch
+
+
+POSITIONS_PER_PIECE = 1 << 20  # consumption positions permuted at once (bounds transient memory)
+
+
+def _consumption_pieces(seed: int, epoch: int, used: int, block: int) -> Iterator[np.ndarray]:
+    """The consumption order of stream positions [0, used), in pieces of whole blocks; each
+    block is shuffled by (seed, epoch, block number) alone."""
+    per_piece = max(1, POSITIONS_PER_PIECE // block)
+    for first in range(0, -(-used // block), per_piece):
+        lo = first * block
+        hi = min(used, (first + per_piece) * block)
+        whole = (hi - lo) // block
+        grid = np.arange(lo, lo + whole * block, dtype=np.int64).reshape(whole, block)
+        for k in range(whole):
+            np.random.default_rng([seed, epoch, 2, first + k]).shuffle(grid[k])
+        tail = np.arange(lo + whole * block, hi, dtype=np.int64)
+        np.random.default_rng([seed, epoch, 2, first + whole]).shuffle(tail)
+        yield np.concatenate([grid.reshape(-1), tail])
+
+
+def _rank_share(positions: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This rank's slice of one global batch: the batch sorted by stream position, cut in W
+    slices as evenly as it goes (equal when W divides its size)."""
+    lo = rank * len(positions) // world_size
+    hi = (rank + 1) * len(positions) // world_size
+    if hi - lo == len(positions):
+        return np.sort(positions)
+    if hi == lo:
+        return positions[:0]
+    kth = [lo, hi - 1] if hi - 1 > lo else [lo]
+    return np.sort(np.partition(positions, kth)[lo:hi])
+
+
+def _rank_positions(seed: int, epoch: int, used: int, global_batch: int, block: int, rank: int,
+                    world_size: int) -> tuple[np.ndarray, list[int]]:
+    """(stream positions of this rank in consumption order, its batch sizes)."""
+    mine: list[np.ndarray] = []
+    sizes: list[int] = []
+    per_rank = global_batch // world_size
+    lo, hi = rank * per_rank, (rank + 1) * per_rank
+    for piece in _consumption_pieces(seed, epoch, used, block):
+        full = len(piece) // global_batch
+        if full:
+            grid = piece[:full * global_batch].reshape(full, global_batch)
+            kth = [lo, hi - 1] if hi - 1 > lo else [lo]
+            share = np.sort(np.partition(grid, kth, axis=1)[:, lo:hi], axis=1)
+            mine.append(share.reshape(-1))
+            sizes += [per_rank] * full
+        if len(piece) > full * global_batch:  # the short last global batch (drop_last=False)
+            share = _rank_share(piece[full * global_batch:], rank, world_size)
+            mine.append(share)
+            sizes.append(len(share))
+    return (np.concatenate(mine) if mine else np.zeros(0, np.int64)), sizes
+
+
 def plan_rank_epoch(table: ShardTable | np.ndarray, *, seed: int, epoch: int, rank: int,
                     world_size: int, batch_size: int, drop_last: bool, shuffle_block: int
                     ) -> RankEpoch:
-    """The exact plan of `rank` for `epoch` (see the module docstring). `table` may be a plain
-    array of per-shard sample counts (one root, read once)."""
+    """The exact plan of `rank` for `epoch` (see the module docstring); `batch_size` is per rank.
+    `table` may be a plain array of per-shard sample counts (one root, read once)."""
     check_arguments(rank, world_size, batch_size, shuffle_block)
     if not isinstance(table, ShardTable):
         table = ShardTable.single(table)
     seg_shard, seg_copy, seg_count = _segments(table, seed, epoch)
     n = int(seg_count.sum())
-    num_batches = batches_per_epoch(n, batch_size, world_size, drop_last)
-    if drop_last:
-        per_rank = num_batches * batch_size
-        start, end = rank * per_rank, (rank + 1) * per_rank
-    else:
-        start, end = rank * n // world_size, (rank + 1) * n // world_size
+    global_batch = batch_size * world_size
+    used = (n // global_batch) * global_batch if drop_last else n
+    block = global_block(global_batch, shuffle_block)
+    consumed, sizes = _rank_positions(seed, epoch, used, global_batch, block, rank, world_size)
+    sizes += [0] * (batches_per_epoch(n, batch_size, world_size, drop_last) - len(sizes))
+    # where each position lives: its segment, then its shard, copy and place in the tar
     cum = np.concatenate([[0], np.cumsum(seg_count)])
-    first = int(np.searchsorted(cum, start, side="right")) - 1
-    count = max(0, min(end, n) - start)
-    # preallocated, 24 bytes per sample of this rank (no per-segment pieces to concatenate)
-    stream_rows = np.empty(count, np.int64)
-    stream_shards = np.empty(count, np.int32)
-    stream_positions = np.empty(count, np.int32)
-    offsets, total = table.offsets, table.total_rows
-    filled = 0
-    for i in range(max(first, 0), len(seg_count)):
-        if cum[i] >= end:
-            break
-        lo, hi = max(start, cum[i]) - cum[i], min(end, cum[i + 1]) - cum[i]
-        s, c, size = int(seg_shard[i]), int(seg_copy[i]), int(table.counts[seg_shard[i]])
-        take = slice(filled, filled + int(hi - lo))
-        if seg_count[i] == size:
-            stream_positions[take] = np.arange(lo, hi)
-        else:
-            stream_positions[take] = partial_positions(seed, epoch, s, c, size, int(seg_count[i]))[lo:hi]
-        stream_shards[take] = s
-        stream_rows[take] = stream_positions[take]
-        stream_rows[take] += c * total + offsets[s]
-        filled += int(hi - lo)
-    rows = stream_rows.copy()
-    for b, lo in enumerate(range(0, len(rows), shuffle_block)):
-        rng = np.random.default_rng([seed, epoch, 2, rank, world_size, b])
-        rows[lo:lo + shuffle_block] = rows[lo:lo + shuffle_block][rng.permutation(min(shuffle_block, len(rows) - lo))]
-    sizes = batch_sizes(len(rows), num_batches, batch_size)
-    return RankEpoch(stream_rows, stream_shards, stream_positions, rows, sizes, shuffle_block, epoch)
+    order = np.argsort(consumed, kind="stable")
+    stream = consumed[order]
+    seg = np.searchsorted(cum, stream, side="right") - 1
+    positions = stream - cum[seg]
+    shards = seg_shard[seg]
+    copies = seg_copy[seg].astype(np.int64)
+    for i in np.unique(seg[seg_count[seg] != table.counts[shards]]).tolist():  # partial segments
+        s, c = int(seg_shard[i]), int(seg_copy[i])
+        at = seg == i
+        chosen = partial_positions(seed, epoch, s, c, int(table.counts[s]), int(seg_count[i]))
+        positions[at] = chosen[positions[at]]
+    stream_rows = copies * table.total_rows + table.offsets[shards] + positions
+    rows = np.empty_like(stream_rows)
+    rows[order] = stream_rows
+    return RankEpoch(stream_rows, shards.astype(np.int32), positions.astype(np.int32), rows, sizes,
+                     block // world_size, epoch)

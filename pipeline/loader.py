@@ -40,10 +40,13 @@ class ViewLoader:
     list of roots read as one, each optionally ``{"root": ..., "repeat" | "choose" |
     "proportion": ...}`` (`pipeline.roots`; `epoch_size` for proportions).
     `device` "cpu" runs DALI without a GPU; "cuda" decodes on the GPU (nvJPEG, ``mixed``).
-    `shuffle_block` bounds how many samples are held in memory for shuffling within a rank.
+    `batch_size` is per rank; the global batch (batch_size x world_size) is what the plan
+    shuffles and cuts, so global batches do not depend on world_size (`pipeline.epochs`).
+    `shuffle_block` is the global block of stream positions shuffled together (rounded up to
+    whole global batches); a rank holds about two blocks' share of it (block / world_size).
     `drop_last=True` (SSL training): every rank yields N // (world_size * batch_size) full
     batches. `drop_last=False`: every sample exactly once per epoch, the same number of batches
-    on every rank, only the last batch(es) of a rank smaller (empty on a rank without data).
+    on every rank, only the last global batch short (split evenly; empty on some ranks).
     Batches shrink when bad samples are skipped (`stats` counts them). One `iter_epoch`
     iterator may be open at a time. `streams` shard streams are read at once (default: 6 when
     a root is on S3, else 1); `verify`

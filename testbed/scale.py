@@ -70,7 +70,8 @@ def _peak_mb() -> float:
 
 
 def measure_rank(root: str, rank: int = 0, world_size: int = 64, batch_size: int = 256) -> dict:
-    """RSS a ViewLoader adds (construction + one epoch plan), and how long each takes.
+    """RSS a ViewLoader adds (construction + one epoch plan), and how long each takes; also the
+    plan of the same epoch on half the workers at the same global batch (an elastic resume).
 
     Call it in a fresh process (``python -m testbed.scale ROOT``): the baseline is taken after
     the imports, and `peak_mb_added` is the high-water mark over that baseline.
@@ -89,9 +90,16 @@ def measure_rank(root: str, rank: int = 0, world_size: int = 64, batch_size: int
     t1 = time.perf_counter()
     plan = loader.plan(0)
     t2 = time.perf_counter()
+    rank_samples = int(len(plan.stream_rows))
+    del plan  # a resumed rank holds one plan, not two
+    # the same epoch resumed on half the workers (global batch unchanged): an elastic restart
+    resumed = ViewLoader(root, spec, batch_size * 2, rank=rank, world_size=world_size // 2, drop_last=True)
+    t3 = time.perf_counter()
+    resumed.plan(0)
+    t4 = time.perf_counter()
     return {"rss_mb_added": round(_rss_mb() - base, 2), "peak_mb_added": round(_peak_mb() - base, 2),
-            "init_s": round(t1 - t0, 4), "plan_s": round(t2 - t1, 4),
-            "rank_samples": int(len(plan.stream_rows)), "num_samples": loader.num_samples}
+            "init_s": round(t1 - t0, 4), "plan_s": round(t2 - t1, 4), "elastic_plan_s": round(t4 - t3, 4),
+            "rank_samples": rank_samples, "num_samples": loader.num_samples}
 
 
 if __name__ == "__main__":
