@@ -8,6 +8,8 @@ uninterrupted run.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Iterator, Optional
 
 import numpy as np
@@ -93,6 +95,8 @@ class ViewLoader:
         self.label_vocabulary = self.mixture.label_vocabulary
         self._label_number = {l: i for i, l in enumerate(self.label_vocabulary)}
         self.stats = ReadStats()
+        self._parts: OrderedDict = OrderedDict()  # recent index parts (see _index_part)
+        self._parts_lock = threading.Lock()
         self._driver = DaliDriver(spec, self.stats, device=device, batch_size=batch_size,
                                   num_threads=num_threads, prefetch=prefetch, device_id=self.device_id)
 
@@ -144,8 +148,7 @@ class ViewLoader:
     def _run_refs(self, plan: RankEpoch, lo: int, hi: int) -> list[SampleRef]:
         r, name = self.mixture.locate(int(plan.stream_shards[lo]))
         root = self.mixture.roots[r]
-        part = read_index_part(root, name, self.storage).select(
-            ["key", "view_exts", "group_id", "label"])
+        part = self._index_part(root, name)
         positions = plan.stream_positions[lo:hi]
         photos = None
         if not self.natural_views:  # positions count photos: map each to (group row, photo)
@@ -171,6 +174,21 @@ class ViewLoader:
                     part.column("key").to_pylist(), part.column("view_exts").to_pylist(),
                     part.column("group_id").to_pylist(), part.column("label").to_pylist(),
                     photos if photos is not None else [-1] * (hi - lo))]
+
+    def _index_part(self, root: str, name: str):
+        """A shard's index columns; the few most recent are kept, since a rank's share of a
+        shard can come in several runs (one per global block it spans)."""
+        key = (root, name)
+        with self._parts_lock:
+            if key in self._parts:
+                self._parts.move_to_end(key)
+                return self._parts[key]
+        part = read_index_part(root, name, self.storage).select(["key", "view_exts", "group_id", "label"])
+        with self._parts_lock:
+            self._parts[key] = part
+            while len(self._parts) > self.streams + 2:
+                self._parts.popitem(last=False)
+        return part
 
     def _read(self, plan: RankEpoch, start: int):
         num_global = self.spec.num_global
