@@ -15,12 +15,16 @@ import time
 class DroppingProxy:
     """Forwards 127.0.0.1:<port> to an upstream port; `arm(n)` makes it cut the next n
     connections whose server-to-client traffic passes `drop_after` bytes, in the middle of that
-    traffic (both sockets closed, as when a network path dies)."""
+    traffic (both sockets closed, as when a network path dies). `cut_bodies(n, every)` instead
+    cuts n responses, one in `every`, inside their body (the headers arrive whole, so the
+    client's own retries, which end when headers arrive, do not see it): what small objects
+    (manifests, index parts) meet."""
 
     def __init__(self, upstream_port: int, drop_after: int = 20_000, first_byte_latency_s: float = 0.0):
         self.upstream_port, self.drop_after = upstream_port, drop_after
         self.first_byte_latency_s = first_byte_latency_s
         self._armed = 0
+        self._cut_left, self._cut_every, self._responses = 0, 1, 0
         self.drops = 0
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -36,6 +40,22 @@ class DroppingProxy:
     def arm(self, times: int = 1) -> None:
         with self._lock:
             self._armed = times
+
+    def cut_bodies(self, times: int, every: int = 1) -> None:
+        with self._lock:
+            self._cut_left, self._cut_every, self._responses = times, every, 0
+
+    def _claim_body_cut(self) -> bool:
+        """Called at the first bytes of each response: cut this one?"""
+        with self._lock:
+            if not self._cut_left:
+                return False
+            self._responses += 1
+            if self._responses % self._cut_every:
+                return False
+            self._cut_left -= 1
+            self.drops += 1
+            return True
 
     def close(self) -> None:
         """Stop listening and cut every open connection (the server is gone)."""
@@ -92,6 +112,11 @@ class DroppingProxy:
                     waiting.clear()
                     if self.first_byte_latency_s:
                         time.sleep(self.first_byte_latency_s)
+                    if self._claim_body_cut():
+                        head = data.find(b"\r\n\r\n")
+                        body_at = head + 4 if head >= 0 else len(data)
+                        dst.sendall(data[: body_at + (len(data) - body_at) // 2])
+                        break
                 if downstream and self._should_drop(sent + len(data)):
                     dst.sendall(data[: len(data) // 2])
                     break

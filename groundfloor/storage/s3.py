@@ -67,24 +67,24 @@ class S3Backend(Backend):
             self._client = self.settings.client()
         return self._client
 
-    def _get(self, uri: str, **kwargs) -> dict:
-        bucket, key = _split(uri)
-        with _missing_as_not_found(uri):
-            return self.client.get_object(Bucket=bucket, Key=key, **kwargs)
-
     def read_bytes(self, uri: str) -> bytes:
-        return self._get(uri)["Body"].read()
+        """The whole object; a body cut mid-way is resumed from the byte it stopped at."""
+        bucket, key = _split(uri)
+        with contextlib.closing(ResumableS3Stream(self.client, bucket, key)) as stream:
+            return stream.readall()
 
     def read_range(self, uri: str, start: int, length: int) -> bytes:
-        return self._get(uri, Range=f"bytes={start}-{start + length - 1}")["Body"].read()
+        """Bytes [start, start + length); a cut body is resumed inside the range."""
+        bucket, key = _split(uri)
+        with contextlib.closing(ResumableS3Stream(self.client, bucket, key, start=start,
+                                                  end=start + length)) as stream:
+            return stream.readall()
 
     @contextlib.contextmanager
     def open_read(self, uri: str) -> Iterator[BinaryIO]:
-        body = self._get(uri)["Body"]
-        try:
-            yield body
-        finally:
-            body.close()
+        bucket, key = _split(uri)
+        with contextlib.closing(ResumableS3Stream(self.client, bucket, key)) as stream:
+            yield io.BufferedReader(stream, 1 << 20)
 
     def open_stream(self, uri: str, buffer_bytes: int, start: int = 0) -> BinaryIO:
         bucket, key = _split(uri)
@@ -219,19 +219,22 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 class ResumableS3Stream(io.RawIOBase):
     """A read-only stream of one S3 object that resumes with a Range request after a drop.
 
-    A training run streams large shards for hours; when the connection drops mid-object this
-    asks again from the byte it stopped at after a back-off, so no byte is lost or repeated.
-    Up to `max_retries` consecutive failures (no byte received in between) are retried with
-    exponential back-off starting at `backoff_s`; progress resets the count. `resumes` counts
-    how many times the stream had to reconnect (tests and logs use it).
+    Every S3 read goes through it: whole objects (manifests, index parts, checkpoints), ranged
+    reads (`end`: stop before that byte) and long shard streams. botocore retries a request
+    only until its headers arrive; when the connection drops inside the body this asks again
+    from the byte it stopped at after a back-off, so no byte is lost or repeated. Up to
+    `max_retries` consecutive failures (no byte received in between) are retried with
+    exponential back-off starting at `backoff_s`; progress resets the count; then one
+    ConnectionError names the URI, the byte and the attempts. `resumes` counts reconnects.
     """
 
     def __init__(self, client, bucket: str, key: str, *, max_retries: int = 6,
-                 backoff_s: float = 0.1, start: int = 0):
+                 backoff_s: float = 0.1, start: int = 0, end: int | None = None):
         super().__init__()
         self._client, self._bucket, self._key = client, bucket, key
         self._max_retries, self._backoff_s = max_retries, backoff_s
         self._pos = start
+        self._end = end
         self._size: int | None = None
         self._body = None
         self.resumes = 0
@@ -241,14 +244,32 @@ class ResumableS3Stream(io.RawIOBase):
         return True
 
     def _open(self) -> None:
-        with _missing_as_not_found(f"s3://{self._bucket}/{self._key}"):
-            response = self._client.get_object(Bucket=self._bucket, Key=self._key,
-                                               Range=f"bytes={self._pos}-")
+        from botocore.exceptions import ClientError
+
+        last = "" if self._end is None else str(self._end - 1)
+        try:
+            with _missing_as_not_found(f"s3://{self._bucket}/{self._key}"):
+                response = self._client.get_object(Bucket=self._bucket, Key=self._key,
+                                                   Range=f"bytes={self._pos}-{last}")
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") != "InvalidRange":
+                raise
+            self._size = self._pos  # at or past the end (an empty object has no byte 0)
+            return
         if self._size is None:
             content_range = response.get("ContentRange") or ""
             total = content_range.rpartition("/")[2]
             self._size = int(total) if total.isdigit() else self._pos + int(response["ContentLength"])
+            if self._end is not None:
+                self._size = min(self._size, self._end)
         self._body = response["Body"]
+
+    def readall(self) -> bytes:
+        """The rest of the object (or range), read in large pieces."""
+        chunks = []
+        while chunk := self.read(1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _drop_body(self) -> None:
         if self._body is not None:

@@ -107,6 +107,21 @@ def test_stream_gives_up_with_a_clear_error_when_the_server_is_gone(s3_server):
             pass
 
 
+def test_half_of_all_bodies_cut_gives_the_batches_of_a_fault_free_run(s3_server, s3_dataset, uneven_dataset):
+    """manifest.json, shards.parquet, index parts, .idx files and tars: one response in two is
+    cut inside its body, from the loader's construction to the end of the epoch."""
+    proxy = DroppingProxy(s3_server)
+    try:
+        proxy.cut_bodies(times=10_000, every=2)
+        remote = ViewLoader(s3_dataset, SPEC, 4, rank=1, world_size=2, seed=5, endpoint_url=proxy.url)
+        got = batches(remote, epoch=2)
+        assert proxy.drops >= 6
+    finally:
+        proxy.close()
+    expected = batches(ViewLoader(uneven_dataset, SPEC, 4, rank=1, world_size=2, seed=5), epoch=2)
+    assert_equal_epochs(got, expected)
+
+
 def test_latency_proxy_delays_each_response_and_reads_stay_exact(s3_server, s3_dataset, uneven_dataset):
     import time
 
