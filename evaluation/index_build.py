@@ -82,11 +82,6 @@ class BuildReport:
         return asdict(self) | {"bytes_per_vector": self.bytes_per_vector}
 
 
-def gpu_available() -> bool:
-    """Whether this faiss has GPU support and sees a GPU (faiss-cpu: never)."""
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
 def make_index(dim: int, factory: str) -> faiss.Index:
     """An empty index of `factory` for `dim`-d vectors, inner product; UsageError if FAISS refuses."""
     try:
@@ -176,7 +171,7 @@ def _train(index: faiss.Index, sample: np.ndarray, gpu: bool) -> bool:
     if gpu and gpu_available():
         try:
             ivf = faiss.extract_index_ivf(index)
-            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
+            ivf.clustering_index = flat_index_on_gpus(ivf.d)
             used = True
         except RuntimeError:
             log.warning("--device cuda: %s has no IVF stage to train on the GPU; training on the CPU", type(index).__name__)

@@ -84,13 +84,14 @@ class ShardedIndex:
         return self.index_bytes / max(1, len(self))
 
     def to_gpu(self) -> bool:
-        """Move the shards to all visible GPUs (faiss-gpu); False (and a note) with faiss-cpu."""
-        from evaluation.index_build import gpu_available
+        """Spread the shards over the visible GPUs (faiss-gpu, `evaluation.faiss_gpu`); False (and a
+        note) with faiss-cpu."""
+        from evaluation.faiss_gpu import gpu_available, shards_to_gpus
 
         if not gpu_available():
             print("--device cuda: this faiss has no GPU support or sees no GPU; searching on the CPU")
             return False
-        self.shards = [faiss.index_cpu_to_all_gpus(s) for s in self.shards]
+        self.shards = shards_to_gpus(self.shards)
         self.on_gpu = True
         return True
 
