@@ -267,7 +267,7 @@ def scan_bucket(task: BucketTask, output: str, storage: Storage) -> tuple[int, i
                         json.dumps({"fingerprint": task.fingerprint, "sha256": shas,
                                     "occurrences": dups.num_rows}).encode())
     for entry in entries:  # consumed (and any stale ones): the marker now stands for them
-        storage.backend(entry.uri).remove(entry.uri)
+        storage.remove(entry.uri)
     return task.bucket, shas, dups.num_rows
 
 
@@ -615,14 +615,14 @@ def dedup_across_groups(output: str, records: list[ShardRecord], mode: Mode, sto
     if tasks or stale:
         before_rewrite()
     for uri in stale:
-        storage.backend(uri).remove(uri)
+        storage.remove(uri)
     for done in _run(executor, partial(rewrite_shard, output=output, storage=storage), tasks, progress,
                      "dedup rewrite", "shard"):
         rewritten[done.original] = done.record
     if merged is not None:
         storage.write_bytes(join(output, MERGED_FILE), merged)
     else:
-        _remove(storage, join(output, MERGED_FILE))  # a former merge run's: not true any more
+        storage.remove(join(output, MERGED_FILE))  # a former merge run's: not true any more
     for record in records:
         final.append(rewritten.get(record.name, record))
     summary["num_shards_rewritten"] = len(affected)
@@ -657,11 +657,6 @@ def merged_rows(merges: pa.Table) -> pa.Table:
                     schema=MERGED_SCHEMA)
 
 
-def _remove(storage: Storage, uri: str) -> None:
-    if storage.exists(uri):
-        storage.backend(uri).remove(uri)
-
-
 def _remove_other_modes(output: str, storage: Storage, mode: str) -> None:
     """Delete the actions an earlier run in another mode wrote (intermediate files only)."""
     root = join(output, DEDUP_DIR, "actions")
@@ -669,7 +664,7 @@ def _remove_other_modes(output: str, storage: Storage, mode: str) -> None:
         return
     for entry in storage.iter_files(root):
         if entry.relpath.split("/", 1)[0] != mode:
-            storage.backend(entry.uri).remove(entry.uri)
+            storage.remove(entry.uri)
 
 
 def _stale_quarantine(output: str, storage: Storage, affected: set[str]) -> list[str]:
