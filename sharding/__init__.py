@@ -11,9 +11,9 @@ Modules, one job each (read in this order):
   tar_writer  deterministic streaming tar + DALI wds2idx index
   build       build one shard from its input list, prefetching reads (tar, .idx, index part, record)
   executors   run builds inline, in local processes, or as Ray tasks
-  dedup_groups   after the build: photos held by several groups (hash-partitioned scan),
-              duplicates.parquet, --dedup-across-groups drop / keep-first / merge
-  dedup_rewrite  rewrite one shard as that pass decided ({stem}-dd.tar)
+  dedup/      after the build: photos held by several groups (hash-partitioned scan),
+              duplicates.parquet, --dedup-across-groups drop / keep-first / merge, rewritten
+              shards ({stem}-dd.tar)
   run         shard_dataset() / plan_dataset() (--dry-run): orchestrate, resume, summary, shards.parquet
   dataset     read a built dataset (manifest, index, shard URIs, samples by ranged reads)
   inspect     summary, sha256 verification, contact sheet

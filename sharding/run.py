@@ -36,7 +36,7 @@ from sharding.build import (
     part_uri,
     text,
 )
-from sharding.dedup_groups import dedup_across_groups
+from sharding.dedup import dedup_across_groups
 from sharding.executors import Executor, make_executor
 from sharding.format import (
     FORMAT_VERSION,
@@ -72,7 +72,7 @@ class ShardConfig(BaseModel):
     shuffle_seed: int | None = Field(0, description="seeded group order across shards (None: sorted by group id)")
     dedup_across_groups: Literal["report", "drop", "keep-first", "merge"] = Field(
         "report", description="photos held by several groups: report only, or drop/keep-first/merge "
-                              "(sharding.dedup_groups); the build's shards do not depend on it")
+                              "(sharding.dedup); the build's shards do not depend on it")
 
     def build_options(self) -> BuildOptions:
         return BuildOptions(max_pixels=self.max_pixels, max_side=self.max_side, quality=self.quality)
@@ -239,7 +239,7 @@ def shard_dataset(
         if stats.num_inputs == 0:
             raise UsageError(f"input {source!r} holds no files (expected images in a folder or manifest rows)")
         ordered = [records[name] for name in order]
-        # Before shards.parquet lists anything: photos held by several groups (sharding.dedup_groups).
+        # Before shards.parquet lists anything: photos held by several groups (sharding.dedup).
         dedup = dedup_across_groups(output, ordered, config.dedup_across_groups, storage, get_executor,
                                     progress=progress, before_rewrite=manifest.invalidate)
     finally:
