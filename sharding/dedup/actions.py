@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from groundfloor.storage import Storage, join
-from sharding.format import DEDUP_DIR
+from groundfloor.storage import Storage
+from sharding.dedup.markers import actions_dir
 
 Mode = Literal["report", "drop", "keep-first", "merge"]
 MODES: tuple[str, ...] = ("report", "drop", "keep-first", "merge")
@@ -52,7 +52,7 @@ def shard_number(name: str) -> int:
 
 def actions_folder(output: str, mode: str, shard: str) -> str:
     """Where the actions touching (original) shard `shard` are written."""
-    return join(output, DEDUP_DIR, "actions", mode, f"{shard_number(shard) // ACTION_SHARDS:06d}")
+    return actions_dir(output, mode, f"{shard_number(shard) // ACTION_SHARDS:06d}")
 
 
 def action_suffix(fingerprint: str) -> str:

@@ -10,7 +10,6 @@ duplicates. See ARCHITECTURE.md section 1, "Duplicates across groups".
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
@@ -20,7 +19,7 @@ import pyarrow as pa
 from groundfloor.storage import Storage, join
 from sharding.build import parquet_bytes
 from sharding.dedup.actions import ACTION_SCHEMA, Mode, SampleAction, action_suffix, actions_folder
-from sharding.dedup.markers import action_marker_uri
+from sharding.dedup.markers import action_marker_uri, write_marker
 from sharding.dedup.report import Occurrence, bucket_duplicates
 from sharding.validate import DUPLICATE_ACROSS_GROUPS
 
@@ -93,6 +92,5 @@ def bucket_actions(task: ActionTask, output: str, storage: Storage) -> tuple[int
         storage.write_bytes(join(folder, f"{task.bucket:05d}" + action_suffix(task.fingerprint)),
                             parquet_bytes(pa.Table.from_pylist(rows, schema=ACTION_SCHEMA)))
     affected = sorted(actions.by_shard)
-    storage.write_bytes(action_marker_uri(output, task.mode, task.bucket),
-                        json.dumps({"fingerprint": task.fingerprint, "shards": affected}).encode())
+    write_marker(storage, action_marker_uri(output, task.mode, task.bucket), task.fingerprint, shards=affected)
     return task.bucket, affected

@@ -44,8 +44,13 @@ def marker_uri(output: str, kind: str, number: int) -> str:
     return join(output, DEDUP_DIR, kind, f"{number:06d}.json")
 
 
+def actions_dir(output: str, *parts: str) -> str:
+    """``_dedup/actions/``, or a path under it (``{mode}/...``): the decided actions."""
+    return join(output, DEDUP_DIR, "actions", *parts)
+
+
 def action_marker_uri(output: str, mode: str, bucket: int) -> str:
-    return join(output, DEDUP_DIR, "actions", mode, "done", f"{bucket:05d}.json")
+    return actions_dir(output, mode, "done", f"{bucket:05d}.json")
 
 
 def read_marker(storage: Storage, uri: str, expected: str) -> dict | None:
@@ -55,6 +60,11 @@ def read_marker(storage: Storage, uri: str, expected: str) -> dict | None:
     except Exception:  # missing or unreadable: redo
         return None
     return data if data.get("fingerprint") == expected else None
+
+
+def write_marker(storage: Storage, uri: str, inputs: str, **fields) -> None:
+    """A marker for inputs of fingerprint `inputs`, with `fields` (written after its output)."""
+    storage.write_bytes(uri, json.dumps({"fingerprint": inputs, **fields}).encode())
 
 
 def finished_rewrite(output: str, original: str, expected: str, storage: Storage) -> ShardRecord | None:
@@ -68,7 +78,7 @@ def finished_rewrite(output: str, original: str, expected: str, storage: Storage
 
 def remove_other_modes(output: str, storage: Storage, mode: str) -> None:
     """Delete the actions an earlier run in another mode wrote (working files only)."""
-    root = join(output, DEDUP_DIR, "actions")
+    root = actions_dir(output)
     if not storage.is_folder(root):
         return
     for entry in storage.iter_files(root):

@@ -16,15 +16,12 @@ distributedly (label propagation over hash-partitioned edges); that is not built
 """
 from __future__ import annotations
 
-import io
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from groundfloor.storage import Storage, join
 from sharding.build import parquet_bytes
@@ -35,9 +32,9 @@ from sharding.dedup.actions import (
     actions_folder,
     shard_number,
 )
-from sharding.dedup.markers import action_marker_uri, dups_uri, read_marker
-from sharding.dedup.scan import SPLIT_SCHEMA
-from sharding.format import DEDUP_DIR, MERGED_SCHEMA, rewritten_name
+from sharding.dedup.markers import action_marker_uri, actions_dir, dups_uri, read_marker, write_marker
+from sharding.dedup.scan import read_view_rows
+from sharding.format import MERGED_SCHEMA, rewritten_name
 from sharding.validate import DUPLICATE_MERGED
 
 
@@ -125,8 +122,7 @@ def write_merge_actions(output: str, storage: Storage, buckets: int, fingerprint
     """merge: reads every bucket's duplicates (O(duplicates) in the driver), plans, writes the
     actions by shard folder (a merge row to the folders of both its shards) and returns (the
     shards affected, the merge rows)."""
-    parts = [pq.read_table(io.BytesIO(storage.read_bytes(dups_uri(output, b))), schema=SPLIT_SCHEMA)
-             for b in range(buckets)]
+    parts = [read_view_rows(storage, dups_uri(output, b)) for b in range(buckets)]
     occ = pa.concat_tables(parts).combine_chunks()
     del parts
     drops, merges = merge_plan(occ)
@@ -174,13 +170,12 @@ def decide_merge(output: str, storage: Storage, buckets: int, fingerprint: str) 
     """The merge actions of the duplicates of fingerprint `fingerprint`: written once, then read
     back from their marker and merged.parquet copy on a rerun."""
     marker_uri = action_marker_uri(output, "merge", 0)
-    merged_uri = join(output, DEDUP_DIR, "actions", "merge", "merged" + action_suffix(fingerprint))
+    merged_uri = actions_dir(output, "merge", "merged" + action_suffix(fingerprint))
     marker = read_marker(storage, marker_uri, fingerprint)
     if marker is not None and storage.exists(merged_uri):
         return MergeDecision(set(marker["shards"]), marker["merged"], storage.read_bytes(merged_uri))
     affected, merges = write_merge_actions(output, storage, buckets, fingerprint)
     merged = parquet_bytes(merged_rows(merges))
     storage.write_bytes(merged_uri, merged)
-    storage.write_bytes(marker_uri, json.dumps({"fingerprint": fingerprint, "shards": sorted(affected),
-                                                "merged": merges.num_rows}).encode())
+    write_marker(storage, marker_uri, fingerprint, shards=sorted(affected), merged=merges.num_rows)
     return MergeDecision(affected, merges.num_rows, merged)

@@ -9,7 +9,6 @@ groups".
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -18,7 +17,7 @@ import pyarrow.parquet as pq
 
 from groundfloor.storage import Storage, join
 from sharding.dedup.markers import dups_uri
-from sharding.dedup.scan import SPLIT_SCHEMA
+from sharding.dedup.scan import read_view_rows
 from sharding.format import DUPLICATES_FILE, DUPLICATES_SCHEMA
 
 REPORT_ROWS = 65_536   # duplicate sha256s per written row group
@@ -43,7 +42,7 @@ class Occurrence:
 
 def bucket_duplicates(output: str, storage: Storage, bucket: int) -> Iterator[list[Occurrence]]:
     """The occurrences of each duplicated sha256 of one bucket, in sha256 order."""
-    table = pq.read_table(io.BytesIO(storage.read_bytes(dups_uri(output, bucket))), schema=SPLIT_SCHEMA)
+    table = read_view_rows(storage, dups_uri(output, bucket))
     current: list[Occurrence] = []
     for row in table.to_pylist():
         occ = Occurrence(row["sha256"].hex(), row["group_id"], row["key"], row["shard"], row["row"], row["view"])

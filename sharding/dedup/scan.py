@@ -14,7 +14,6 @@ and are left out. See ARCHITECTURE.md section 1, "Duplicates across groups".
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 from groundfloor.storage import Storage, join
 from sharding.build import parquet_bytes
 from sharding.dataset import index_part_uri
-from sharding.dedup.markers import dups_uri, marker_uri, split_folder, split_name
+from sharding.dedup.markers import dups_uri, marker_uri, split_folder, split_name, write_marker
 
 SPLIT_SHARDS = 16              # shards per split task (its memory: 16 index parts)
 ROWS_PER_BUCKET = 2_000_000    # target views per bucket
@@ -90,6 +89,11 @@ def view_rows(part: pa.Table, shard: str) -> pa.Table:
     }, schema=SPLIT_SCHEMA)
 
 
+def read_view_rows(storage: Storage, uri: str) -> pa.Table:
+    """A file of view rows (SPLIT_SCHEMA): a split file or a bucket's duplicates."""
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=SPLIT_SCHEMA)
+
+
 def bucket_of(sha: pa.FixedSizeBinaryArray, bits: int) -> np.ndarray:
     """The bucket of each sha256: its first `bits` bits (a range partition: bucket order is
     sha256 order)."""
@@ -152,16 +156,15 @@ def scan_bucket(task: BucketTask, output: str, storage: Storage) -> tuple[int, i
     except FileNotFoundError:
         entries = []
     names = sorted(e.relpath for e in entries if e.relpath in wanted)
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(join(folder, n))), schema=SPLIT_SCHEMA) for n in names]
+    tables = [read_view_rows(storage, join(folder, n)) for n in names]
     table = pa.concat_tables(tables) if tables else SPLIT_SCHEMA.empty_table()
     del tables
     dups = duplicates_in(table)
     del table
     storage.write_bytes(dups_uri(output, task.bucket), parquet_bytes(dups))
     shas = len(pc.unique(dups.column("sha256"))) if dups.num_rows else 0
-    storage.write_bytes(marker_uri(output, "dups", task.bucket),
-                        json.dumps({"fingerprint": task.fingerprint, "sha256": shas,
-                                    "occurrences": dups.num_rows}).encode())
+    write_marker(storage, marker_uri(output, "dups", task.bucket), task.fingerprint, sha256=shas,
+                 occurrences=dups.num_rows)
     for entry in entries:  # consumed (and any stale ones): the marker now stands for them
         storage.remove(entry.uri)
     return task.bucket, shas, dups.num_rows
