@@ -1,4 +1,4 @@
-"""Memory and speed of the duplicates-across-groups scan (sharding.dedup_groups) on generated index parts.
+"""Memory and speed of the duplicates-across-groups scan (sharding.dedup.scan) on generated index parts.
 
     .venv/bin/python benchmarks/bench_dedup_scan.py [--rows 1e6] [--shards 16] [--rows-per-bucket 62500]
 
@@ -37,8 +37,9 @@ CHILD = """
 import json, sys, time
 import pyarrow as pa
 from sharding.build import ShardRecord
-from sharding.dedup_groups import (BucketTask, SplitTask, _fingerprint, bucket_bits, scan_bucket,
-                                   split_chunk, view_rows, write_report)
+from sharding.dedup.markers import fingerprint
+from sharding.dedup.report import write_report
+from sharding.dedup.scan import BucketTask, SplitTask, bucket_bits, scan_bucket, split_chunk, view_rows
 from sharding.dataset import read_index_part
 from groundfloor.storage import Storage
 def peak_rss_kb():
@@ -48,7 +49,7 @@ storage = Storage()
 names = [f"data-{i:06d}.tar" for i in range(shards)]
 bits = bucket_bits(rows, per_bucket)
 chunks = [tuple(names[i:i + 2]) for i in range(0, shards, 2)]
-fps = [_fingerprint(list(c)) for c in chunks]
+fps = [fingerprint(list(c)) for c in chunks]
 start = time.perf_counter()
 out = {"buckets": 1 << bits}
 if what == "split":

@@ -19,7 +19,7 @@ folder or an ``s3://bucket/prefix`` holding::
                                    that grows with the shards
     _parts/{name}-{000000}.json    the finished-shard record a rerun checks (readers ignore it)
     duplicates.parquet             photos (sha256) held by more than one group, with every group
-                                   and place holding them (DUPLICATES_SCHEMA; sharding.dedup_groups)
+                                   and place holding them (DUPLICATES_SCHEMA; sharding.dedup)
     merged.parquet                 only after ``--dedup-across-groups merge``: each group merged
                                    into another (MERGED_SCHEMA)
     shards/{name}-{000000}-dd.tar  (+ .idx, index/ and quarantine/ parts, _parts/ record) a shard

@@ -7,16 +7,15 @@ the executor inside its task (a few tasks in flight at a time), each build write
 quarantine parts, and the driver keeps one small record per shard (O(shards)). It is resumable:
 shards whose part record matches the plan are skipped, so rerunning an interrupted command
 finishes it, and the result is byte-identical to a run that never stopped. manifest.json is a
-constant-size summary rewritten (atomically) at most every MANIFEST_INTERVAL_S; shards.parquet
-and ``"complete": true`` appear when every shard is done.
+constant-size summary rewritten (atomically) now and then (`sharding.manifest_writer`);
+shards.parquet and ``"complete": true`` appear when every shard is done.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
 from typing import Iterator, Literal
 
@@ -25,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
 from groundfloor.errors import UsageError, usage_error_from
-
+from groundfloor.storage import Storage, absolute, join
 from sharding.build import (
     DEFAULT_PREFETCH,
     BuildOptions,
@@ -34,27 +33,15 @@ from sharding.build import (
     build_shard,
     parquet_bytes,
     part_uri,
-    text,
 )
-from sharding.dedup_groups import dedup_across_groups
+from sharding.dedup import dedup_across_groups
 from sharding.executors import Executor, make_executor
-from sharding.format import (
-    FORMAT_VERSION,
-    INDEX_DIR,
-    MANIFEST_FILE,
-    PARTS_DIR,
-    QUARANTINE_DIR,
-    SHARDS_DIR,
-    SHARDS_FILE,
-    SHARDS_SCHEMA,
-)
+from sharding.format import INDEX_DIR, PARTS_DIR, QUARANTINE_DIR, SHARDS_DIR
 from sharding.inputs import InputSource, iter_input_batches, resolve_source
+from sharding.manifest_writer import ManifestWriter, write_shards_table
 from sharding.plan import PlannedShard, PlanStats, plan_stream
-from groundfloor.storage import Storage, absolute, join
+from sharding.summary import PlanSummary, ShardSummary, summarize
 from sharding.validate import DEFAULT_MAX_PIXELS
-
-MANIFEST_INTERVAL_S = 2.0
-
 
 class ShardConfig(BaseModel):
     """Everything that decides the output bytes (stored in manifest.json as ``config``)."""
@@ -72,7 +59,7 @@ class ShardConfig(BaseModel):
     shuffle_seed: int | None = Field(0, description="seeded group order across shards (None: sorted by group id)")
     dedup_across_groups: Literal["report", "drop", "keep-first", "merge"] = Field(
         "report", description="photos held by several groups: report only, or drop/keep-first/merge "
-                              "(sharding.dedup_groups); the build's shards do not depend on it")
+                              "(sharding.dedup); the build's shards do not depend on it")
 
     def build_options(self) -> BuildOptions:
         return BuildOptions(max_pixels=self.max_pixels, max_side=self.max_side, quality=self.quality)
@@ -104,54 +91,6 @@ def split_settings(settings: dict) -> tuple[ShardConfig, ShardRunOptions]:
     except ValidationError as err:
         raise usage_error_from(err, "shard config") from None
     return make_config(**config), options
-
-
-@dataclass
-class ShardSummary:
-    """What a run produced (the dataset's totals) and how fast this invocation was."""
-
-    output: str
-    num_inputs: int
-    num_samples: int
-    num_views: int
-    num_quarantined: int
-    quarantined_by_reason: dict[str, int]
-    num_shards: int
-    num_shards_built: int
-    num_shards_skipped: int
-    num_reencoded: int
-    bytes: int
-    seconds: float
-    images_per_s: float = field(default=0.0)
-    duplicates_across_groups: dict = field(default_factory=dict)
-
-    def format(self) -> str:
-        reasons = ", ".join(f"{r}={n}" for r, n in sorted(self.quarantined_by_reason.items())) or "none"
-        return "\n".join(
-            [
-                f"dataset      {self.output}",
-                f"inputs       {self.num_inputs}",
-                f"samples      {self.num_samples} ({self.num_views} views, {self.num_reencoded} re-encoded)",
-                f"quarantined  {self.num_quarantined} ({reasons})",
-                f"shards       {self.num_shards} ({self.num_shards_built} built now, "
-                f"{self.num_shards_skipped} already done)",
-                f"bytes        {self.bytes}",
-                *([_duplicates_line(self.duplicates_across_groups)] if self.duplicates_across_groups else []),
-                f"time         {self.seconds:.2f} s, {self.images_per_s:.1f} images/s",
-            ]
-        )
-
-
-def _duplicates_line(d: dict) -> str:
-    done = {"report": "reported only (duplicates.parquet)", "drop": "dropped from every group",
-            "keep-first": "kept in the first group only", "merge": "their groups merged"}[d["mode"]]
-    line = (f"duplicates   {d['num_sha256']} photos held by several groups ({d['num_occurrences']} copies): "
-            f"{done}")
-    if d["mode"] != "report":
-        line += f"; {d['num_shards_rewritten']} shards rewritten"
-    if d["mode"] == "merge":
-        line += f", {d['num_groups_merged']} groups merged away"
-    return line
 
 
 def shard_dataset(
@@ -190,7 +129,7 @@ def shard_dataset(
     options = config.build_options()
     listed = {e.relpath for e in _safe_list(storage, join(output, PARTS_DIR))}
     stats = PlanStats()
-    manifest = ManifestWriter(output, storage, config, source, stats)
+    manifest = ManifestWriter(output, storage, config.model_dump(), source, stats)
     records: dict[str, ShardRecord] = {}
     order: list[str] = []
     bar = _LazyBar(progress)
@@ -239,7 +178,7 @@ def shard_dataset(
         if stats.num_inputs == 0:
             raise UsageError(f"input {source!r} holds no files (expected images in a folder or manifest rows)")
         ordered = [records[name] for name in order]
-        # Before shards.parquet lists anything: photos held by several groups (sharding.dedup_groups).
+        # Before shards.parquet lists anything: photos held by several groups (sharding.dedup).
         dedup = dedup_across_groups(output, ordered, config.dedup_across_groups, storage, get_executor,
                                     progress=progress, before_rewrite=manifest.invalidate)
     finally:
@@ -279,36 +218,6 @@ def plan_dataset(
     if stats.num_inputs == 0:
         raise UsageError(f"input {source!r} holds no files (expected images in a folder or manifest rows)")
     return PlanSummary(source, resolved.kind, max(1, len(resolved.files)), stats, time.perf_counter() - started)
-
-
-@dataclass
-class PlanSummary:
-    """What ``--dry-run`` prints."""
-
-    source: str
-    kind: str
-    num_files: int
-    stats: PlanStats
-    seconds: float
-
-    def format(self) -> str:
-        s = self.stats
-        mean_bytes = s.input_bytes / s.num_shards if s.num_shards else 0
-        mean_groups = s.num_groups / s.num_shards if s.num_shards else 0
-        return "\n".join(
-            [
-                f"input        {self.source} ({self.kind}, {self.num_files} file(s))",
-                f"inputs       {s.num_inputs}",
-                f"groups       {s.num_groups} ({s.groups_split_across_files} split across manifest files)",
-                f"shards       {s.num_shards}",
-                f"per shard    {s.min_shard_groups}-{s.max_shard_groups} groups (mean {mean_groups:.1f}), "
-                + (f"{s.min_shard_bytes}-{s.max_shard_bytes} input bytes (mean {mean_bytes:.0f})" if s.input_bytes
-                   else "input bytes unknown (the manifest lists no sizes: packed by --shard-samples)"),
-                f"largest      {s.largest_group_inputs} inputs, {s.largest_group_bytes} bytes: "
-                f"{text(s.largest_group_id or '')}",
-                f"time         {self.seconds:.2f} s, {s.num_inputs / max(self.seconds, 1e-9):.0f} inputs/s",
-            ]
-        )
 
 
 class _LazyBar:
@@ -393,110 +302,3 @@ def _safe_list(storage: Storage, root: str):
         return storage.iter_files(root)
     except Exception:
         return []
-
-
-class ManifestWriter:
-    """Keeps the dataset's running totals and rewrites manifest.json (a constant-size summary)
-    atomically, at most every MANIFEST_INTERVAL_S while building."""
-
-    def __init__(self, output: str, storage: Storage, config: ShardConfig, source: str, stats: PlanStats):
-        self.uri = join(output, MANIFEST_FILE)
-        self.output = output
-        self.storage = storage
-        self.stats = stats
-        self.config = {"input": text(source), **config.model_dump()}
-        self.name = config.name
-        self.totals = Counter()
-        self.reasons: Counter = Counter()
-        self.labels: set[str] = set()
-        self._last = 0.0
-        self._invalidated = False
-        self.extra: dict = {}
-
-    def recount(self, records: list[ShardRecord]) -> None:
-        """The totals of exactly `records` (the shards as finally listed, after the dedup pass);
-        the label vocabulary is kept (a label whose groups were all dropped stays in it)."""
-        self.totals, self.reasons = Counter(), Counter()
-        for record in records:
-            labels = set(self.labels)
-            self.add(record)
-            self.labels = labels
-
-    def add(self, record: ShardRecord) -> None:
-        """Count a finished shard (its label list is merged and dropped: records stay small)."""
-        self.totals.update(num_samples=record.num_samples, num_views=record.num_views,
-                           total_bytes=record.bytes, num_shards=int(record.num_samples > 0))
-        self.reasons.update(record.quarantined_by_reason)
-        self.labels.update(record.labels)
-        record.labels = []
-
-    def invalidate(self) -> None:
-        """Once, before the first shard is (re)built: the manifest says incomplete and
-        shards.parquet lists nothing, so no reader trusts a shard that is about to change."""
-        if self._invalidated:
-            return
-        self._invalidated = True
-        write_shards_table(self.output, [], self.storage)
-        self.write(force=True)
-
-    def write(self, complete: bool = False, force: bool = False) -> None:
-        now = time.monotonic()
-        if not (complete or force) and now - self._last < MANIFEST_INTERVAL_S:
-            return
-        self._last = now
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "name": self.name,
-            "complete": complete,
-            "num_inputs": self.stats.num_inputs,
-            "num_planned_shards": self.stats.num_shards,
-            "num_samples": self.totals["num_samples"],
-            "num_views": self.totals["num_views"],
-            "num_quarantined": sum(self.reasons.values()),
-            "quarantined_by_reason": dict(sorted(self.reasons.items())),
-            "total_bytes": self.totals["total_bytes"],
-            "num_shards": self.totals["num_shards"],
-            "labels": sorted(self.labels),
-            "config": self.config,
-            **self.extra,
-        }
-        data = json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-        self.storage.write_bytes(self.uri, data.encode("utf-8"))
-
-
-def write_shards_table(output: str, records: list[ShardRecord], storage: Storage) -> None:
-    """shards.parquet: one row per shard with samples, in plan order."""
-    rows = [r for r in records if r.num_samples > 0]
-    table = pa.table(
-        {
-            "name": pa.array([r.name for r in rows], pa.string()),
-            "num_samples": pa.array([r.num_samples for r in rows], pa.int64()),
-            "num_views": pa.array([r.num_views for r in rows], pa.int64()),
-            "bytes": pa.array([r.bytes for r in rows], pa.int64()),
-            "sha256": pa.array([r.sha256 for r in rows], pa.string()),
-        },
-        schema=SHARDS_SCHEMA,
-    )
-    storage.write_bytes(join(output, SHARDS_FILE), parquet_bytes(table))
-
-
-def summarize(output: str, records: list[ShardRecord], num_inputs: int, built: int,
-              built_inputs: int, seconds: float) -> ShardSummary:
-    reasons: Counter = Counter()
-    for r in records:
-        reasons.update(r.quarantined_by_reason)
-    return ShardSummary(
-        output=output,
-        num_inputs=num_inputs,
-        num_samples=sum(r.num_samples for r in records),
-        num_views=sum(r.num_views for r in records),
-        num_quarantined=sum(reasons.values()),
-        quarantined_by_reason=dict(sorted(reasons.items())),
-        num_shards=sum(1 for r in records if r.num_samples > 0),
-        num_shards_built=built,
-        num_shards_skipped=len(records) - built,
-        num_reencoded=sum(r.num_reencoded for r in records),
-        bytes=sum(r.bytes for r in records),
-        seconds=seconds,
-        images_per_s=(built_inputs / seconds) if seconds > 0 else 0.0,
-    )

@@ -32,7 +32,7 @@ TRUNCATED = "truncated"
 CORRUPT = "corrupt"
 TOO_MANY_PIXELS = "too_many_pixels"
 DUPLICATE_IN_GROUP = "duplicate_in_group"
-# Given after the build by `viewstream shard --dedup-across-groups` (sharding.dedup_groups):
+# Given after the build by `viewstream shard --dedup-across-groups` (sharding.dedup):
 DUPLICATE_ACROSS_GROUPS = "duplicate_across_groups"  # drop / keep-first: same bytes in other groups
 DUPLICATE_MERGED = "duplicate_merged"                # merge: the same bytes are kept once in the merged group
 REASONS = (ZERO_BYTES, UNREADABLE, NOT_AN_IMAGE, TRUNCATED, CORRUPT, TOO_MANY_PIXELS, DUPLICATE_IN_GROUP,

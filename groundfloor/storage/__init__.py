@@ -1,7 +1,7 @@
 """The storage layer: bytes at any URI, chosen by scheme in one registry.
 
-    local paths / file://   LocalBackend   read, ranged read, list, atomic write (rename)
-    s3://bucket/key          S3Backend      read, ranged read, list, atomic write (multipart)
+    local paths / file://   LocalBackend   read, ranged read, list, atomic write (rename), remove
+    s3://bucket/key          S3Backend      read, ranged read, list, atomic write (multipart), remove
     http(s)://host/path      HttpBackend    read, ranged read (read-only; not listable)
 
 Everything else in viewstream goes through `Storage` and the URI helpers here; no other module

@@ -102,7 +102,7 @@ class StorageHandler(pafs.FileSystemHandler):
 
     def delete_dir_contents(self, path, missing_dir_ok=False):
         for entry in list(self.storage.iter_files(self._uri(path))):
-            self.storage.backend(entry.uri).remove(entry.uri)
+            self.storage.remove(entry.uri)
 
     def delete_dir(self, path):
         self.delete_dir_contents(path)
@@ -112,7 +112,7 @@ class StorageHandler(pafs.FileSystemHandler):
 
     def delete_file(self, path):
         uri = self._uri(path)
-        self.storage.backend(uri).remove(uri)
+        self.storage.remove(uri)
 
     def copy_file(self, src, dest):
         self.storage.write_bytes(self._uri(dest), self.storage.read_bytes(self._uri(src)))

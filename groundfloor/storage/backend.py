@@ -23,7 +23,8 @@ class Backend:
     Contract (checked by tests/sharding/test_storage_conformance.py for every backend):
     a missing object raises FileNotFoundError whose message names the URI; `iter_files`
     yields entries sorted by relative path, page by page, never the whole listing at once;
-    `open_atomic_write` makes content visible only when its block exits cleanly.
+    `open_atomic_write` makes content visible only when its block exits cleanly; `remove` of a
+    missing object is a no-op.
     """
 
     name = "?"
@@ -71,5 +72,5 @@ class Backend:
         return 0
 
     def remove(self, uri: str) -> None:
-        """Remove one file if it exists (used by the pyarrow adapter Ray Train writes through)."""
+        """Remove one file or object; a missing one is a no-op (see `Storage.remove`)."""
         raise UsageError(f"{uri!r}: {self.name} storage is read-only")

@@ -110,6 +110,12 @@ class Storage:
         with self.open_atomic_write(uri) as f:
             f.write(data)
 
+    def remove(self, uri: str) -> None:
+        """Remove the one file or object at `uri`. Removing one that does not exist is a no-op
+        (S3's delete semantics, kept for local files too), so a cleanup that was interrupted
+        can simply run again. Read-only storage (http) raises UsageError."""
+        self.backend(uri).remove(uri)
+
     def remove_unfinished_writes(self, root: str, folders: tuple[str, ...] = ("",)) -> int:
         """Remove what killed atomic writes left in `folders` of `root` (local temporary files,
         S3 incomplete multipart uploads). Only for an output no other process writes to."""

@@ -14,7 +14,8 @@ import pytest
 from sharding.dataset import load_manifest, read_index, read_quarantine, read_sample, read_shards
 import numpy as np
 
-from sharding.dedup_groups import SPLIT_SCHEMA, components, merge_plan
+from sharding.dedup.merge import components, merge_plan
+from sharding.dedup.scan import SPLIT_SCHEMA
 from sharding.run import shard_dataset
 
 from tests.sharding.conftest import run_cli, tree_digest
@@ -278,7 +279,7 @@ def test_ray_and_processes_give_the_inline_bytes(corpus, tmp_path):
 
 KILLED_CHILD = """
 import os, signal, sys
-import sharding.dedup_groups as d
+import sharding.dedup.run as d
 d.bucket_bits = lambda views, per_bucket=0: 2           # 4 buckets, also in the reference run
 point, calls = sys.argv[3], {"n": 0}
 def dying(original, at=2):

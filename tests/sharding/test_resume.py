@@ -31,8 +31,8 @@ OPTIONS = dict(group_by="dir", label_from="parent", shard_samples=2, max_side=32
 CHILD = textwrap.dedent(
     """
     import os, signal, sys, time
-    import sharding.run, sharding.build, sharding.tar_writer, groundfloor.storage
-    sharding.run.MANIFEST_INTERVAL_S = 0.0   # rewrite the manifest after every shard
+    import sharding.run, sharding.build, sharding.manifest_writer, sharding.tar_writer, groundfloor.storage
+    sharding.manifest_writer.MANIFEST_INTERVAL_S = 0.0   # rewrite the manifest after every shard
     point, arg = sys.argv[3], sys.argv[4]
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
     calls = {"n": 0}

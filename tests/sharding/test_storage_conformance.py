@@ -1,5 +1,5 @@
-"""Every storage backend keeps the same contract: read, ranged read, list, atomic write (where
-supported), and a missing object is FileNotFoundError naming the URI. Real servers: a folder,
+"""Every storage backend keeps the same contract: read, ranged read, list, atomic write and
+remove (where supported), and a missing object is FileNotFoundError naming the URI. Real servers: a folder,
 moto's S3 on 127.0.0.1, Python's http.server on 127.0.0.1."""
 from __future__ import annotations
 
@@ -109,6 +109,23 @@ def test_atomic_write_visible_only_on_success(case):
     case.storage.write_bytes(target, b"complete")
     assert case.storage.read_bytes(target) == b"complete"
     assert case.storage.remove_unfinished_writes(case.root, ("out",)) == 0
+
+
+def test_remove_one_object_and_a_missing_one_is_a_no_op(case):
+    if not case.writable:
+        with pytest.raises(UsageError, match="read-only"):
+            case.storage.remove(join(case.root, "a/b.txt"))
+        assert case.storage.read_bytes(join(case.root, "a/b.txt")) == b"hello"
+        return
+    folder = join(case.root, "rm")
+    for name in ("x.bin", "y.bin"):
+        case.storage.write_bytes(join(folder, name), name.encode())
+    case.storage.remove(join(folder, "x.bin"))
+    assert not case.storage.exists(join(folder, "x.bin"))
+    case.storage.remove(join(folder, "x.bin"))  # again: already gone, nothing to do
+    case.storage.remove(join(case.root, "never/there.bin"))
+    assert [e.relpath for e in case.storage.list_files(folder)] == ["y.bin"]
+    assert case.storage.read_bytes(join(folder, "y.bin")) == b"y.bin"
 
 
 def test_storage_survives_pickling(case):

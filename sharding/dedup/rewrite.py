@@ -1,33 +1,33 @@
-"""Rewrite one shard as the dedup pass decided (`sharding.dedup_groups`): a task per shard.
+"""Rewrite one shard as the dedup pass decided: a task per affected shard.
 
-The original shard ``{stem}.tar`` is read, never modified: its tar is streamed once in order
-(memory: one member at a time, whatever the shard's size), photos moved in from other shards
-(``merge``) are ranged reads of those shards' originals through their .idx. The result is
-published like a build publishes a shard (`sharding.build`): ``{stem}-dd.tar`` (atomic), its
-.idx, index part, a quarantine part holding only the records this rewrite adds (the build's
-part stays valid: those inputs are still quarantined), and last the part record, which carries
-the fingerprint of (original shard, actions) so a rerun skips a finished rewrite. Samples no
-action names are copied member for member; a changed sample gets its ``{key}.json`` lists
-(sources, sha256, width, height, reencoded) cut or extended to match its new views, plus
-"merged_from" (the group ids merged into it).
+Invariants:
+  * the original ``{stem}.tar`` is read, never modified; its tar is streamed once in order
+    (memory: one member at a time, whatever the shard's size), and photos moved in from other
+    shards (merge) are ranged reads of those shards' originals through their .idx;
+  * the result is published as a build publishes a shard (`sharding.build`): ``{stem}-dd.tar``
+    (atomic), its .idx, index part, a quarantine part holding only the records this rewrite
+    adds (the build's part stays valid: those inputs are still quarantined), and last the part
+    record, whose fingerprint of (original shard, actions) lets a rerun skip a finished rewrite;
+  * samples no action names are copied member for member; a changed sample's ``{key}.json``
+    lists (META_LISTS) are cut or extended to match its new views, plus "merged_from" (the
+    group ids merged into it).
+See ARCHITECTURE.md section 1, "Duplicates across groups".
 """
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from groundfloor.storage import Storage, join
 from sharding.build import ShardRecord, parquet_bytes, part_uri
 from sharding.dataset import Member, read_index_part, read_sample, read_shard_index, shard_uri
+from sharding.dedup.actions import load_actions
 from sharding.format import (
-    DEDUP_DIR,
     INDEX_DIR,
     INDEX_SCHEMA,
     QUARANTINE_DIR,
@@ -38,77 +38,15 @@ from sharding.format import (
     quarantine_part_name,
     rewritten_name,
 )
-from groundfloor.storage import Storage, join
 from sharding.tar_writer import TarWriter
 
 META_LISTS = ("sources", "sha256", "width", "height", "reencoded")
 
 
-@dataclass
-class SampleAction:
-    """What happens to one sample: views to quarantine (view -> (reason, detail)), whether it is
-    merged into another group (then it leaves its shard and its other views move there), and
-    the samples merged into it: (shard, key, group_id, views not to take: stored already)."""
-
-    group_id: str
-    drop: dict[int, tuple[str, str]] = field(default_factory=dict)
-    merged_into: tuple[str, str, str] | None = None
-    append: list[tuple[str, str, str, tuple[int, ...]]] = field(default_factory=list)
-
-
-ACTION_SHARDS = 16   # drop / keep-first actions are stored in one folder per 16 shard numbers
-ACTION_SCHEMA = pa.schema([("shard", pa.string()), ("key", pa.string()), ("group_id", pa.string()),
-                           ("view", pa.int32()), ("reason", pa.string()), ("detail", pa.string())])
-
-
-def _shard_number(name: str) -> int:
-    return int(name[: -len(".tar")].rsplit("-", 1)[1])
-
-
-def actions_folder(output: str, mode: str, shard: str) -> str:
-    """Where the drop / keep-first actions touching (original) shard `shard` are written."""
-    return join(output, DEDUP_DIR, "actions", mode, f"{_shard_number(shard) // ACTION_SHARDS:06d}")
-
-
-MERGE_ACTION_SCHEMA = pa.schema([
-    ("shard", pa.string()), ("key", pa.string()), ("group_id", pa.string()), ("row", pa.int32()),
-    ("into_shard", pa.string()), ("into_key", pa.string()), ("into_group", pa.string()),
-    ("skip", pa.list_(pa.int32())),   # its views not to move: copies the merged group holds already
-])
-
-
-def load_actions(output: str, storage: Storage, mode: str, shard: str, fingerprint: str) -> dict[str, SampleAction]:
-    """The actions touching one (original) shard: a listing of its folder and those parts, rows
-    filtered to the shard (drops: ACTION_SCHEMA; ``merges-*``: MERGE_ACTION_SCHEMA, a group
-    merged away from this shard or into one of its groups)."""
-    folder = actions_folder(output, mode, shard)
-    suffix = f"-{fingerprint[:16]}.parquet"
-    out: dict[str, SampleAction] = {}
-    entries = sorted(storage.iter_files(folder), key=lambda e: e.relpath) if storage.is_folder(folder) else []
-    appends = []
-    for entry in entries:
-        if not entry.relpath.endswith(suffix) or "/" in entry.relpath:
-            continue
-        merges = entry.relpath.startswith("merges-")
-        table = pq.read_table(io.BytesIO(storage.read_bytes(entry.uri)),
-                              schema=MERGE_ACTION_SCHEMA if merges else ACTION_SCHEMA)
-        if not merges:
-            for row in table.filter(pc.equal(table.column("shard"), shard)).to_pylist():
-                action = out.setdefault(row["key"], SampleAction(group_id=row["group_id"]))
-                action.drop[row["view"]] = (row["reason"], row["detail"])
-            continue
-        for row in table.filter(pc.equal(table.column("shard"), shard)).to_pylist():
-            action = out.setdefault(row["key"], SampleAction(group_id=row["group_id"]))
-            action.merged_into = (row["into_group"], row["into_key"], row["into_shard"])
-        appends += table.filter(pc.equal(table.column("into_shard"), shard)).to_pylist()
-    for row in sorted(appends, key=lambda r: (r["shard"], r["row"])):  # members in place order
-        action = out.setdefault(row["into_key"], SampleAction(group_id=row["into_group"]))
-        action.append.append((row["shard"], row["key"], row["group_id"], tuple(row["skip"])))
-    return out
-
-
 @dataclass(frozen=True)
 class RewriteTask:
+    """Rewrite shard `original` with the actions of `mode` decided from `actions_fingerprint`."""
+
     original: str              # the original shard's name
     fingerprint: str           # of (original shard, mode, actions): its part record's
     record: bytes = field(repr=False)   # the original's ShardRecord JSON
@@ -118,6 +56,8 @@ class RewriteTask:
 
 @dataclass
 class RewriteDone:
+    """A finished rewrite: the original's name and the rewritten shard's record."""
+
     original: str
     record: ShardRecord
 
