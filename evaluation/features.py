@@ -4,6 +4,9 @@ Every evaluation (kNN, linear probe, embeddings, retrieval) starts from the same
 backbone's output for each image, l2-normalised, computed without gradients in eval mode (so
 BatchNorm uses its running statistics and dropout is off). Batches may be pipeline `ViewBatch`es,
 ``(images, labels)`` pairs or bare image tensors, so the pieces can be tested without shards.
+On CUDA the forward runs under bf16 autocast by default (`precision="auto"`), as training does;
+features are returned in fp32 and normalised in fp32. The same autocast call runs on the CPU
+when asked (`precision="bf16"`), which is how the tests check the path without a GPU.
 """
 from __future__ import annotations
 
@@ -57,6 +60,27 @@ def _unpack_batch(batch: Any, view: int) -> tuple[torch.Tensor, Optional[list[st
             None if labels is None else torch.as_tensor(labels))
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def eval_precision(device: torch.device, precision: str = "auto") -> str:
+    """"bf16" or "fp32" for an evaluation forward on `device` ("auto": bf16 on CUDA only)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {PRECISIONS}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def eval_autocast(device: torch.device, precision: str = "auto"):
+    """The autocast context of an evaluation forward (see `eval_precision`).
+
+    `torch.autocast` takes device_type "cuda" and "cpu" with dtype bfloat16 alike
+    (torch/amp/autocast_mode.py), so CPU tests run the CUDA code path."""
+    enabled = eval_precision(device, precision) == "bf16"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def iter_features(
     backbone: nn.Module,
     batches: Iterable[Any],
@@ -66,11 +90,13 @@ def iter_features(
     device: Optional[torch.device | str] = None,
     progress: bool | str = False,
     total: Optional[int] = None,
+    precision: str = "auto",
 ) -> Iterator[FeatureBatch]:
     """Yield the backbone's features batch by batch (no grad, eval mode, l2-normalised by default).
 
     The backbone's train/eval mode is restored afterwards, so this can run inside training for
     online monitoring. `view` picks which of a ViewBatch's views to embed (the eval recipe has one).
+    `precision`: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32".
     """
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
     was_training = backbone.training
@@ -83,7 +109,8 @@ def iter_features(
                 images, keys, groups, labels = _unpack_batch(batch, view)
                 if images.shape[0] == 0:  # a rank that ran out of samples yields empty batches
                     continue
-                out = backbone(images.to(device, non_blocking=True))
+                with eval_autocast(device, precision):
+                    out = backbone(images.to(device, non_blocking=True))
                 out = out.flatten(1).float()
                 if normalize:
                     out = F.normalize(out, dim=1)

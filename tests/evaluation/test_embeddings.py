@@ -72,3 +72,23 @@ def test_failed_write_leaves_no_file_and_bad_files_are_usage_errors(tmp_path):
     (tmp_path / "x.parquet").write_bytes(b"not parquet")
     with pytest.raises(UsageError, match="cannot read embeddings"):
         read_embeddings(tmp_path / "x.parquet")
+
+
+def test_features_under_bf16_autocast_are_fp32_and_close_to_fp32_features():
+    """The CUDA default (bf16 autocast) run on the CPU: the same code path, checked here."""
+    import torch.nn.functional as F
+
+    from evaluation.features import eval_precision, extract_features
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 16))
+    images = [torch.randn(6, 3, 16, 16)]
+    exact = extract_features(net, images, precision="fp32").features
+    half = extract_features(net, images, precision="bf16").features
+    assert half.dtype == torch.float32 and not torch.equal(half, exact)  # bf16 really ran
+    assert F.cosine_similarity(half, exact).min() > 0.99
+    assert torch.equal(extract_features(net, images).features, exact)  # auto on the CPU: fp32
+    assert eval_precision(torch.device("cuda"), "auto") == "bf16"
+    assert eval_precision(torch.device("cpu"), "auto") == "fp32"
+    assert eval_precision(torch.device("cuda"), "fp32") == "fp32"
