@@ -77,7 +77,8 @@ class DaliDriver:
     def _recover(self) -> bool:
         """After DALI aborted: drop undecodable samples from the batches in flight and replay
         them on a fresh pipeline. False when no photo is to blame (the error is re-raised)."""
-        rechecked = [recheck_batch(item, self.spec, self.stats) for item in self._pending]
+        seed, epoch = self._producer.seed, self._producer.epoch
+        rechecked = [recheck_batch(item, self.spec, self.stats, seed, epoch) for item in self._pending]
         if not any(dropped for _, dropped in rechecked):
             return False
         log.warning("DALI aborted a batch; dropped the undecodable samples and rebuilt the pipeline")

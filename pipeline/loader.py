@@ -49,7 +49,8 @@ class ViewLoader:
     `drop_last=True` (SSL training): every rank yields N // (world_size * batch_size) full
     batches. `drop_last=False`: every sample exactly once per epoch, the same number of batches
     on every rank, only the last global batch short (split evenly; empty on some ranks).
-    Batches shrink when bad samples are skipped (`stats` counts them). One `iter_epoch`
+    A skipped sample (unreadable, undecodable) leaves a hole filled by repeating a good sample of
+    the same batch, so batches keep their planned size (`stats` counts skips and fills). One `iter_epoch`
     iterator may be open at a time. `streams` shard streams are read at once (default: 6 when
     a root is on S3, else 1); `verify`
     "sha256" checks every photo against its recorded digest, "none" skips that.

@@ -229,3 +229,25 @@ def batch_arguments(params: np.ndarray, view: int) -> dict[str, np.ndarray]:
         "window": p[:, COL["window"]].astype(np.int32),
         "solarize": p[:, COL["solarize"]] > 0,
     }
+
+
+_FILL_SALT = 0x46494C4C  # "FILL": the hole-filling draws have a stream of their own
+
+
+def fill_sources(seed: int, epoch: int, rows: list[int], ok: list[bool]) -> list[int]:
+    """For each planned slot of a rank's batch, the slot whose sample fills it.
+
+    A good slot is its own source; a hole (a sample skipped as unreadable or undecodable) is
+    filled by repeating one of the batch's good samples, picked by (seed, epoch, the hole's
+    item id), so every rank keeps the planned batch size (the collectives of the step need equal
+    shapes) and a resumed run fills the same way. No good slot: every slot is returned as is.
+    """
+    good = [i for i, g in enumerate(ok) if g]
+    if not good or len(good) == len(ok):
+        return list(range(len(ok)))
+    holes = [i for i, g in enumerate(ok) if not g]
+    u = uniforms(seed ^ _FILL_SALT, epoch, np.asarray([rows[i] for i in holes], dtype=np.int64), 1)[:, 0]
+    sources = list(range(len(ok)))
+    for hole, x in zip(holes, u.tolist()):
+        sources[hole] = good[min(int(x * len(good)), len(good) - 1)]
+    return sources

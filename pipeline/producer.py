@@ -5,6 +5,11 @@ Two daemon threads per epoch: a *reader* streams the rank's shards in stream ord
 next is being read, so S3 latency overlaps the work on the previous block); a *preparer* turns
 each batch of the consumption order into DALI inputs (encoded photos + drawn parameters) plus
 the batch's metadata. The DALI callback only takes ready batches from a small queue.
+
+Every rank's batch keeps its planned size whatever is skipped: a sample that fails its checks
+leaves a hole that `params.fill_sources` fills by repeating another good sample of the same
+batch (as DALI's readers pad a shard with `pad_last_batch`); a batch with no good sample at all
+repeats the last good sample this rank prepared. See ARCHITECTURE.md section 2.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from pipeline.epochs import RankEpoch
-from pipeline.params import draw_batch
+from pipeline.params import draw_batch, fill_sources
 from pipeline.samples import LoadedSample, ReadStats, SampleRef
 from pipeline.spec import ViewSpec
 
@@ -83,6 +88,7 @@ class BatchProducer:
         self._seed, self._epoch = seed, epoch
         self._read, self._feed = read, feed
         self._stats = stats
+        self._reserve: Optional[LoadedSample] = None  # the last good sample: fills a batch lost whole
         self._stop = threading.Event()
         self._ended = False
         self._batches_out = _Handoff(depth, self._stop)
@@ -100,6 +106,14 @@ class BatchProducer:
             self._threads = self._threads[1:]  # nothing to read
         for thread in self._threads:
             thread.start()
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
 
     def get(self) -> Optional[PreparedBatch]:
         """The next PreparedBatch, or None at the end (and ever after); re-raises a reading
@@ -172,10 +186,16 @@ class BatchProducer:
                 loaded.pop(r, None)
 
     def _prepare(self, b: int, rows: list[int], loaded: dict) -> PreparedBatch:
-        samples = [loaded[r] for r in rows if loaded.get(r) is not None]
+        got = [loaded.get(r) for r in rows]
+        ok = [s is not None for s in got]
+        if got and not any(ok) and self._reserve is not None:
+            got, ok = [self._reserve] * len(rows), [True] * len(rows)  # a whole batch lost
+        samples = [got[i] for i in fill_sources(self._seed, self._epoch, rows, ok) if got[i] is not None]
+        self._stats.add(filled=len(samples) - sum(ok) if any(ok) else 0)
         num_views = len(self._spec.views)
         if not samples:
             return PreparedBatch(b, [], np.zeros((0, num_views), np.int64), None)
+        self._reserve = samples[-1]
         meta = ([s.key for s in samples], [s.group_id for s in samples], [s.label for s in samples])
         draws = draw_batch(self._spec, self._seed, self._epoch, [s.row for s in samples],
                            [s.sizes for s in samples], [s.candidates for s in samples])

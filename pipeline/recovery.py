@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.dali_graph import input_names
+from pipeline.params import fill_sources
 from pipeline.producer import PreparedBatch
 from pipeline.samples import ReadStats
 from pipeline.spec import ViewSpec
@@ -32,9 +33,10 @@ def decodes(data: np.ndarray) -> bool:
         return False
 
 
-def recheck_batch(item: PreparedBatch, spec: ViewSpec, stats: ReadStats
+def recheck_batch(item: PreparedBatch, spec: ViewSpec, stats: ReadStats, seed: int, epoch: int
                   ) -> tuple[PreparedBatch, int]:
-    """`item` without the samples whose photos do not decode, and how many were dropped."""
+    """`item` with the samples whose photos do not decode replaced by repeats of good ones of
+    the same batch (`params.fill_sources`), and how many were dropped."""
     if item.feed is None:
         return item, 0
     names = input_names(spec)
@@ -50,10 +52,11 @@ def recheck_batch(item: PreparedBatch, spec: ViewSpec, stats: ReadStats
     dropped = keep.count(False)
     if not dropped:
         return item, 0
-    index = [i for i, k in enumerate(keep) if k]
-    rows = [item.rows[i] for i in index]
-    if not rows:
+    if not any(keep):
         return PreparedBatch(item.batch, [], item.view_sources[:0], None), dropped
+    index = fill_sources(seed, epoch, item.rows, keep)  # the batch keeps its size (producer.py)
+    stats.add(filled=dropped)
+    rows = [item.rows[i] for i in index]
     meta = tuple([column[i] for i in index] for column in (item.keys, item.group_ids, item.labels))
     feed = tuple([part[i] for i in index] if isinstance(part, list) else part[index]
                  for part in item.feed)

@@ -65,23 +65,25 @@ class ReadStats:
 
     bad_photos: int = 0
     skipped_samples: int = 0
+    filled: int = 0  # batch slots filled by repeating a good sample (holes left by skips)
     s3_resumes: int = 0
     reasons: Counter = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, reason: str | None = None, *, bad_photo: bool = False, skipped: bool = False,
-            resumes: int = 0) -> None:
+            resumes: int = 0, filled: int = 0) -> None:
         """Count one event; thread-safe (several shard streams report at once)."""
         with self._lock:
             self.bad_photos += bad_photo
             self.skipped_samples += skipped
+            self.filled += filled
             self.s3_resumes += resumes
             if reason:
                 self.reasons[reason] += 1
 
     def as_dict(self) -> dict:
         return {"bad_photos": self.bad_photos, "skipped_samples": self.skipped_samples,
-                "s3_resumes": self.s3_resumes, "reasons": dict(self.reasons)}
+                "filled": self.filled, "s3_resumes": self.s3_resumes, "reasons": dict(self.reasons)}
 
 
 def _recorded_sha256(meta: dict, num_views: int) -> list[str | None]:

@@ -81,13 +81,15 @@ def test_bad_members_are_skipped_logged_and_counted(damaged, caplog):
             batches = list(loader.iter_epoch(epoch))
         assert len(batches) == loader.batches_per_epoch  # the batch count never changes
         seen = [k for b in batches for k in b.keys]
-        assert sorted(seen) == sorted(set(seen))
         assert keys["skipped"] not in seen
-        assert len(seen) == num_samples - 1
+        assert len(set(seen)) == num_samples - 1
+        assert len(seen) == num_samples  # the hole is filled by repeating a good sample
+        assert [len(b) for b in batches] == loader.plan(epoch).sizes
         for name in ("mismatch", "undecodable", "missing"):
             assert keys[name] in seen  # the group's other photos still make views
         stats = loader.stats.as_dict()
         assert stats["skipped_samples"] - before["skipped_samples"] == 1
+        assert stats["filled"] - before["filled"] == 1
         assert 1 <= stats["bad_photos"] - before["bad_photos"] <= 4
         reasons |= set(stats["reasons"])
         for batch in batches:  # bad photos are never named as a view's source
@@ -174,7 +176,8 @@ def test_a_photo_only_dali_chokes_on_is_dropped_and_the_epoch_goes_on(tmp_path_f
     batches = list(loader.iter_epoch(0))
     assert len(batches) == loader.batches_per_epoch
     seen = [k for b in batches for k in b.keys]
-    assert victim not in seen and sorted(seen) == sorted(k for k in keys if k != victim)
+    assert victim not in seen and sorted(set(seen)) == sorted(k for k in keys if k != victim)
+    assert len(seen) == len(keys) and loader.stats.filled == 1  # its slot repeats a good sample
     assert loader.stats.reasons == {"decode_failed": 1}
     again = list(loader.iter_epoch(1))  # the rebuilt pipeline keeps working
     assert victim not in [k for b in again for k in b.keys]
@@ -199,8 +202,9 @@ def test_a_truncated_shard_ends_cleanly(tmp_path_factory):
     batches = list(loader.iter_epoch(0))
     assert len(batches) == loader.batches_per_epoch
     seen = [k for b in batches for k in b.keys]
-    assert 4 <= len(seen) < 8 and len(set(seen)) == len(seen)
-    assert loader.stats.skipped_samples == 8 - len(seen)
+    assert [len(b) for b in batches] == loader.plan(0).sizes  # every slot filled
+    assert 4 <= len(set(seen)) < 8
+    assert loader.stats.skipped_samples == 8 - len(set(seen)) == loader.stats.filled
 
 
 def test_a_missing_shard_raises_instead_of_hanging(tmp_path_factory):
@@ -209,3 +213,26 @@ def test_a_missing_shard_raises_instead_of_hanging(tmp_path_factory):
     loader = ViewLoader(root, SPEC, 2)
     with pytest.raises(Exception, match="No such file"):
         list(loader.iter_epoch(0))
+
+
+def test_every_rank_keeps_its_planned_batch_size_when_a_sample_is_skipped(damaged):
+    """The skipped group's rank fills the hole, so both ranks' batches have equal shapes (the
+    step's gathers need them equal; a mismatch aborts gloo and hangs NCCL)."""
+    root, keys, _ = damaged
+    loaders = [ViewLoader(root, SPEC, 3, rank=r, world_size=2, seed=1, drop_last=True) for r in range(2)]
+    per_rank = [list(loader.iter_epoch(2)) for loader in loaders]
+    assert sum(loader.stats.filled for loader in loaders) == 1  # the skipped group was planned
+    assert [len(b) for b in per_rank[0]] == [len(b) for b in per_rank[1]] == [3] * len(per_rank[0])
+    assert all(tuple(v.shape) == (3, 3, 32, 32) for batches in per_rank for b in batches for v in b.views)
+    assert keys["skipped"] not in {k for batches in per_rank for b in batches for k in b.keys}
+
+
+def test_fill_sources_repeats_good_slots_deterministically():
+    from pipeline.params import fill_sources
+
+    rows, ok = [10, 11, 12, 13, 14], [True, False, True, False, True]
+    sources = fill_sources(3, 1, rows, ok)
+    assert sources == fill_sources(3, 1, rows, ok)
+    assert [sources[i] for i in (0, 2, 4)] == [0, 2, 4] and all(ok[sources[i]] for i in (1, 3))
+    assert {tuple(fill_sources(s, 1, rows, ok)) for s in range(20)} != {tuple(sources)}  # drawn, not fixed
+    assert fill_sources(3, 1, rows, [False] * 5) == list(range(5))
