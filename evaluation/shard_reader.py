@@ -69,7 +69,8 @@ class ShardReader:
         read = lambda start: read_samples(self.storage, [lambda: run(start)], self.stats,
                                           pick=lambda ref, c: pick_photos(num_global, ref.u, c))
         producer = BatchProducer(plan, 0, self.spec, seed=0, epoch=0, read=read,
-                                 feed=feed_arrays, stats=self.stats, depth=self.prefetch + 2)
+                                 feed=feed_arrays, stats=self.stats, depth=self.prefetch + 2,
+                                 fill_holes=False)  # an embeddings row per readable sample, once
         for item, outputs in self._driver.run(producer):
             if outputs is not None:  # None: every sample of the batch was bad (counted in stats)
                 yield self._batch(item, outputs, keys, groups, labels)

@@ -92,7 +92,8 @@ def eval_loader(dataset, image_size: int, batch_size: int = 256, *, crop_fractio
     from pipeline import ViewLoader
 
     return ViewLoader(dataset_list(dataset), eval_spec(image_size, crop_fraction, views), batch_size,
-                      num_threads=num_threads, endpoint_url=endpoint_url, device=device)
+                      num_threads=num_threads, endpoint_url=endpoint_url, device=device,
+                      fill_holes=False)  # every sample at most once: no repeats in the features
 
 
 def labelled_features(backbone: nn.Module, loader, vocabulary: Optional[list[str]] = None,

@@ -78,7 +78,8 @@ class DaliDriver:
         """After DALI aborted: drop undecodable samples from the batches in flight and replay
         them on a fresh pipeline. False when no photo is to blame (the error is re-raised)."""
         seed, epoch = self._producer.seed, self._producer.epoch
-        rechecked = [recheck_batch(item, self.spec, self.stats, seed, epoch) for item in self._pending]
+        fill = self._producer.fill_holes
+        rechecked = [recheck_batch(item, self.spec, self.stats, seed, epoch, fill) for item in self._pending]
         if not any(dropped for _, dropped in rechecked):
             return False
         log.warning("DALI aborted a batch; dropped the undecodable samples and rebuilt the pipeline")

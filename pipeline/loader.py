@@ -50,7 +50,8 @@ class ViewLoader:
     batches. `drop_last=False`: every sample exactly once per epoch, the same number of batches
     on every rank, only the last global batch short (split evenly; empty on some ranks).
     A skipped sample (unreadable, undecodable) leaves a hole filled by repeating a good sample of
-    the same batch, so batches keep their planned size (`stats` counts skips and fills). One `iter_epoch`
+    the same batch, so batches keep their planned size (`stats` counts skips and fills);
+    `fill_holes=False` (evaluation: every sample at most once) lets the batch shrink. One `iter_epoch`
     iterator may be open at a time. `streams` shard streams are read at once (default: 6 when
     a root is on S3, else 1); `verify`
     "sha256" checks every photo against its recorded digest, "none" skips that.
@@ -67,7 +68,7 @@ class ViewLoader:
                  drop_last: bool = False, shuffle_block: int = 1024, prefetch: int = 2,
                  endpoint_url: Optional[str] = None, device_id: Optional[int] = None,
                  epoch_size: Optional[int] = None, streams: Optional[int] = None,
-                 verify: str = "sha256", natural_views: bool = True):
+                 verify: str = "sha256", natural_views: bool = True, fill_holes: bool = True):
         if device not in DEVICES:
             raise UsageError(f"device={device!r}: expected one of {list(DEVICES)}")
         if num_threads < 1:
@@ -84,6 +85,7 @@ class ViewLoader:
         self.device, self.num_threads, self.drop_last = device, num_threads, drop_last
         self.shuffle_block, self.prefetch = shuffle_block, prefetch
         self.verify, self.natural_views = verify, natural_views
+        self.fill_holes = fill_holes
         self.device_id = device_id if device_id is not None else (
             torch.cuda.current_device() if device == "cuda" else 0)
         self.storage = Storage(endpoint_url)
@@ -129,7 +131,7 @@ class ViewLoader:
         plan = self.plan(epoch)
         producer = BatchProducer(plan, start_batch, self.spec, seed=self.seed, epoch=epoch,
                                  read=lambda start: self._read(plan, start), feed=feed_arrays,
-                                 stats=self.stats, depth=self.prefetch + 2)
+                                 stats=self.stats, depth=self.prefetch + 2, fill_holes=self.fill_holes)
         for item, outputs in self._driver.run(producer):
             yield self._empty_batch(item, epoch) if outputs is None else self._batch(item, outputs, epoch)
 

@@ -83,8 +83,9 @@ class BatchProducer:
 
     def __init__(self, plan: RankEpoch, start_batch: int, spec: ViewSpec, *, seed: int, epoch: int,
                  read: Callable[[int], Iterator[tuple[SampleRef, Optional[LoadedSample]]]],
-                 feed: Callable[..., tuple], stats: ReadStats, depth: int = 4):
+                 feed: Callable[..., tuple], stats: ReadStats, depth: int = 4, fill_holes: bool = True):
         self._plan, self._start, self._spec = plan, start_batch, spec
+        self.fill_holes = fill_holes  # training: keep batch sizes; evaluation: every sample once
         self._seed, self._epoch = seed, epoch
         self._read, self._feed = read, feed
         self._stats = stats
@@ -188,10 +189,11 @@ class BatchProducer:
     def _prepare(self, b: int, rows: list[int], loaded: dict) -> PreparedBatch:
         got = [loaded.get(r) for r in rows]
         ok = [s is not None for s in got]
-        if got and not any(ok) and self._reserve is not None:
+        if self.fill_holes and got and not any(ok) and self._reserve is not None:
             got, ok = [self._reserve] * len(rows), [True] * len(rows)  # a whole batch lost
-        samples = [got[i] for i in fill_sources(self._seed, self._epoch, rows, ok) if got[i] is not None]
-        self._stats.add(filled=len(samples) - sum(ok) if any(ok) else 0)
+        order = fill_sources(self._seed, self._epoch, rows, ok) if self.fill_holes else range(len(rows))
+        samples = [got[i] for i in order if got[i] is not None]
+        self._stats.add(filled=len(samples) - sum(ok))
         num_views = len(self._spec.views)
         if not samples:
             return PreparedBatch(b, [], np.zeros((0, num_views), np.int64), None)

@@ -33,10 +33,11 @@ def decodes(data: np.ndarray) -> bool:
         return False
 
 
-def recheck_batch(item: PreparedBatch, spec: ViewSpec, stats: ReadStats, seed: int, epoch: int
-                  ) -> tuple[PreparedBatch, int]:
+def recheck_batch(item: PreparedBatch, spec: ViewSpec, stats: ReadStats, seed: int, epoch: int,
+                  fill_holes: bool = True) -> tuple[PreparedBatch, int]:
     """`item` with the samples whose photos do not decode replaced by repeats of good ones of
-    the same batch (`params.fill_sources`), and how many were dropped."""
+    the same batch (`params.fill_sources`; left out when not `fill_holes`), and how many were
+    dropped."""
     if item.feed is None:
         return item, 0
     names = input_names(spec)
@@ -54,8 +55,11 @@ def recheck_batch(item: PreparedBatch, spec: ViewSpec, stats: ReadStats, seed: i
         return item, 0
     if not any(keep):
         return PreparedBatch(item.batch, [], item.view_sources[:0], None), dropped
-    index = fill_sources(seed, epoch, item.rows, keep)  # the batch keeps its size (producer.py)
-    stats.add(filled=dropped)
+    if fill_holes:  # the batch keeps its size (producer.py)
+        index = fill_sources(seed, epoch, item.rows, keep)
+        stats.add(filled=dropped)
+    else:
+        index = [i for i, k in enumerate(keep) if k]
     rows = [item.rows[i] for i in index]
     meta = tuple([column[i] for i in index] for column in (item.keys, item.group_ids, item.labels))
     feed = tuple([part[i] for i in index] if isinstance(part, list) else part[index]

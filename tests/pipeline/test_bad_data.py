@@ -236,3 +236,12 @@ def test_fill_sources_repeats_good_slots_deterministically():
     assert [sources[i] for i in (0, 2, 4)] == [0, 2, 4] and all(ok[sources[i]] for i in (1, 3))
     assert {tuple(fill_sources(s, 1, rows, ok)) for s in range(20)} != {tuple(sources)}  # drawn, not fixed
     assert fill_sources(3, 1, rows, [False] * 5) == list(range(5))
+
+
+def test_evaluation_loaders_leave_holes_unfilled(damaged):
+    """Features and embeddings hold each readable sample once: no repeats with fill_holes=False."""
+    root, keys, num_samples = damaged
+    loader = ViewLoader(root, SPEC, 4, seed=1, fill_holes=False)
+    seen = [k for b in loader.iter_epoch(0) for k in b.keys]
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == num_samples - 1
+    assert loader.stats.filled == 0
