@@ -118,12 +118,12 @@ def check_cluster(config: TrainConfig, poll_s: float = 2.0, can_grow: bool = Tru
 def torch_config(config: TrainConfig):
     """Ray Train's process-group settings: the backend per device type and the timeout.
 
-    ``cpu:gloo,cuda:nccl`` on GPUs (trainers/distributed.py says why); the timeout covers one
+    ``cpu:gloo,cuda:nccl`` on GPUs (trainers/distributed/process_group.py says why); the timeout covers one
     collective plus the online monitor's budget, so ranks waiting for rank 0's probe survive.
     """
     from ray.train.torch import TorchConfig
 
-    from trainers.distributed import process_group_backend
+    from trainers.distributed.process_group import process_group_backend
 
     return TorchConfig(backend=process_group_backend(config.scaling.use_gpu),
                        timeout_s=config.collective_timeout_s())

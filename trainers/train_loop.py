@@ -25,7 +25,8 @@ import torch
 from pipeline import DataPosition, ViewBatch, ViewLoader
 from trainers.checkpoint import Progress, find_latest_checkpoint, load_state, progress_of, save_checkpoint
 from trainers.config import FaultDrill, TrainConfig, dataset_arg
-from trainers.distributed import data_parallel, gather_digests, reduce_logs, unused_parameter_steps
+from trainers.distributed.collectives import gather_digests, reduce_logs
+from trainers.distributed.data_parallel import data_parallel, unused_parameter_steps
 from trainers.methods import Method, SampleIds, build_method
 from trainers.metrics import MetricsLogger
 from trainers.optim import build_optimizer, optimizer_schedule
