@@ -18,6 +18,7 @@ from sharding.dataset import load_manifest
 from groundfloor.ray_connect import connect_ray
 from groundfloor.storage import Storage, absolute, join, resolve_endpoint
 from trainers.config import TrainConfig, dataset_roots
+from trainers.fault_drill import FaultDrillHook
 from trainers.storage import storage_for
 from groundfloor.errors import UsageError
 
@@ -148,6 +149,12 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     return config
 
 
+def step_hooks(config: TrainConfig) -> list[Any]:
+    """What every worker's Trainer runs before each step: the recovery drills of `run.fault`."""
+    drills = FaultDrillHook.from_config(config)
+    return [drills] if drills is not None else []
+
+
 RAY_LOG_FILE = "ray.log"
 
 
@@ -192,7 +199,7 @@ def _fit(config: TrainConfig, epoch_hooks: Sequence[Any] = (), progress: Optiona
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "epoch_hooks": list(epoch_hooks),
-                           "progress_board": name},
+                           "step_hooks": step_hooks(config), "progress_board": name},
         torch_config=torch_config(config),
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}

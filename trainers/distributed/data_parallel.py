@@ -49,7 +49,7 @@ def data_parallel(method: nn.Module, device: torch.device | str, bucket_cap_mb: 
       only is averaged with zeros. It costs one host sync per step on CUDA (the used-map
       all-reduce is read back when the buckets are finalised) plus a graph traversal after
       forward, so the Trainer turns it on only for the steps that need it and re-wraps without
-      it afterwards (train_loop.py).
+      it afterwards (trainers/trainer.py).
     - ``forward_sync_buffers=False``: BN statistics are synchronised by SyncBatchNorm and queues
       or centres are identical by construction; re-broadcasting them every forward would be one
       more collective per step.
