@@ -43,7 +43,7 @@ def _checkpoint(path: Path, dataset: str, size: int) -> str:
         "batch_size": 8, "scaling": {"num_workers": 1},
         "monitor": {"train_dataset": dataset, "test_dataset": dataset, "image_size": size, "crop_fraction": 1.0}})
     model = build_method(config.method_config(), seed=0)
-    save_checkpoint(path, method_state=model.state_dict(), optimizer_state={}, progress=Progress(1, 0, 1),
+    save_checkpoint(path, {"method": model.state_dict(), "optimizer": {}, "progress": Progress(1, 0, 1).as_dict()},
                     config=config.model_dump(mode="json"))
     return str(path)
 

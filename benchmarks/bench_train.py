@@ -40,7 +40,8 @@ from sharding.run import shard_dataset  # noqa: E402
 from trainers.config import TrainConfig  # noqa: E402
 from trainers.metrics import read_metrics  # noqa: E402
 from trainers.runner import run_training  # noqa: E402
-from trainers.train_loop import StepTimer, Trainer, is_log_step, step_and_log  # noqa: E402
+from trainers.train_loop import StepTimer, is_log_step, step_and_log  # noqa: E402
+from trainers.trainer import Trainer  # noqa: E402
 
 
 def make_config(dataset: str, storage: str, name: str, workers: int, steps: int, batch: int) -> TrainConfig:

@@ -2,11 +2,16 @@
 
 A checkpoint is a directory with two files:
 
-- ``state.pt``: tensors and plain containers only (method state incl. queues, centers, EMA
-  weights; optimizer state; RNG state; data position), written with ``torch.save`` and read back
-  with ``weights_only=True`` so that loading a checkpoint never runs pickled code;
+- ``state.pt``: one entry per stateful part of the Trainer (method state incl. queues, centers,
+  EMA weights; optimizer state; RNG state; data position), tensors and plain containers only,
+  written with ``torch.save`` and read back with ``weights_only=True`` so that loading a
+  checkpoint never runs pickled code;
 - ``meta.json``: the validated training config and the progress (step, epoch, batch), readable
   without torch, so tools can tell what a checkpoint is before loading it.
+
+:class:`CheckpointManager` saves and restores a dict of :class:`Stateful` parts by iterating over
+it: adding state is adding a part, never an edit of save or restore. The keys of that dict are
+the entries of ``state.pt``, so keeping a key keeps old checkpoints resumable.
 
 Checkpoints live wherever Ray Train persists them (any `groundfloor.storage` URI); ``resolve_checkpoint``
 turns a run folder, a checkpoint folder or a remote URI into a local checkpoint folder.
@@ -19,7 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Protocol
 
 import torch
 
@@ -38,26 +43,66 @@ class Progress:
     epoch: int
     batch: int
 
+    def as_dict(self) -> dict[str, int]:
+        """The checkpoint's ``progress`` entry (in state.pt and meta.json)."""
+        return {"step": self.step, "epoch": self.epoch, "batch": self.batch}
 
-def save_checkpoint(
-    directory: str | os.PathLike,
-    *,
-    method_state: dict[str, Any],
-    optimizer_state: dict[str, Any],
-    progress: Progress,
-    config: dict[str, Any],
-) -> Path:
-    """Write a checkpoint into `directory` (created if missing) and return its path."""
+
+class Stateful(Protocol):
+    """A part of the training state, as torch modules and optimizers already are."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> Any: ...
+
+
+class TorchRNG:
+    """The CPU torch generator as a stateful part (state.pt's ``torch_rng``)."""
+
+    def state_dict(self) -> torch.Tensor:
+        return torch.get_rng_state()
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        torch.set_rng_state(state)
+
+
+class CheckpointManager:
+    """Saves and restores `states`, a dict of stateful parts, one ``state.pt`` entry per key.
+
+    A ``progress`` part is required: its state (step, epoch, batch) also goes to meta.json.
+    Restore loads every part in the dict's order; a part the checkpoint lacks is a UsageError.
+    """
+
+    def __init__(self, states: dict[str, Stateful]) -> None:
+        if "progress" not in states:
+            raise ValueError(f"a checkpoint needs a 'progress' part; got {sorted(states)}")
+        self.states = states
+
+    def save(self, directory: str | os.PathLike, config: dict[str, Any]) -> Path:
+        """Write every part's state (and `config`, to meta.json) into `directory`."""
+        return save_checkpoint(directory, {name: part.state_dict() for name, part in self.states.items()},
+                               config=config)
+
+    def restore(self, directory: str | os.PathLike) -> None:
+        """Load every part from the checkpoint in `directory`."""
+        state = load_state(directory)
+        missing = [name for name in self.states if name not in state]
+        if missing:
+            raise UsageError(f"checkpoint {str(directory)!r} has no {', '.join(missing)} state "
+                             f"(it holds {', '.join(sorted(state))})")
+        for name, part in self.states.items():
+            part.load_state_dict(state[name])
+
+
+def save_checkpoint(directory: str | os.PathLike, state: Mapping[str, Any], *, config: dict[str, Any]) -> Path:
+    """Write `state` (tensors and containers, with a ``progress`` entry) and `config` into
+    `directory` (created if missing) and return its path."""
+    if "progress" not in state:
+        raise ValueError(f"a checkpoint needs a 'progress' entry; got {sorted(state)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {
-        "method": method_state,
-        "optimizer": optimizer_state,
-        "torch_rng": torch.get_rng_state(),
-        "progress": {"step": progress.step, "epoch": progress.epoch, "batch": progress.batch},
-    }
     tmp = directory / (STATE_FILE + ".tmp")
-    torch.save(state, tmp)
+    torch.save(dict(state), tmp)
     os.replace(tmp, directory / STATE_FILE)
     meta = {"progress": state["progress"], "config": config, "format": 1}
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -81,6 +126,7 @@ def load_meta(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def progress_of(state: dict[str, Any]) -> Progress:
+    """The progress entry of a loaded state.pt."""
     p = state["progress"]
     return Progress(step=int(p["step"]), epoch=int(p["epoch"]), batch=int(p["batch"]))
 

@@ -18,6 +18,7 @@ from sharding.dataset import load_manifest
 from groundfloor.ray_connect import connect_ray
 from groundfloor.storage import Storage, absolute, join, resolve_endpoint
 from trainers.config import TrainConfig, dataset_roots
+from trainers.fault_drill import FaultDrillHook
 from trainers.storage import storage_for
 from groundfloor.errors import UsageError
 
@@ -118,12 +119,12 @@ def check_cluster(config: TrainConfig, poll_s: float = 2.0, can_grow: bool = Tru
 def torch_config(config: TrainConfig):
     """Ray Train's process-group settings: the backend per device type and the timeout.
 
-    ``cpu:gloo,cuda:nccl`` on GPUs (trainers/distributed.py says why); the timeout covers one
+    ``cpu:gloo,cuda:nccl`` on GPUs (trainers/distributed/process_group.py says why); the timeout covers one
     collective plus the online monitor's budget, so ranks waiting for rank 0's probe survive.
     """
     from ray.train.torch import TorchConfig
 
-    from trainers.distributed import process_group_backend
+    from trainers.distributed.process_group import process_group_backend
 
     return TorchConfig(backend=process_group_backend(config.scaling.use_gpu),
                        timeout_s=config.collective_timeout_s())
@@ -146,6 +147,12 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     config.run.storage = absolute(config.run.storage)
     config.run.out_dir = os.path.abspath(config.run.output_dir())
     return config
+
+
+def step_hooks(config: TrainConfig) -> list[Any]:
+    """What every worker's Trainer runs before each step: the recovery drills of `run.fault`."""
+    drills = FaultDrillHook.from_config(config)
+    return [drills] if drills is not None else []
 
 
 RAY_LOG_FILE = "ray.log"
@@ -192,7 +199,7 @@ def _fit(config: TrainConfig, epoch_hooks: Sequence[Any] = (), progress: Optiona
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "epoch_hooks": list(epoch_hooks),
-                           "progress_board": name},
+                           "step_hooks": step_hooks(config), "progress_board": name},
         torch_config=torch_config(config),
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}

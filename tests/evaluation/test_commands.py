@@ -28,7 +28,7 @@ def _checkpoint(path, dataset: str, method: str, backbone: dict, seed: int) -> s
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    save_checkpoint(path, method_state=model.state_dict(), optimizer_state={}, progress=Progress(3, 0, 3),
+    save_checkpoint(path, {"method": model.state_dict(), "optimizer": {}, "progress": Progress(3, 0, 3).as_dict()},
                     config=config.model_dump(mode="json"))
     return str(path)
 

@@ -9,8 +9,8 @@ from groundfloor.errors import UsageError
 
 
 def _save(directory, step):
-    save_checkpoint(directory, method_state={"w": torch.full((3,), float(step))}, optimizer_state={"state": {}},
-                    progress=Progress(step, 0, step), config={"step": step})
+    save_checkpoint(directory, {"method": {"w": torch.full((3,), float(step))}, "optimizer": {"state": {}},
+                                "progress": Progress(step, 0, step).as_dict()}, config={"step": step})
 
 
 def test_round_trip_is_weights_only(tmp_path):
@@ -36,3 +36,48 @@ def test_a_folder_that_is_not_a_checkpoint_is_a_usage_error(tmp_path):
         resolve_checkpoint(str(tmp_path))
     with pytest.raises(UsageError, match="does not exist"):
         resolve_checkpoint(str(tmp_path / "missing"))
+
+
+# ---------------------------------------------------------------- the Trainer's stateful parts
+class _Counter:
+    """A stateful part the Trainer does not know about."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def state_dict(self) -> dict:
+        return {"value": torch.tensor(self.value)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = int(state["value"])
+
+
+def test_the_trainer_keeps_the_on_disk_keys_of_old_checkpoints(tmp_path):
+    from tests.trainers.tiny import TINY_CONFIGS, make_trainer
+
+    make_trainer(TINY_CONFIGS["simclr"], 3).save(str(tmp_path))
+    assert sorted(load_state(tmp_path)) == ["method", "optimizer", "progress", "torch_rng"]
+
+
+def test_a_new_stateful_part_is_saved_and_restored_without_touching_save_or_restore(tmp_path):
+    from tests.trainers.tiny import TINY_CONFIGS, make_trainer
+
+    trainer = make_trainer(TINY_CONFIGS["simclr"], 3)
+    trainer.checkpoint.states["counter"] = _Counter(7)
+    trainer.save(str(tmp_path))
+    assert int(load_state(tmp_path)["counter"]["value"]) == 7
+
+    resumed = make_trainer(TINY_CONFIGS["simclr"], 3)
+    resumed.checkpoint.states["counter"] = counter = _Counter(0)
+    resumed.restore(str(tmp_path))
+    assert counter.value == 7
+
+
+def test_a_checkpoint_without_a_part_is_a_usage_error_naming_it(tmp_path):
+    from tests.trainers.tiny import TINY_CONFIGS, make_trainer
+
+    make_trainer(TINY_CONFIGS["simclr"], 3).save(str(tmp_path))
+    resumed = make_trainer(TINY_CONFIGS["simclr"], 3)
+    resumed.checkpoint.states["counter"] = _Counter(0)
+    with pytest.raises(UsageError, match="has no counter state"):
+        resumed.restore(str(tmp_path))

@@ -12,7 +12,7 @@ from torch import nn
 from tests.trainers.spawn import run_distributed
 from trainers import distributed
 from trainers.backbones import BackboneConfig, build_backbone
-from trainers.distributed import SyncBatchNorm, convert_sync_batchnorm
+from trainers.distributed.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 WORLD = 2
 B = 4  # rows per rank

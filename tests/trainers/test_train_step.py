@@ -15,7 +15,8 @@ from tests.trainers.tiny import (GLOBAL_BATCH, TINY_CONFIGS, default_dtype, make
 from trainers import distributed
 from trainers.backbones import Backbone
 from trainers.methods import METHODS, Method, MethodConfig, register_method
-from trainers.train_loop import NonFiniteLoss, step_and_log
+from trainers.train_loop import step_and_log
+from trainers.trainer import NonFiniteLoss
 
 
 class _ToyBackbone(Backbone):
@@ -126,6 +127,19 @@ def test_bf16_and_channels_last_train_on_cpu():
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     for s, v in enumerate(make_views(TINY_CONFIGS["simclr"], 2)):
         assert torch.isfinite(trainer.train_step(view_batch(v, s))["loss"])
+
+
+def test_channels_last_by_default_follows_the_backbone_family_not_its_modules():
+    """auto: NHWC for the conv families; decided by `family`, not by the modules' class names."""
+    from trainers.backbones import BackboneConfig, build_backbone
+    from trainers.trainer import wants_channels_last
+
+    assert wants_channels_last(build_backbone("convnet")) and wants_channels_last(build_backbone("resnet18"))
+    vit = build_backbone(BackboneConfig(name="vit_tiny", image_size=16))
+    swin = build_backbone(BackboneConfig(name="swin_nano", image_size=16))  # has convolutions, is no conv net
+    assert not wants_channels_last(vit) and not wants_channels_last(swin)
+    vit.family = "convnet"  # a VisionTransformer that says it is a conv net is taken at its word
+    assert wants_channels_last(vit)
 
 
 @pytest.mark.integration

@@ -1,6 +1,6 @@
 """Tiny configurations of every method, run through the REAL `Trainer.train_step`.
 
-`make_trainer` builds `trainers.train_loop.Trainer` without a loader (the TrainConfig names a
+`make_trainer` builds `trainers.trainer.Trainer` without a loader (the TrainConfig names a
 dataset it never opens) with LARS, a warm-up + cosine schedule and gradient clipping, so the
 equivalence tests exercise exactly the runner's step: DDP (on 2 gloo ranks), clipping,
 scheduler, optimizer, EMA updates.
@@ -15,7 +15,7 @@ import torch
 from pipeline import DataPosition, ViewBatch
 from trainers import distributed
 from trainers.config import TrainConfig
-from trainers.train_loop import Trainer
+from trainers.trainer import Trainer
 
 CONVNET = {"name": "convnet", "width": 0.25}
 GLOBAL_BATCH = 8

@@ -38,8 +38,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import Tensor, nn
 
-from trainers.backbones import BackboneConfig, build_backbone, is_known_backbone, unknown_backbone_message
-from trainers.distributed import convert_sync_batchnorm
+from trainers.backbones.base import BackboneConfig
+from trainers.backbones.registry import build_backbone, is_known_backbone, unknown_backbone_message
+from trainers.distributed.sync_batchnorm import convert_sync_batchnorm
 from groundfloor.errors import UsageError, usage_error_from
 
 __all__ = [

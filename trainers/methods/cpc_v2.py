@@ -46,7 +46,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from trainers import distributed
-from trainers.backbones import Backbone
+from trainers.backbones.base import Backbone
 from trainers.losses import cpc_infonce
 from trainers.methods.base import Method, MethodConfig, register_method
 from groundfloor.errors import UsageError
