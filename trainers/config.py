@@ -227,7 +227,7 @@ class TrainConfig(_Strict):
         data.setdefault("global_batch_size", self.batch_size)
         if spec.num_global != 2:
             raise UsageError(f"data.recipe {self.data.recipe!r} makes {spec.num_global} global views; methods need 2")
-        config = parse_method_config(data)
+        config = parse_method_config(data, where="method.")
         config.check_view_sizes([v.size for v in spec.views if v.kind == "global"])
         return config
 

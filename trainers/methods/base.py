@@ -302,8 +302,9 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def parse_method_config(data: MethodConfig | dict[str, Any]) -> MethodConfig:
-    """Validate `data` with the config class of the method it names; UsageError if bad."""
+def parse_method_config(data: MethodConfig | dict[str, Any], where: str = "") -> MethodConfig:
+    """Validate `data` with the config class of the method it names; UsageError if bad, its
+    field paths prefixed by `where` (``"method."`` when `data` is a train config's section)."""
     if isinstance(data, MethodConfig):
         data = data.model_dump()
     if not isinstance(data, dict) or "name" not in data:
@@ -314,7 +315,7 @@ def parse_method_config(data: MethodConfig | dict[str, Any]) -> MethodConfig:
     try:
         return METHODS[name].config_class(**data)
     except ValidationError as error:
-        raise usage_error_from(error, f"{name} config", prefix="method.") from None
+        raise usage_error_from(error, f"{name} config", prefix=where) from None
 
 
 def build_method(config: MethodConfig | dict[str, Any], seed: int | None = None) -> Method:
