@@ -5,8 +5,8 @@ Ray Train with 1 worker, (c) with 2 workers. Reports step time after start-up, t
 (b) over (a), Ray's start-up time, and the fraction of step time spent waiting for data. Also:
 
 - host_syncs_per_step: during (a)'s timed steps OUTSIDE log steps, the calls that force a
-  device->host sync on a GPU (Tensor.item/.cpu/.tolist/.numpy/__float__/__int__/__bool__,
-  torch.cuda.synchronize), counted by wrapping them (goal 0);
+  device->host sync on a GPU (`testbed.host_syncs`: value reads, data-dependent shapes,
+  boolean-mask indexing, torch.cuda.synchronize), counted by wrapping them (goal 0);
 - ddp_vs_flat_step_ratio: step time of the DDP gradient sync (trainers.distributed.data_parallel)
   over the old flat all-reduce (average_gradients), 2 gloo processes, SimCLR on ResNet-18 at
   64 px, same seeds and batches (goal <= 1).
@@ -19,15 +19,12 @@ ddp_vs_flat_step_ratio, data_wait_fraction, startup_s, step_s (plus the figures 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,6 +39,7 @@ from trainers.metrics import read_metrics  # noqa: E402
 from trainers.runner import run_training  # noqa: E402
 from trainers.train_loop import StepTimer, is_log_step, step_and_log  # noqa: E402
 from trainers.trainer import Trainer  # noqa: E402
+from testbed.host_syncs import counting_host_syncs  # noqa: E402
 
 
 def make_config(dataset: str, storage: str, name: str, workers: int, steps: int, batch: int) -> TrainConfig:
@@ -55,31 +53,6 @@ def make_config(dataset: str, storage: str, name: str, workers: int, steps: int,
         "scaling": {"num_workers": workers, "cpus_per_worker": 1},
         "run": {"name": name, "storage": storage, "checkpoint_every_steps": steps, "log_every_steps": 10},
     })
-
-
-SYNC_POINTS = [(torch.Tensor, name) for name in ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")]
-
-
-@contextlib.contextmanager
-def counting_host_syncs(counter: list[int]) -> Iterator[None]:
-    """Count calls that make the host wait for the device (on a GPU), while active."""
-    originals = [(owner, name, getattr(owner, name)) for owner, name in SYNC_POINTS]
-    originals.append((torch.cuda, "synchronize", torch.cuda.synchronize))
-
-    def counted(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            counter[0] += 1
-            return fn(*args, **kwargs)
-        return wrapper
-
-    for owner, name, fn in originals:
-        setattr(owner, name, counted(fn))
-    try:
-        yield
-    finally:
-        for owner, name, fn in originals:
-            setattr(owner, name, fn)
 
 
 def plain_loop(config: TrainConfig, warmup: int) -> dict[str, float]:

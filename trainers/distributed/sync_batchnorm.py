@@ -1,9 +1,14 @@
-"""Batch norm whose training statistics span all ranks, on gloo/CPU as well as CUDA.
+"""Batch norm whose training statistics span all ranks: one code path for CPU/gloo and CUDA/NCCL.
 
 Invariant: with N ranks of batch B the normalisation, its gradient and the running statistics
-equal those of one rank with batch N*B (one all-gather forward, one all-reduce backward). On
-CUDA it is torch's `nn.SyncBatchNorm`; on one process or in eval mode, plain batch norm.
-See ARCHITECTURE.md section 3.
+equal those of one rank with batch N*B (one all-gather forward, one all-reduce backward), and no
+step waits for the device: counts, means and the running-statistics update stay tensors (no
+`.item()`, no boolean indexing, no Python float of a device value). torch's own
+`nn.SyncBatchNorm` is not used on CUDA: its forward drops empty ranks with `count_all[mask]`, a
+host sync per BN layer per forward that also rules out CUDA graphs (torch/nn/modules/
+_functions.py, `SyncBatchNorm.forward`: "The lines below force a synchronization between CUDA
+and CPU"). Statistics are computed in fp32 whatever the autocast dtype. On one process or in
+eval mode it is plain batch norm. See ARCHITECTURE.md section 3.
 """
 from __future__ import annotations
 
@@ -29,8 +34,8 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps):  # type: ignore[override]
         channels = x.shape[1]
         flat = x.transpose(0, 1).reshape(channels, -1)  # C x (N * spatial)
-        count = flat.shape[1]
-        local_mean = flat.mean(dim=1)
+        count = flat.shape[1]  # a shape: known on the host, no sync
+        local_mean = flat.sum(dim=1) / max(count, 1)  # an empty rank contributes count 0, mean 0
         local_m2 = (flat - local_mean[:, None]).pow(2).sum(dim=1)
         stats = torch.cat([torch.full_like(local_mean[:1], float(count)), local_mean, local_m2])
         gathered = [torch.empty_like(stats) for _ in range(world_size())]
@@ -52,7 +57,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         ctx.save_for_backward(xhat, weight, invstd)
         ctx.total = total
         ctx.has_bias = bias is not None
-        unbiased_var = var * (total / max(float(total) - 1.0, 1.0))
+        unbiased_var = var * (total / (total - 1).clamp(min=1))  # tensors only: no host sync
         ctx.mark_non_differentiable(mean, unbiased_var)
         return out, mean, unbiased_var
 
@@ -79,15 +84,11 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
 
 class SyncBatchNorm(nn.SyncBatchNorm):
-    """BatchNorm whose training statistics span all ranks, on CPU/gloo as well as CUDA.
-
-    On CUDA it is torch's `nn.SyncBatchNorm`; on CPU it uses a gloo-friendly autograd function;
-    on one process (or in eval mode) it is plain batch norm. Accepts (N, C, ...) inputs.
-    """
+    """BatchNorm whose training statistics span all ranks: the same autograd function on CPU
+    and CUDA (see the module docstring); on one process (or in eval mode) plain batch norm.
+    Accepts (N, C, ...) inputs; returns the input's dtype."""
 
     def forward(self, input: Tensor) -> Tensor:
-        if input.is_cuda:
-            return super().forward(input)
         if input.dim() < 2:
             raise ValueError(f"SyncBatchNorm expects (N, C, ...) input, got shape {tuple(input.shape)}")
         use_batch_stats = self.training or self.running_mean is None
@@ -100,24 +101,33 @@ class SyncBatchNorm(nn.SyncBatchNorm):
                 self.weight,
                 self.bias,
                 use_batch_stats,
-                momentum,
+                float(momentum),
                 self.eps,
             )
-        out, mean, unbiased_var = _SyncBatchNormFunction.apply(input, self.weight, self.bias, self.eps)
+        # fp32 statistics under autocast (bf16 sums over N*H*W values lose the mean)
+        with torch.autocast(device_type=input.device.type, enabled=False):
+            out, mean, unbiased_var = _SyncBatchNormFunction.apply(
+                input.float(), _fp32(self.weight), _fp32(self.bias), self.eps)
         if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
-                self.running_var.mul_(1 - momentum).add_(unbiased_var.detach(), alpha=momentum)
-        return out
+            with torch.no_grad():  # momentum may be a device tensor (cumulative average): no sync
+                self.running_mean.mul_(1 - momentum).add_(mean.detach() * momentum)
+                self.running_var.mul_(1 - momentum).add_(unbiased_var.detach() * momentum)
+        return out.to(input.dtype)
 
-    def _momentum_for_step(self) -> float:
-        """Same bookkeeping as torch's _BatchNorm (cumulative average when momentum is None)."""
+    def _momentum_for_step(self) -> float | Tensor:
+        """Same bookkeeping as torch's _BatchNorm; the cumulative average (momentum None) is
+        1 / num_batches_tracked, kept a tensor on the distributed path (torch reads it with
+        `float()`, a host sync, which the plain path below keeps as torch has it)."""
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked)
+                momentum = 1.0 / self.num_batches_tracked
         return momentum
+
+
+def _fp32(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.float()
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
