@@ -245,3 +245,27 @@ def test_converted_resnet_equals_single_process(results):
             close(res["resnet"]["grads"][n], p.grad, tol=1e-4)
         for n, b in net.named_buffers():
             close(res["resnet"]["stats"][n], b)
+
+
+def test_the_ddp_buffer_keyword_fits_every_torch_the_package_allows():
+    """pyproject allows torch from its floor; DDP's keyword changed name (broadcast_buffers ->
+    forward_sync_buffers), so the wrapper picks whichever the installed DDP takes."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    from trainers.distributed.data_parallel import no_buffer_sync
+
+    chosen = no_buffer_sync(DistributedDataParallel)
+    assert set(chosen) <= set(inspect.signature(DistributedDataParallel.__init__).parameters)
+    assert chosen == {next(iter(chosen)): False}
+
+    class OldDDP:  # torch before the rename
+        def __init__(self, module, device_ids=None, broadcast_buffers=True, find_unused_parameters=False):
+            pass
+
+    assert no_buffer_sync(OldDDP) == {"broadcast_buffers": False}
+    floor = re.search(r'"torch>=([\d.]+)', Path(__file__).resolve().parents[2].joinpath("pyproject.toml").read_text())
+    assert floor, "pyproject.toml names a torch floor"

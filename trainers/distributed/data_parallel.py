@@ -10,6 +10,8 @@ graph. See ARCHITECTURE.md section 3.
 """
 from __future__ import annotations
 
+import inspect
+
 from typing import Iterable
 
 import torch
@@ -50,7 +52,7 @@ def data_parallel(method: nn.Module, device: torch.device | str, bucket_cap_mb: 
       all-reduce is read back when the buckets are finalised) plus a graph traversal after
       forward, so the Trainer turns it on only for the steps that need it and re-wraps without
       it afterwards (trainers/trainer.py).
-    - ``forward_sync_buffers=False``: BN statistics are synchronised by SyncBatchNorm and queues
+    - no buffer broadcast (`no_buffer_sync`): BN statistics are synchronised by SyncBatchNorm and queues
       or centres are identical by construction; re-broadcasting them every forward would be one
       more collective per step.
     - gradients are averaged (DDP divides by the world size), the convention above.
@@ -73,9 +75,18 @@ def data_parallel(method: nn.Module, device: torch.device | str, bucket_cap_mb: 
     # method's collectives. Unused parameters: reducer.cpp copy_bucket_to_grad ("If a parameter
     # is globally unused, we keep its grad untouched").
     return _DDP(
-        module, device_ids=device_ids, forward_sync_buffers=False, find_unused_parameters=find_unused_parameters,
-        bucket_cap_mb=bucket_cap_mb,
+        module, device_ids=device_ids, find_unused_parameters=find_unused_parameters,
+        bucket_cap_mb=bucket_cap_mb, **no_buffer_sync(_DDP),
     )
+
+
+def no_buffer_sync(ddp_class: type) -> dict[str, bool]:
+    """The DDP keyword that turns off the per-forward buffer broadcast, for the installed torch:
+    `forward_sync_buffers` where DDP has it (torch/nn/parallel/distributed.py: "`broadcast_buffers`
+    is deprecated. Use `forward_sync_buffers`"), else `broadcast_buffers`, which older torch
+    (pyproject's floor included) takes with the same meaning."""
+    params = inspect.signature(ddp_class.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 # Method config fields that make parameters gradient-free for their first N steps (DDP must then
