@@ -178,6 +178,9 @@ class TrainConfig(_Strict):
         "losses without BatchNorm. BN and contrastive losses see micro-batches: statistics and negatives shrink")
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="NHWC memory format; auto: on CUDA for conv nets")
     compile: bool = Field(False, description="torch.compile the backbone (in place: checkpoint keys unchanged)")
+    tf32: bool = Field(True, description="CUDA: TF32 for fp32 matmuls and cuDNN convolutions (no effect on CPU)")
+    cudnn_benchmark: Literal["auto", "on", "off"] = Field(
+        "auto", description="CUDA: cuDNN autotuning; auto: on for conv nets (fixed shapes per view size)")
     nonfinite_loss: Literal["stop", "skip"] = Field(
         "stop", description="stop: the run fails at the next log/checkpoint step after a NaN/inf loss, before any "
         "non-finite checkpoint is written (no per-step host sync); skip: every step checks and skips the update "

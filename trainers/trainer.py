@@ -51,6 +51,22 @@ def wants_channels_last(backbone: Backbone) -> bool:
     return backbone.family in CONV_FAMILIES
 
 
+def cuda_flags(config: TrainConfig, backbone: Backbone) -> dict[str, object]:
+    """The process-wide CUDA math settings a run asks for (applied only on CUDA)."""
+    benchmark = config.cudnn_benchmark == "on" or (config.cudnn_benchmark == "auto" and backbone.family in CONV_FAMILIES)
+    return {"matmul_precision": "high" if config.tf32 else "highest", "cudnn_allow_tf32": config.tf32,
+            "cudnn_benchmark": benchmark}
+
+
+def apply_cuda_flags(flags: dict[str, object]) -> None:
+    """Set them: `torch.set_float32_matmul_precision` ("high": fp32 matmuls may use TF32,
+    torch/__init__.py), `torch.backends.cudnn.allow_tf32` and `.benchmark` (CudnnModule in
+    torch/backends/cudnn/__init__.py). Process-wide flags: one training per worker process."""
+    torch.set_float32_matmul_precision(str(flags["matmul_precision"]))
+    torch.backends.cudnn.allow_tf32 = bool(flags["cudnn_allow_tf32"])
+    torch.backends.cudnn.benchmark = bool(flags["cudnn_benchmark"])
+
+
 def resolve_precision(precision: str, device: str) -> Optional[torch.dtype]:
     """The autocast dtype (None: fp32) for `precision` on `device`; UsageError where unusable."""
     if precision == "auto":
@@ -83,6 +99,8 @@ class Trainer:
             config.channels_last == "auto" and device == "cuda" and wants_channels_last(self.method.backbone))
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
+        if device == "cuda":
+            apply_cuda_flags(cuda_flags(config, self.method.backbone))
         if config.compile:
             # nn.Module.compile compiles in place: state_dict keys stay those of the module (no
             # "_orig_mod." prefix), so checkpoints and evaluation are unchanged.

@@ -241,3 +241,23 @@ def test_ddp_searches_unused_parameters_only_while_a_method_freezes_some():
     simclr = make_trainer(TINY_CONFIGS["simclr"], 10)
     assert simclr.unused_parameters_until == 0 and not simclr._find_unused
     assert distributed.unused_parameter_steps(nn.Linear(2, 2)) == 0
+
+
+def test_cuda_defaults_are_tf32_and_cudnn_autotuning_for_conv_nets():
+    from trainers.trainer import apply_cuda_flags, cuda_flags
+
+    def flags(method: dict, **fields) -> dict:
+        trainer = make_trainer(method, 3, **fields)
+        return cuda_flags(trainer.config, trainer.method.backbone)
+
+    assert flags(TINY_CONFIGS["simclr"]) == {"matmul_precision": "high", "cudnn_allow_tf32": True, "cudnn_benchmark": True}
+    assert flags(TINY_CONFIGS["moco_v3_vit"])["cudnn_benchmark"] is False  # a ViT: nothing to tune
+    assert flags(TINY_CONFIGS["simclr"], tf32=False, cudnn_benchmark="off") == {
+        "matmul_precision": "highest", "cudnn_allow_tf32": False, "cudnn_benchmark": False}
+    before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        apply_cuda_flags({"matmul_precision": "high", "cudnn_allow_tf32": False, "cudnn_benchmark": True})
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cudnn.benchmark is True
+    finally:
+        apply_cuda_flags({"matmul_precision": before[0], "cudnn_allow_tf32": before[1], "cudnn_benchmark": before[2]})
