@@ -67,6 +67,25 @@ def apply_cuda_flags(flags: dict[str, object]) -> None:
     torch.backends.cudnn.benchmark = bool(flags["cudnn_benchmark"])
 
 
+def compile_student(backbone: Backbone) -> None:
+    """torch.compile every entry point the student's step calls, in place.
+
+    `nn.Module.compile` wraps `__call__` only (torch/nn/modules/module.py: it sets
+    `_compiled_call_impl`, used by `_call_impl`), so the token path of the ViT methods
+    (`forward_tokens`: iBOT's masked student, SiT's corrupted student) is compiled separately, as
+    an instance attribute that shadows the method. State-dict keys are unchanged (no
+    "_orig_mod." prefix), so checkpoints and evaluation see the plain module. EMA teachers are
+    copies made before this and stay eager (they run under no_grad, once per step).
+    Graph breaks that remain: SyncBatchNorm's all-gather on 2+ ranks (a c10d collective inside
+    the conv nets' forward; torch's own SyncBatchNorm breaks there too, pytorch/pytorch#161302),
+    and the losses' cross-rank gathers, which run outside the compiled backbone.
+    """
+    backbone.compile()
+    tokens = getattr(type(backbone), "forward_tokens", None)
+    if tokens is not None:
+        backbone.forward_tokens = torch.compile(backbone.forward_tokens)
+
+
 def resolve_precision(precision: str, device: str) -> Optional[torch.dtype]:
     """The autocast dtype (None: fp32) for `precision` on `device`; UsageError where unusable."""
     if precision == "auto":
@@ -102,9 +121,7 @@ class Trainer:
         if device == "cuda":
             apply_cuda_flags(cuda_flags(config, self.method.backbone))
         if config.compile:
-            # nn.Module.compile compiles in place: state_dict keys stay those of the module (no
-            # "_orig_mod." prefix), so checkpoints and evaluation are unchanged.
-            self.method.backbone.compile()
+            compile_student(self.method.backbone)
         self.loader: Optional[ViewLoader] = None
         if steps_per_epoch is None:
             self.loader = ViewLoader(

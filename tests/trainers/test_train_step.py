@@ -261,3 +261,33 @@ def test_cuda_defaults_are_tf32_and_cudnn_autotuning_for_conv_nets():
         assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cudnn.benchmark is True
     finally:
         apply_cuda_flags({"matmul_precision": before[0], "cudnn_allow_tf32": before[1], "cudnn_benchmark": before[2]})
+
+
+def _compiled_frames(call) -> int:
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    call()
+    return int(counters["frames"]["ok"])
+
+
+@pytest.mark.integration  # inductor compiles a ViT and a conv net on the CPU: about a minute
+@pytest.mark.parametrize("method", ["ibot", "simclr"])
+def test_compile_covers_every_student_entry_point(method):
+    """`compile: true` compiles what the step calls: the token path of a ViT method (iBOT's
+    masked student goes through forward_tokens, which nn.Module.compile does not wrap) and the
+    plain forward of a conv net."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    trainer = make_trainer(TINY_CONFIGS[method], 10, compile=True)
+    backbone = trainer.method.backbone
+    x = torch.randn(2, 3, 16, 16)
+    assert _compiled_frames(lambda: backbone(x)) >= 1
+    if method == "ibot":
+        assert _compiled_frames(lambda: backbone.forward_tokens(x)) >= 1
+        eager = make_trainer(TINY_CONFIGS[method], 10).method.backbone
+        assert _compiled_frames(lambda: eager.forward_tokens(x)) == 0
+    assert "_orig_mod" not in "".join(trainer.method.state_dict())
+    logs = trainer.train_step(view_batch(make_views(TINY_CONFIGS[method], 1)[0], 0))
+    assert torch.isfinite(logs["loss"])
