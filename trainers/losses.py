@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainers import distributed
+from trainers.precision import fp32_statistics
 
 __all__ = [
     "nt_xent", "info_nce", "moco_v3", "sinkhorn", "swav", "dino", "dino_center_update", "negative_cosine",
@@ -85,6 +86,7 @@ def moco_v3(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, temperature: float =
 
 
 @torch.no_grad()
+@fp32_statistics
 def sinkhorn(scores: Tensor, iterations: int = 3, epsilon: float = 0.05) -> Tensor:
     """SwAV's distributed Sinkhorn-Knopp (Caron et al. 2020, https://arxiv.org/abs/2006.09882).
 
@@ -96,7 +98,7 @@ def sinkhorn(scores: Tensor, iterations: int = 3, epsilon: float = 0.05) -> Tens
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     _check_temperature("epsilon", epsilon)
-    scores = scores.detach().to(torch.promote_types(scores.dtype, torch.float32)) / epsilon  # never fp16
+    scores = scores.detach() / epsilon
     scores = scores - distributed.all_reduce_max(scores.max())
     q = torch.exp(scores).T  # K x B
     prototypes = q.shape[0]
@@ -180,6 +182,7 @@ def dino(
 
 
 @torch.no_grad()
+@fp32_statistics
 def dino_center_update(teacher_out: Sequence[Tensor], center: Tensor, momentum: float = 0.9) -> Tensor:
     """DINO's EMA of the teacher's mean output over ALL ranks' samples; returns the new center."""
     stacked = torch.cat([t.detach() for t in teacher_out], dim=0)
@@ -220,6 +223,7 @@ def ibot_patch(
 
 
 @torch.no_grad()
+@fp32_statistics
 def ibot_center_update(teacher_cls: Sequence[Tensor], teacher_patch: Sequence[Tensor], center: Tensor,
                        patch_center: Tensor, momentum: float = 0.9, patch_momentum: float = 0.9
                        ) -> tuple[Tensor, Tensor]:
@@ -228,9 +232,8 @@ def ibot_center_update(teacher_cls: Sequence[Tensor], teacher_patch: Sequence[Te
 
     `teacher_cls[q]` (B, K), `teacher_patch[q]` (B, L, K2); returns (center, patch_center).
     """
-    dtype = torch.promote_types(center.dtype, torch.float32)  # sums of bf16 autocast outputs in fp32
-    cls = torch.cat([t.detach().to(dtype) for t in teacher_cls], dim=0)
-    patch = torch.cat([t.detach().to(dtype).mean(dim=1) for t in teacher_patch], dim=0)
+    cls = torch.cat([t.detach() for t in teacher_cls], dim=0)
+    patch = torch.cat([t.detach().mean(dim=1) for t in teacher_patch], dim=0)
     sums = distributed.all_reduce_sum(torch.cat([cls.sum(dim=0), patch.sum(dim=0)])[None])
     total = cls.shape[0] * distributed.world_size()
     k = cls.shape[1]
@@ -268,6 +271,7 @@ def _global_standardize(z: Tensor, eps: float) -> Tensor:
     return centered / torch.sqrt(var + eps)
 
 
+@fp32_statistics
 def barlow_twins(z1: Tensor, z2: Tensor, lambd: float = 0.0051, eps: float = 1e-5) -> Tensor:
     """Barlow Twins (Zbontar et al. 2021, https://arxiv.org/abs/2103.03230), eq. 1.
 
@@ -287,6 +291,7 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambd: float = 0.0051, eps: float = 1e-
     return on_diag + lambd * off_diag
 
 
+@fp32_statistics
 def vicreg(z1: Tensor, z2: Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0,
            eps: float = 1e-4) -> Tensor:
     """VICReg (Bardes et al. 2022, https://arxiv.org/abs/2105.04906), as vicreg main_vicreg.py `VICReg.forward`.
@@ -327,6 +332,7 @@ def moby(p1: Tensor, p2: Tensor, k1: Tensor, k2: Tensor, queue1: Tensor, queue2:
     return info_nce(p1, k2, queue2, temperature) + info_nce(p2, k1, queue1, temperature)
 
 
+@fp32_statistics
 def cpc_infonce(latents: Tensor, predictions: Sequence[Tensor], offsets: Sequence[int]) -> Tensor:
     """CPC's InfoNCE over a grid of patch latents (Hénaff et al. 2020, https://arxiv.org/abs/1905.09272, eq. 3).
 
