@@ -1,9 +1,9 @@
 """Phase two of a build: turn one planned shard into a finished, atomically published shard.
 
-`build_shard` gets its own input list from the planner (a small Parquet blob inside the task:
-a few hundred KB for a shard of 1,500 groups, shipped through the executor, on Ray through its
-object store, so nothing of it is written to the output), reads and validates each group's images (a small thread pool fetches the next inputs while this one
-is decoded: on S3 a GET waits 20-30 ms for its first byte), streams the samples through a
+`build_shard` gets its own input list from the planner (a small Parquet blob inside the task,
+shipped through the executor, on Ray through its object store, so nothing of it is written to
+the output), reads and validates each group's images (a small thread pool fetches the next
+inputs while this one is decoded, since an S3 GET waits for its first byte), streams the samples through a
 `TarWriter` into an atomic writer (temporary file + rename, or a multipart upload completed at
 the end), then publishes the `.idx`, the shard's index part (``index/{stem}.parquet``), its
 quarantine part when it has one, and last its *part record* (``_parts/{stem}.json``: counts,
