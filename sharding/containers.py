@@ -10,7 +10,8 @@ turns its samples into groups, never extracting anything to disk:
     sample's image members are its photos; its other members (``txt``, ``json``, ``url``,
     ``cls``, ...) are kept as its ``meta`` when they are text, and never decoded otherwise (no
     pickles). A member that does not decode is quarantined as ``{tar}#{member}``; a tar that
-    ends early keeps the samples before the break and quarantines the rest as one row.
+    ends early keeps the samples before the break and quarantines the rest as one row
+    (``{tar}#{last member read}``).
   * a Parquet row group is read in small record batches of the image column (``image`` as the
     Hub writes it, ``struct<bytes, path>``, or any binary column named with --bytes-column).
 
@@ -255,12 +256,14 @@ def _tar_samples(uri: str, storage: Storage, spec: ContainerSpec) -> Iterator[Sa
                         members = []
                     key, last = member_key, info.name
                     members.append((info.name, ext, data))
+                # tarfile takes a stream cut at a header as the end: a whole tar ends in zero blocks
+                if tar.fileobj.tell() - tar.offset < tarfile.BLOCKSIZE:
+                    raise tarfile.ReadError("the tar ends without its end-of-archive blocks (cut short)")
         except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-            if members:  # the members read whole before the break are kept
-                yield _tar_sample(uri, key, members, spec)
+            # The sample being read may be incomplete: it goes with the rest, in this one row.
             yield Problem(f"{uri}#{last}", key or uri, STREAM_BROKEN,
                           f"the tar stream breaks after member {last!r}: {type(err).__name__}: {err}; "
-                          "its later members are not read")
+                          f"sample {key!r} and every later member are not read")
             return
     if members:
         yield _tar_sample(uri, key, members, spec)
