@@ -9,6 +9,11 @@ memory, then planned by a fresh `plan_dataset` process (no files need to exist).
   pyarrow included. Goal: peak_rss_mb_1e7 < 400 and flat within 1.5x from 1e5 to 1e7.
 * plan_inputs_per_s_{size}: rows planned per second (read, rank, spill, sort, pack), process
   start-up excluded. Goal: plan_inputs_per_s_1e7 >= 200,000 on the 2-core box.
+* peak_rss_mb_tars_1e5 / plan_seconds_tars_1e5: a folder of 1e5 WebDataset tars (sparse files
+  of 300 MB: nothing is read but the listing), one plan row per tar.
+* peak_rss_mb_embedded_1e6 / plan_seconds_embedded_1e6: a Parquet of 1e6 rows of embedded images
+  (``image: struct<bytes, path>``, 1,000 rows per row group, tiny bytes: the plan reads only the
+  footer). Goal for both: the peak RSS of the smallest manifest, i.e. flat in tars and rows.
 The last line of output is one JSON object with these keys.
 """
 from __future__ import annotations
@@ -50,6 +55,40 @@ def write_manifest(path: Path, rows: int, per_group: int) -> None:
                                          "group": [f"listing-{i // per_group:010d}" for i in n]}, schema=schema))
 
 
+def write_tar_folder(folder: Path, tars: int) -> None:
+    """`tars` sparse files named as ShardWriter names them (no bytes on disk, 300 MB listed)."""
+    folder.mkdir()
+    for i in range(tars):
+        with open(folder / f"shards-{i:06d}.tar", "wb") as f:
+            f.truncate(300 << 20)
+
+
+def write_embedded(path: Path, rows: int) -> None:
+    """A Hub-style Parquet of `rows` rows (image struct<bytes, path>), 1,000 rows per row group."""
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([("image", kind), ("label", pa.int64())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, rows, 100_000):
+            n = range(start, min(rows, start + 100_000))
+            cells = pa.array([{"bytes": i.to_bytes(8, "big"), "path": f"{i}.jpg"} for i in n], kind)
+            writer.write_table(pa.table({"image": cells, "label": pa.array([i % 1000 for i in n])}, schema=schema),
+                               row_group_size=1000)
+
+
+def containers(tmp: str, tars: int, rows: int, result: dict) -> None:
+    for name, count, make in (("tars", tars, write_tar_folder), ("embedded", rows, write_embedded)):
+        if not count:
+            continue
+        label = f"1e{len(str(count)) - 1}" if str(count).strip("0") == "1" else str(count)
+        path = Path(tmp) / (f"tars-{label}" if name == "tars" else f"embedded-{label}.parquet")
+        make(path, count)
+        measured = plan(path)
+        print(f"{name} {count:,}: {measured['inputs']:,} plan rows, {measured['shards']:,} shards, "
+              f"{measured['seconds']:.1f} s, peak RSS {measured['peak_rss_mb']:.0f} MB", flush=True)
+        result[f"peak_rss_mb_{name}_{label}"] = round(measured["peak_rss_mb"], 1)
+        result[f"plan_seconds_{name}_{label}"] = round(measured["seconds"], 2)
+
+
 def plan(path: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", CHILD, str(path)], cwd=REPO, env=env, check=True,
@@ -62,10 +101,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1e5,1e6,1e7", help="comma-separated manifest sizes")
     parser.add_argument("--per-group", type=int, default=3, help="photos per listing")
+    parser.add_argument("--tars", type=float, default=1e5, help="WebDataset tars in the listing (0: skip)")
+    parser.add_argument("--embedded-rows", type=float, default=1e6, help="rows of the embedded Parquet (0: skip)")
     args = parser.parse_args()
     result: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench_shard_plan_") as tmp:
-        for text in args.sizes.split(","):
+        for text in filter(None, args.sizes.split(",")):
             rows = int(float(text))
             label = f"1e{len(str(rows)) - 1}" if str(rows).strip("0") == "1" else str(rows)
             path = Path(tmp) / f"manifest-{label}.parquet"
@@ -81,6 +122,7 @@ def main() -> None:
                   flush=True)
             result[f"peak_rss_mb_{label}"] = round(measured["peak_rss_mb"], 1)
             result[f"plan_inputs_per_s_{label}"] = round(rows / measured["seconds"])
+        containers(tmp, int(args.tars), int(args.embedded_rows), result)
     result["load_average_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
 

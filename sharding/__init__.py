@@ -2,7 +2,11 @@
 
 Modules, one job each (read in this order):
   format      the shard format contract shared with `pipeline`
-  inputs      folder / manifest(s) / S3 Inventory / s3 prefix -> streamed record batches
+  records     the input record (INPUT_SCHEMA): one row of the plan
+  inputs      folder / manifest(s) / S3 Inventory / tars / s3 prefix -> streamed record batches
+  manifests   CSV / JSONL / Parquet manifests with named and kept columns
+  containers  WebDataset tars and embedded-bytes Parquet row groups: a plan row each, streamed
+              by the build as their samples' groups
   validate    decode each image for real: keep its bytes, re-encode it, or say why not
   plan        deterministic streamed plan: ranked, spilled partitions -> shards, stable keys
   tar_writer  deterministic streaming tar + DALI wds2idx index

@@ -22,7 +22,7 @@ import json
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +38,7 @@ from sharding.format import (
     index_part_name,
     quarantine_part_name,
 )
+from sharding.containers import ContainerSpec, Problem, container_groups, is_container
 from sharding.plan import Group, groups_of
 from groundfloor.storage import Storage, join
 from sharding.tar_writer import TarWriter
@@ -56,11 +57,38 @@ DEFAULT_PREFETCH = 8     # reads in flight per task: ~25 ms to first byte / ~3 m
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """What decides the bytes of a shard besides its inputs."""
+    """What decides the bytes of a shard besides its inputs (the last four: how containers'
+    samples become groups, `sharding.containers`)."""
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_side: int | None = None
     quality: int = 90
+    group_by: str | None = None
+    label_from: str | None = None
+    bytes_column: str | None = None
+    keep_columns: tuple[str, ...] = ()
+
+    def fingerprint_fields(self) -> dict:
+        """The options as the shard fingerprint hashes them (container fields only when set,
+        so shards of image inputs keep the fingerprints they had before containers)."""
+        fields = asdict(self)
+        for name in ("group_by", "label_from", "bytes_column", "keep_columns"):
+            if not fields[name]:
+                del fields[name]
+        return fields
+
+    @property
+    def container_spec(self) -> ContainerSpec:
+        return ContainerSpec(self.group_by, self.label_from, self.bytes_column, self.keep_columns)
+
+
+class View(NamedTuple):
+    """A photo kept for a group: where it came from, what is stored, its sha256, its meta."""
+
+    source: str
+    image: ValidImage
+    sha256: str
+    meta: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -125,20 +153,19 @@ def build_shard(task: ShardTask, output: str, options: BuildOptions, storage: St
     labels: set[str] = set()
     with contextlib.ExitStack() as stack:
         writer: TarWriter | None = None
-        reads = _prefetched(groups, storage, prefetch)
-        for group in groups:
+        for group, reads in _units(groups, storage, options, prefetch, quarantine_rows):
             views, rejected = validate_group(group, options, reads)
             quarantine_rows.extend(rejected)
             if not views:
                 continue
             if writer is None:  # opened lazily: a shard whose every input is bad writes no tar
                 writer = TarWriter(stack.enter_context(storage.open_atomic_write(tar_uri)))
-            members = [(f"{i}.{v.ext}", v.data) for i, (_, v, _) in enumerate(views)]
+            members = [(f"{i}.{v.image.ext}", v.image.data) for i, v in enumerate(views)]
             members.append(("json", group_metadata(group, views)))
             writer.write_sample(group.key, members)
             record.num_samples += 1
             record.num_views += len(views)
-            record.num_reencoded += sum(v.reencoded for _, v, _ in views)
+            record.num_reencoded += sum(v.image.reencoded for v in views)
             label = text(group.label) if group.label is not None else None
             if label is not None:
                 labels.add(label)
@@ -148,10 +175,10 @@ def build_shard(task: ShardTask, output: str, options: BuildOptions, storage: St
                     "key": group.key,
                     "group_id": text(group.group_id),
                     "num_views": len(views),
-                    "view_exts": [v.ext for _, v, _ in views],
-                    "bytes": sum(len(v.data) for _, v, _ in views),
+                    "view_exts": [v.image.ext for v in views],
+                    "bytes": sum(len(v.image.data) for v in views),
                     "label": label,
-                    "view_sha256": [digest for _, _, digest in views],
+                    "view_sha256": [v.sha256 for v in views],
                 }
             )
         if writer is not None:
@@ -181,6 +208,26 @@ def _read(storage: Storage, uri: str) -> bytes | BaseException:
         return err
 
 
+def _units(groups: list[Group], storage: Storage, options: BuildOptions, prefetch: int,
+           quarantine_rows: list[dict]) -> Iterator[tuple[Group, Iterator[bytes | BaseException]]]:
+    """Each group to write with the bytes of its inputs, in plan order: a planned group of
+    images as it is (its reads prefetched), a container row (a tar, a Parquet row group)
+    streamed as its samples' groups, whose quarantine rows are added on the way."""
+    plain = [Group(g.group_id, g.key, g.label, tuple(r for r in g.inputs if not is_container(r.uri)))
+             for g in groups]
+    reads = _prefetched([g for g in plain if g.inputs], storage, prefetch)
+    for group, images in zip(groups, plain):
+        if images.inputs:
+            yield images, reads
+        for container in (r for r in group.inputs if is_container(r.uri)):
+            for item in container_groups(container, storage, options.container_spec):
+                if isinstance(item, Problem):
+                    quarantine_rows.append({"source": text(item.source), "group_id": text(item.group_id),
+                                            "reason": item.reason, "detail": text(item.detail)})
+                else:
+                    yield item[0], iter(item[1])
+
+
 def _prefetched(groups: list[Group], storage: Storage, depth: int) -> Iterator[bytes | BaseException]:
     """Every input's bytes (or its read error) in plan order, with up to `depth` reads in flight."""
     uris = (r.uri for g in groups for r in g.inputs)
@@ -200,11 +247,11 @@ def _prefetched(groups: list[Group], storage: Storage, depth: int) -> Iterator[b
 
 def validate_group(
     group: Group, options: BuildOptions, reads: Iterator[bytes | BaseException]
-) -> tuple[list[tuple[str, ValidImage, str]], list[dict]]:
-    """The group's valid views as (source uri, image, sha256 of the stored bytes), and
-    quarantine rows for the rest; the group's bytes are the next len(group.inputs) items of
+) -> tuple[list[View], list[dict]]:
+    """The group's valid views (source uri, image, sha256 of the stored bytes, kept metadata),
+    and quarantine rows for the rest; the group's bytes are the next len(group.inputs) items of
     `reads`. Each image is hashed once (kept bytes reuse the duplicate check's digest)."""
-    views: list[tuple[str, ValidImage, str]] = []
+    views: list[View] = []
     rejected: list[dict] = []
     first_with_hash: dict[str, str] = {}
     for record in group.inputs:
@@ -225,7 +272,8 @@ def validate_group(
             )
         else:
             stored = digest if not outcome.reencoded else outcome.sha256
-            views.append((text(record.uri), outcome, stored))
+            views.append(View(text(record.uri), outcome, stored,
+                              json.loads(record.meta) if record.meta is not None else None))
     return views, rejected
 
 
@@ -243,15 +291,19 @@ def _validate(data: bytes, options: BuildOptions) -> ValidImage | Rejected:
         return Rejected(CORRUPT, f"{type(err).__name__}: {err}")
 
 
-def group_metadata(group: Group, views: list[tuple[str, ValidImage, str]]) -> bytes:
-    """The ``{key}.json`` member: group id, label, and per view its source, sha256 and size."""
+def group_metadata(group: Group, views: list[View]) -> bytes:
+    """The ``{key}.json`` member: group id, label, and per view its source, sha256 and size,
+    and, when any view has some, its kept metadata (``meta``: manifest columns, a WebDataset
+    sample's text members, null for a view without)."""
     meta = {
         "group_id": text(group.group_id),
         "label": text(group.label) if group.label is not None else None,
-        "sources": [source for source, _, _ in views],
-        "sha256": [digest for _, _, digest in views],
-        "width": [v.width for _, v, _ in views],
-        "height": [v.height for _, v, _ in views],
-        "reencoded": [v.reencoded for _, v, _ in views],
+        "sources": [v.source for v in views],
+        "sha256": [v.sha256 for v in views],
+        "width": [v.image.width for v in views],
+        "height": [v.image.height for v in views],
+        "reencoded": [v.image.reencoded for v in views],
     }
+    if any(v.meta is not None for v in views):
+        meta["meta"] = [v.meta for v in views]
     return json.dumps(meta, sort_keys=True).encode("utf-8")

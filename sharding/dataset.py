@@ -46,11 +46,15 @@ def _root(root: str) -> str:
 def load_manifest(root: str, storage: Storage | None = None) -> dict:
     """The dataset's manifest.json as a dict; UsageError if `root` holds no readable dataset."""
     uri = join(_root(root), MANIFEST_FILE)
+    shard_first = "make one with `viewstream shard SRC DST` and point at DST"
     try:
         data = _storage(storage).read_bytes(uri)
     except FileNotFoundError:
-        raise UsageError(f"{root!r} is not a viewstream dataset (no {MANIFEST_FILE})") from None
-    except (IsADirectoryError, NotADirectoryError, PermissionError):
+        raise UsageError(f"{root!r} is not a viewstream dataset (no {MANIFEST_FILE}): {shard_first}") from None
+    except NotADirectoryError:  # a .tar, a .parquet, an image: a file where a dataset folder goes
+        raise UsageError(f"{root!r} is a file, not a viewstream dataset folder: {shard_first} "
+                         f"(e.g. `viewstream shard {root} {root.rsplit('.', 1)[0]}-ds`)") from None
+    except (IsADirectoryError, PermissionError):
         raise
     except Exception as err:  # remote: no bucket, no credentials, unreachable endpoint
         raise UsageError(f"cannot read {uri!r}: {err}") from None

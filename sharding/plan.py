@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sharding.format import shard_name
-from sharding.inputs import INPUT_SCHEMA, InputRecord, decode, encode
+from sharding.records import INPUT_SCHEMA, InputRecord, decode, encode
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 SLUG_CHARS = 40
@@ -54,13 +54,14 @@ SPILL_SCHEMA = pa.schema([("rank", pa.uint64())] + list(INPUT_SCHEMA))
 # A shard's input list (Parquet bytes in its build task), in plan order.
 LIST_SCHEMA = pa.schema([f for f in INPUT_SCHEMA if f.name != "file"])
 SORT_KEYS = [("rank", "ascending"), ("group_id", "ascending"), ("uri", "ascending"),
-             ("label", "ascending"), ("size", "ascending")]
+             ("label", "ascending"), ("size", "ascending"), ("meta", "ascending")]
 
 
-def group_key(group_id: str) -> str:
-    """The sample key of a group (see module docstring)."""
+def group_key(group_id: str, unique: str | None = None) -> str:
+    """The sample key of a group (see module docstring). `unique`, when given, is hashed
+    instead of the group id (a WebDataset key is unique only within its tar)."""
     slug = _UNSAFE.sub("_", group_id).strip("_")[:SLUG_CHARS] or "g"
-    digest = hashlib.sha1(group_id.encode("utf-8", "surrogateescape")).hexdigest()[:HASH_CHARS]
+    digest = hashlib.sha1((unique or group_id).encode("utf-8", "surrogateescape")).hexdigest()[:HASH_CHARS]
     return f"{slug}-{digest}"
 
 
@@ -132,10 +133,11 @@ def groups_of(rows: pa.Table) -> list[Group]:
     """The groups of a shard's input list (consecutive rows of one group id, in plan order).
     The label of a group is the first non-empty label of its records."""
     groups: list[Group] = []
-    columns = [rows.column(c).to_pylist() for c in ("group_id", "uri", "label", "size")]
+    names = ("group_id", "uri", "label", "size", "meta")
+    columns = [rows.column(c).to_pylist() if c in rows.column_names else [None] * rows.num_rows for c in names]
     current: list[InputRecord] = []
-    for gid, uri, label, size in zip(*columns):
-        record = InputRecord(decode(gid), decode(uri), decode(label), size)
+    for gid, uri, label, size, meta in zip(*columns):
+        record = InputRecord(decode(gid), decode(uri), decode(label), size, decode(meta))
         if current and current[0].group_id != record.group_id:
             groups.append(_group(current))
             current = []
@@ -340,6 +342,7 @@ def _records_table(records: list[InputRecord]) -> pa.Table:
             "label": pa.array([encode(r.label) if r.label is not None else None for r in records], pa.binary()),
             "size": pa.array([r.size for r in records], pa.int64()),
             "file": pa.array([0] * len(records), pa.int32()),
+            "meta": pa.array([encode(r.meta) if r.meta is not None else None for r in records], pa.binary()),
         },
         schema=INPUT_SCHEMA,
     )

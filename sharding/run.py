@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from collections import Counter
 from functools import partial
 from typing import Iterator, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm import tqdm
 
 from groundfloor.errors import UsageError, usage_error_from
@@ -37,11 +37,15 @@ from sharding.build import (
 from sharding.dedup import dedup_across_groups
 from sharding.executors import Executor, make_executor
 from sharding.format import INDEX_DIR, PARTS_DIR, QUARANTINE_DIR, SHARDS_DIR
-from sharding.inputs import InputSource, iter_input_batches, resolve_source
+from sharding.inputs import InputOptions, InputSource, iter_input_batches, resolve_source
 from sharding.manifest_writer import ManifestWriter, write_shards_table
 from sharding.plan import PlannedShard, PlanStats, plan_stream
 from sharding.summary import PlanSummary, ShardSummary, summarize
 from sharding.validate import DEFAULT_MAX_PIXELS
+
+GROUP_BY = r"^(file|dir|json:.+|column:.+)$"
+LABEL_FROM = r"^(none|parent|cls|json:.+|column:.+)$"
+
 
 class ShardConfig(BaseModel):
     """Everything that decides the output bytes (stored in manifest.json as ``config``)."""
@@ -49,8 +53,12 @@ class ShardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field("data", pattern=r"^[A-Za-z0-9_-]+$", description="shard file name prefix")
-    group_by: Literal["file", "dir"] = "file"
-    label_from: Literal["none", "parent"] = "none"
+    group_by: str = Field("file", pattern=GROUP_BY, description="file | dir | json:FIELD | column:NAME")
+    label_from: str = Field("none", pattern=LABEL_FROM, description="none | parent | cls | json:FIELD | column:NAME")
+    uri_column: str = Field("uri", min_length=1, description="the manifest column of input uris (img2dataset: url)")
+    keep_columns: tuple[str, ...] = Field((), description="manifest columns kept in each view's meta")
+    bytes_column: str | None = Field(None, min_length=1, description="Parquet column of image bytes "
+                                                                      "(default: image of struct<bytes, path>)")
     shard_bytes: int = Field(256 * 1024 * 1024, gt=0, description="target input bytes per shard")
     shard_samples: int = Field(10_000, gt=0, description="max samples (groups) per shard")
     max_side: int | None = Field(None, gt=0, description="resize (and re-encode) larger images")
@@ -61,8 +69,21 @@ class ShardConfig(BaseModel):
         "report", description="photos held by several groups: report only, or drop/keep-first/merge "
                               "(sharding.dedup); the build's shards do not depend on it")
 
+    @field_validator("keep_columns", mode="before")
+    @classmethod
+    def _split(cls, value):
+        return tuple(c.strip() for c in value.split(",") if c.strip()) if isinstance(value, str) else value
+
     def build_options(self) -> BuildOptions:
-        return BuildOptions(max_pixels=self.max_pixels, max_side=self.max_side, quality=self.quality)
+        container = lambda v, plain: None if v in plain else v  # noqa: E731
+        return BuildOptions(max_pixels=self.max_pixels, max_side=self.max_side, quality=self.quality,
+                            group_by=container(self.group_by, ("file", "dir")),
+                            label_from=container(self.label_from, ("none", "parent")),
+                            bytes_column=self.bytes_column, keep_columns=tuple(self.keep_columns))
+
+    def input_options(self) -> InputOptions:
+        return InputOptions(self.group_by, self.label_from, self.uri_column, tuple(self.keep_columns),
+                            self.bytes_column)
 
 
 class ShardRunOptions(BaseModel):
@@ -125,7 +146,7 @@ def shard_dataset(
     check_output(output, storage)
     storage.remove_unfinished_writes(  # a killed run's debris
         output, ("", SHARDS_DIR, PARTS_DIR, INDEX_DIR, QUARANTINE_DIR))
-    resolved = resolve_source(source, storage)
+    resolved = resolve_source(source, storage, config.bytes_column)
     options = config.build_options()
     listed = {e.relpath for e in _safe_list(storage, join(output, PARTS_DIR))}
     stats = PlanStats()
@@ -143,7 +164,7 @@ def shard_dataset(
             bar.start(stats.num_inputs)
             order.append(shard.name)
             data = parquet_bytes(shard.rows)
-            fingerprint = shard_fingerprint(shard, asdict(options), data)
+            fingerprint = shard_fingerprint(shard, options.fingerprint_fields(), data)
             done = _finished(output, shard.name, fingerprint, listed, storage)
             if done is not None:
                 manifest.add(done)
@@ -178,6 +199,7 @@ def shard_dataset(
         if stats.num_inputs == 0:
             raise UsageError(f"input {source!r} holds no files (expected images in a folder or manifest rows)")
         ordered = [records[name] for name in order]
+        check_some_samples(source, output, ordered)
         # Before shards.parquet lists anything: photos held by several groups (sharding.dedup).
         dedup = dedup_across_groups(output, ordered, config.dedup_across_groups, storage, get_executor,
                                     progress=progress, before_rewrite=manifest.invalidate)
@@ -209,7 +231,7 @@ def plan_dataset(
     started = time.perf_counter()
     storage = Storage(endpoint_url)
     source = absolute(source)
-    resolved = resolve_source(source, storage)
+    resolved = resolve_source(source, storage, config.bytes_column)
     stats = PlanStats()
     batches = _counted(_batches(source, storage, config, resolved), progress, "planning")
     for _ in plan_stream(batches, config.name, config.shard_bytes, config.shard_samples,
@@ -260,7 +282,7 @@ def _chain(first, rest):
 
 
 def _batches(source: str, storage: Storage, config: ShardConfig, resolved: InputSource) -> Iterator[pa.RecordBatch]:
-    return iter_input_batches(source, storage, config.group_by, config.label_from, resolved)
+    return iter_input_batches(source, storage, resolved=resolved, options=config.input_options())
 
 
 def shard_fingerprint(shard: PlannedShard, options: dict, list_bytes: bytes) -> str:
@@ -276,6 +298,19 @@ def make_config(config: ShardConfig | None = None, **fields) -> ShardConfig:
         return ShardConfig(**{**(config.model_dump() if config else {}), **fields})
     except ValidationError as err:
         raise usage_error_from(err, "shard config") from None
+
+
+def check_some_samples(source: str, output: str, records: list[ShardRecord]) -> None:
+    """A build that wrote no sample is an error (the dataset stays incomplete), with the
+    quarantine reasons: nothing would train on it."""
+    if any(r.num_samples for r in records):
+        return
+    reasons: Counter = Counter()
+    for r in records:
+        reasons.update(r.quarantined_by_reason)
+    shown = ", ".join(f"{reason}={n}" for reason, n in sorted(reasons.items())) or "none"
+    raise UsageError(f"no sample was written from {source!r}: every input was quarantined ({shown}); "
+                     f"the parts under {join(output, QUARANTINE_DIR)} name each input and why")
 
 
 def check_output(output: str, storage: Storage) -> None:

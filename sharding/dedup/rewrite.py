@@ -40,7 +40,7 @@ from sharding.format import (
 )
 from sharding.tar_writer import TarWriter
 
-META_LISTS = ("sources", "sha256", "width", "height", "reencoded")
+META_LISTS = ("sources", "sha256", "width", "height", "reencoded", "meta")  # meta: only where kept
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,8 @@ def rewrite_shard(task: RewriteTask, output: str, storage: Storage) -> RewriteDo
                 if not kept:
                     continue  # every view quarantined: the group is gone (its records say why)
                 meta = {**meta, **{n: [v.meta[n] for v in kept] for n in META_LISTS}}
+                if all(m is None for m in meta["meta"]):
+                    del meta["meta"]
                 if merged_from:
                     meta["merged_from"] = merged_from
                 out = [(f"{i}.{v.ext}", v.data) for i, v in enumerate(kept)]

@@ -23,34 +23,63 @@ SHARD_EXAMPLES = (
     "viewstream shard --config configs/shard.yaml --set shard_samples=5000",
     "viewstream shard 'lists/*.parquet' --dry-run   # plan only: shards, bytes per shard, largest group",
     "viewstream shard listings.parquet ds/ --dedup-across-groups merge   # one group per shared photo",
+    "viewstream shard 's3://b/laion/{00000..00999}.tar' s3://b/ds --label-from json:label   # WebDataset",
+    "viewstream shard urls.parquet ds/ --uri-column url --keep-columns caption,key   # img2dataset list",
 )
 # Flags that are also fields of the YAML config (flag dest -> config key); a flag given on the
 # command line wins over --set, which wins over the YAML file, which wins over the defaults.
-CONFIG_FLAGS = ("input", "output", "name", "group_by", "label_from", "shard_bytes", "shard_samples",
+CONFIG_FLAGS = ("input", "output", "name", "group_by", "label_from", "uri_column", "keep_columns",
+                "bytes_column", "shard_bytes", "shard_samples",
                 "shuffle_seed", "max_side", "quality", "max_pixels", "workers", "ray", "address",
                 "ray_cpus", "endpoint_url", "prefetch", "dedup_across_groups")
+
+
+def field_choice(*plain: str):
+    """An argparse type: one of `plain`, or json:FIELD / column:NAME (cls for labels)."""
+    shown = ", ".join([*plain, "json:FIELD", "column:NAME"])
+
+    def parse(value: str) -> str:
+        kind, _, name = value.partition(":")
+        if value in plain or (kind in ("json", "column") and name):
+            return value
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of: {shown}")
+    return parse
 
 
 def add_command(subparsers) -> None:
     shard = subparsers.add_parser(
         "shard", help="pack images / natural-view groups into WebDataset shards",
         description="Pack a folder, a manifest (.csv/.jsonl/.parquet with a uri column of local "
-                    "paths or s3:// / http(s):// URIs), several manifests (a glob, a folder of "
-                    "manifest files, an S3 Inventory manifest.json) or an s3:// prefix into "
+                    "paths or s3:// / http(s):// URIs, or a Parquet with the image bytes inside), several "
+                    "manifests (a glob, a folder of manifest files, an S3 Inventory manifest.json), "
+                    "WebDataset tars (a folder, a glob, a brace pattern, .tar/.tar.gz/.tgz) or an s3:// prefix into "
                     "WebDataset shards with .idx, per-shard index and quarantine parts, "
                     "shards.parquet and manifest.json. Rerun the same command to resume.",
         **with_example(*SHARD_EXAMPLES),
     )
     shard.add_argument("input", nargs="?", default=None,
                        help="folder, manifest file, glob of manifests ('lists/*.parquet'), S3 Inventory "
-                            "manifest.json, or s3://bucket/prefix (or `input:` in --config)")
+                            "manifest.json, WebDataset tars (a folder, a tar, 'shards-{000000..000099}.tar'), "
+                            "or s3://bucket/prefix (or `input:` in --config)")
     shard.add_argument("output", nargs="?", default=None,
                        help="output folder or s3://bucket/prefix (or `output:` in --config; not with --dry-run)")
     add_config(shard)
-    shard.add_argument("--group-by", choices=("file", "dir"), default=None,
-                       help="file (default): each image is a sample; dir: each leaf folder is one natural-view group")
-    shard.add_argument("--label-from", choices=("none", "parent"), default=None,
-                       help="parent: the folder above the sample is its label (ImageFolder style)")
+    shard.add_argument("--group-by", default=None, type=field_choice("file", "dir"), metavar="file|dir|json:FIELD|column:NAME",
+                       help="file (default): each image (a WebDataset sample, a manifest row) is a sample; dir: "
+                            "each leaf folder is one natural-view group; json:FIELD: WebDataset samples next to "
+                            "each other in a tar with the same value of FIELD in their .json are one group; "
+                            "column:NAME: manifest rows with the same NAME are one group")
+    shard.add_argument("--label-from", default=None, type=field_choice("none", "parent", "cls"), metavar="none|parent|cls|json:FIELD|column:NAME",
+                       help="parent: the folder above the sample is its label (ImageFolder style); cls: a "
+                            "WebDataset sample's .cls member; json:FIELD: a field of its .json; column:NAME: a "
+                            "manifest column")
+    shard.add_argument("--uri-column", default=None, metavar="NAME",
+                       help="the manifest column that holds the inputs (default uri; img2dataset lists: url)")
+    shard.add_argument("--keep-columns", default=None, metavar="A,B",
+                       help="manifest columns kept with each photo, under meta in its sample's {key}.json")
+    shard.add_argument("--bytes-column", default=None, metavar="NAME",
+                       help="a Parquet column of image bytes (default: an `image` column of struct<bytes, path>, "
+                            "the Hugging Face layout, is recognised)")
     shard.add_argument("--name", default=None, help="shard name prefix (letters, digits, _ and -; default data)")
     shard.add_argument("--shard-bytes", type=parse_size, default=None,
                        help="target input bytes per shard (default 256MiB)")
