@@ -163,7 +163,7 @@ def shard_dataset(
                                  config.shuffle_seed, stats):
             bar.start(stats.num_inputs)
             order.append(shard.name)
-            data = parquet_bytes(shard.rows)
+            data = parquet_bytes(_without_empty_meta(shard.rows))
             fingerprint = shard_fingerprint(shard, options.fingerprint_fields(), data)
             done = _finished(output, shard.name, fingerprint, listed, storage)
             if done is not None:
@@ -283,6 +283,14 @@ def _chain(first, rest):
 
 def _batches(source: str, storage: Storage, config: ShardConfig, resolved: InputSource) -> Iterator[pa.RecordBatch]:
     return iter_input_batches(source, storage, resolved=resolved, options=config.input_options())
+
+
+def _without_empty_meta(rows: pa.Table) -> pa.Table:
+    """A shard's input list without its `meta` column when no input has metadata: the list of
+    plain image inputs then has the bytes (and the fingerprint) it had before containers."""
+    if "meta" in rows.column_names and rows.column("meta").null_count == rows.num_rows:
+        return rows.drop_columns(["meta"])
+    return rows
 
 
 def shard_fingerprint(shard: PlannedShard, options: dict, list_bytes: bytes) -> str:

@@ -50,3 +50,16 @@ def test_seeded_shuffle_mixes_classes_across_shards_deterministically():
 def test_groups_take_first_label():
     groups = make_groups([InputRecord("g", "/b.jpg", None), InputRecord("g", "/a.jpg", "cat")])
     assert groups[0].label == "cat" and [r.uri for r in groups[0].inputs] == ["/a.jpg", "/b.jpg"]
+
+
+def test_a_plain_image_shard_list_has_no_meta_column_so_old_datasets_resume():
+    """Shards of image inputs keep the input-list bytes (and fingerprints) they had before
+    container inputs added `meta`: a dataset built before that resumes instead of rebuilding."""
+    import pyarrow as pa
+
+    from sharding.run import _without_empty_meta
+
+    plain = pa.table({"group_id": [b"g"], "uri": [b"u"], "meta": pa.array([None], pa.binary())})
+    kept = pa.table({"group_id": [b"g"], "uri": [b"u"], "meta": pa.array([b'{"a": 1}'], pa.binary())})
+    assert _without_empty_meta(plain).column_names == ["group_id", "uri"]
+    assert _without_empty_meta(kept).column_names == ["group_id", "uri", "meta"]
