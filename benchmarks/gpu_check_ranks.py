@@ -162,7 +162,7 @@ def syncs_per_step(method: dict[str, Any], s: dict[str, Any], device: str) -> di
 
 def _backend(device: str) -> tuple[str, bool]:
     """(backend, whether each rank has a GPU of its own): see the module docstring."""
-    if device == "cuda" and torch.cuda.device_count() >= 2:
+    if device == "cuda" and torch.cuda.device_count() >= 2:  # torch/cuda/__init__.py device_count: visible GPUs
         return distributed.process_group_backend(use_gpu=True), True
     return "gloo", False
 
@@ -171,7 +171,10 @@ def _rank_main(rank: int, port: int, device: str, tmp: str, methods: dict[str, d
     backend, own_gpu = _backend(device)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     if device == "cuda":
-        torch.cuda.set_device(rank if own_gpu else 0)  # one GPU: both ranks on cuda:0 (gloo, above)
+        # torch/cuda/__init__.py set_device: the "cuda" device of this process, which the Trainer's
+        # .to("cuda") and DDP's device_ids (torch.cuda.current_device(), trainers/distributed/
+        # data_parallel.py) use; one GPU: both ranks on cuda:0 (gloo, module docstring)
+        torch.cuda.set_device(rank if own_gpu else 0)
     else:
         torch.set_num_threads(1)
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
@@ -183,7 +186,8 @@ def _rank_main(rank: int, port: int, device: str, tmp: str, methods: dict[str, d
             error, where = worst_error(step_records(method, s, device), reference)
             out[name] = {"error": error, "where": where, **syncs_per_step(method, s, device)}
             if device == "cuda":
-                torch.cuda.empty_cache()  # two processes share one GPU
+                torch.cuda.empty_cache()  # two processes share one GPU: torch/cuda/memory.py empty_cache
+                # hands this process's unused cached blocks back "so that those can be used in other GPU application"
         torch.save(out, Path(tmp) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -208,17 +212,17 @@ def check_two_ranks(s: dict[str, Any], device: str, names: list[str]) -> dict[st
             for name, method in methods.items():  # 1 rank x 2B: the reference each rank compares with
                 torch.save(step_records(method, s, device), Path(tmp) / f"{name}.pt")
             if device == "cuda":
-                torch.cuda.empty_cache()
+                torch.cuda.empty_cache()  # the ranks share this GPU (torch/cuda/memory.py empty_cache, as above)
             mp.spawn(_rank_main, args=(_free_port(), device, tmp, methods, s), nprocs=2, join=True)
             ranks = [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=True) for r in range(2)]
     except Exception as err:  # report, don't hide: the JSON says what failed
         return {**out, "two_rank_ok": False, "two_rank_error": f"{type(err).__name__}: {err}"[-300:]}
     errors = {(r, name): ranks[r][name] for r in range(2) for name in methods}
     (r, name), worst = max(errors.items(), key=lambda item: item[1]["error"])
-    syncs = {name: max(ranks[r][name]["syncs"] for r in range(2)) for name in methods}
+    syncs = {m: max(ranks[0][m]["syncs"], ranks[1][m]["syncs"]) for m in methods}
     out.update(two_rank_ok=worst["error"] <= TOLERANCE, two_rank_max_rel_error=float(f"{worst['error']:.3g}"),
                two_rank_worst=f"{name} rank {r} {worst['where']}", two_rank_tolerance=TOLERANCE,
-               two_rank_syncbn_layers=max(ranks[0][name]["syncbn_layers"] for name in methods),
+               two_rank_syncbn_layers=max(ranks[0][m]["syncbn_layers"] for m in methods),
                host_syncs_per_step=max(syncs.values()), host_syncs_by_method=syncs,
                host_sync_counter="torch.cuda.set_sync_debug_mode" if device == "cuda" else "testbed.host_syncs")
     return out
