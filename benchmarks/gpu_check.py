@@ -1,25 +1,43 @@
 """Check and time the GPU path on one machine with one CUDA GPU, in minutes; print one JSON line.
 
-    python benchmarks/gpu_check.py                      # on the GPU box (about 2-4 min on an H100)
-    python benchmarks/gpu_check.py --device cpu --quick # the CPU fallback CI runs (tiny sizes)
+    python benchmarks/gpu_check.py                      # on the GPU box (a few minutes on an H100)
+    python benchmarks/gpu_check.py --device cpu --quick # the CPU run CI makes (tiny sizes)
 
 What it checks, for every method (simclr, moco_v2, moco_v3, swav, dino, byol, simsiam, cpc_v2):
 `training_step` + backward + LARS step of ResNet-50 at 224 px, batch 128, bf16 autocast and
-channels_last, on synthetic tensors (`<method>_samples_per_s`, `<method>_peak_mem_gb`); the
-same step through a 1-rank process group (backend ``cpu:gloo,cuda:nccl``, the one Ray Train
-gets) with the collectives forced on, so DDP, SyncBN, the gathers, the log all-reduce and the
-digest all-gather all go through NCCL (`nccl_ok`); DDP vs the old flat all-reduce step time
-(`ddp_vs_flat_step_ratio`); and, when `nvidia.dali` imports, the DALI `mixed` pipeline's
-samples/s for the simclr and multicrop recipes and its pixel agreement with the CPU pipeline
-on the same batches (`dali_gpu_vs_cpu_max_abs_diff`), holding earlier batches while later ones
-are produced (a recycled DALI buffer would show as a mismatch). Without DALI: `"dali": "absent"`.
+channels_last, with the Trainer's CUDA flags (TF32, cuDNN autotuning for conv nets:
+trainers.trainer.cuda_flags), on synthetic tensors (`<method>_samples_per_s`,
+`<method>_peak_mem_gb`); the same step through a 1-rank process group (backend
+``cpu:gloo,cuda:nccl``, the one Ray Train gets) with the collectives forced on, so DDP, SyncBN,
+the gathers, the log all-reduce and the digest all-gather all go through NCCL (`nccl_ok`); DDP vs
+the old flat all-reduce step time (`ddp_vs_flat_step_ratio`); 2 ranks through the real
+`Trainer.train_step` vs 1 rank at twice the batch (`two_rank_ok`) and the host syncs of a step
+(`host_syncs_per_step`, goal 0), both explained in benchmarks/gpu_check_ranks.py (with one GPU
+the 2 ranks share it over gloo: NCCL refuses two ranks on one device); and, when `nvidia.dali`
+imports, the DALI `mixed` pipeline's samples/s for the simclr and multicrop recipes and its pixel
+agreement with the CPU pipeline on the same batches (`dali_gpu_vs_cpu_max_abs_diff`), holding
+earlier batches while later ones are produced (a recycled DALI buffer would show as a mismatch).
+Without DALI: `"dali": "absent"`. Exit status 1 when the collectives or the 2-rank equivalence fail.
 
-Runs on a bare GPU box: torch, torchvision, timm, pyarrow, pillow, numpy and tqdm, plus this
-repository's checkout (its `trainers` methods are plain torch). Nothing else is needed: no DALI,
-Ray, pydantic, webdataset, boto3, nor network. pydantic, which our method configs use, is
-replaced by benchmarks/pydantic_shim.py (pure Python, in this repository) when it is not
-installed. Module level imports only the standard library and torch; our packages are imported
-inside `main`, after the shim is in place.
+Runs on a bare GPU box (torch, torchvision, timm, pyarrow, pillow, numpy, tqdm, pyyaml) with this
+repository's checkout and pydantic, which the configs are built with (the real models and their
+validators: what training builds). No Ray, DALI, webdataset, boto3 nor network. pydantic's wheels
+(pure Python, except pydantic_core: CPython 3.12, x86-64 on the box), downloaded here into a
+folder `.git/info/exclude` ignores:
+
+    echo /.whl/ >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing_extensions==4.16.0 \
+        typing-inspection==0.4.5
+
+and carried (the device tool's `run` with carry [".whl"]):
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl && export PYTHONPATH=/tmp/site || exit; PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py
+
+Module level imports only the standard library and torch; this repository's modules are imported
+inside the functions, after `main` puts the checkout on sys.path.
 """
 from __future__ import annotations
 
@@ -36,43 +54,11 @@ from typing import Any, Callable
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("simclr", "moco_v2", "moco_v3", "swav", "dino", "byol", "simsiam", "cpc_v2")
-MULTICROP = ("swav", "dino")
-
-
-def _sizes(quick: bool) -> dict[str, Any]:
-    if quick:  # CI on CPU: every code path, tiny tensors
-        return dict(backbone={"name": "convnet", "width": 0.25, "small_images": True}, size=16, local=8,
-                    num_local=2, batch=8, warmup=1, steps=2, ddp_backbone={"name": "resnet18", "width": 0.25,
-                                                                           "small_images": True}, ddp_size=16)
-    return dict(backbone={"name": "resnet50"}, size=224, local=96, num_local=6, batch=128, warmup=3, steps=10,
-                ddp_backbone={"name": "resnet50"}, ddp_size=224)
-
-
-def _method_config(name: str, s: dict[str, Any], batch: int) -> dict[str, Any]:
-    config: dict[str, Any] = {"name": name, "backbone": s["backbone"], "global_batch_size": batch}
-    if name in MULTICROP:
-        config["num_local_views"] = s["num_local"]
-    if name == "moco_v2":
-        config["queue_size"] = batch * 16
-    if name == "swav":
-        config["queue_size"] = 0
-    if name == "cpc_v2":  # 224 px: a 6 x 6 grid of 64 px patches (stride 32); quick 16 px: 3 x 3 of 8 px
-        config.update(patch_size=64, patch_stride=32, bidirectional=True) if s["size"] >= 64 else \
-            config.update(patch_size=8, patch_stride=4, max_offset=2, bidirectional=True, context_hidden_dim=16)
-        config["backbone"] = {**s["backbone"], "norm": "layer"}
-    if s["size"] < 64 and name != "cpc_v2":  # quick: small heads
-        config.update({"simclr": dict(projection_hidden_dim=32, projection_dim=16),
-                       "moco_v2": dict(projection_hidden_dim=32, projection_dim=16),
-                       "moco_v3": dict(projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32),
-                       "swav": dict(projection_hidden_dim=32, projection_dim=16, num_prototypes=8),
-                       "dino": dict(out_dim=64, hidden_dim=32, bottleneck_dim=16),
-                       "byol": dict(projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32),
-                       "simsiam": dict(projection_dim=32, prediction_hidden_dim=16)}[name])
-    return config
 
 
 def _views(name: str, s: dict[str, Any], batch: int, device: str, channels_last: bool) -> list[torch.Tensor]:
+    from gpu_check_configs import MULTICROP
+
     g = torch.Generator(device=device).manual_seed(0)
     shapes = [s["size"]] * 2 + ([s["local"]] * s["num_local"] if name in MULTICROP else [])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -90,14 +76,19 @@ class _Step:
     def __init__(self, name: str, s: dict[str, Any], device: str, batch: int, sync: str = "none") -> None:
         from timm.optim import Lars
 
+        from gpu_check_configs import method_config, train_config
         from trainers import distributed
         from trainers.methods import build_method
+        from trainers.trainer import apply_cuda_flags, cuda_flags
 
         self.device, self.sync = device, sync
-        self.method = build_method(_method_config(name, s, batch), seed=0).to(device)
+        config = train_config(method_config(name, s, batch), s)  # the pydantic models, validators included
+        self.method = build_method(config.method_config(), seed=0).to(device)
         self.channels_last = device == "cuda"
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
+        if device == "cuda":  # TF32 and cuDNN autotuning as Trainer.__init__ sets them: timings are training's
+            apply_cuda_flags(cuda_flags(config, self.method.backbone))
         groups = [g for g in self.method.parameter_groups(1e-6) if g["params"]]
         self.optimizer = Lars(groups, lr=0.1, momentum=0.9)
         # As the Trainer does: DDP looks for unused parameters only for methods that freeze some
@@ -240,36 +231,37 @@ def check_dali(device: str, quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pydantic
+
+    from gpu_check_configs import METHODS, sizes
+    from gpu_check_ranks import check_two_ranks
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (the CI fallback)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (the CI run)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: --device cuda but torch sees no CUDA GPU (use --device cpu --quick to test the script)",
               file=sys.stderr)
         return 2
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from pydantic_shim import install
-
-    pydantic_kind = install()
     if args.device == "cpu":
         torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    else:
-        torch.backends.cudnn.benchmark = True
     started = time.perf_counter()
-    s = _sizes(args.quick)
-    result: dict[str, Any] = {"device": args.device, "quick": args.quick, "pydantic": pydantic_kind,
+    s = sizes(args.quick)
+    result: dict[str, Any] = {"device": args.device, "quick": args.quick, "pydantic": pydantic.VERSION,
                               "torch": torch.__version__,
                               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
                               "batch": s["batch"], "image_size": s["size"]}
     result.update(check_methods(s, args.device, args.methods))
     result.update(check_process_group(s, args.device, args.methods))
+    result.update(check_two_ranks(s["ranks"], args.device, args.methods))  # after the 1-rank group is gone
     result.update(check_dali(args.device, args.quick))
     result["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
-    ok = result.get("nccl_ok", result.get("collectives_ok"))
+    ok = result.get("nccl_ok", result.get("collectives_ok")) and result["two_rank_ok"]
     return 0 if ok else 1
 
 

@@ -113,6 +113,7 @@ def _worker(data: dict) -> dict:
     bn = SyncBatchNorm(4, momentum=1.0)
     bn(_rows(data["big_mean_x"]).float())
     out["big_mean_var"] = bn.running_var.clone()
+    out["float64_y"] = SyncBatchNorm(4)(_rows(data["big_mean_x"])).detach()  # float64 in, float64 statistics
     out["resnet"] = _resnet_check(data)
     return out
 
@@ -225,6 +226,17 @@ def test_sync_batchnorm_variance_is_numerically_careful(results):
         close(res["big_mean_var"], expected, tol=2e-2)
     naive = (x.float() ** 2).mean(dim=(0, 2, 3)) - x.float().mean(dim=(0, 2, 3)) ** 2
     assert (naive - expected).abs().max() > 0.1  # the cancellation we avoid is real
+
+
+@pytest.mark.integration
+def test_sync_batchnorm_keeps_float64(results):
+    """At least fp32, not exactly fp32: float64 inputs keep float64 statistics (mean 1e4, std 1:
+    float32 statistics would be off by ~1e-3 after normalisation)."""
+    ranks, data = results
+    expected = nn.BatchNorm2d(4, dtype=torch.float64)(data["big_mean_x"]).detach()
+    for r, res in enumerate(ranks):
+        assert res["float64_y"].dtype == torch.float64
+        torch.testing.assert_close(res["float64_y"], expected[r * B : (r + 1) * B], atol=1e-9, rtol=0)
 
 
 @pytest.mark.integration

@@ -7,8 +7,8 @@ step waits for the device: counts, means and the running-statistics update stay 
 `nn.SyncBatchNorm` is not used on CUDA: its forward drops empty ranks with `count_all[mask]`, a
 host sync per BN layer per forward that also rules out CUDA graphs (torch/nn/modules/
 _functions.py, `SyncBatchNorm.forward`: "The lines below force a synchronization between CUDA
-and CPU"). Statistics are computed in fp32 whatever the autocast dtype. On one process or in
-eval mode it is plain batch norm. See ARCHITECTURE.md section 3.
+and CPU"). Statistics are computed in at least fp32 whatever the autocast dtype. On one process
+or in eval mode it is plain batch norm. See ARCHITECTURE.md section 3.
 """
 from __future__ import annotations
 
@@ -104,10 +104,12 @@ class SyncBatchNorm(nn.SyncBatchNorm):
                 float(momentum),
                 self.eps,
             )
-        # fp32 statistics under autocast (bf16 sums over N*H*W values lose the mean)
+        # statistics in at least fp32 under autocast (bf16 sums over N*H*W values lose the mean);
+        # float64 stays float64 (the 2-rank equivalence checks compare in it)
+        dtype = torch.promote_types(input.dtype, torch.float32)
         with torch.autocast(device_type=input.device.type, enabled=False):
             out, mean, unbiased_var = _SyncBatchNormFunction.apply(
-                input.float(), _fp32(self.weight), _fp32(self.bias), self.eps)
+                input.to(dtype), _cast(self.weight, dtype), _cast(self.bias, dtype), self.eps)
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():  # momentum may be a device tensor (cumulative average): no sync
                 self.running_mean.mul_(1 - momentum).add_(mean.detach() * momentum)
@@ -126,8 +128,8 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         return momentum
 
 
-def _fp32(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.float()
+def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if t is None else t.to(dtype)
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
