@@ -4,9 +4,11 @@
 Ray Train with 1 worker, (c) with 2 workers. Reports step time after start-up, the overhead of
 (b) over (a), Ray's start-up time, and the fraction of step time spent waiting for data. Also:
 
-- host_syncs_per_step: during (a)'s timed steps OUTSIDE log steps, the calls that force a
-  device->host sync on a GPU (`testbed.host_syncs`: value reads, data-dependent shapes,
-  boolean-mask indexing, torch.cuda.synchronize), counted by wrapping them (goal 0);
+- host_syncs_per_step: SimCLR on a ResNet-18 with SyncBatchNorm through the real step
+  (`Trainer.train_step`) on 2 gloo processes, the calls that force a device->host sync on a GPU
+  (`testbed.host_syncs`: value reads, data-dependent shapes, boolean-mask indexing,
+  torch.cuda.synchronize) per step after warm-up (benchmarks/gpu_check_ranks.py; goal 0);
+  `plain_host_syncs_per_step`: the same count over (a)'s non-log steps;
 - ddp_vs_flat_step_ratio: step time of the DDP gradient sync (trainers.distributed.data_parallel)
   over the old flat all-reduce (average_gradients), 2 gloo processes, SimCLR on ResNet-18 at
   64 px, same seeds and batches (goal <= 1).
@@ -135,6 +137,19 @@ def ddp_vs_flat(steps: int = 4, warmup: int = 1, batch: int = 16) -> dict[str, f
             "ddp_vs_flat_step_ratio": times["ddp"] / times["flat"]}
 
 
+def two_rank_host_syncs() -> dict[str, object]:
+    """Host syncs per step of SimCLR on a ResNet-18 with SyncBN, 2 gloo ranks, the real step."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_check_configs import sizes
+    from gpu_check_ranks import check_two_ranks
+
+    s = sizes(quick=True)
+    s["ranks"] = {**s["ranks"], "backbone": {"name": "resnet18", "width": 0.25, "small_images": True}, "size": 32}
+    result = check_two_ranks(s["ranks"], "cpu", ["simclr"])
+    return {"host_syncs_per_step": result.get("host_syncs_per_step"), "syncbn_layers": result.get("two_rank_syncbn_layers"),
+            "two_rank_ok": result.get("two_rank_ok")}
+
+
 def ray_run(config: TrainConfig, warmup: int) -> dict[str, float]:
     """(b)/(c): `viewstream train` on Ray Train; step time from the metrics after `warmup` steps."""
     started = time.perf_counter()
@@ -156,6 +171,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--ddp-steps", type=int, default=4)
     args = parser.parse_args()
+    ranks = two_rank_host_syncs()
+    print(f"2 ranks, ResNet-18 + SyncBN, real step: {ranks['host_syncs_per_step']} host syncs per step "
+          f"({ranks['syncbn_layers']} SyncBN layers; 2 ranks == 1 rank x 2B: {ranks['two_rank_ok']})")
     sync = ddp_vs_flat(steps=args.ddp_steps)
     print(f"DDP vs flat all-reduce (2 gloo, ResNet-18 64 px): {sync['ddp_step_s'] * 1000:.0f} vs "
           f"{sync['flat_step_s'] * 1000:.0f} ms/step")
@@ -188,7 +206,9 @@ def main() -> int:
 
     figures = {
         "ray_overhead": one["step_s"] / plain["step_s"] - 1.0,
-        "host_syncs_per_step": plain["host_syncs_per_step"],
+        "host_syncs_per_step": ranks["host_syncs_per_step"],
+        "host_syncs_syncbn_layers": ranks["syncbn_layers"],
+        "plain_host_syncs_per_step": plain["host_syncs_per_step"],
         "ddp_vs_flat_step_ratio": sync["ddp_vs_flat_step_ratio"],
         "ddp_step_s": sync["ddp_step_s"],
         "flat_step_s": sync["flat_step_s"],
