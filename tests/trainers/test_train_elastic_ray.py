@@ -106,9 +106,8 @@ def _check(result, workers, session_dir, damaged, one_rank_digests):
 
 @pytest.mark.parametrize("method, workers, overrides", [
     ("simclr", (2, 3), {}),
-    ("moco_v2", (3, 2), {"method": {"name": "moco_v2", "backbone": {"name": "convnet", "width": 0.25,
-                                                                     "small_images": True},
-                                    "projection_hidden_dim": 64, "projection_dim": 32, "queue_size": 36}}),
+    ("moco_v2", (3, 2), {"method__projection_hidden_dim": 64, "method__projection_dim": 32,
+                         "method__queue_size": 3 * BATCH}),
     ("dino", (2, 3), {"optimizer": {"name": "adamw", "base_lr": 0.004, "warmup_steps": 3, "weight_decay": 0.04}}),
 ])
 def test_a_damaged_dataset_trains_to_the_end_and_a_resume_on_another_worker_count_sees_the_same_batches(
