@@ -166,8 +166,8 @@ def check_process_group(s: dict[str, Any], device: str, methods: list[str]) -> d
             step = _Step(name, s, device, s["batch"], sync="ddp")
             logs = step()
             reduced = distributed.reduce_logs(logs)
-            digests = distributed.gather_digests(12345, device)
-            if not (torch.isfinite(torch.tensor(reduced["loss"])) and digests == [12345]):
+            digests = distributed.gather_ints([12345], device)
+            if not (torch.isfinite(torch.tensor(reduced["loss"])) and digests == [[12345]]):
                 raise RuntimeError(f"{name}: loss {reduced['loss']} or digests {digests} wrong through the group")
             del step
         out["nccl_ok" if device == "cuda" else "collectives_ok"] = True

@@ -3,7 +3,8 @@
 A checkpoint is a directory with two files:
 
 - ``state.pt``: one entry per stateful part of the Trainer (method state incl. queues, centers,
-  EMA weights; optimizer state; RNG state; data position), tensors and plain containers only,
+  EMA weights; optimizer state; every rank's CPU and CUDA RNG states; data position and the
+  worker count it was written at), tensors and plain containers only,
   written with ``torch.save`` and read back with ``weights_only=True`` so that loading a
   checkpoint never runs pickled code;
 - ``meta.json``: the validated training config and the progress (step, epoch, batch), readable
@@ -18,13 +19,14 @@ turns a run folder, a checkpoint folder or a remote URI into a local checkpoint 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Optional, Protocol
 
 import torch
 
@@ -37,33 +39,91 @@ META_FILE = "meta.json"
 
 @dataclass(frozen=True)
 class Progress:
-    """Where training stands: `step` optimizer steps done; the next batch is (`epoch`, `batch`)."""
+    """Where training stands: `step` optimizer steps done (global batches: the LR schedule's
+    clock); the next global batch is (`epoch`, `batch`); `world_size`: the workers that wrote it
+    (None in checkpoints from before it was recorded). A run may resume on another count."""
 
     step: int
     epoch: int
     batch: int
+    world_size: Optional[int] = None
 
     def as_dict(self) -> dict[str, int]:
         """The checkpoint's ``progress`` entry (in state.pt and meta.json)."""
-        return {"step": self.step, "epoch": self.epoch, "batch": self.batch}
+        out = {"step": self.step, "epoch": self.epoch, "batch": self.batch}
+        return out if self.world_size is None else {**out, "world_size": self.world_size}
 
 
 class Stateful(Protocol):
-    """A part of the training state, as torch modules and optimizers already are."""
+    """A part of the training state, as torch modules and optimizers already are.
+
+    A part whose state differs per rank may also define ``gather_state()``: a collective that
+    every rank calls (through `CheckpointManager.gather`) before rank 0 saves.
+    """
 
     def state_dict(self) -> Any: ...
 
     def load_state_dict(self, state: Any) -> Any: ...
 
 
+def local_rng_state() -> dict[str, torch.Tensor]:
+    """This process's torch generators: the CPU one and, when CUDA is present, every visible
+    device's (drop-path, dropout and masks drawn on a GPU use the CUDA generator)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.stack([s.to(torch.uint8) for s in torch.cuda.get_rng_state_all()])
+    return state
+
+
+def set_local_rng_state(state: dict[str, torch.Tensor]) -> None:
+    """Put back what `local_rng_state` collected (CUDA states only where CUDA is present).
+    Copies: torch's setters read a row of a stacked tensor from its storage's start."""
+    torch.set_rng_state(state["cpu"].clone())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.clone() for s in state["cuda"]])
+
+
 class TorchRNG:
-    """The CPU torch generator as a stateful part (state.pt's ``torch_rng``)."""
+    """Every rank's torch generators as one stateful part (state.pt's ``torch_rng``).
 
-    def state_dict(self) -> torch.Tensor:
-        return torch.get_rng_state()
+    State: ``{"cpu": uint8 [W, n]}`` plus ``"cuda": uint8 [W, devices, m]`` when CUDA is present,
+    row r being rank r's. `gather_state` (a collective, at checkpoint steps) collects the rows;
+    without it (one process) the state is this rank's alone. Restore gives rank r its own row;
+    a rank the checkpoint has no row for (the run resumed on more workers) is seeded from
+    (rank 0's saved CPU state, its rank): deterministic, and different from every other rank.
+    The other draws of a step (crops, masks, CPC's patch augmentation, fills) are pure
+    functions of (seed, epoch, sample) or (seed, step), so these generators are all there is.
+    Checkpoints from before (a bare CPU state tensor) restore the CPU generator as they did.
+    """
 
-    def load_state_dict(self, state: torch.Tensor) -> None:
-        torch.set_rng_state(state)
+    def __init__(self, rank: int = 0) -> None:
+        self.rank = rank
+        self._gathered: Optional[dict[str, torch.Tensor]] = None
+
+    def gather_state(self) -> None:
+        from trainers.distributed import gather_host_bytes
+
+        mine = local_rng_state()
+        self._gathered = {name: torch.stack([t.view(mine[name].shape) for t in
+                                             gather_host_bytes(mine[name].reshape(-1).to(torch.uint8))])
+                          for name in sorted(mine)}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state, self._gathered = self._gathered, None  # a gather serves the one save after it
+        if state is None:
+            state = {name: t.unsqueeze(0) for name, t in local_rng_state().items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor] | torch.Tensor) -> None:
+        if isinstance(state, torch.Tensor):  # a checkpoint with rank 0's CPU state only
+            torch.set_rng_state(state)
+            return
+        if self.rank < len(state["cpu"]):
+            set_local_rng_state({name: rows[self.rank] for name, rows in state.items()})
+            return
+        digest = hashlib.blake2b(state["cpu"][0].numpy().tobytes() + self.rank.to_bytes(8, "little"),
+                                 digest_size=8).digest()
+        torch.manual_seed(int.from_bytes(digest, "little") >> 1)  # CPU and every CUDA device
 
 
 class CheckpointManager:
@@ -77,6 +137,14 @@ class CheckpointManager:
         if "progress" not in states:
             raise ValueError(f"a checkpoint needs a 'progress' part; got {sorted(states)}")
         self.states = states
+
+    def gather(self) -> None:
+        """Collective: every rank calls it before rank 0 saves, so parts with per-rank state
+        (`gather_state`) hand rank 0 every rank's."""
+        for part in self.states.values():
+            gather_state = getattr(part, "gather_state", None)
+            if gather_state is not None:
+                gather_state()
 
     def save(self, directory: str | os.PathLike, config: dict[str, Any]) -> Path:
         """Write every part's state (and `config`, to meta.json) into `directory`."""
@@ -128,7 +196,9 @@ def load_meta(directory: str | os.PathLike) -> dict[str, Any]:
 def progress_of(state: dict[str, Any]) -> Progress:
     """The progress entry of a loaded state.pt."""
     p = state["progress"]
-    return Progress(step=int(p["step"]), epoch=int(p["epoch"]), batch=int(p["batch"]))
+    workers = p.get("world_size")
+    return Progress(step=int(p["step"]), epoch=int(p["epoch"]), batch=int(p["batch"]),
+                    world_size=None if workers is None else int(workers))
 
 
 def latest_checkpoint_dir(run_dir: Path) -> Path | None:

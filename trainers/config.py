@@ -107,15 +107,45 @@ class MonitorConfig(_Strict):
 
 
 class ScalingSettings(_Strict):
-    """How many Ray Train workers and what each gets."""
+    """How many Ray Train workers and what each gets.
 
-    num_workers: PositiveInt = 2
+    `num_workers` is a count, or ``[min, max]`` for Ray Train's elastic training: the run
+    starts with as many workers as the cluster can place (at least min) and restarts on fewer
+    or more after a node is lost or added, continuing from the last checkpoint.
+    """
+
+    num_workers: Union[PositiveInt, tuple[PositiveInt, PositiveInt]] = Field(
+        2, description="workers, or [min, max] for elastic training (every count must divide batch_size)")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     collective_timeout_s: int = Field(
         1800, gt=0, description="torch.distributed timeout of one collective (the monitor's budget_s is added)")
     wait_for_resources_s: float = Field(
         900.0, ge=0, description="how long to wait for an autoscaling cluster to grow to the request")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _ordered(cls, value):
+        if isinstance(value, tuple) and value[0] > value[1]:
+            raise ValueError(f"[min, max] = {list(value)}: expected min <= max")
+        return value
+
+    @property
+    def elastic(self) -> bool:
+        """True when `num_workers` is a [min, max] range."""
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    def worker_counts(self) -> list[int]:
+        """Every worker count the run may have."""
+        return list(range(self.min_workers, self.max_workers + 1))
 
 
 class FaultDrill(_Strict):
@@ -191,15 +221,24 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
-        if self.batch_size % self.scaling.num_workers:
+        # Each worker takes batch_size / W samples of every global batch (pipeline.epochs): the
+        # global batches, LR schedule and steps are then the same for every W the run may have.
+        s, k = self.scaling, self.gradient_accumulation_steps
+        if not s.elastic and self.batch_size % s.num_workers:
             raise ValueError(
-                f"batch_size={self.batch_size} is not divisible by scaling.num_workers={self.scaling.num_workers}"
-            )
-        if self.per_worker_batch() % self.gradient_accumulation_steps:
+                f"batch_size={self.batch_size} is not divisible by scaling.num_workers={s.num_workers}")
+        if not s.elastic and self.per_worker_batch() % k:
             raise ValueError(
-                f"gradient_accumulation_steps={self.gradient_accumulation_steps} does not divide the per-worker "
-                f"batch {self.per_worker_batch()} (batch_size / scaling.num_workers)"
-            )
+                f"gradient_accumulation_steps={k} does not divide the per-worker "
+                f"batch {self.per_worker_batch()} (batch_size / scaling.num_workers)")
+        bad = [w for w in s.worker_counts() if self.batch_size % w or (self.batch_size // w) % k]
+        if bad:
+            good = [w for w in range(1, s.max_workers + 1) if not self.batch_size % w and not (self.batch_size // w) % k]
+            accumulation = f" into micro-batches of gradient_accumulation_steps={k}" if k > 1 else ""
+            raise ValueError(
+                f"scaling.num_workers={list(s.num_workers)}: batch_size={self.batch_size} does not split evenly"
+                f"{accumulation} over {', '.join(map(str, bad))} workers; counts up to {s.max_workers} that work: "
+                f"{', '.join(map(str, good))}")
         return self
 
     def collective_timeout_s(self) -> int:
@@ -234,8 +273,14 @@ class TrainConfig(_Strict):
         config.check_view_sizes([v.size for v in spec.views if v.kind == "global"])
         return config
 
-    def per_worker_batch(self) -> int:
-        return self.batch_size // self.scaling.num_workers
+    def per_worker_batch(self, world_size: Optional[int] = None) -> int:
+        """Samples per worker per step: batch_size / the run's actual number of workers
+        (`world_size`; may be left out only when `scaling.num_workers` is a fixed count)."""
+        if world_size is None:
+            if self.scaling.elastic:
+                raise ValueError("scaling.num_workers is a [min, max] range: give the actual world size")
+            world_size = self.scaling.num_workers
+        return self.batch_size // world_size
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":

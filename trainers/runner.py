@@ -63,23 +63,43 @@ def check_inputs(config: TrainConfig) -> None:
 
 
 def _shortfall(config: TrainConfig, resources: dict[str, float]) -> Optional[str]:
-    """What the cluster lacks right now to place every worker, or None."""
+    """What the cluster lacks right now to place the fewest workers the run may start with
+    (all of them; an elastic run's min), or None."""
     s = config.scaling
-    cpus_needed, cpus_have = s.num_workers * s.cpus_per_worker, resources.get("CPU", 0)
+    n, shown = s.min_workers, s.num_workers if not s.elastic else list(s.num_workers)
+    cpus_needed, cpus_have = n * s.cpus_per_worker, resources.get("CPU", 0)
     if cpus_needed > cpus_have:
-        return (f"scaling.num_workers={s.num_workers} x cpus_per_worker={s.cpus_per_worker} needs "
+        return (f"scaling.num_workers={shown} x cpus_per_worker={s.cpus_per_worker} needs "
                 f"{cpus_needed:g} CPUs; the Ray cluster has {cpus_have:g}")
-    if s.use_gpu and s.num_workers > resources.get("GPU", 0):
-        return (f"scaling.use_gpu with num_workers={s.num_workers} needs {s.num_workers} GPUs; "
+    if s.use_gpu and n > resources.get("GPU", 0):
+        return (f"scaling.use_gpu with num_workers={shown} needs {n} GPUs; "
                 f"the Ray cluster has {resources.get('GPU', 0):g}")
     return None
 
 
 def worker_bundles(config: TrainConfig) -> list[dict[str, float]]:
-    """One resource bundle per Ray Train worker (what its placement group will ask for)."""
+    """One resource bundle per Ray Train worker (what its placement group will ask for; an
+    elastic run asks for its max, as Ray Train's ElasticScalingPolicy does)."""
     s = config.scaling
     bundle = {"CPU": s.cpus_per_worker, **({"GPU": 1.0} if s.use_gpu else {})}
-    return [dict(bundle) for _ in range(s.num_workers)]
+    return [dict(bundle) for _ in range(s.max_workers)]
+
+
+def scaling_config(config: TrainConfig):
+    """Ray Train's `ScalingConfig` for the run.
+
+    ``[min, max]`` becomes the tuple ``num_workers=(min, max)`` of Ray Train's elastic
+    training (ray/train/v2/api/config.py, `ScalingConfig.num_workers: Union[int, Tuple[int,
+    int]]`, `elasticity_enabled`; scaling_policy/factory.py then picks `ElasticScalingPolicy`,
+    which starts or restarts the worker group with as many workers as the reserved resources
+    hold, capped at max and never below min). The config has already checked that every count
+    in the range divides batch_size.
+    """
+    import ray.train
+
+    s = config.scaling
+    return ray.train.ScalingConfig(num_workers=tuple(s.num_workers) if s.elastic else s.num_workers,
+                                   use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker})
 
 
 def check_cluster(config: TrainConfig, poll_s: float = 2.0, can_grow: bool = True) -> None:
@@ -195,15 +215,12 @@ def _fit(config: TrainConfig, epoch_hooks: Sequence[Any] = (), progress: Optiona
     storage_path, filesystem = storage_for(config.run.storage, config.data.endpoint_url)
     name = board_name()
     board = create_board(name)
-    s = config.scaling
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "epoch_hooks": list(epoch_hooks),
                            "step_hooks": step_hooks(config), "progress_board": name},
         torch_config=torch_config(config),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
-        ),
+        scaling_config=scaling_config(config),
         run_config=ray.train.RunConfig(
             name=config.run.name,
             storage_path=storage_path,

@@ -8,18 +8,18 @@ is `trainers.trainer`. See ARCHITECTURE.md section 3.
 """
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Protocol
 
+import numpy as np
 import torch
 
 from pipeline import ViewBatch
 from trainers.checkpoint import find_latest_checkpoint
 from trainers.config import TrainConfig
-from trainers.distributed.collectives import gather_digests, reduce_logs
+from trainers.distributed.collectives import gather_ints, reduce_logs
 from trainers.methods import Method
 from trainers.metrics import MetricsLogger
 from trainers.trainer import Trainer
@@ -54,10 +54,25 @@ class StepTimer:
         }
 
 
-def batch_digest(batch: ViewBatch) -> int:
-    """A short, order-sensitive fingerprint of the samples in a batch (for audit logs)."""
-    h = hashlib.blake2b("\n".join(batch.keys).encode(), digest_size=7)
-    return int.from_bytes(h.digest(), "little")
+DIGEST_BITS = 56  # digests print as 14 hex digits and a sum of W of them fits an int64
+
+
+def sample_set_digest(rows: np.ndarray) -> int:
+    """This rank's part of its global batch's fingerprint: the sum, mod 2**56, of a 64-bit mix
+    (splitmix64's finaliser) of each distinct item id in its batch.
+
+    A sum of per-sample hashes does not depend on how the global batch is split, so the sum of
+    the ranks' parts is the same on any number of workers (`pipeline.epochs` keeps each global
+    batch's samples fixed). A hole's fill repeats a sample of the same rank batch, so distinct
+    ids make the digest that of the global batch's readable samples, however it is split.
+    """
+    z = np.unique(np.asarray(rows, dtype=np.int64)).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return int(z.sum(dtype=np.uint64) % np.uint64(1 << DIGEST_BITS))
 
 
 class EpochHook(Protocol):
@@ -99,8 +114,10 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
 
     def report(final: bool = False) -> None:
         metrics = {"step": trainer.step, "epoch": trainer.position.epoch, **last,
-                   **timer.summary(world_size, config.per_worker_batch()),
-                   "total_steps": trainer.total_steps, "resumed_from_step": resumed_from, "final": final}
+                   **timer.summary(world_size, config.per_worker_batch(world_size)),
+                   "total_steps": trainer.total_steps, "resumed_from_step": resumed_from, "final": final,
+                   "world_size": world_size}
+        trainer.checkpoint.gather()  # every rank: per-rank state (RNG) reaches rank 0's checkpoint
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 trainer.save(tmp, logger.path)
@@ -145,7 +162,8 @@ def step_and_log(trainer: Trainer, batch: ViewBatch, timer: Optional[StepTimer] 
 
     This is the loop's per-step code (every collective it issues goes through here): the step
     (DDP buckets, SyncBN, gathers: on the training device), then at a log step ONE gather of
-    the batch fingerprints and ONE all-reduce of the logs, both on the training device. Between
+    the ranks' counters (batch digest part, steps this attempt, samples skipped and holes filled
+    by the loader so far) and ONE all-reduce of the logs, both on the training device. Between
     log steps nothing is read back to the host. Returns the record to log, or None.
     """
     logs = trainer.train_step(batch)
@@ -154,12 +172,18 @@ def step_and_log(trainer: Trainer, batch: ViewBatch, timer: Optional[StepTimer] 
     step = trainer.step
     if not is_log_step(trainer.config, step, trainer.total_steps):
         return None
-    digests = gather_digests(batch_digest(batch), trainer.device)
+    stats = trainer.loader.stats if trainer.loader is not None else None
+    counters = gather_ints([sample_set_digest(batch.rows.cpu().numpy()), step - trainer.resumed_from,
+                            stats.skipped_samples if stats else 0, stats.filled if stats else 0], trainer.device)
+    digest, rank_steps, skipped, filled = (list(c) for c in zip(*counters))
     logs = reduce_logs({**logs, "nonfinite_steps": trainer.nonfinite_steps})
     trainer.check_finite(logs)
     logs.pop("nonfinite_steps")
+    # batch_digest: the global batch's sample set, the same on any number of workers;
+    # rank_steps: each rank's steps in this attempt (equal: every rank runs every step)
     record = {"step": step, "epoch": batch.epoch, "batch": batch.batch, "lr": float(trainer.lr[step - 1]),
-              "batch_digest": "-".join(f"{d:014x}" for d in digests), **logs}
+              "batch_digest": f"{sum(digest) % (1 << DIGEST_BITS):014x}", "world_size": trainer.world_size,
+              "rank_steps": rank_steps, "skipped_samples": sum(skipped), "filled_samples": sum(filled), **logs}
     if timer is not None:
-        record.update(timer.summary(trainer.world_size, trainer.config.per_worker_batch()))
+        record.update(timer.summary(trainer.world_size, trainer.config.per_worker_batch(trainer.world_size)))
     return record

@@ -125,7 +125,7 @@ class Trainer:
         self.loader: Optional[ViewLoader] = None
         if steps_per_epoch is None:
             self.loader = ViewLoader(
-                dataset_arg(config.data.dataset), config.view_spec(), config.per_worker_batch(), rank=rank,
+                dataset_arg(config.data.dataset), config.view_spec(), config.per_worker_batch(world_size), rank=rank,
                 world_size=world_size, seed=config.seed, device=device,
                 num_threads=config.data.num_threads, prefetch=config.data.prefetch, drop_last=True,
                 endpoint_url=config.data.endpoint_url, epoch_size=config.data.epoch_size,
@@ -153,8 +153,8 @@ class Trainer:
         self.checkpoint = CheckpointManager(states={
             "method": self.method,  # weights, EMA teachers, queues, centres
             "optimizer": self.optimizer,  # moments and each group's lr_scale
-            "torch_rng": TorchRNG(),
-            "progress": _TrainerProgress(self),  # step and data position
+            "torch_rng": TorchRNG(rank),  # every rank's CPU and CUDA generators
+            "progress": _TrainerProgress(self),  # step, data position, worker count
         })
         # DDP over the method's step: bucketed all-reduces overlap backward (trainers.distributed)
         self.unused_parameters_until = unused_parameter_steps(self.method)
@@ -283,9 +283,15 @@ class _TrainerProgress:
 
     def state_dict(self) -> dict[str, int]:
         t = self.trainer
-        return Progress(t.step, t.position.epoch, t.position.batch).as_dict()
+        return Progress(t.step, t.position.epoch, t.position.batch, t.world_size).as_dict()
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Global batches make (step, epoch, batch) mean the same on any number of workers, so
+        a checkpoint written by another count resumes exactly (pipeline.epochs)."""
         t = self.trainer
         t.step, t.position = int(state["step"]), DataPosition(int(state["epoch"]), int(state["batch"]))
         t.resumed_from = t.step
+        written_by = state.get("world_size")
+        if written_by is not None and int(written_by) != t.world_size and t.rank == 0:
+            log.warning("resuming step %d (epoch %d, global batch %d) written by %d workers on %d workers",
+                        t.step, t.position.epoch, t.position.batch, int(written_by), t.world_size)

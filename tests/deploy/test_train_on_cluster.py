@@ -1,6 +1,7 @@
 """`viewstream train` across nodes, submitted as a Ray job like production (`ray job submit`):
 one worker per node, checkpoints and metrics in storage both nodes see, a checkpoint that resumes
-on a one-node cluster, and a run that survives losing its second node when a replacement joins."""
+on a one-node cluster, a run that survives losing its second node when a replacement joins, and an
+elastic run (`scaling.num_workers: [min, max]`) that goes on with fewer workers after losing one."""
 from __future__ import annotations
 
 import json
@@ -172,3 +173,44 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_an_elastic_run_that_loses_a_node_continues_on_the_remaining_workers_with_exact_coverage(
+    shards: str, tmp_path: Path
+) -> None:
+    """`scaling.num_workers: [2, 3]` on three 1-CPU nodes: Ray Train's elastic policy starts 3
+    workers; after a node is lost it restarts on the 2 the cluster still holds (no replacement),
+    from the last checkpoint, and every global batch holds the samples of a 1-rank epoch."""
+    from pipeline import ViewLoader
+    from trainers.config import TrainConfig
+    from trainers.metrics import read_metrics
+    from trainers.train_loop import sample_set_digest
+
+    fast_detection = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
+                      "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "0"}
+    storage, batch = tmp_path / "runs", 12
+    config = write_config(tmp_path / "train.yaml", shards, storage, "elastic", epochs=1, batch_size=batch,
+                          max_steps=8, scaling={"num_workers": [2, 3], "cpus_per_worker": 1}, run__max_failures=1)
+    spec = TrainConfig.model_validate(yaml.safe_load(config.read_text())).view_spec()
+    expected = [f"{sample_set_digest(b.rows.numpy()):014x}"
+                for b in ViewLoader(shards, spec, batch, drop_last=True, num_threads=1).iter_epoch(0)][:8]
+    job_id = f"elastic-{tmp_path.name}"
+    with LocalRayCluster(head_cpus=1, worker_nodes=2, dashboard=True, extra_env=fast_detection) as cluster:
+        submit(cluster, config, job_id)
+        deadline = time.time() + 300
+        while max(metrics_steps(storage / "elastic"), default=0) < 4:  # past the checkpoint at step 3
+            assert time.time() < deadline, "training never reached step 4"
+            time.sleep(0.1)
+        cluster.kill_node("worker-2")
+        killed_at = max(metrics_steps(storage / "elastic"))
+        logs = subprocess.run(["ray", "job", "logs", "--address", cluster.dashboard_url, "--follow", job_id],
+                              env=cluster.env, capture_output=True, text=True, timeout=600)
+        status = subprocess.run(["ray", "job", "status", "--address", cluster.dashboard_url, job_id],
+                                env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert f"Job '{job_id}' succeeded" in plain(status), plain(status)[-2000:] + logs.stdout[-4000:]
+    done, planned, resumed_from = summary_steps(logs.stdout)
+    assert done == planned == len(expected) and 0 < resumed_from <= killed_at < planned
+    records = [r for r in read_metrics(storage / "elastic") if "loss" in r]
+    assert [r["world_size"] for r in records] == [3] * resumed_from + [2] * (planned - resumed_from)
+    assert all(len(set(r["rank_steps"])) == 1 for r in records)
+    assert [r["batch_digest"] for r in records] == expected

@@ -219,12 +219,13 @@ def test_the_loops_collectives_run_on_the_training_device_and_only_log_steps_add
         devices = set().union(*(d for step in res["per_step"] for _, d in step))
         assert devices == {res["device"]}, devices
         quiet, log_step = res["per_step"][0], res["per_step"][1]  # steps 1 (no log) and 2 (log)
-        # + ONE all-gather of the digests + ONE all-reduce of all logs; nothing else is added
+        # + ONE all-gather of the ranks' counters + ONE all-reduce of all logs; nothing else is added
         assert quiet and len(log_step) == len(quiet) + 2 and log_step[-2:] == [("all_gather", {"cpu"}), ("all_reduce", {"cpu"})]
         assert res["per_step"][2] == quiet
         assert res["records"][0] is None and res["records"][1]["step"] == 2
     digests = [res["records"][1]["batch_digest"] for res in ranks]
-    assert digests[0] == digests[1] and len(digests[0].split("-")) == 2
+    assert digests[0] == digests[1] and len(digests[0]) == 14  # one digest of the global batch
+    assert [res["records"][1]["rank_steps"] for res in ranks] == [[2, 2]] * 2
 
 
 def test_backend_string_routes_cpu_tensors_to_gloo_and_cuda_to_nccl():

@@ -6,7 +6,8 @@ contributions of all ranks, and the parameter-gradient sync divides the summed g
 the world size (`trainers.distributed.data_parallel`). Together that is the gradient of the
 mean of the rank losses: the single-process loss on the concatenated batch.
 Per-step values stay on the training device; they are read back to the host only at log steps
-(:func:`reduce_logs`, :func:`gather_digests`). See ARCHITECTURE.md section 3.
+(:func:`reduce_logs`, :func:`gather_ints`); checkpoints gather per-rank host state with
+:func:`gather_host_bytes`. See ARCHITECTURE.md section 3.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from trainers.distributed.process_group import is_distributed, rank, world_size
 
 __all__ = ["all_reduce_max", "all_reduce_sum", "all_reduce_with_grad", "broadcast_module", "gather",
-           "gather_digests", "gather_with_grad", "reduce_logs"]
+           "gather_host_bytes", "gather_ints", "gather_with_grad", "reduce_logs"]
 
 
 @torch.no_grad()
@@ -128,18 +129,31 @@ def reduce_logs(logs: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in zip(keys, values.tolist())}
 
 
-def gather_digests(digest: int, device: torch.device | str = "cpu") -> list[int]:
-    """Every rank's batch fingerprint (an int < 2**63), in rank order; call at log steps only.
-
-    The tensor lives on `device` (the training device) so it goes through the same backend
-    as the model's collectives.
-    """
+def gather_ints(values: list[int], device: torch.device | str = "cpu") -> list[list[int]]:
+    """Every rank's `values` (ints in [-2**63, 2**63), the same count on every rank), in rank
+    order; call at log steps only. The tensor lives on `device` (the training device) so it
+    goes through the same backend as the model's collectives."""
     if not is_distributed():
-        return [digest]
-    mine = torch.tensor([digest], dtype=torch.int64, device=device)
+        return [list(values)]
+    mine = torch.tensor(values, dtype=torch.int64, device=device)
     everyone = [torch.zeros_like(mine) for _ in range(world_size())]
     dist.all_gather(everyone, mine)
-    return [int(v) for v in torch.cat(everyone).tolist()]
+    return torch.stack(everyone).tolist()
+
+
+def gather_host_bytes(data: Tensor) -> list[Tensor]:
+    """Every rank's 1-D uint8 CPU tensor (lengths may differ), in rank order; a collective for
+    checkpoint steps (RNG states). CPU tensors go through gloo (``cpu:gloo,cuda:nccl``)."""
+    if not is_distributed():
+        return [data.clone()]
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64))
+    longest = max(int(n) for n in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[:data.numel()] = data
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return [p[:int(n)].clone() for p, n in zip(parts, sizes)]
 
 
 @torch.no_grad()
