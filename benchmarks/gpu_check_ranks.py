@@ -34,13 +34,12 @@ float64"), so the bf16 channels_last kernels are exercised by the host-sync step
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import tempfile
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -49,6 +48,7 @@ import torch.multiprocessing as mp
 from gpu_check_configs import method_config, train_config
 from pipeline import DataPosition, ViewBatch
 from testbed.host_syncs import counting_syncs
+from testbed.numerics import default_dtype
 from trainers import distributed
 from trainers.distributed import SyncBatchNorm
 from trainers.trainer import Trainer
@@ -66,16 +66,6 @@ WARMUP, COUNTED = 3, 3
 TOLERANCE = 1e-6
 FLOOR = 1e-6
 FREEZE = {"swav": {"freeze_prototypes_steps": 1}, "dino": {"freeze_last_layer_steps": 1}}
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _global_views(method: dict[str, Any], s: dict[str, Any], step: int, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -104,7 +94,7 @@ def _trainer(method: dict[str, Any], s: dict[str, Any], device: str, precision: 
 
 def step_records(method: dict[str, Any], s: dict[str, Any], device: str) -> list[dict[str, Any]]:
     """Per step, in float64: the loss (mean over ranks), the gradients before clipping, the state."""
-    with _default_dtype(torch.float64):
+    with default_dtype(torch.float64):
         trainer = _trainer(method, s, device, precision="fp32")
         named = [(n, p) for n, p in trainer.method.named_parameters() if p.requires_grad]
         pre_clip: dict[str, torch.Tensor] = {}

@@ -10,7 +10,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from tests.trainers.spawn import run_distributed
-from tests.trainers.tiny import (GLOBAL_BATCH, TINY_CONFIGS, default_dtype, make_trainer, make_views, record,
+from testbed.numerics import default_dtype
+from tests.trainers.tiny import (GLOBAL_BATCH, TINY_CONFIGS, make_trainer, make_views, record,
                                  view_batch)
 from trainers import distributed
 from trainers.backbones import Backbone

@@ -7,14 +7,14 @@ scheduler, optimizer, EMA updates.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from pipeline import DataPosition, ViewBatch
 from trainers import distributed
 from trainers.config import TrainConfig
+from testbed.numerics import default_dtype
 from trainers.trainer import Trainer
 
 CONVNET = {"name": "convnet", "width": 0.25}
@@ -132,16 +132,6 @@ def record(trainer: Trainer, logs: dict) -> dict:
         "without_grad": sorted(n for n, p in named if p.grad is None),
         "state": {k: v.clone() for k, v in trainer.method.state_dict().items()},
     }
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 # steps each method runs in the equivalence tests: MoCo's pointer wraps (24 = 3 batches of 8) and is

@@ -50,12 +50,29 @@ def vit_tokens(net: nn.Module, images: Tensor, mask: Tensor | None = None, mask_
     return net.forward_head(x, pre_logits=True), x[:, net.num_prefix_tokens:]
 
 
-class ViTBackbone(Backbone):
-    """A timm VisionTransformer returning the class token (dynamic image size for multi-crop)."""
+class TimmViTBase(Backbone):
+    """What every ViT backbone here shares: a timm VisionTransformer in `self.net` whose pooled
+    output is the class token, the token forward of the masked-patch methods, timm's no-decay list."""
 
     family = "vit"
     classifier_prefixes = ("head.",)
     token_output = True
+    net: nn.Module
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def forward_tokens(self, images: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor]:
+        return vit_tokens(self.net, images, mask, mask_token)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to this module) that take no weight decay (timm's list, those that exist)."""
+        return existing_parameters(self.net, self.net.no_weight_decay())
+
+
+class ViTBackbone(TimmViTBase):
+    """A timm VisionTransformer returning the class token (dynamic image size for multi-crop)."""
 
     def __init__(self, model_name: str, config: BackboneConfig, **overrides) -> None:
         super().__init__()
@@ -78,16 +95,6 @@ class ViTBackbone(Backbone):
         self.feature_dim = self.net.num_features
         self.patch_size = int(self.net.patch_embed.patch_size[0])
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.net(images)
-
-    def forward_tokens(self, images: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None
-                       ) -> tuple[Tensor, Tensor]:
-        return vit_tokens(self.net, images, mask, mask_token)
-
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names (relative to this module) that take no weight decay (timm's list, those that exist)."""
-        return existing_parameters(self.net, self.net.no_weight_decay())
 
 
 def sincos_position_embedding(grid_size: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -109,7 +116,7 @@ def sincos_position_embedding(grid_size: tuple[int, int], dim: int, temperature:
     return torch.cat([torch.zeros(1, 1, dim), pos], dim=1)
 
 
-class MoCoV3ViTBackbone(Backbone):
+class MoCoV3ViTBackbone(TimmViTBase):
     """MoCo v3's ViT (vits.py `VisionTransformerMoCo`) on timm's VisionTransformer.
 
     ViT-S/16: 384 wide, 12 blocks, 12 heads (DeiT-S/timm's vit_small has 6), fixed 2-D sin-cos
@@ -117,10 +124,6 @@ class MoCoV3ViTBackbone(Backbone):
     treated separately, cls token N(0, 1e-6)), and optionally a frozen patch embedding
     (`stop_grad_conv1`; the paper's ViT recipes use it).
     """
-
-    family = "vit"
-    classifier_prefixes = ("head.",)
-    token_output = True
 
     def __init__(self, config: BackboneConfig, embed_dim: int = 384, depth: int = 12, num_heads: int = 12,
                  model_name: str = "vit_small_patch16_224") -> None:
@@ -155,12 +158,3 @@ class MoCoV3ViTBackbone(Backbone):
         self.feature_dim = net.num_features
         self.patch_size = patch
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.net(images)
-
-    def forward_tokens(self, images: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None
-                       ) -> tuple[Tensor, Tensor]:
-        return vit_tokens(self.net, images, mask, mask_token)
-
-    def no_weight_decay(self) -> set[str]:
-        return existing_parameters(self.net, self.net.no_weight_decay())
