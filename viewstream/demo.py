@@ -46,7 +46,7 @@ class DemoSize:
 
 FULL = DemoSize(train_images=None, test_images=None, epochs=3, batch_size=256, checkpoint_every_steps=200,
                 view_groups=4000, view_test_groups=500, view_steps=300, view_batch_size=128)
-QUICK = DemoSize(train_images=1536, test_images=1024, epochs=5, batch_size=128, checkpoint_every_steps=12,
+QUICK = DemoSize(train_images=1536, test_images=1024, epochs=8, batch_size=128, checkpoint_every_steps=12,
                  view_groups=1500, view_test_groups=500, view_steps=150, view_batch_size=64)
 
 # Per-method settings for 28 px grayscale images on a CPU: a small ConvNet and the method's
