@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from evaluation.embeddings import count_embeddings, iter_embeddings, read_embeddings, read_embeddings_metadata
+from groundfloor.parquet_files import read_parquet
 from groundfloor.errors import UsageError
 
 PAIRS_SCHEMA = pa.schema([("key_a", pa.string()), ("group_a", pa.string()), ("key_b", pa.string()),
@@ -93,7 +94,7 @@ def contact_sheet(pairs_path: str, dataset: str, out_png: str, num_pairs: int = 
     from evaluation.plots import plot_pair_sheet
     from evaluation.sources import read_sample_image
 
-    table = pq.read_table(pairs_path)
+    table = read_parquet(pairs_path)
     if table.num_rows == 0:
         raise UsageError(f"{pairs_path!r} lists no pairs: nothing to show (raise --threshold?)")
     order = np.argsort(-table.column("score").to_numpy(), kind="stable")[:num_pairs]

@@ -11,7 +11,6 @@ also carry ``shard`` and ``dataset`` columns. Every reader here takes a file or 
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -210,11 +209,11 @@ def _open(path: str | os.PathLike) -> pq.ParquetFile:
     path = str(path)
     try:
         if os.path.isfile(path):
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path, pre_buffer=False)  # no Arrow IO pool: see groundfloor.parquet_files
         else:  # object storage: one file of an embeddings dataset is one shard's rows
             from groundfloor.storage import Storage
 
-            pf = pq.ParquetFile(io.BytesIO(Storage().read_bytes(path)))
+            pf = pq.ParquetFile(pa.BufferReader(Storage().read_bytes(path)), pre_buffer=False)
     except (FileNotFoundError, OSError, pa.ArrowInvalid) as err:
         raise UsageError(f"cannot read embeddings file {str(path)!r}: {err}") from None
     missing = [c for c in COLUMNS if c not in pf.schema_arrow.names]
@@ -236,7 +235,7 @@ def _to_embeddings(table: pa.Table, metadata: dict[str, Any]) -> Embeddings:
 def read_embeddings(path: str | os.PathLike) -> Embeddings:
     """A whole embeddings file or dataset in memory (labels missing from some rows read as -1)."""
     files = embedding_files(path)
-    tables = [_open(f).read(columns=list(COLUMNS)) for f in files]
+    tables = [_open(f).read(columns=list(COLUMNS), use_threads=False) for f in files]
     meta = read_embeddings_metadata(files[0])
     tables = [t for t in tables if t.num_rows] or tables[:1]
     return _to_embeddings(pa.concat_tables(tables), meta)
@@ -253,6 +252,6 @@ def iter_embeddings(path: str | os.PathLike, batch_size: int = 65536) -> Iterato
     files = embedding_files(path)
     meta = read_embeddings_metadata(files[0])
     for f in files:
-        for record in _open(f).iter_batches(batch_size=batch_size, columns=list(COLUMNS)):
+        for record in _open(f).iter_batches(batch_size=batch_size, columns=list(COLUMNS), use_threads=False):
             if record.num_rows:
                 yield _to_embeddings(pa.Table.from_batches([record]), meta)

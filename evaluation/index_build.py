@@ -39,7 +39,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from evaluation.embeddings import count_embeddings, embedding_files, iter_embeddings, read_embeddings_metadata
+from evaluation.embeddings import (Embeddings, count_embeddings, embedding_files, iter_embeddings,
+                                   read_embeddings_metadata)
+from evaluation.faiss_gpu import flat_index_on_gpus, gpu_available
 from evaluation.search import INDEX_FILE, INFO_FILE, ROWS_FILE, normalized
 from groundfloor.errors import UsageError
 
@@ -114,7 +116,7 @@ def default_train_size(index: faiss.Index) -> int:
     return max(39 * nlist, 65536)
 
 
-def iter_rows(path: str, lo: int, hi: int, batch: int) -> Iterator[tuple[int, "Embeddings"]]:
+def iter_rows(path: str, lo: int, hi: int, batch: int) -> Iterator[tuple[int, Embeddings]]:
     """(first global row, chunk) for rows [lo, hi) of an embeddings file or dataset, streaming;
     files entirely outside the range are not opened beyond their footers."""
     from evaluation.embeddings import _open
@@ -136,7 +138,6 @@ def iter_rows(path: str, lo: int, hi: int, batch: int) -> Iterator[tuple[int, "E
 
 
 def _slice(chunk, a: int, b: int):
-    from evaluation.embeddings import Embeddings
 
     if a == 0 and b == len(chunk):
         return chunk

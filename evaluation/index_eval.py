@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from evaluation.index_build import QUERIES_FILE, iter_rows, log2_range, nlist_of
 from evaluation.search import normalized
+from groundfloor.parquet_files import read_parquet
 from groundfloor.errors import UsageError
 
 
@@ -85,7 +85,7 @@ def load_queries(index_dir: str | Path, queries: Optional[str] = None, limit: Op
         if not path.is_file():
             raise UsageError(f"index {str(index_dir)!r} has no held-out queries: rebuild it with --hold-out N "
                              "or pass --queries EMBEDDINGS")
-        col = pq.read_table(path, columns=["vector"]).column("vector").combine_chunks()
+        col = read_parquet(path, columns=["vector"]).column("vector").combine_chunks()
         vectors = col.values.to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size)
     return vectors[:limit] if limit else vectors
 
@@ -134,7 +134,7 @@ class IndexEvaluation:
 def held_out_rows(index_dir: str | Path) -> list[int]:
     """Row ids `search build --hold-out` kept out of the index (skipped by the exact pass)."""
     path = Path(index_dir) / QUERIES_FILE
-    return pq.read_table(path, columns=["row"]).column("row").to_pylist() if path.is_file() else []
+    return read_parquet(path, columns=["row"]).column("row").to_pylist() if path.is_file() else []
 
 
 def evaluate_index_dir(index_dir: str, *, queries: Optional[str] = None, max_queries: Optional[int] = None,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from trainers.config import MonitorConfig, TrainConfig, dataset_arg
 from evaluation.sources import eval_loader, labelled_features
 from evaluation.knn import knn_evaluate
 from groundfloor.errors import UsageError
+
+if TYPE_CHECKING:
+    from pipeline.loader import ViewLoader
 
 log = logging.getLogger(__name__)
 TRAIN_SHARE = 0.6  # of the budget for the memory bank; the test split gets the rest but 5 %

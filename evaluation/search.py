@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from groundfloor.parquet_files import read_parquet
 from groundfloor.errors import UsageError
 
 INDEX_FILE = "index.faiss"
@@ -181,5 +182,5 @@ class SearchIndex:
         config = IndexConfig(**info["config"])
         if info["kind"] == "hnsw":
             index.hnsw.efSearch = config.hnsw_ef_search  # search-time knobs are not stored by FAISS
-        rows = pq.read_table(directory / ROWS_FILE)
+        rows = read_parquet(directory / ROWS_FILE)
         return cls(index, rows.column("key").to_pylist(), rows.column("group").to_pylist(), info["kind"], config)

@@ -15,9 +15,9 @@ from typing import Optional, Sequence
 
 import faiss
 import numpy as np
-import pyarrow.parquet as pq
 
 from evaluation.search import INDEX_FILE, INFO_FILE, ROWS_FILE, SearchResult, normalized, rows_of
+from groundfloor.parquet_files import read_parquet
 from groundfloor.errors import UsageError
 
 
@@ -57,7 +57,7 @@ class ShardedIndex:
             shards.append(faiss.read_index(str(directory / entry["name"] / INDEX_FILE)))
             offsets.append(int(entry["offset"]))
             if with_rows:
-                rows = pq.read_table(directory / entry["name"] / ROWS_FILE)
+                rows = read_parquet(directory / entry["name"] / ROWS_FILE)
                 keys += rows.column("key").to_pylist()
                 groups += rows.column("group").to_pylist()
         index = cls(shards, offsets, keys, groups, info, directory)

@@ -15,9 +15,8 @@ shard's photos (shards.parquet ``num_views``) instead of its groups, and the kno
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa

@@ -40,6 +40,7 @@ from sharding.format import (
 )
 from sharding.containers import ContainerSpec, Problem, container_groups, is_container
 from sharding.plan import Group, groups_of
+from groundfloor.parquet_files import read_parquet
 from groundfloor.storage import Storage, join
 from sharding.tar_writer import TarWriter
 from sharding.validate import (
@@ -145,7 +146,7 @@ def parquet_bytes(table: pa.Table) -> bytes:
 def build_shard(task: ShardTask, output: str, options: BuildOptions, storage: Storage,
                 prefetch: int = DEFAULT_PREFETCH) -> ShardRecord:
     """Build, publish and record shard `task` under `output` (see module docstring)."""
-    groups = groups_of(pq.read_table(io.BytesIO(task.rows)))
+    groups = groups_of(read_parquet(task.rows))
     record = ShardRecord(task.name, task.fingerprint, task.num_inputs)
     tar_uri = join(output, SHARDS_DIR, task.name)
     index_rows: list[dict] = []

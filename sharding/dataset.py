@@ -8,13 +8,12 @@ the dataset in one table) is for small datasets and tools that visit every sampl
 """
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from groundfloor.errors import UsageError
+from groundfloor.parquet_files import read_parquet
 
 from sharding.format import (
     FORMAT_VERSION,
@@ -112,11 +111,7 @@ def _read_table(uri: str, schema: pa.Schema, storage: Storage | None,
         data = _storage(storage).read_bytes(uri)
     except FileNotFoundError:
         raise UsageError(f"{uri!r} is missing (the dataset is incomplete; rerun the shard command)") from None
-    # ParquetFile, not read_table: read_table goes through pyarrow.dataset, whose first use
-    # costs a rank ~55 MB of RSS for nothing a one-file read needs.
-    names = columns if columns is not None else schema.names
-    table = pq.ParquetFile(io.BytesIO(data)).read(columns=names, use_threads=False)
-    return table.select(names).cast(pa.schema([schema.field(n) for n in names]))
+    return read_parquet(data, schema=schema, columns=columns)
 
 
 def shard_uri(root: str, shard_name: str) -> str:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from groundfloor.errors import UsageError
-from groundfloor.storage import Storage, local_path
+from groundfloor.storage import Storage
 from groundfloor.storage.uri import ABSOLUTE_URI_REGEX, parent_folder
 from sharding.records import INPUT_SCHEMA
 

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from groundfloor.parquet_files import read_parquet
 from groundfloor.errors import UsageError
 
 from sharding.dataset import index_part_uri, read_shard_index, shard_uri
@@ -77,7 +78,7 @@ def _read_parquet(storage: Storage, uri: str, schema: pa.Schema) -> pa.Table:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
         raise UsageError(f"{uri!r} is missing: not a complete version-1 dataset") from None
-    return pq.read_table(io.BytesIO(data), schema=schema)
+    return read_parquet(data, schema=schema)
 
 
 def _sha256_of_views(meta: bytes, num_views: int) -> list[str | None]:

@@ -11,7 +11,6 @@ import importlib
 import sys
 import traceback
 
-from groundfloor.errors import UsageError
 from viewstream.cliflags import add_verbose
 from viewstream.commands import COMMANDS
 from viewstream.error_lines import describe

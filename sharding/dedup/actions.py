@@ -13,14 +13,13 @@ it was merged into. See ARCHITECTURE.md section 1, "Duplicates across groups".
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from groundfloor.parquet_files import read_parquet
 from groundfloor.storage import Storage
 from sharding.dedup.markers import actions_dir
 
@@ -80,8 +79,8 @@ def load_actions(output: str, storage: Storage, mode: str, shard: str, fingerpri
         if not entry.relpath.endswith(suffix) or "/" in entry.relpath:
             continue
         merges = entry.relpath.startswith("merges-")
-        table = pq.read_table(io.BytesIO(storage.read_bytes(entry.uri)),
-                              schema=MERGE_ACTION_SCHEMA if merges else ACTION_SCHEMA)
+        table = read_parquet(storage.read_bytes(entry.uri),
+                             schema=MERGE_ACTION_SCHEMA if merges else ACTION_SCHEMA)
         if not merges:
             for row in table.filter(pc.equal(table.column("shard"), shard)).to_pylist():
                 action = out.setdefault(row["key"], SampleAction(group_id=row["group_id"]))

@@ -13,14 +13,13 @@ and are left out. See ARCHITECTURE.md section 1, "Duplicates across groups".
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from groundfloor.parquet_files import read_parquet
 from groundfloor.storage import Storage, join
 from sharding.build import parquet_bytes
 from sharding.dataset import index_part_uri
@@ -91,7 +90,7 @@ def view_rows(part: pa.Table, shard: str) -> pa.Table:
 
 def read_view_rows(storage: Storage, uri: str) -> pa.Table:
     """A file of view rows (SPLIT_SCHEMA): a split file or a bucket's duplicates."""
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=SPLIT_SCHEMA)
+    return read_parquet(storage.read_bytes(uri), schema=SPLIT_SCHEMA)
 
 
 def bucket_of(sha: pa.FixedSizeBinaryArray, bits: int) -> np.ndarray:
@@ -110,7 +109,7 @@ def split_chunk(task: SplitTask, output: str, storage: Storage) -> int:
     parts = []
     for shard in task.shards:
         data = storage.read_bytes(index_part_uri(output, shard))
-        part = pq.ParquetFile(io.BytesIO(data)).read(columns=["key", "group_id", "view_sha256"], use_threads=False)
+        part = read_parquet(data, columns=["key", "group_id", "view_sha256"])
         parts.append(view_rows(part, shard))
     table = pa.concat_tables(parts) if parts else SPLIT_SCHEMA.empty_table()
     buckets = bucket_of(table.column("sha256").combine_chunks(), task.bits)
@@ -140,7 +139,7 @@ def duplicates_in(table: pa.Table) -> pa.Table:
     (sha256, shard, row, view)."""
     if table.num_rows == 0:
         return table
-    counts = table.group_by("sha256").aggregate([("group_id", "count_distinct")])
+    counts = table.group_by("sha256", use_threads=False).aggregate([("group_id", "count_distinct")])
     shared = counts.filter(pc.greater(counts.column("group_id_count_distinct"), 1)).column("sha256")
     dups = table.filter(pc.is_in(table.column("sha256"), value_set=shared.combine_chunks()))
     return dups.sort_by([("sha256", "ascending"), ("shard", "ascending"), ("row", "ascending"),

@@ -17,7 +17,6 @@ from evaluation.search import SearchIndex
 from evaluation.sharded_index import ShardedIndex, load_index
 from evaluation.synthetic_vectors import write_clustered_embeddings
 from viewstream.cli import main
-from groundfloor.errors import UsageError
 
 N, DIM, BATCH = 200_000, 128, 20_000
 HOLD_OUT = 500  # queries: 5000 true neighbours measure recall@10 to ~0.005 (exact search over N is the cost)

@@ -84,3 +84,28 @@ def test_every_gpu_holds_a_shard_and_every_shard_a_gpu():
         for gpus in range(1, 7):
             placed = [fg.devices_of(i, shards, gpus) for i in range(shards)]
             assert all(placed) and sorted({g for p in placed for g in p}) == list(range(gpus))
+
+
+def _small_embeddings(tmp_path):
+    from evaluation.synthetic_vectors import write_clustered_embeddings
+
+    return write_clustered_embeddings(tmp_path / "emb", 600, 8, rows_per_file=300, clusters=8)
+
+
+def test_build_index_on_cuda_without_a_gpu_builds_on_the_cpu(tmp_path, capsys):
+    from evaluation.index_build import BuildConfig, build_index
+
+    report = build_index(_small_embeddings(tmp_path), tmp_path / "index",
+                         BuildConfig(factory="IVF4,Flat", train_size=400, add_batch=200, gpu=True), progress=False)
+    assert not report.gpu_used and report.count == 600
+    assert "building on the CPU" in capsys.readouterr().out
+
+
+def test_build_index_trains_its_k_means_on_the_gpus_through_the_shared_resources(tmp_path, monkeypatch):
+    from evaluation.index_build import BuildConfig, build_index
+
+    fake = FakeGpuFaiss(monkeypatch, 2)
+    report = build_index(_small_embeddings(tmp_path), tmp_path / "index",
+                         BuildConfig(factory="IVF4,Flat", train_size=400, add_batch=200, gpu=True), progress=False)
+    assert report.gpu_used and report.count == 600
+    assert fake.multiple and fake.multiple[0][0] == [0, 1] and len(fake.resources) == 2

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pipeline import ViewLoader, ViewSpec

@@ -2,7 +2,6 @@
 columns named for groups and labels, and Hugging Face Parquet with the image bytes inside."""
 from __future__ import annotations
 
-import csv
 import json
 
 import pyarrow as pa

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from tests.trainers.spawn import run_distributed
 from testbed.numerics import default_dtype
-from tests.trainers.tiny import (GLOBAL_BATCH, TINY_CONFIGS, make_trainer, make_views, record,
+from tests.trainers.tiny import (TINY_CONFIGS, make_trainer, make_views, record,
                                  view_batch)
 from trainers import distributed
 from trainers.backbones import Backbone
