@@ -22,7 +22,7 @@ from trainers.backbones.base import Backbone
 from trainers.checkpoint import CheckpointManager, Progress, TorchRNG
 from trainers.config import TrainConfig, dataset_arg
 from trainers.distributed.data_parallel import data_parallel, unused_parameter_steps
-from trainers.methods import Method, SampleIds, build_method
+from trainers.methods import Method, SampleIds, build_method, group_hashes
 from trainers.optim import build_optimizer, optimizer_schedule
 from groundfloor.errors import UsageError
 
@@ -188,12 +188,17 @@ class Trainer:
         return view.contiguous(memory_format=torch.channels_last) if self.channels_last else view
 
     def _sample_ids(self, batch: ViewBatch, k: int) -> list[SampleIds]:
-        """Per micro-batch, the samples it holds, for methods that draw per sample (iBOT's masks)."""
+        """Per micro-batch, the samples it holds and their groups, for methods that draw per
+        sample (iBOT's masks) or contrast same-group samples (`multi_positive`)."""
         if not self.method.needs_sample_ids:
             return []
         rows = batch.rows.cpu().numpy()  # ViewBatch.rows is a host tensor: no device sync
-        parts = [rows] if k <= 1 else [c.numpy() for c in torch.from_numpy(rows).chunk(k)]
-        return [SampleIds(self.config.seed, batch.epoch, part) for part in parts]
+        groups = group_hashes(batch.group_ids)
+
+        def split(values):
+            return [values] if k <= 1 else [c.numpy() for c in torch.from_numpy(values).chunk(k)]
+
+        return [SampleIds(self.config.seed, batch.epoch, r, g) for r, g in zip(split(rows), split(groups))]
 
     def train_step(self, batch: ViewBatch) -> dict[str, Any]:
         """One optimizer step on this rank's batch; returns logs as 0-d device tensors/floats.

@@ -7,6 +7,7 @@ from trainers.methods.base import (
     build_method,
     ema_update,
     frozen_copy,
+    group_hashes,
     parse_method_config,
     register_method,
     stochastic_layers,
@@ -28,7 +29,7 @@ from trainers.methods.vicreg import VICReg, VICRegConfig
 
 __all__ = [
     "METHODS", "Method", "MethodConfig", "SampleIds", "build_method", "parse_method_config", "register_method",
-    "ema_update", "frozen_copy", "stochastic_layers", "EmbeddingQueue",
+    "ema_update", "frozen_copy", "group_hashes", "stochastic_layers", "EmbeddingQueue",
     "BarlowTwins", "BarlowTwinsConfig", "MoBY", "MoBYConfig", "VICReg", "VICRegConfig",
     "BYOL", "BYOLConfig", "CPCV2", "CPCV2Config", "DINO", "DINOConfig", "IBOT", "IBOTConfig", "MoCoV2", "MoCoV2Config",
     "MoCoV3", "MoCoV3Config",

@@ -30,8 +30,9 @@ pipeline's augmentations, whatever the rank or the batch size.
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from groundfloor.errors import UsageError, usage_error_from
 
 __all__ = [
     "SampleIds",
+    "group_hashes",
     "MethodConfig",
     "Method",
     "METHODS",
@@ -59,11 +61,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SampleIds:
-    """Which samples a (micro-)batch holds, for per-sample draws made in the method (iBOT's masks, SiT's corruptions).
+    """Which samples a (micro-)batch holds, for per-sample draws made in the method (iBOT's masks,
+    SiT's corruptions) and for losses that need each sample's group (multi-positive contrast).
 
     `rows` are the batch's `ViewBatch.rows` (int64, this rank's samples in batch order): a draw
     that is a function of (seed, epoch, row) gives a sample the same masks whatever rank or
-    batch it lands in, as the augmentation parameters (pipeline/params.py). A plain dataclass
+    batch it lands in, as the augmentation parameters (pipeline/params.py). `groups` (int64, same
+    order) are its group ids as :func:`group_hashes` of `ViewBatch.group_ids`: samples of one
+    group (a listing's photos, a sample drawn twice) share one. A plain dataclass
     of host values so DDP's forward passes it through untouched (its `_recursive_to` moves only
     tensors and containers of them) and nothing here waits on the device.
     """
@@ -71,6 +76,19 @@ class SampleIds:
     seed: int
     epoch: int
     rows: np.ndarray
+    groups: Optional[np.ndarray] = None  # int64 per sample, `group_hashes(ViewBatch.group_ids)`
+
+
+def group_hashes(group_ids: Sequence[str]) -> np.ndarray:
+    """One int64 per group id string: the first 8 bytes of its BLAKE2b digest (little-endian).
+
+    A pure function of the string (Python's `hash` is salted per process), so every rank and
+    every run gives a group the same id; the multi-positive losses compare ids, never strings,
+    and gather them as one int64 tensor. Two distinct groups of a global batch of n samples
+    collide with probability about n^2 / 2^65. Host work, ~1 us a sample, no memory kept.
+    """
+    return np.array([int.from_bytes(hashlib.blake2b(g.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
+                                    "little", signed=True) for g in group_ids], dtype=np.int64)
 
 
 class MethodConfig(BaseModel):
@@ -118,7 +136,9 @@ class Method(nn.Module):
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
-    needs_sample_ids: ClassVar[bool] = False  # the runner passes `samples=SampleIds(...)` to training_step
+    # the runner passes `samples=SampleIds(...)` to training_step; a method whose config asks for
+    # group ids (`multi_positive`) sets it on the instance
+    needs_sample_ids: bool = False
 
     def __init__(self, config: MethodConfig) -> None:
         super().__init__()
@@ -228,6 +248,21 @@ class Method(nn.Module):
         for i, v in enumerate(views):
             if v.dim() != 4 or v.shape[0] != batch or v.shape[1] != 3:
                 raise UsageError(f"view {i} has shape {tuple(v.shape)}; expected ({batch}, 3, H, W)")
+
+    def group_ids(self, samples: Optional[SampleIds], batch: int, device: torch.device) -> Tensor:
+        """The batch's per-sample group ids (B,) int64 on `device` (pinned copy, no host sync).
+
+        UsageError without them: a multi-positive loss given made-up ids would train silently on
+        the wrong positives, so callers that feed tensors pass `samples` with `groups` themselves.
+        """
+        if samples is None or samples.groups is None or len(samples.groups) != batch:
+            got = "none" if samples is None or samples.groups is None else f"{len(samples.groups)}"
+            raise UsageError(f"{self.name}: multi_positive needs the batch's group ids (samples=SampleIds(..., "
+                             f"groups=...)) for {batch} samples, got {got}")
+        host = torch.from_numpy(np.ascontiguousarray(samples.groups, dtype=np.int64))
+        if device.type == "cuda":
+            host = host.pin_memory()
+        return host.to(device, non_blocking=True)
 
     @staticmethod
     def encode_multicrop(encoder: nn.Module, views: list[Tensor]) -> Tensor:

@@ -5,10 +5,13 @@ bias-free linear layers, BN + ReLU between them and a BN(affine=False) after the
 ResNet projector has 2 layers (line 105), the ViT projector 3 (line 118); the ResNet predictor
 has NO last BN (`_build_mlp(2, dim, mlp_dim, dim, False)`, line 109), the ViT predictor keeps it
 (line 122). ResNets are built with `zero_init_residual=True` (main_moco.py line 186).
+`multi_positive: true` makes every key of a query's group in the global batch a positive
+(trainers.losses_multi_positive; group ids from `samples.groups`); with every group once in the
+global batch it is the paper's loss exactly.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from pydantic import Field
@@ -16,7 +19,8 @@ from torch import Tensor, nn
 
 from trainers.heads import mlp
 from trainers.losses import moco_v3
-from trainers.methods.base import Method, MethodConfig, frozen_copy, register_method
+from trainers.losses_multi_positive import multi_positive_moco_v3
+from trainers.methods.base import Method, MethodConfig, SampleIds, frozen_copy, register_method
 from trainers.schedules import ema_momentum
 
 
@@ -31,6 +35,8 @@ class MoCoV3Config(MethodConfig):
     predictor_last_batch_norm: bool | None = Field(None, description="default: True for ViT, False for ResNet")
     prediction_hidden_dim: int = Field(4096, ge=1)
     ema_momentum: float = Field(0.99, ge=0, le=1, description="base of the cosine schedule to 1")
+    multi_positive: bool = Field(False, description="every same-group key of the global batch is a positive "
+                                 "(SupCon L_out over group ids); off: MoCo v3's loss")
 
 
 def _moco_v3_mlp(dims: list[int], last_bn: bool = True) -> nn.Sequential:
@@ -53,13 +59,19 @@ class MoCoV3(Method):
         self.predictor = _moco_v3_mlp([config.projection_dim, config.prediction_hidden_dim, config.projection_dim], last_bn)
         self.momentum_backbone = frozen_copy(self.backbone)
         self.momentum_projector = frozen_copy(self.projector)
+        self.needs_sample_ids = config.multi_positive  # the group ids come with the sample ids
 
-    def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+    def training_step(self, views: list[Tensor], step: int, samples: Optional[SampleIds] = None
+                      ) -> tuple[Tensor, dict[str, float]]:
         self.check_views(views)
         q1, q2 = (self.predictor(self.projector(self.backbone(v))) for v in views)
         with torch.no_grad():
             k1, k2 = (self.momentum_projector(self.momentum_backbone(v)) for v in views)
-        loss = moco_v3(q1, q2, k1, k2, self.config.temperature)
+        if self.config.multi_positive:
+            groups = self.group_ids(samples, views[0].shape[0], q1.device)
+            loss = multi_positive_moco_v3(q1, q2, k1, k2, groups, self.config.temperature)
+        else:
+            loss = moco_v3(q1, q2, k1, k2, self.config.temperature)
         return loss, {"loss": loss.detach()}
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
