@@ -20,6 +20,7 @@ from pipeline import DataPosition, ViewBatch
 from tests.trainers.loss_helpers import TEMPERATURES, rand
 from tests.trainers.spawn import run_distributed
 from tests.trainers.tiny import CONVNET, GLOBAL_BATCH, local_rows, make_trainer, make_views, record
+from testbed.host_syncs import counting_syncs
 from testbed.numerics import default_dtype
 from trainers import distributed, losses
 from trainers.losses_multi_positive import multi_positive_moco_v3, multi_positive_nt_xent
@@ -179,6 +180,26 @@ def test_a_multi_positive_method_refuses_a_batch_without_group_ids():
         method.training_step(views, 0)
     with pytest.raises(UsageError, match="for 2 samples, got 3"):
         method.training_step(views, 0, samples=SampleIds(0, 0, np.arange(2), np.arange(3)))
+
+
+def syncs_per_step(config: dict, device: str = "cpu") -> int:
+    """Host syncs of a multi-positive step (forward + backward) after a warm-up step; on CPU the
+    calls that WOULD sync on a GPU (testbed.host_syncs), on CUDA torch's own sync debug mode."""
+    method = build_method(config, seed=0).to(device)
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=g).to(device) for _ in range(2)]
+    samples = SampleIds(0, 0, np.arange(GLOBAL_BATCH), group_hashes(STEP_GROUPS[0]))
+    counter = [0]
+    for warm in (True, False):
+        with counting_syncs(device, [0] if warm else counter):
+            loss, _ = method.training_step(views, 0, samples=samples)
+            loss.backward()
+    return counter[0]
+
+
+@pytest.mark.parametrize("name", ["simclr", "moco_v3"])
+def test_a_multi_positive_step_makes_no_host_sync(name):
+    assert syncs_per_step(MP_CONFIGS[name]) == 0
 
 
 # ------------------------------------------------------------------------------ 2 ranks x B == 1 rank x 2B
