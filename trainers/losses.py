@@ -3,7 +3,8 @@
 Each loss is the mean over this rank's samples of the per-sample term the original paper's code
 uses; anything that needs other ranks' samples (negatives, Sinkhorn sums, centers) goes through
 :mod:`trainers.distributed`, so N ranks x batch B equals 1 rank x batch N*B. Names and argument
-order are public API.
+order are public API. Forms with several positives per anchor (group ids) live in
+:mod:`trainers.losses_multi_positive`.
 """
 from __future__ import annotations
 
