@@ -182,27 +182,7 @@ def test_a_multi_positive_method_refuses_a_batch_without_group_ids():
         method.training_step(views, 0, samples=SampleIds(0, 0, np.arange(2), np.arange(3)))
 
 
-def syncs_per_step(config: dict, device: str = "cpu") -> int:
-    """Host syncs of a multi-positive step (forward + backward) after a warm-up step; on CPU the
-    calls that WOULD sync on a GPU (testbed.host_syncs), on CUDA torch's own sync debug mode."""
-    method = build_method(config, seed=0).to(device)
-    g = torch.Generator().manual_seed(0)
-    views = [torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=g).to(device) for _ in range(2)]
-    samples = SampleIds(0, 0, np.arange(GLOBAL_BATCH), group_hashes(STEP_GROUPS[0]))
-    counter = [0]
-    for warm in (True, False):
-        with counting_syncs(device, [0] if warm else counter):
-            loss, _ = method.training_step(views, 0, samples=samples)
-            loss.backward()
-    return counter[0]
-
-
-@pytest.mark.parametrize("name", ["simclr", "moco_v3"])
-def test_a_multi_positive_step_makes_no_host_sync(name):
-    assert syncs_per_step(MP_CONFIGS[name]) == 0
-
-
-# ------------------------------------------------------------------------------ 2 ranks x B == 1 rank x 2B
+# ------------------------------------------------------------------------------ the methods' step
 MP_CONFIGS = {
     "simclr": dict(name="simclr", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16, multi_positive=True),
     "moco_v3": dict(name="moco_v3", backbone=CONVNET, projection_hidden_dim=32, projection_dim=16,
@@ -226,6 +206,36 @@ def grouped_view_batch(views: list[torch.Tensor], step: int) -> ViewBatch:
                      epoch=0, batch=step, position=DataPosition(0, step + 1))
 
 
+def test_micro_batches_carry_their_own_samples_groups():
+    trainer = make_trainer(MP_CONFIGS["simclr"], gradient_accumulation_steps=2)
+    views = make_views(MP_CONFIGS["simclr"], 1)[0]
+    parts = trainer._sample_ids(grouped_view_batch(views, 0), 2)
+    assert [p.rows.tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [p.groups.tolist() for p in parts] == [group_hashes(STEP_GROUPS[0][:4]).tolist(),
+                                                  group_hashes(STEP_GROUPS[0][4:]).tolist()]
+
+
+def syncs_per_step(config: dict, device: str = "cpu") -> int:
+    """Host syncs of a multi-positive step (forward + backward) after a warm-up step; on CPU the
+    calls that WOULD sync on a GPU (testbed.host_syncs), on CUDA torch's own sync debug mode."""
+    method = build_method(config, seed=0).to(device)
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=g).to(device) for _ in range(2)]
+    samples = SampleIds(0, 0, np.arange(GLOBAL_BATCH), group_hashes(STEP_GROUPS[0]))
+    counter = [0]
+    for warm in (True, False):
+        with counting_syncs(device, [0] if warm else counter):
+            loss, _ = method.training_step(views, 0, samples=samples)
+            loss.backward()
+    return counter[0]
+
+
+@pytest.mark.parametrize("name", ["simclr", "moco_v3"])
+def test_a_multi_positive_step_makes_no_host_sync(name):
+    assert syncs_per_step(MP_CONFIGS[name]) == 0
+
+
+# ------------------------------------------------------------------------------ 2 ranks x B == 1 rank x 2B
 def run_with_gradients_before_clipping(config: dict) -> list[dict]:
     """Two real Trainer steps; each record also holds the (DDP-averaged) gradients as
     `clip_gradients` receives them, before clipping rescales them."""

@@ -25,7 +25,8 @@ on every rank, so rank 0's copy is complete. Schedules are pure functions of `st
 Methods reach other ranks only through :mod:`trainers.distributed`. A method that draws its own
 per-sample randomness (iBOT's masks, SiT's corruptions and rotations) sets `needs_sample_ids`
 and gets the batch's :class:`SampleIds`, so its draws are pure functions of (seed, epoch, sample id) like the
-pipeline's augmentations, whatever the rank or the batch size.
+pipeline's augmentations, whatever the rank or the batch size; a loss that needs each sample's
+group (`multi_positive`) sets it too and reads `SampleIds.groups`.
 """
 from __future__ import annotations
 
