@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -109,6 +110,18 @@ def test_ray_refuses_to_mix_checkpoints_in_one_folder(cluster, ckpt, two_roots, 
     assert "made differently" in err and "weights_sha256" in err
 
 
+def _embed_actor_pids(cluster) -> list[int]:
+    """PIDs of the cluster's processes that host an embed actor (Ray titles them ray::ShardEmbedWorker)."""
+    found = []
+    for pid in cluster.pids():
+        try:
+            if "ShardEmbedWorker" in " ".join(psutil.Process(pid).cmdline()):
+                found.append(pid)
+        except psutil.Error:
+            continue
+    return found
+
+
 def test_killed_run_resumes_without_recomputing_finished_shards(cluster, ckpt, tmp_path_factory, tmp_path):
     many = build_dataset(tmp_path_factory.mktemp("many"), num_groups=48, labelled=False, min_views=1,
                          max_views=1, seed=7)  # 6 shards
@@ -123,8 +136,15 @@ def test_killed_run_resumes_without_recomputing_finished_shards(cluster, ckpt, t
             break
         time.sleep(0.01)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    assert _embed_actor_pids(cluster)  # the wait below is not vacuous: the actor runs in the cluster
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # The actor lives in the cluster, not in the driver's process group: Ray kills it once the GCS
+    # learns that its owner died, and until then it may finish one more shard (atomically).
+    deadline = time.monotonic() + 60
+    while _embed_actor_pids(cluster) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _embed_actor_pids(cluster), "the killed driver's actor outlived it by 60 s"
     finished = {p: p.stat().st_mtime_ns for p in out.glob("*.parquet") if not p.name.startswith(".")}
     assert 2 <= len(finished) < 6
     result = subprocess.run(argv + ["--json", str(tmp_path / "report.json")], env=env, capture_output=True,
