@@ -137,19 +137,20 @@ def feed_arrays(spec: ViewSpec, enc_a: list[np.ndarray], enc_b: list[np.ndarray]
 
 def build_view_pipeline(spec: ViewSpec, source: Callable[[], tuple], *, device: str,
                         batch_size: int, num_threads: int, prefetch: int, device_id: int = 0,
-                        roi_decode: bool = True):
+                        roi_decode: bool = True, decode_only: bool = False):
     """A built DALI pipeline whose outputs are the views of `spec` (float CHW, normalized).
 
     `source` is called once per iteration and returns `feed_arrays(...)` for the next batch,
     or raises StopIteration at the end of the epoch. `roi_decode=False` decodes every photo
     whole and resizes the windows in photo coordinates (the reference the ROI path is tested
     against: the same views up to resize rounding); its feed is `feed_arrays(...,
-    roi_decode=False)`.
+    roi_decode=False)`. `decode_only` keeps the decoders alone: each output is the decoded image
+    a view would be cropped from, uint8 HWC (benchmarks: the decode limit).
     """
     from nvidia.dali import fn, pipeline_def, types
 
     names = input_names(spec, roi_decode)
-    two_photos = uses_two_photos(spec)
+    two_photos, augment = uses_two_photos(spec), not decode_only
     decode_device = "mixed" if device == "cuda" else "cpu"
     mean = [255.0 * m for m in spec.mean]
     std = [255.0 * s for s in spec.std]
@@ -162,6 +163,8 @@ def build_view_pipeline(spec: ViewSpec, source: Callable[[], tuple], *, device: 
                                        normalized_anchor=False, normalized_shape=False)
 
     def crop_view(view: ViewConfig, image, arg):
+        if decode_only:
+            return image
         return fn.resize(image, size=[view.size, view.size], roi_start=arg("roi_start"),
                          roi_end=arg("roi_end"), roi_relative=False, antialias=True)
 
@@ -211,19 +214,21 @@ def build_view_pipeline(spec: ViewSpec, source: Callable[[], tuple], *, device: 
                 x = crop_view(view, photo_b, arg)
             else:
                 x = crop_view(view, photo_a, arg)
-            if aug.jitter_p > 0 or aug.grayscale_p > 0:
+            if augment and (aug.jitter_p > 0 or aug.grayscale_p > 0):
                 if arg("twist"):
                     x = fn.color_twist(x, brightness=arg("brightness"), contrast=arg("contrast"),
                                        saturation=arg("saturation"), hue=arg("hue"))
-            if aug.blur_p > 0:
+            if augment and aug.blur_p > 0:
                 if arg("blur"):
                     x = fn.gaussian_blur(x, sigma=arg("sigma"), window_size=arg("window"))
-            if aug.solarize_p > 0:
+            if augment and aug.solarize_p > 0:
                 if arg("solarize"):
                     x = fn.lookup_table(x, keys=_SOLARIZE_KEYS, values=_SOLARIZE_VALUES,
                                         dtype=types.UINT8)
-            outputs.append(fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout="CHW",
-                                                    mean=mean, std=std, mirror=arg("mirror")))
+            if augment:
+                x = fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout="CHW",
+                                             mean=mean, std=std, mirror=arg("mirror"))
+            outputs.append(x)
         return tuple(outputs)
 
     pipe = graph(batch_size=batch_size, num_threads=num_threads, prefetch_queue_depth=prefetch,
