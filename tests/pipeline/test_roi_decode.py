@@ -128,8 +128,8 @@ def _png(jpeg: bytes) -> bytes:
     return out.getvalue()
 
 
-def _views(spec: ViewSpec, groups: list[list[np.ndarray]], roi_decode: bool):
-    """Both graphs' views of one batch drawn as the producer draws it, and its decode plan."""
+def _views(spec: ViewSpec, groups: list[list[np.ndarray]], roi_decode: bool, decode_only: bool = False):
+    """One graph's views of one batch drawn as the producer draws it, its decode plan and slots."""
     sizes = [{k: image_info(photo.tobytes())[1:] for k, photo in enumerate(g)} for g in groups]
     draws = draw_batch(spec, seed=0, epoch=2, rows=list(range(len(groups))), photo_sizes=sizes)
     enc_a = [g[d.photo_a] for g, d in zip(groups, draws)]
@@ -145,8 +145,10 @@ def _views(spec: ViewSpec, groups: list[list[np.ndarray]], roi_decode: bool):
         return feed
 
     pipe = build_view_pipeline(spec, source, device="cpu", batch_size=len(groups), num_threads=2,
-                               prefetch=1, roi_decode=roi_decode)
-    views = [np.stack([np.array(out[i]) for i in range(len(groups))]) for out in pipe.run()]
+                               prefetch=1, roi_decode=roi_decode, decode_only=decode_only)
+    views = [[np.array(out[i]) for i in range(len(groups))] for out in pipe.run()]
+    if not decode_only:  # decoded windows differ in size; views do not
+        views = [np.stack(view) for view in views]
     col = lambda name: params[:, :, COL[name]]  # noqa: E731
     plan = plan_decodes(np.stack([col("y0"), col("x0")], -1), np.stack([col("y1"), col("x1")], -1),
                         np.array([v.size for v in spec.views]), np.stack([col("height"), col("width")], -1),
@@ -169,6 +171,18 @@ def test_roi_views_equal_full_decode_views(photo_groups, global_scale, num_local
         assert plan.own[:, 1].any()
     if num_local:
         assert (plan.own & slot).any() and (plan.own & ~slot).any() and plan.union[:, 1].any()
+
+
+@pytest.mark.filterwarnings("ignore:The external source node")  # decode_only leaves resize inputs unused
+def test_each_view_is_cropped_from_the_window_its_plan_decodes(photo_groups):
+    spec = _spec((0.14, 1.0), num_local=3)
+    decoded, plan, slot = _views(spec, photo_groups, roi_decode=True, decode_only=True)
+    rows = np.arange(len(photo_groups))[:, None]
+    shared = plan.photo_stop - plan.photo_anchor
+    expected = np.where(plan.own[..., None], plan.view_stop - plan.view_anchor,
+                        shared[rows, slot.astype(int)])  # [B, V, (h, w)]
+    got = np.array([[image.shape[:2] for image in view] for view in decoded]).transpose(1, 0, 2)
+    assert (got == expected).all()
 
 
 def test_a_rotated_query_photo_is_cropped_in_its_displayed_frame():
@@ -200,3 +214,21 @@ def test_a_rotated_query_photo_is_cropped_in_its_displayed_frame():
                                roi_decode=False)
     full = np.array(pipe.run()[0][0])
     assert np.abs(view[0].numpy() - full).max() <= MAX_LEVELS / 255 / min(spec.std) + 1e-6
+
+
+def test_replaying_prepared_batches_gives_the_loaders_views(uneven_dataset):
+    """`ViewLoader.prepared_batches` (what bench_pipeline's decode limit replays) is the feed
+    `iter_epoch` runs through the graph."""
+    from pipeline import ViewLoader
+
+    spec = ViewSpec.multicrop(global_size=32, local_size=16, num_local=2)
+    loader = ViewLoader(uneven_dataset, spec, 4, seed=5, num_threads=1, drop_last=True)
+    feeds = [item.feed for item in loader.prepared_batches(1)]
+    assert len(feeds) == loader.batches_per_epoch and all(f is not None for f in feeds)
+    replay = iter(feeds)
+    pipe = build_view_pipeline(spec, lambda: next(replay), device="cpu", batch_size=4,
+                               num_threads=1, prefetch=1)
+    for batch in loader.iter_epoch(1):
+        outputs = pipe.run()
+        for view, out in zip(batch.views, outputs):
+            np.testing.assert_array_equal(view.numpy(), np.stack([np.array(out[i]) for i in range(4)]))
