@@ -7,12 +7,12 @@ randomness: crop windows, flips, jitter factors, blur sigmas and the photo choic
 sample through one external source (`feed_arrays`). DALI conditionals make skipped ops cost
 nothing, and ops whose probability is 0 in the spec are not built at all.
 
-Decode only the pixels the views use (ROI decoding): each photo is decoded once through
-``fn.decoders.image_slice`` over an integer window that `pipeline.decode_windows` computes on the
-host from the drawn crop windows and header sizes (the views' windows padded by the resize
-filter's reach, clamped to the image; for a photo several views crop, their union when it is
-smaller than the sum, else each view's own window). CPU and CUDA run the same graph, only the
-device string differs. Per view: resize the crop window, shifted by the decoded window's
+Decode only the pixels the views use (ROI decoding): photos are decoded through
+``fn.decoders.image_slice`` over integer windows that `pipeline.decode_windows` computes on the
+host from the drawn crop windows and header sizes (a view's window padded by the resize filter's
+reach, clamped to the image; a photo several views crop is decoded once over the union of their
+windows when it is smaller than their sum, else once per view, chosen per sample by a DALI
+conditional). CPU and CUDA run the same graph, only the device string differs. Per view: resize the crop window, shifted by the decoded window's
 origin, to the view size (one op: crop + resize + antialias), colour twist (jitter and grayscale
 folded together), Gaussian blur (window from sigma), solarize (a 256-entry lookup table), then
 flip + normalize + HWC->CHW in one crop_mirror_normalize.
@@ -21,8 +21,8 @@ DALI operator arguments used here, and where they are defined:
 - ``fn.decoders.image_slice``: schema ``decoders__ImageSlice`` in dali/operators/imgcodec/
   decoder_schema.cc (``NumInput(1, 3)``: data plus the positional ``anchor`` and ``shape``
   inputs; integer inputs are absolute pixels). Backends ``cpu`` and ``mixed``
-  (dali/operators/imgcodec/mixed_decoder.cc registers the slice decoder for ``Mixed``; the
-  installed 2.4.0 docstring lists both). ``axis_names``, ``normalized_anchor`` and
+  (dali/operators/imgcodec/mixed_decoder.cc registers ``MixedDecoderSlice`` for ``Mixed``,
+  nvJPEG through nvImageCodec; the installed DALI 2.4.0 docstring lists both backends). ``axis_names``, ``normalized_anchor`` and
   ``normalized_shape`` come from schema ``SliceAttr`` (dali/operators/generic/slice/
   slice_attr.cc, applied in slice_attr.h): ``axis_names="WH"`` (the default, stated here) means
   anchor = (x, y) and shape = (width, height); ``normalized_anchor=False`` and
