@@ -1,7 +1,7 @@
 """Pipeline speed: viewstream's DALI CPU pipeline against a webdataset + PIL + torchvision
 DataLoader (2 workers) on the same shards and augmentations, measured in the same run.
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--groups 1000] [--epochs 2]
+    .venv/bin/python benchmarks/bench_pipeline.py [--groups 1000] [--epochs 3]
 
 The data is representative of product photos: `--groups` groups of 1-6 JPEGs of 400-500 px,
 ~100 KB each (`testbed.scale.write_photo_corpus`), in shards of 100 groups.
@@ -11,10 +11,15 @@ The data is representative of product photos: `--groups` groups of 1-6 JPEGs of 
 * multi_crop_ratio: DINO/SwAV multi-crop 2x224 + 6x96, same ratio (goal >= 1.5).
 * s3_vs_local_ratio: viewstream two-view samples/s reading the shards from an S3 server
   (moto, a separate process on 127.0.0.1) / reading them from local disk (goal >= 0.8).
+* decode_limit_samples_per_s: the two-view pipeline's decode ops alone (ROI decodes of the same
+  photos and windows, `build_view_pipeline(decode_only=True)`, same batch size and DALI threads;
+  no reading, checking, resizing or augmentation), replaying one epoch's prepared batches held
+  in memory (~2 photos per sample). two_view_vs_decode_limit: two-view samples/s / that, how
+  close the whole pipeline comes to what decoding alone allows (1.0 = decode-bound).
 The baseline decodes only the photos it uses (the pair), like viewstream, and applies the
 same recipe with torchvision.transforms.v2 on PIL images (PIL's own Gaussian blur). Numbers
 on a shared machine are noisy: the two sides of each ratio run interleaved, epoch by epoch,
-and every figure is the best of `--epochs` timed epochs after a warm-up epoch (start-up:
+and every figure is the best of `--epochs` (default 3) timed epochs after a warm-up epoch (start-up:
 worker processes, DALI pipeline build, connections, is in the untimed warm-up epoch). The last line
 of output is one JSON object with the figures. Because wall-clock rates swing with other
 users' load, it also reports `*_cpu_ratio`: the same ratios in samples per CPU second
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -166,6 +172,43 @@ def viewstream_epochs(dataset: str, spec: ViewSpec, args, **kw):
     return lambda e: (b.views for b in loader.iter_epoch(e))
 
 
+class _Replay:
+    """A DALI source that yields `feeds` in order and ends the epoch after the last one."""
+
+    def __init__(self, feeds: list[tuple]):
+        self.feeds, self.next = feeds, 0
+
+    def __call__(self) -> tuple:
+        if self.next == len(self.feeds):
+            self.next = 0  # the next epoch starts over
+            raise StopIteration
+        self.next += 1
+        return self.feeds[self.next - 1]
+
+
+def decode_limit_epochs(dataset: str, spec: ViewSpec, args):
+    """Epochs of the view pipeline's decode ops alone on epoch 0's photos and windows."""
+    from pipeline.dali_graph import build_view_pipeline
+
+    loader = ViewLoader(dataset, spec, args.batch_size, num_threads=args.threads, seed=0)
+    feeds = [item.feed for item in loader.prepared_batches(0) if item.feed is not None]
+    with warnings.catch_warnings():  # the feed's resize and augmentation inputs go unused here
+        warnings.filterwarnings("ignore", message="The external source node")
+        pipe = build_view_pipeline(spec, _Replay(feeds), device="cpu", batch_size=args.batch_size,
+                                   num_threads=args.threads, prefetch=loader.prefetch, decode_only=True)
+
+    def epoch(e: int):
+        while True:
+            try:
+                outputs = pipe.run()
+            except StopIteration:
+                pipe.reset()
+                return
+            yield outputs
+
+    return epoch
+
+
 def baseline_epochs(dataset: str, spec: ViewSpec, args):
     loader = baseline_loader(dataset, spec, args.batch_size)
     return lambda e: iter(loader)
@@ -199,7 +242,7 @@ def main() -> int:
     parser.add_argument("--views", type=int, nargs=2, default=[1, 6], help="photos per group (lo hi)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="DALI threads")
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per measurement")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement")
     args = parser.parse_args()
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                       AWS_DEFAULT_REGION="us-east-1")
@@ -217,12 +260,16 @@ def main() -> int:
 
         results = {}
         for name, spec in (("two_view", two_view), ("multi_crop", multi_crop)):
-            rates = compare({"baseline": baseline_epochs(dataset, spec, args),
-                             "viewstream": viewstream_epochs(dataset, spec, args)},
-                            args.epochs, name)
+            contenders = {"baseline": baseline_epochs(dataset, spec, args),
+                          "viewstream": viewstream_epochs(dataset, spec, args)}
+            if name == "two_view":  # interleaved with the same epochs it is compared with
+                contenders["decode_limit"] = decode_limit_epochs(dataset, spec, args)
+            rates = compare(contenders, args.epochs, name)
             results[f"{name}_baseline_samples_per_s"] = rates["baseline"][0]
             results[f"{name}_samples_per_s"] = rates["viewstream"][0]
             results[f"{name}_cpu_ratio"] = rates["viewstream"][1] / rates["baseline"][1]
+            if "decode_limit" in rates:
+                results["decode_limit_samples_per_s"] = rates["decode_limit"][0]
 
         server, url = start_s3_server()
         try:
@@ -244,11 +291,12 @@ def main() -> int:
         "two_view_ratio": results["two_view_samples_per_s"] / results["two_view_baseline_samples_per_s"],
         "multi_crop_ratio": results["multi_crop_samples_per_s"] / results["multi_crop_baseline_samples_per_s"],
         "s3_vs_local_ratio": results["s3_samples_per_s"] / results["local_samples_per_s"],
+        "two_view_vs_decode_limit": results["two_view_samples_per_s"] / results["decode_limit_samples_per_s"],
         **results,
         "samples": num_samples, "photos": photos, "mean_photo_kb": photo_bytes / photos / 1e3,
         "batch_size": args.batch_size,
         "dali_threads": args.threads, "cpu_count": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
+        "load_average_1min": os.getloadavg()[0], "load_average": list(os.getloadavg()),
     }
     for key, value in figures.items():
         if isinstance(value, float):

@@ -128,12 +128,25 @@ class ViewLoader:
         if self._driver.busy:
             raise UsageError("another iter_epoch of this ViewLoader is still open; exhaust or "
                              "close() it first (a loader runs one epoch iterator at a time)")
-        plan = self.plan(epoch)
-        producer = BatchProducer(plan, start_batch, self.spec, seed=self.seed, epoch=epoch,
-                                 read=lambda start: self._read(plan, start), feed=feed_arrays,
-                                 stats=self.stats, depth=self.prefetch + 2, fill_holes=self.fill_holes)
-        for item, outputs in self._driver.run(producer):
+        for item, outputs in self._driver.run(self._producer(epoch, start_batch)):
             yield self._empty_batch(item, epoch) if outputs is None else self._batch(item, outputs, epoch)
+
+    def prepared_batches(self, epoch: int) -> Iterator[PreparedBatch]:
+        """`epoch`'s batches as the DALI graph is fed them (`PreparedBatch.feed`: photos, decode
+        windows, drawn parameters; None for an empty batch), without running DALI: what a
+        benchmark replays to time the decoding alone."""
+        producer = self._producer(epoch, 0)
+        try:
+            while (item := producer.get()) is not None:
+                yield item
+        finally:
+            producer.close()
+
+    def _producer(self, epoch: int, start_batch: int) -> BatchProducer:
+        plan = self.plan(epoch)
+        return BatchProducer(plan, start_batch, self.spec, seed=self.seed, epoch=epoch,
+                             read=lambda start: self._read(plan, start), feed=feed_arrays,
+                             stats=self.stats, depth=self.prefetch + 2, fill_holes=self.fill_holes)
 
     # ---- internals -------------------------------------------------------------------------
     def _runs(self, plan: RankEpoch, start: int) -> Iterator:

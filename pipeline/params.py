@@ -19,10 +19,11 @@ import numpy as np
 
 from pipeline.spec import ViewSpec
 
-# Columns of the per-view parameter row.
+# Columns of the per-view parameter row. "width"/"height" are the header size of the view's photo,
+# the bounds the DALI graph clamps its decode windows to (`pipeline.decode_windows`).
 PARAM_COLUMNS = (
     "photo", "slot", "y0", "x0", "y1", "x1", "area", "flip", "jitter", "brightness", "contrast",
-    "saturation", "hue_deg", "gray", "blur", "sigma", "window", "solarize",
+    "saturation", "hue_deg", "gray", "blur", "sigma", "window", "solarize", "width", "height",
 )
 COL = {name: i for i, name in enumerate(PARAM_COLUMNS)}
 _ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 windows before its fallback
@@ -199,6 +200,7 @@ def draw_batch(spec: ViewSpec, seed: int, epoch: int, rows: list[int],
         "sigma": sigma,
         "window": 2 * np.maximum(1, np.ceil(3 * sigma)) + 1,
         "solarize": uv[..., _U_SOL] < t["solarize_p"],
+        "width": width, "height": height,
     }
     params = np.stack([np.asarray(columns[name], dtype=np.float64) for name in PARAM_COLUMNS], -1)
     return [SampleDraw(a, b, params[i]) for i, (a, b) in enumerate(pairs)]

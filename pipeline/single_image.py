@@ -14,13 +14,22 @@ from pipeline.params import draw_batch
 from pipeline.spec import ViewSpec
 
 
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
 def image_size_of(data: bytes) -> tuple[int, int]:
-    """(width, height) from the image header (PIL reads no pixels for this); ValueError if not an image."""
+    """(width, height) as DALI decodes it: EXIF-rotated (the decoders apply the orientation, and
+    the crop window and decode window live in that frame). PIL reads no pixels for this;
+    ValueError if not an image. Dataset photos carry no rotation (the sharder applies it)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as opened:
-            return opened.size
+            width, height = opened.size
+            if opened.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSED:
+                return height, width
+            return width, height
     except UnidentifiedImageError as err:
         raise ValueError(str(err)) from None
 
