@@ -28,6 +28,7 @@ PAX_MAX = 1 << 20                                  # a larger pax header goes to
 NOT_FILES = (b"1", b"2", b"3", b"4", b"5", b"6")   # links, devices, folders, fifos: no data
 NUMBERS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (329, 337), (337, 345))
 PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")        # tarfile's
+PLAIN_OCTAL = re.compile(rb" *[0-7]* *(?:\0[\s\S]*)?")  # a number field tarfile reads as int(digits, 8)
 PAX_SIZE_MAX = 1 << 40
 
 
@@ -108,7 +109,9 @@ def _parse_header(header: bytes) -> tuple[bytes, str, int]:
     kind = header[156:157]
     if kind not in (b"0", b"\0", b"x") and kind not in NOT_FILES:
         raise _Unhandled
-    numbers = [_octal(header[start:end]) for start, end in NUMBERS]
+    for start, end in NUMBERS:
+        if not PLAIN_OCTAL.fullmatch(header, start, end):
+            _octal(header[start:end])  # tarfile's other forms, or _Unhandled
     if _octal(header[148:156]) != sum(header) - sum(header[148:156]) + 256:  # the unsigned checksum
         raise _Unhandled
     name = _text(header[0:100])
@@ -119,7 +122,7 @@ def _parse_header(header: bytes) -> tuple[bytes, str, int]:
     prefix = _text(header[345:500])
     if prefix:
         name = prefix + "/" + name
-    return (b"0" if kind == b"\0" else kind), name, numbers[3]
+    return (b"0" if kind == b"\0" else kind), name, _octal(header[124:136])
 
 
 def _octal(field: bytes) -> int:
