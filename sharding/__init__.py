@@ -7,11 +7,13 @@ Modules, one job each (read in this order):
   manifests   CSV / JSONL / Parquet manifests with named and kept columns
   containers  WebDataset tars and embedded-bytes Parquet row groups: a plan row each, streamed
               by the build as their samples' groups
+  tar_reader  a tar stream's regular files: plain members parsed directly, tarfile for the rest
   validate    decode each image for real: keep its bytes, re-encode it, or say why not
   plan        deterministic streamed plan: ranked, spilled partitions -> shards, stable keys
   tar_writer  deterministic streaming tar + DALI wds2idx index
-  build       build one shard from its input list, prefetching reads (tar, .idx, index part, record)
-  executors   run builds inline, in local processes, or as Ray tasks
+  build       build one shard from its input list, prefetching remote reads (tar, .idx, index
+              part, record)
+  executors   run builds inline, in local processes (which never import pandas), or as Ray tasks
   dedup/      after the build: photos held by several groups (hash-partitioned scan),
               duplicates.parquet, --dedup-across-groups drop / keep-first / merge, rewritten
               shards ({stem}-dd.tar)

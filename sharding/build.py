@@ -2,8 +2,9 @@
 
 `build_shard` gets its own input list from the planner (a small Parquet blob inside the task,
 shipped through the executor, on Ray through its object store, so nothing of it is written to
-the output), reads and validates each group's images (a small thread pool fetches the next
-inputs while this one is decoded, since an S3 GET waits for its first byte), streams the samples through a
+the output), reads and validates each group's images (a small thread pool fetches the next remote
+inputs while this one is decoded, since an S3 GET waits for its first byte; local files are read
+in the build's own thread unless `prefetch` says otherwise), streams the samples through a
 `TarWriter` into an atomic writer (temporary file + rename, or a multipart upload completed at
 the end), then publishes the `.idx`, the shard's index part (``index/{stem}.parquet``), its
 quarantine part when it has one, and last its *part record* (``_parts/{stem}.json``: counts,
@@ -53,7 +54,7 @@ from sharding.validate import (
     validate_image,
 )
 
-DEFAULT_PREFETCH = 8     # reads in flight per task: ~25 ms to first byte / ~3 ms of decode per image; under botocore's 10 pooled connections
+DEFAULT_PREFETCH = 8     # remote reads in flight per task: ~25 ms to first byte / ~3 ms of decode per image; under botocore's 10 pooled connections
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def build_shard(task: ShardTask, output: str, options: BuildOptions, storage: Storage,
-                prefetch: int = DEFAULT_PREFETCH) -> ShardRecord:
+                prefetch: int | None = None) -> ShardRecord:
     """Build, publish and record shard `task` under `output` (see module docstring)."""
     groups = groups_of(read_parquet(task.rows))
     record = ShardRecord(task.name, task.fingerprint, task.num_inputs)
@@ -209,7 +210,7 @@ def _read(storage: Storage, uri: str) -> bytes | BaseException:
         return err
 
 
-def _units(groups: list[Group], storage: Storage, options: BuildOptions, prefetch: int,
+def _units(groups: list[Group], storage: Storage, options: BuildOptions, prefetch: int | None,
            quarantine_rows: list[dict]) -> Iterator[tuple[Group, Iterator[bytes | BaseException]]]:
     """Each group to write with the bytes of its inputs, in plan order: a planned group of
     images as it is (its reads prefetched), a container row (a tar, a Parquet row group)
@@ -229,21 +230,32 @@ def _units(groups: list[Group], storage: Storage, options: BuildOptions, prefetc
                     yield item[0], iter(item[1])
 
 
-def _prefetched(groups: list[Group], storage: Storage, depth: int) -> Iterator[bytes | BaseException]:
-    """Every input's bytes (or its read error) in plan order, with up to `depth` reads in flight."""
-    uris = (r.uri for g in groups for r in g.inputs)
-    if depth <= 1:
-        for uri in uris:
-            yield _read(storage, uri)
-        return
-    with ThreadPoolExecutor(depth, thread_name_prefix="prefetch") as pool:
-        window: deque[Future] = deque()
-        for uri in uris:
+def _prefetched(groups: list[Group], storage: Storage, depth: int | None) -> Iterator[bytes | BaseException]:
+    """Every input's bytes (or its read error) in plan order, with up to `depth` reads in flight.
+
+    `depth` None: remote inputs DEFAULT_PREFETCH in flight, local files read here when their
+    turn comes (from the page cache a read takes microseconds, less than handing it to a
+    thread and back; a slow network filesystem is what an explicit `depth` is for).
+    """
+    limit = depth or DEFAULT_PREFETCH
+    window: deque[Future] = deque()
+    pool: ThreadPoolExecutor | None = None
+    try:
+        for uri in (r.uri for g in groups for r in g.inputs):
+            here = depth == 1 or (depth is None and storage.local_path(uri) is not None)
+            if here and not window:
+                yield _read(storage, uri)
+                continue
+            if pool is None:
+                pool = ThreadPoolExecutor(limit, thread_name_prefix="prefetch")
             window.append(pool.submit(_read, storage, uri))
-            if len(window) >= depth:
+            if len(window) >= limit:
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def validate_group(

@@ -4,14 +4,14 @@ The plan packs such a *container* whole (one plan row: a tar, or ``{parquet}#row
 listed from metadata alone, so the driver never reads a sample); the build streams it and
 turns its samples into groups, never extracting anything to disk:
 
-  * a tar (``.tar``, ``.tar.gz``, ``.tgz``) is read front to back with `tarfile` in stream mode
-    over `Storage.open_stream`; members are grouped by key the way webdataset does
-    (``base_plus_ext``: ``a/b/0001.seg.png`` is field ``seg.png`` of key ``a/b/0001``). A
-    sample's image members are its photos; its other members (``txt``, ``json``, ``url``,
-    ``cls``, ...) are kept as its ``meta`` when they are text, and never decoded otherwise (no
-    pickles). A member that does not decode is quarantined as ``{tar}#{member}``; a tar that
-    ends early keeps the samples before the break and quarantines the rest as one row
-    (``{tar}#{last member read}``).
+  * a tar (``.tar``, ``.tar.gz``, ``.tgz``) is read front to back over `Storage.open_stream`
+    (`sharding.tar_reader`: tarfile's stream mode, with a fast path for plain members); members
+    are grouped by key the way webdataset does (``base_plus_ext``: ``a/b/0001.seg.png`` is
+    field ``seg.png`` of key ``a/b/0001``). A sample's image members are its photos; its other
+    members (``txt``, ``json``, ``url``, ``cls``, ...) are kept as its ``meta`` when they are
+    text, and never decoded otherwise (no pickles). A member that does not decode is
+    quarantined as ``{tar}#{member}``; a tar that ends early keeps the samples before the break
+    and quarantines the rest as one row (``{tar}#{last member read}``).
   * a Parquet row group is read in small record batches of the image column (``image`` as the
     Hub writes it, ``struct<bytes, path>``, or any binary column named with --bytes-column).
 
@@ -39,6 +39,7 @@ from groundfloor.errors import UsageError
 from groundfloor.storage import FileEntry, Storage, local_path
 from sharding.plan import Group, group_key
 from sharding.records import INPUT_SCHEMA, InputRecord, encode
+from sharding.tar_reader import tar_members
 
 TAR_EXTS = (".tar", ".tar.gz", ".tgz")
 IMAGE_EXTS = frozenset("jpg jpeg png webp gif bmp tif tiff ppm pgm pbm pnm jp2 avif".split())
@@ -241,24 +242,13 @@ def _tar_samples(uri: str, storage: Storage, spec: ContainerSpec) -> Iterator[Sa
     key, members, last = None, [], "(start)"
     with contextlib.closing(storage.open_stream(uri)) as stream:
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    member_key, ext = _split_member(info.name)
-                    base = posixpath.basename(info.name)
-                    if not ext or base.startswith((".", "__")):
-                        continue  # no field, hidden files, webdataset's __key__-style entries
-                    handle = tar.extractfile(info)
-                    data = handle.read() if handle is not None else b""
-                    if member_key != key and members:
-                        yield _tar_sample(uri, key, members, spec)
-                        members = []
-                    key, last = member_key, info.name
-                    members.append((info.name, ext, data))
-                # tarfile takes a stream cut at a header as the end: a whole tar ends in zero blocks
-                if tar.fileobj.tell() - tar.offset < tarfile.BLOCKSIZE:
-                    raise tarfile.ReadError("the tar ends without its end-of-archive blocks (cut short)")
+            for name, data in tar_members(stream, lambda: storage.open_stream(uri), _is_field):
+                member_key, ext = _split_member(name)
+                if member_key != key and members:
+                    yield _tar_sample(uri, key, members, spec)
+                    members = []
+                key, last = member_key, name
+                members.append((name, ext, data))
         except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
             # The sample being read may be incomplete: it goes with the rest, in this one row.
             yield Problem(f"{uri}#{last}", key or uri, STREAM_BROKEN,
@@ -267,6 +257,12 @@ def _tar_samples(uri: str, storage: Storage, spec: ContainerSpec) -> Iterator[Sa
             return
     if members:
         yield _tar_sample(uri, key, members, spec)
+
+
+def _is_field(name: str) -> bool:
+    """A member that is a field of a sample: not hidden, not webdataset's ``__key__``-style
+    entries, and with an extension."""
+    return bool(_split_member(name)[1]) and not posixpath.basename(name).startswith((".", "__"))
 
 
 def _tar_sample(uri: str, key: str, members: list[tuple[str, str, bytes]], spec: ContainerSpec) -> Sample | Problem:

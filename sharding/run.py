@@ -26,7 +26,6 @@ from tqdm import tqdm
 from groundfloor.errors import UsageError, usage_error_from
 from groundfloor.storage import Storage, absolute, join
 from sharding.build import (
-    DEFAULT_PREFETCH,
     BuildOptions,
     ShardRecord,
     ShardTask,
@@ -98,7 +97,8 @@ class ShardRunOptions(BaseModel):
     address: str | None = None
     ray_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started here")
     endpoint_url: str | None = None
-    prefetch: int | None = Field(None, ge=1, description="reads in flight per shard task")
+    prefetch: int | None = Field(None, ge=1, description="reads in flight per shard task (default: "
+                                                         "8 remote, local files one by one)")
 
 
 def split_settings(settings: dict) -> tuple[ShardConfig, ShardRunOptions]:
@@ -125,20 +125,21 @@ def shard_dataset(
     endpoint_url: str | None = None,
     progress: bool = True,
     executor: Executor | None = None,
-    prefetch: int = DEFAULT_PREFETCH,
+    prefetch: int | None = None,
     **config_fields,
 ) -> ShardSummary:
     """Shard the images at `source` (folder, manifest(s), s3:// prefix) into a dataset at `output`.
 
     `config` (or keyword fields of ShardConfig, e.g. ``group_by="dir", shard_samples=64``)
     decides the bytes; `workers`/`ray` only decide where shards are built and `prefetch` how
-    many reads a build keeps in flight. Raises UsageError for bad input or output; bad images
+    many reads a build keeps in flight (None: DEFAULT_PREFETCH remote reads, local files read
+    one by one in the build's thread). Raises UsageError for bad input or output; bad images
     are quarantined, never raised.
     """
     config = make_config(config, **config_fields)
     if workers < 1:
         raise UsageError(f"workers must be >= 1, got {workers}")
-    if prefetch < 1:
+    if prefetch is not None and prefetch < 1:
         raise UsageError(f"prefetch must be >= 1, got {prefetch}")
     started = time.perf_counter()
     storage = Storage(endpoint_url)

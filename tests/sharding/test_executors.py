@@ -42,6 +42,31 @@ def test_process_workers_see_the_current_environment(monkeypatch):
     assert seen == ["first", "second"]
 
 
+def _arrow_in_a_worker(rows: int) -> tuple[bool, bool]:
+    """(pandas imported after building a Parquet table, after asking for a DataFrame)."""
+    import sys
+
+    import pyarrow as pa
+
+    from sharding.build import parquet_bytes
+
+    table = pa.Table.from_pylist([{"a": i} for i in range(rows)])
+    parquet_bytes(table)
+    before = "pandas" in sys.modules
+    return before, len(table.to_pandas()) == rows
+
+
+def test_process_workers_do_not_import_pandas():
+    """pyarrow's first array conversion imports pandas (~0.2 CPU s a worker) unless told not to;
+    a worker that does want pandas still gets it."""
+    pytest.importorskip("pandas")
+    executor = ProcessExecutor(1)
+    try:
+        assert list(executor.map_unordered(_arrow_in_a_worker, [3])) == [(False, True)]
+    finally:
+        executor.close()
+
+
 @pytest.mark.integration
 def test_ray_identical(view_corpus, tmp_path, reference):
     result = run_cli(

@@ -248,6 +248,34 @@ def test_prefetch_keeps_reads_in_flight_and_in_order():
     assert storage.most == 8 and elapsed < 0.04 * len(uris) / 3
 
 
+def test_prefetch_default_reads_local_files_in_the_task_and_remote_ones_ahead():
+    """By default local files are read in the build's own thread (a thread hand-off costs more
+    than a read from the page cache); remote inputs still go to the prefetch pool (and a local
+    file queued behind them with them), in order."""
+    import threading
+
+    from groundfloor.storage import Storage
+    from sharding.build import _prefetched
+    from sharding.plan import Group
+
+    class Recording(Storage):
+        def __init__(self):
+            super().__init__()
+            self.threads = {}
+
+        def read_bytes(self, uri: str) -> bytes:
+            self.threads[uri] = threading.current_thread()
+            return uri.encode()
+
+    uris = ["/in/a.jpg", "file:///in/b.jpg", "s3://b/k1.jpg", "s3://b/k2.jpg", "/in/c.jpg"]
+    groups = [Group("g", "k", None, tuple(InputRecord("g", u) for u in uris))]
+    storage = Recording()
+    assert list(_prefetched(groups, storage, None)) == [u.encode() for u in uris]
+    here = threading.current_thread()
+    assert storage.threads["/in/a.jpg"] is here and storage.threads["file:///in/b.jpg"] is here
+    assert storage.threads["s3://b/k1.jpg"] is not here and storage.threads["s3://b/k2.jpg"] is not here
+
+
 @pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
 def test_manifest_sizes_pack_by_bytes(tmp_path, kind):
     rows = [{"uri": f"/in/{i}.jpg", "group": f"g{i // 2}", "size": 100} for i in range(20)]

@@ -109,8 +109,9 @@ def add_command(subparsers) -> None:
     shard.add_argument("--ray-cpus", type=positive_int, default=None, help="CPUs of a local Ray started here")
     add_endpoint_url(shard)
     shard.add_argument("--prefetch", type=positive_int, default=None,
-                       help=f"reads in flight per shard task (default {DEFAULT_PREFETCH}, sized for S3 latency; "
-                            "does not change the output)")
+                       help=f"reads in flight per shard task (default {DEFAULT_PREFETCH} for S3 and http inputs, "
+                            "sized for their latency; local files are read one by one in the task, raise it "
+                            "for a slow network filesystem; does not change the output)")
     shard.add_argument("--dry-run", action="store_true",
                        help="only plan: print inputs, groups, shards, bytes per shard, the largest group "
                             "and groups split across manifest files; build nothing")
@@ -159,7 +160,7 @@ def run_shard(args: argparse.Namespace) -> int:
         run.input, run.output, config,
         workers=run.workers if not run.ray else (run.ray_cpus or 1), ray=run.ray,
         ray_address=run.address, endpoint_url=run.endpoint_url, progress=not args.no_progress,
-        prefetch=run.prefetch or DEFAULT_PREFETCH,
+        prefetch=run.prefetch,
     )
     print(summary.format())
     write_json(args.json_out, asdict(summary))
