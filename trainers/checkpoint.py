@@ -3,8 +3,8 @@
 A checkpoint is a directory with two files:
 
 - ``state.pt``: one entry per stateful part of the Trainer (method state incl. queues, centers,
-  EMA weights; optimizer state; every rank's CPU and CUDA RNG states; data position and the
-  worker count it was written at), tensors and plain containers only,
+  EMA weights; optimizer state; fp16's loss scale; every rank's CPU and CUDA RNG states; data
+  position and the worker count it was written at), tensors and plain containers only,
   written with ``torch.save`` and read back with ``weights_only=True`` so that loading a
   checkpoint never runs pickled code;
 - ``meta.json``: the validated training config and the progress (step, epoch, batch), readable
@@ -126,17 +126,41 @@ class TorchRNG:
         torch.manual_seed(int.from_bytes(digest, "little") >> 1)  # CPU and every CUDA device
 
 
+class GradScalerState:
+    """The fp16 loss scale as a stateful part (state.pt's ``grad_scaler``).
+
+    Without it a resumed fp16 run restarts at the initial scale (65536) and its first steps
+    overflow and are skipped until the scale has backed off again: not the same run. The state
+    of a disabled scaler (bf16, fp32) is ``{}``; restoring ``{}`` leaves the scaler as built, so
+    a checkpoint written without fp16 resumes on a GPU that needs it (and the reverse).
+    ``GradScaler.state_dict`` reads the scale to the host: once per checkpoint, not per step.
+    """
+
+    def __init__(self, scaler: torch.amp.GradScaler) -> None:
+        self.scaler = scaler
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.scaler.load_state_dict(state)
+
+
 class CheckpointManager:
     """Saves and restores `states`, a dict of stateful parts, one ``state.pt`` entry per key.
 
     A ``progress`` part is required: its state (step, epoch, batch) also goes to meta.json.
-    Restore loads every part in the dict's order; a part the checkpoint lacks is a UsageError.
+    Restore loads every part in the dict's order; a part the checkpoint lacks is a UsageError,
+    except the parts named in `optional` (added after checkpoints that lack them were written:
+    those keep the state they were built with).
     """
 
-    def __init__(self, states: dict[str, Stateful]) -> None:
+    def __init__(self, states: dict[str, Stateful], optional: frozenset[str] = frozenset()) -> None:
         if "progress" not in states:
             raise ValueError(f"a checkpoint needs a 'progress' part; got {sorted(states)}")
         self.states = states
+        self.optional = optional
 
     def gather(self) -> None:
         """Collective: every rank calls it before rank 0 saves, so parts with per-rank state
@@ -154,12 +178,13 @@ class CheckpointManager:
     def restore(self, directory: str | os.PathLike) -> None:
         """Load every part from the checkpoint in `directory`."""
         state = load_state(directory)
-        missing = [name for name in self.states if name not in state]
+        missing = [name for name in self.states if name not in state and name not in self.optional]
         if missing:
             raise UsageError(f"checkpoint {str(directory)!r} has no {', '.join(missing)} state "
                              f"(it holds {', '.join(sorted(state))})")
         for name, part in self.states.items():
-            part.load_state_dict(state[name])
+            if name in state:
+                part.load_state_dict(state[name])
 
 
 def save_checkpoint(directory: str | os.PathLike, state: Mapping[str, Any], *, config: dict[str, Any]) -> Path:

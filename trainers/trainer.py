@@ -19,7 +19,7 @@ import torch
 
 from pipeline import DataPosition, ViewBatch, ViewLoader
 from trainers.backbones.base import Backbone
-from trainers.checkpoint import CheckpointManager, Progress, TorchRNG
+from trainers.checkpoint import CheckpointManager, GradScalerState, Progress, TorchRNG
 from trainers.config import TrainConfig, dataset_arg
 from trainers.distributed.data_parallel import data_parallel, unused_parameter_steps
 from trainers.methods import Method, SampleIds, build_method, group_hashes
@@ -150,18 +150,19 @@ class Trainer:
         self.position = DataPosition(0, 0)
         # Everything a resumed run needs, one entry of state.pt each (keys are the on-disk format).
         # The LR/WD schedule is a function of the step, so it has no state of its own.
+        self.amp_dtype = resolve_precision(config.precision, device)
+        self.scaler = torch.amp.GradScaler(device, enabled=self.amp_dtype == torch.float16)
         self.checkpoint = CheckpointManager(states={
             "method": self.method,  # weights, EMA teachers, queues, centres
             "optimizer": self.optimizer,  # moments and each group's lr_scale
+            "grad_scaler": GradScalerState(self.scaler),  # fp16's loss scale ({} otherwise)
             "torch_rng": TorchRNG(rank),  # every rank's CPU and CUDA generators
             "progress": _TrainerProgress(self),  # step, data position, worker count
-        })
+        }, optional=frozenset({"grad_scaler"}))
         # DDP over the method's step: bucketed all-reduces overlap backward (trainers.distributed)
         self.unused_parameters_until = unused_parameter_steps(self.method)
         self._find_unused = self.step < self.unused_parameters_until
         self.step_module = data_parallel(self.method, device, find_unused_parameters=self._find_unused)
-        self.amp_dtype = resolve_precision(config.precision, device)
-        self.scaler = torch.amp.GradScaler(device, enabled=self.amp_dtype == torch.float16)
         # Non-finite bookkeeping on the device: read only at log/checkpoint steps (no host sync).
         self.nonfinite_steps = torch.zeros((), dtype=torch.float32, device=device)
         self.skipped_steps = 0

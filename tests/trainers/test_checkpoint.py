@@ -56,7 +56,38 @@ def test_the_trainer_keeps_the_on_disk_keys_of_old_checkpoints(tmp_path):
     from tests.trainers.tiny import TINY_CONFIGS, make_trainer
 
     make_trainer(TINY_CONFIGS["simclr"], 3).save(str(tmp_path))
-    assert sorted(load_state(tmp_path)) == ["method", "optimizer", "progress", "torch_rng"]
+    assert sorted(load_state(tmp_path)) == ["grad_scaler", "method", "optimizer", "progress", "torch_rng"]
+
+
+def test_the_fp16_loss_scale_survives_a_resume(tmp_path):
+    """A resumed fp16 run that restarted at the initial scale would overflow and skip steps."""
+    from tests.trainers.tiny import TINY_CONFIGS, make_trainer
+
+    trainer = make_trainer(TINY_CONFIGS["simclr"], 3, precision="fp16")
+    assert trainer.scaler.is_enabled()
+    trainer.scaler.scale(torch.ones(()))  # the scale exists from the first scaled loss on
+    trainer.scaler.update(new_scale=512.0)  # as after backing off from overflows
+    trainer.save(str(tmp_path))
+    resumed = make_trainer(TINY_CONFIGS["simclr"], 3, precision="fp16")
+    assert resumed.scaler.get_scale() != 512.0
+    resumed.restore(str(tmp_path))
+    assert resumed.scaler.get_scale() == 512.0
+
+
+def test_checkpoints_without_a_loss_scale_resume_with_or_without_fp16(tmp_path):
+    """Written before the part existed, or by an fp32/bf16 run ({}): the scaler stays as built."""
+    from tests.trainers.tiny import TINY_CONFIGS, make_trainer
+
+    make_trainer(TINY_CONFIGS["simclr"], 3).save(str(tmp_path / "fp32"))
+    state = load_state(tmp_path / "fp32")
+    assert state["grad_scaler"] == {}
+    del state["grad_scaler"]
+    save_checkpoint(tmp_path / "old", state, config={})
+    for written in ("fp32", "old"):
+        resumed = make_trainer(TINY_CONFIGS["simclr"], 3, precision="fp16")
+        resumed.restore(str(tmp_path / written))
+        assert resumed.scaler.get_scale() == 65536.0
+        assert resumed.step == 0
 
 
 def test_a_new_stateful_part_is_saved_and_restored_without_touching_save_or_restore(tmp_path):
