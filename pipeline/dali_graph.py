@@ -71,8 +71,11 @@ def view_argument_names(view: ViewConfig, index: int, roi_decode: bool = True) -
     """
     aug = view.augment
     names = ["roi_start", "roi_end", "mirror"]
+    own_photo = view.kind == "global" and index >= 2  # a photo of its own (pipeline.params: slot g)
+    if own_photo:
+        names.append("enc")
     if roi_decode and index > 0:
-        names += ["own", "anchor", "shape"]
+        names += ["anchor", "shape"] if own_photo else ["own", "anchor", "shape"]
     if view.kind == "local":
         names.append("from_b")
     if aug.jitter_p > 0 or aug.grayscale_p > 0:
@@ -102,10 +105,12 @@ def _slice_args(anchor_yx: np.ndarray, stop_yx: np.ndarray) -> tuple[np.ndarray,
 
 
 def feed_arrays(spec: ViewSpec, enc_a: list[np.ndarray], enc_b: list[np.ndarray],
-                same_photo: np.ndarray, params: np.ndarray, roi_decode: bool = True) -> tuple:
+                same_photo: np.ndarray, params: np.ndarray, roi_decode: bool = True,
+                enc_more: list[list[np.ndarray]] = ()) -> tuple:
     """The external source's batch, in `input_names` order, from photos and stacked params.
 
-    `same_photo[i]` marks a group of one: its second photo is not decoded again. The decode
+    `same_photo[i]` marks a group of one: its second photo is not decoded again. `enc_more[j]`
+    is the photo of global view j + 2 per sample (specs with more than two global views). The decode
     windows follow from the drawn crop windows and photo sizes in `params` alone, so the batch
     stays a pure function of (seed, epoch, sample). `roi_decode` must match the graph's.
     """
@@ -114,11 +119,13 @@ def feed_arrays(spec: ViewSpec, enc_a: list[np.ndarray], enc_b: list[np.ndarray]
         out["enc_b"] = enc_b
         out["same_photo"] = np.asarray(same_photo, dtype=bool)
     views = [batch_arguments(params, v) for v in range(len(spec.views))]
+    for j, photos in enumerate(enc_more):
+        views[j + 2]["enc"] = photos
     if roi_decode:
         col = lambda name: params[:, :, COL[name]]  # noqa: E731
         plan = plan_decodes(np.stack([col("y0"), col("x0")], -1), np.stack([col("y1"), col("x1")], -1),
                             np.array([v.size for v in spec.views]),
-                            np.stack([col("height"), col("width")], -1), col("slot") > 0)
+                            np.stack([col("height"), col("width")], -1), col("slot"))
         for p, photo in enumerate("ab"):
             out[f"anchor_{photo}"], out[f"shape_{photo}"] = _slice_args(plan.photo_anchor[:, p],
                                                                         plan.photo_stop[:, p])
@@ -193,6 +200,9 @@ def build_view_pipeline(spec: ViewSpec, source: Callable[[], tuple], *, device: 
             shared = photo_b if view.kind == "global" else photo_a
             if v == 0:
                 x = crop_view(view, photo_a, arg)
+            elif view.kind == "global" and v >= 2:  # its own photo, always decoded apart
+                x = crop_view(view, decode(arg("enc"), arg("anchor") if roi_decode else None,
+                                           arg("shape") if roi_decode else None), arg)
             elif not picks and roi_decode:
                 if arg("own"):
                     x = crop_view(view, decode(enc_a, arg("anchor"), arg("shape")), arg)

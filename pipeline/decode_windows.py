@@ -56,7 +56,8 @@ class DecodePlan:
     decodes its own window (`view_anchor`/`view_stop`) instead; `origin` is the top-left of
     whichever decoded image the view is resized from, so its ROI there is [start, end) - origin.
     View 0 is never `own` (it is photo a's lowest view); a photo no view crops (photo b of a
-    group of one, which is photo a) gets photo a's window and is never decoded.
+    group of one, which is photo a) gets photo a's window and is never decoded. A view of slot
+    >= 2 (global view g >= 2, a photo input of its own) is always `own`.
     """
 
     photo_anchor: np.ndarray  # [B, 2, 2] int64
@@ -75,9 +76,9 @@ def _area(anchor: np.ndarray, stop: np.ndarray) -> np.ndarray:
 def plan_decodes(start: np.ndarray, end: np.ndarray, sizes: np.ndarray, image: np.ndarray,
                  slot: np.ndarray) -> DecodePlan:
     """The decode plan of a batch: crop windows `start`/`end` [B, V, 2] (y, x), view output sides
-    `sizes` [V], photo sizes `image` [B, V, 2] (height, width) and `slot` [B, V] (1: the view
-    crops photo b)."""
-    slot = np.asarray(slot).astype(bool)
+    `sizes` [V], photo sizes `image` [B, V, 2] (height, width) and `slot` [B, V] (0: the view
+    crops photo a, 1: photo b, g >= 2: the photo of global view g, decoded for that view alone)."""
+    slot = np.asarray(slot).astype(np.int64)
     batch, num_views = slot.shape
     anchor, stop = view_windows(start, end, np.asarray(sizes)[None, :], image)
     area = _area(anchor, stop)
@@ -96,8 +97,9 @@ def plan_decodes(start: np.ndarray, end: np.ndarray, sizes: np.ndarray, image: n
         photo_anchor[:, photo] = np.where(joined[:, None], box_anchor, anchor[rows, first])
         photo_stop[:, photo] = np.where(joined[:, None], box_stop, stop[rows, first])
         own |= member & ~joined[:, None] & (views[None, :] != first[:, None])
+    own |= slot >= 2
     unused = ~(slot == 1).any(axis=1)  # photo b of a group of one: photo a, never decoded
     photo_anchor[unused, 1], photo_stop[unused, 1] = photo_anchor[unused, 0], photo_stop[unused, 0]
-    shared_origin = photo_anchor[rows[:, None], slot.astype(np.int64)]
+    shared_origin = photo_anchor[rows[:, None], np.minimum(slot, 1)]
     origin = np.where(own[..., None], anchor, shared_origin)
     return DecodePlan(photo_anchor, photo_stop, anchor, stop, own, origin, union)

@@ -23,7 +23,7 @@ from pipeline.dali_driver import DaliDriver
 from pipeline.dali_graph import feed_arrays
 from pipeline.epochs import DataPosition, RankEpoch, batches_per_epoch, check_arguments, plan_rank_epoch
 from pipeline.producer import BatchProducer, PreparedBatch
-from pipeline.params import pair_uniforms, pick_photos
+from pipeline.params import pick_photos, pick_uniforms
 from pipeline.roots import load_mixture
 from pipeline.samples import ReadStats, SampleRef, read_samples
 from pipeline.spec import ViewSpec
@@ -182,11 +182,11 @@ class ViewLoader:
         uri = shard_uri(root, name)
         lookup = self._label_number
         ids = plan.stream_rows[lo:hi]
-        pair_u = pair_uniforms(self.seed, plan.epoch, ids).tolist()
+        pick_u = pick_uniforms(self.seed, plan.epoch, ids, self.spec.num_global).tolist()
         return [SampleRef(int(row), name, key, tuple(exts), uri, group,
                           lookup.get(label, -1) if label is not None else -1, index, tuple(u), photo)
                 for index, row, u, key, exts, group, label, photo in zip(
-                    range(lo, hi), ids.tolist(), pair_u,
+                    range(lo, hi), ids.tolist(), pick_u,
                     part.column("key").to_pylist(), part.column("view_exts").to_pylist(),
                     part.column("group_id").to_pylist(), part.column("label").to_pylist(),
                     photos if photos is not None else [-1] * (hi - lo))]

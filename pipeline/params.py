@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.spec import ViewSpec
+from pipeline.spec import MAX_GLOBAL_VIEWS, ViewSpec
 
 # Columns of the per-view parameter row. "width"/"height" are the header size of the view's photo,
 # the bounds the DALI graph clamps its decode windows to (`pipeline.decode_windows`).
@@ -31,6 +31,7 @@ _U_AREA, _U_RATIO = 0, _ATTEMPTS
 _U = 2 * _ATTEMPTS  # first column after the crop attempts
 _U_I, _U_J, _U_FLIP, _U_JIT, _U_B, _U_C, _U_S, _U_H, _U_GRAY, _U_BLUR, _U_SIGMA, _U_SOL, _U_SLOT = range(_U, _U + 13)
 _U_WIDTH = _U + 13
+assert MAX_GLOBAL_VIEWS <= _U_WIDTH  # the photo picks are the first slots of counter row 0
 
 
 def blur_window(sigma: float) -> int:
@@ -123,33 +124,55 @@ def center_windows(width: np.ndarray, height: np.ndarray, fraction: np.ndarray
 
 @dataclass(frozen=True)
 class SampleDraw:
-    """Everything random about one sample: which photos, and one parameter row per view."""
+    """Everything random about one sample: which photos, and one parameter row per view.
 
-    photo_a: int
-    photo_b: int
+    `photos[g]` is the photo global view g reads (`slot` g of `params`); a spec with one global
+    view still has two entries (photo a = photo b), the pair the DALI graph always takes.
+    """
+
+    photos: tuple[int, ...]
     params: np.ndarray  # [num_views, len(PARAM_COLUMNS)] float64
 
+    @property
+    def photo_a(self) -> int:
+        return self.photos[0]
 
-def _pick_pair(num_global: int, u0: np.ndarray, photos: list[int]) -> tuple[int, int]:
-    """The two global photos: different ones when the group has >= 2 good photos."""
+    @property
+    def photo_b(self) -> int:
+        return self.photos[1]
+
+
+def _pick_globals(num_global: int, u0: np.ndarray, photos: list[int]) -> tuple[int, ...]:
+    """The photos of the global views: as many different ones as the group's good photos allow.
+
+    Photo j is drawn uniformly from those not drawn yet with uniform `u0[j]`, so the first two
+    are the natural pair of a two-view spec for any number of global views. A group with fewer
+    good photos than global views fills the rest by cycling through its picks in draw order
+    (pick j % n): those views are further augmentations of the same photos.
+    """
     if num_global < 2:
         return photos[0], photos[0]  # one global view (eval, embedding): the group's first photo
-    first = int(u0[0] * len(photos))
-    if len(photos) < 2:
-        return photos[first], photos[first]
-    second = int(u0[1] * (len(photos) - 1))
-    return photos[first], photos[second + (second >= first)]
+    remaining, picks = list(photos), []
+    for j in range(min(num_global, len(photos))):
+        picks.append(remaining.pop(int(u0[j] * len(remaining))))
+    return tuple(picks[j % len(picks)] for j in range(num_global))
+
+
+def pick_uniforms(seed: int, epoch: int, rows: np.ndarray, num_global: int = 2) -> np.ndarray:
+    """[len(rows), max(2, num_global)]: the uniforms `draw_batch` picks each sample's photos with
+    (the first of its counter slots: the same numbers whatever `num_global`)."""
+    return uniforms(seed, epoch, rows, max(2, num_global))
 
 
 def pair_uniforms(seed: int, epoch: int, rows: np.ndarray) -> np.ndarray:
-    """[len(rows), 2]: the uniforms `draw_batch` picks each sample's two photos with."""
-    return uniforms(seed, epoch, rows, 2)
+    """[len(rows), 2]: `pick_uniforms` of a two-global-view spec."""
+    return pick_uniforms(seed, epoch, rows, 2)
 
 
-def pick_photos(num_global: int, u: tuple[float, float], candidates: list[int]) -> tuple[int, int]:
-    """The two photos `draw_batch` gives the global views of a sample whose usable photos are
-    `candidates` (`u`: its `pair_uniforms`): lets the reader check only these two."""
-    return _pick_pair(num_global, u, candidates)
+def pick_photos(num_global: int, u: tuple[float, ...], candidates: list[int]) -> tuple[int, ...]:
+    """The photos `draw_batch` gives the global views of a sample whose usable photos are
+    `candidates` (`u`: its `pick_uniforms`): lets the reader check only these."""
+    return _pick_globals(num_global, np.asarray(u), candidates)
 
 
 def draw_batch(spec: ViewSpec, seed: int, epoch: int, rows: list[int],
@@ -158,9 +181,12 @@ def draw_batch(spec: ViewSpec, seed: int, epoch: int, rows: list[int],
     """Draw the views of samples `rows` (index.parquet rows) for `epoch`.
 
     `candidates[i]` are the photos of sample i not known bad (default: those in
-    `photo_sizes[i]`); `photo_sizes[i]` maps at least the two picked ones to (width, height). Groups
-    with >= 2 valid photos give two different photos to the two global views (natural views);
-    local views crop either of them; a group of one gives all views from its one photo.
+    `photo_sizes[i]`); `photo_sizes[i]` maps at least the picked ones to (width, height). The
+    G global views of a group with >= G valid photos show G different photos (natural views);
+    a group with fewer cycles through its photos in draw order (`_pick_globals`), a group of one
+    gives all views from its one photo. Local views crop photo a or b (the first two global
+    views' photos, each with probability 1/2; photo a alone when they are the same). Global
+    view g >= 2 reads slot g: a photo of its own, even when it repeats photo a or b.
     """
     num_views, t = len(spec.views), _view_table(spec)
     u = uniforms(seed, epoch, np.asarray(rows), (num_views + 1) * _U_WIDTH).reshape(
@@ -168,12 +194,13 @@ def draw_batch(spec: ViewSpec, seed: int, epoch: int, rows: list[int],
     num_global = spec.num_global
     pools = [c if c is not None else sorted(sizes) for c, sizes in
              zip(candidates or [None] * len(rows), photo_sizes)]
-    pairs = [_pick_pair(num_global, u[i, 0], pool) for i, pool in enumerate(pools)]
+    picks = [_pick_globals(num_global, u[i, 0], pool) for i, pool in enumerate(pools)]
     uv = u[:, 1:]
-    slot = np.where(t["local"], uv[..., _U_SLOT] < 0.5, np.arange(num_views) == 1)
-    same = np.array([a == b for a, b in pairs])[:, None]
-    slot = slot & ~same
-    photo = np.where(slot, np.array([b for _, b in pairs])[:, None], np.array([a for a, _ in pairs])[:, None])
+    views = np.arange(num_views)
+    slot = np.where(t["local"], uv[..., _U_SLOT] < 0.5, views == 1).astype(np.int64)
+    same = np.array([p[0] == p[1] for p in picks])[:, None]
+    slot = np.where((views >= 2) & ~t["local"], views, slot & ~same)
+    photo = np.take_along_axis(np.array(picks, dtype=np.int64).reshape(len(rows), -1), slot, 1)
     table = np.ones((len(rows), max(max(sizes) for sizes in photo_sizes) + 1, 2))
     for i, sizes in enumerate(photo_sizes):
         for p, wh in sizes.items():
@@ -203,7 +230,7 @@ def draw_batch(spec: ViewSpec, seed: int, epoch: int, rows: list[int],
         "width": width, "height": height,
     }
     params = np.stack([np.asarray(columns[name], dtype=np.float64) for name in PARAM_COLUMNS], -1)
-    return [SampleDraw(a, b, params[i]) for i, (a, b) in enumerate(pairs)]
+    return [SampleDraw(p, params[i]) for i, p in enumerate(picks)]
 
 
 def batch_arguments(params: np.ndarray, view: int) -> dict[str, np.ndarray]:

@@ -42,7 +42,7 @@ class SampleRef:
     group_id: str = ""
     label: int = -1             # index into the loader's label vocabulary, -1 if none
     index: int = 0              # position in the rank's stream order (RankEpoch.stream_rows)
-    u: tuple[float, float] = (0.0, 0.0)  # params.pair_uniforms: which photos the epoch draws
+    u: tuple[float, ...] = (0.0, 0.0)  # params.pick_uniforms: which photos the epoch draws
     photo: int = -1             # >= 0: this sample is that one photo of the group (data.natural_views false)
 
 

@@ -14,6 +14,7 @@ from groundfloor.errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_GLOBAL_VIEWS = 32  # photo picks per sample: `pipeline.params` draws them from one counter row
 
 
 class Augmentation(BaseModel):
@@ -68,8 +69,9 @@ class ViewConfig(BaseModel):
 class ViewSpec(BaseModel):
     """How many views of which size and augmentation the pipeline makes per sample.
 
-    Global views come first. The first two global views are the natural-view pair (two
-    different photos of a group when it has several); local views crop either of those photos.
+    Global views come first. Each global view shows a different photo of the group while the
+    group has enough (`pipeline.params.draw_batch`; the first two are the natural pair); local
+    views crop the photo of global view 1 or 2.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -86,8 +88,8 @@ class ViewSpec(BaseModel):
             raise ValueError("a ViewSpec needs at least one global view")
         if kinds != sorted(kinds):  # "global" < "local"
             raise ValueError(f"global views must come before local views, got {kinds}")
-        if kinds.count("global") > 2:
-            raise ValueError(f"at most 2 global views (the natural pair), got {kinds.count('global')}")
+        if kinds.count("global") > MAX_GLOBAL_VIEWS:
+            raise ValueError(f"at most {MAX_GLOBAL_VIEWS} global views, got {kinds.count('global')}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std {self.std} must be positive")
         return self
@@ -99,6 +101,15 @@ class ViewSpec(BaseModel):
     @property
     def num_local(self) -> int:
         return sum(v.kind == "local" for v in self.views)
+
+    def with_global_views(self, count: int) -> "ViewSpec":
+        """This spec with `count` global views: its global views repeated in turn (an asymmetric
+        recipe's third view is augmented like its first), local views unchanged."""
+        globals_ = [v for v in self.views if v.kind == "global"]
+        if not 1 <= count <= MAX_GLOBAL_VIEWS:
+            raise ValueError(f"{count} global views: expected 1 to {MAX_GLOBAL_VIEWS}")
+        views = [globals_[i % len(globals_)] for i in range(count)] + [v for v in self.views if v.kind == "local"]
+        return self.model_copy(update={"views": views})
 
     # ---- recipes ---------------------------------------------------------------------------
     @classmethod

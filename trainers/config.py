@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from pipeline import RECIPES, ViewSpec
+from pipeline.spec import MAX_GLOBAL_VIEWS
 from groundfloor.storage import local_path
 from groundfloor.config_files import load_yaml_config, validate
 from trainers.methods import MethodConfig, parse_method_config
@@ -71,6 +72,10 @@ class DataConfig(_Strict):
     natural_views: bool = Field(
         True, description="true: a sample is a natural-view group and its two views are two different photos "
         "of it; false: every photo is its own sample with two augmented views (single-image SSL on the same data)")
+    views_per_group: int = Field(
+        2, ge=2, le=MAX_GLOBAL_VIEWS, description="global views per sample: as many different photos of its group "
+        "(fewer photos: further augmentations of them, cycled in draw order); above 2 only for methods that use "
+        "them all (simclr, moco_v3 with multi_positive: true)")
     num_threads: PositiveInt = Field(1, description="DALI threads per worker")
     prefetch: PositiveInt = 2
     endpoint_url: Optional[str] = Field(
@@ -85,7 +90,9 @@ class DataConfig(_Strict):
         return value
 
     def view_spec(self) -> ViewSpec:
-        return ViewSpec.from_recipe(self.recipe, **self.recipe_options)
+        """The recipe's views, with `views_per_group` global views (the recipe's, repeated in turn)."""
+        spec = ViewSpec.from_recipe(self.recipe, **self.recipe_options)
+        return spec if spec.num_global == self.views_per_group else spec.with_global_views(self.views_per_group)
 
 
 class MonitorConfig(_Strict):
@@ -267,9 +274,16 @@ class TrainConfig(_Strict):
             )
         data["num_local_views"] = spec.num_local
         data.setdefault("global_batch_size", self.batch_size)
+        requested_global = data.get("num_global_views")
+        if requested_global is not None and requested_global != spec.num_global:
+            raise UsageError(f"method.num_global_views={requested_global} but data.views_per_group is {spec.num_global}")
+        config = parse_method_config({**data, "num_global_views": 2}, where="method.")
+        if spec.num_global > config.max_global_views():
+            raise UsageError(
+                f"data.views_per_group={spec.num_global}: method {config.name!r} uses {config.max_global_views()} "
+                "global views per sample; more need simclr or moco_v3 with method.multi_positive: true")
         if spec.num_global != 2:
-            raise UsageError(f"data.recipe {self.data.recipe!r} makes {spec.num_global} global views; methods need 2")
-        config = parse_method_config(data, where="method.")
+            config = parse_method_config({**data, "num_global_views": spec.num_global}, where="method.")
         config.check_view_sizes([v.size for v in spec.views if v.kind == "global"])
         return config
 

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from trainers import distributed
 
-__all__ = ["multi_positive_nt_xent", "multi_positive_moco_v3"]
+__all__ = ["multi_positive_nt_xent", "multi_positive_moco_v3", "multi_positive_moco_v3_views"]
 
 
 def _check(temperature: float, embeddings: Tensor, group_ids: Tensor, what: str) -> None:
@@ -124,13 +124,32 @@ def multi_positive_moco_v3(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, group
     a positive and the mean over this rank's queries is its share of the global mean as is.
     Equals :func:`trainers.losses.moco_v3` when the ids are distinct.
     """
-    _check(temperature, q1, group_ids, "multi_positive_moco_v3")
-    if not q1.shape == q2.shape == k1.shape == k2.shape:
-        raise ValueError(f"multi_positive_moco_v3 needs four (B, D) tensors of one shape, got "
-                         f"{[tuple(t.shape) for t in (q1, q2, k1, k2)]}")
-    batch, dim = k1.shape
-    local = torch.cat([F.normalize(k1, dim=1), F.normalize(k2, dim=1)])
-    keys = distributed.gather_with_grad(local).view(-1, 2, batch, dim)  # one collective
-    all_k1, all_k2 = keys[:, 0].flatten(0, 1), keys[:, 1].flatten(0, 1)
-    positive = group_ids[:, None] == distributed.gather(group_ids)[None, :]
-    return _contrast(q1, all_k2, positive, temperature) + _contrast(q2, all_k1, positive, temperature)
+    return multi_positive_moco_v3_views([q1, q2], [k1, k2], group_ids, temperature)
+
+
+def multi_positive_moco_v3_views(queries: list[Tensor], keys: list[Tensor], group_ids: Tensor,
+                                 temperature: float = 0.2) -> Tensor:
+    """:func:`multi_positive_moco_v3` for G >= 2 global views per sample (`data.views_per_group`).
+
+    The queries of view v are scored against the keys of every OTHER view of all ranks
+    (G - 1 views x the global batch; as MoCo v3, a query never meets keys of its own view), their
+    positives the keys whose sample shares its group (its own sample's other views included), so
+    every view of a group is a positive of every other. The G terms are averaged x 2
+    (2 / G * sum_v ctr(q_v, K_{w != v})), which for G = 2 is ctr(q1, k2) + ctr(q2, k1) exactly.
+    `queries`, `keys`: G tensors (B, D) each; `group_ids` (B,) int64, one per sample.
+    """
+    views = len(queries)
+    if views < 2 or len(keys) != views:
+        raise ValueError(f"multi_positive_moco_v3 needs G >= 2 queries and G keys, got {views} and {len(keys)}")
+    _check(temperature, queries[0], group_ids, "multi_positive_moco_v3")
+    if len({tuple(t.shape) for t in (*queries, *keys)}) != 1:
+        raise ValueError(f"multi_positive_moco_v3 needs {2 * views} (B, D) tensors of one shape, got "
+                         f"{[tuple(t.shape) for t in (*queries, *keys)]}")
+    batch, dim = keys[0].shape
+    local = torch.cat([F.normalize(k, dim=1) for k in keys])
+    gathered = distributed.gather_with_grad(local).view(-1, views, batch, dim)  # one collective
+    other_ids = distributed.gather(group_ids).view(-1, batch).repeat(1, views - 1).flatten()
+    positive = group_ids[:, None] == other_ids[None, :]  # the same for every v: views in rank-major blocks
+    loss = sum(_contrast(q, torch.cat([gathered[:, w] for w in range(views) if w != v], dim=1).flatten(0, 1),
+                         positive, temperature) for v, q in enumerate(queries))
+    return loss * (2 / views)

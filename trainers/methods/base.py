@@ -102,7 +102,8 @@ class MethodConfig(BaseModel):
 
     name: str
     backbone: BackboneConfig = Field(default_factory=dict, validate_default=True)
-    num_global_views: int = Field(2, ge=2, le=2, description="global crops per sample (methods use 2)")
+    num_global_views: int = Field(2, ge=2, description="global crops per sample (data.views_per_group; "
+                                  "above 2 only where `max_global_views` allows)")
     num_local_views: int = Field(0, ge=0, description="small crops per sample (multi-crop: SwAV, DINO)")
     global_batch_size: int | None = Field(
         None, ge=1, description="samples per step over all ranks; lets construction check queue sizes"
@@ -123,10 +124,18 @@ class MethodConfig(BaseModel):
                 f"num_local_views={self.num_local_views}: method {self.name!r} has no multi-crop; "
                 "use 0 (multi-crop methods: swav, dino, ibot)"
             )
+        if self.num_global_views > self.max_global_views():
+            raise ValueError(f"num_global_views={self.num_global_views}: method {self.name!r} uses "
+                             f"{self.max_global_views()} global views per sample")
         if not is_known_backbone(self.backbone.name):
             raise ValueError(unknown_backbone_message(self.backbone.name).replace(
                 f"unknown backbone {self.backbone.name!r}", f"backbone.name={self.backbone.name!r} is unknown"))
         return self
+
+    def max_global_views(self) -> int:
+        """The most global views per sample this config's loss uses: 2 (the pair) unless a method
+        whose loss takes every view of a group says more, so no view is silently dropped."""
+        return 2
 
     def check_view_sizes(self, global_sizes: list[int]) -> None:
         """Raise UsageError if views of these sizes (px) cannot work; called by TrainConfig before any worker starts."""

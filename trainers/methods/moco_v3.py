@@ -7,7 +7,9 @@ has NO last BN (`_build_mlp(2, dim, mlp_dim, dim, False)`, line 109), the ViT pr
 (line 122). ResNets are built with `zero_init_residual=True` (main_moco.py line 186).
 `multi_positive: true` makes every key of a query's group in the global batch a positive
 (trainers.losses_multi_positive; group ids from `samples.groups`); with every group once in the
-global batch it is the paper's loss exactly.
+global batch it is the paper's loss exactly. With `data.views_per_group` G > 2 (multi_positive
+only) each view's queries meet the keys of the other G - 1 views
+(`multi_positive_moco_v3_views`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from torch import Tensor, nn
 
 from trainers.heads import mlp
 from trainers.losses import moco_v3
-from trainers.losses_multi_positive import multi_positive_moco_v3
+from pipeline.spec import MAX_GLOBAL_VIEWS
+from trainers.losses_multi_positive import multi_positive_moco_v3_views
 from trainers.methods.base import Method, MethodConfig, SampleIds, frozen_copy, register_method
 from trainers.schedules import ema_momentum
 
@@ -37,6 +40,9 @@ class MoCoV3Config(MethodConfig):
     ema_momentum: float = Field(0.99, ge=0, le=1, description="base of the cosine schedule to 1")
     multi_positive: bool = Field(False, description="every same-group key of the global batch is a positive "
                                  "(SupCon L_out over group ids); off: MoCo v3's loss")
+
+    def max_global_views(self) -> int:
+        return MAX_GLOBAL_VIEWS if self.multi_positive else 2  # the paper's loss takes a pair
 
 
 def _moco_v3_mlp(dims: list[int], last_bn: bool = True) -> nn.Sequential:
@@ -64,14 +70,14 @@ class MoCoV3(Method):
     def training_step(self, views: list[Tensor], step: int, samples: Optional[SampleIds] = None
                       ) -> tuple[Tensor, dict[str, float]]:
         self.check_views(views)
-        q1, q2 = (self.predictor(self.projector(self.backbone(v))) for v in views)
+        queries = [self.predictor(self.projector(self.backbone(v))) for v in views]
         with torch.no_grad():
-            k1, k2 = (self.momentum_projector(self.momentum_backbone(v)) for v in views)
+            keys = [self.momentum_projector(self.momentum_backbone(v)) for v in views]
         if self.config.multi_positive:
-            groups = self.group_ids(samples, views[0].shape[0], q1.device)
-            loss = multi_positive_moco_v3(q1, q2, k1, k2, groups, self.config.temperature)
+            groups = self.group_ids(samples, views[0].shape[0], queries[0].device)
+            loss = multi_positive_moco_v3_views(queries, keys, groups, self.config.temperature)
         else:
-            loss = moco_v3(q1, q2, k1, k2, self.config.temperature)
+            loss = moco_v3(*queries, *keys, self.config.temperature)
         return loss, {"loss": loss.detach()}
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -4,7 +4,9 @@ The head is the official one (google-research/simclr tf2/model.py `ProjectionHea
 BN after every layer including the output, no output bias (see trainers.heads).
 `multi_positive: true` makes every view of the same group in the global batch a positive of
 every other (trainers.losses_multi_positive; the batch's group ids arrive as `samples.groups`);
-with every group once in the global batch it is NT-Xent exactly.
+with every group once in the global batch it is NT-Xent exactly. With `data.views_per_group`
+G > 2 (multi_positive only) all G global views are encoded together and each is a positive of
+the other views of its group.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from torch import Tensor
 
 from trainers.heads import simclr_projection_head
 from trainers.losses import nt_xent
+from pipeline.spec import MAX_GLOBAL_VIEWS
 from trainers.losses_multi_positive import multi_positive_nt_xent
 from trainers.methods.base import Method, MethodConfig, SampleIds, register_method
 
@@ -27,6 +30,9 @@ class SimCLRConfig(MethodConfig):
     projection_layers: int = Field(3, ge=1, description="tf2/run.py num_proj_layers default 3")
     multi_positive: bool = Field(False, description="every same-group view of the global batch is a positive "
                                  "(SupCon L_out over group ids); off: SimCLR's NT-Xent")
+
+    def max_global_views(self) -> int:
+        return MAX_GLOBAL_VIEWS if self.multi_positive else 2  # NT-Xent takes a pair
 
 
 @register_method
@@ -43,11 +49,11 @@ class SimCLR(Method):
     def training_step(self, views: list[Tensor], step: int, samples: Optional[SampleIds] = None
                       ) -> tuple[Tensor, dict[str, float]]:
         self.check_views(views)
-        # Both views through the encoder in one batch, as in SimCLR's code (BN sees 2B).
+        # All views through the encoder in one batch, as in SimCLR's code (BN sees G x B).
         z = self.projector(self.encode_multicrop(self.backbone, views))
         if self.config.multi_positive:
             groups = self.group_ids(samples, views[0].shape[0], z.device)
-            loss = multi_positive_nt_xent(z, groups.repeat(2), self.config.temperature)  # z = [view 1; view 2]
+            loss = multi_positive_nt_xent(z, groups.repeat(len(views)), self.config.temperature)  # z = [view 1; ...]
         else:
             z1, z2 = z.chunk(2)
             loss = nt_xent(z1, z2, self.config.temperature)
