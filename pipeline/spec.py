@@ -71,7 +71,7 @@ class ViewSpec(BaseModel):
 
     Global views come first. Each global view shows a different photo of the group while the
     group has enough (`pipeline.params.draw_batch`; the first two are the natural pair); local
-    views crop the photo of global view 1 or 2.
+    views crop the first or second global view's photo.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -6,18 +6,24 @@ runs real gloo processes through `Trainer.train_step`, gradients compared BEFORE
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 
 from pipeline import DataPosition, ViewBatch
 from tests.trainers.loss_helpers import TEMPERATURES, rand
+from tests.trainers.small_configs import small_config
 from tests.trainers.spawn import run_distributed
 from tests.trainers.test_losses_multi_positive import (
     MP_CONFIGS, assert_same, moco_v3_reference, nt_xent_reference, value_and_grad)
 from tests.trainers.tiny import GLOBAL_BATCH, GLOBAL_PX, local_rows, make_trainer, record, train_config
 from testbed.numerics import default_dtype
 from trainers import distributed
+from trainers.config import TrainConfig
 from trainers.losses_multi_positive import multi_positive_moco_v3_views, multi_positive_nt_xent
 from trainers.methods import SampleIds, build_method, group_hashes
 from groundfloor.errors import UsageError
@@ -107,6 +113,20 @@ def test_a_method_that_uses_a_pair_refuses_more_views_in_one_line(method):
         config.method_config()
     message = str(error.value)
     assert "data.views_per_group=3" in message and "\n" not in message
+
+
+def test_the_config_file_takes_views_per_group(tmp_path):
+    config = small_config("unused", tmp_path, "g", data__views_per_group=G, method__multi_positive=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert TrainConfig.load(str(path)).method_config().num_global_views == G
+    config["method"]["multi_positive"] = False
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, "-m", "viewstream", "train", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "data.views_per_group=3" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 # ------------------------------------------------------------------------------ 2 ranks x B == 1 rank x 2B
