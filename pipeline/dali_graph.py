@@ -118,6 +118,9 @@ def feed_arrays(spec: ViewSpec, enc_a: list[np.ndarray], enc_b: list[np.ndarray]
     if uses_two_photos(spec):
         out["enc_b"] = enc_b
         out["same_photo"] = np.asarray(same_photo, dtype=bool)
+    if len(enc_more) != max(0, spec.num_global - 2):
+        raise ValueError(f"{spec.num_global} global views need {max(0, spec.num_global - 2)} photo lists "
+                         f"in enc_more, got {len(enc_more)}")
     views = [batch_arguments(params, v) for v in range(len(spec.views))]
     for j, photos in enumerate(enc_more):
         views[j + 2]["enc"] = photos

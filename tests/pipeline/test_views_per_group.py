@@ -11,22 +11,26 @@ import torch
 from PIL import Image
 
 from pipeline import Augmentation, ViewConfig, ViewLoader, ViewSpec
+from pipeline.dali_graph import build_view_pipeline, feed_arrays
 from pipeline.decode_windows import plan_decodes
+from pipeline.imageinfo import image_info
 from pipeline.params import draw_batch, pick_photos, pick_uniforms
 from pipeline.samples import ReadStats, SampleRef, check_sample
 from sharding.dataset import read_index, shard_uri
 from sharding.format import view_member
 
 from tests.pipeline.conftest import build_dataset
+from tests.pipeline.test_roi_decode import MAX_LEVELS, MEAN_LEVELS, PIXELS, PLAIN
 
 G = 3
 
 
 @pytest.fixture(scope="module")
 def groups_dataset(tmp_path_factory) -> str:
-    """14 groups of 1-4 photos: some with >= 3, some with 2, some with 1."""
+    """14 groups of 1-6 photos: 5 with more than 3 (the third photo is a real draw), some with
+    exactly 3, 2 and 1."""
     return build_dataset(tmp_path_factory, "views_per_group", num_groups=14, shard_samples=5,
-                         min_views=1, max_views=4, seed=5)
+                         min_views=1, max_views=6, seed=5)
 
 
 def photo_counts(dataset: str) -> dict[str, int]:
@@ -129,7 +133,7 @@ def test_a_view_of_its_own_photo_decodes_its_own_window():
 
 def test_every_sample_once_per_epoch_with_distinct_photos(groups_dataset):
     counts = photo_counts(groups_dataset)
-    assert {min(c, G) for c in counts.values()} == {1, 2, 3}, "the dataset lacks a group size"
+    assert {min(c, G + 1) for c in counts.values()} == {1, 2, 3, 4}, "the dataset lacks a group size"
     loader = ViewLoader(groups_dataset, ViewSpec.simclr(size=32).with_global_views(G), 4, seed=9)
     for epoch in range(2):
         keys = []
@@ -166,12 +170,13 @@ def test_every_view_shows_the_photo_the_batch_names(groups_dataset):
     assert checked == G * len(index)
 
 
-def test_resume_mid_epoch_gives_the_same_draws_and_pixels(groups_dataset):
+@pytest.mark.parametrize("epoch, start", [(0, 1), (1, 2)])
+def test_resume_mid_epoch_gives_the_same_draws_and_pixels(groups_dataset, epoch, start):
     spec = ViewSpec.simclr(size=32).with_global_views(G)
-    full = list(ViewLoader(groups_dataset, spec, 3, seed=6).iter_epoch(1))
-    resumed = list(ViewLoader(groups_dataset, spec, 3, seed=6).iter_epoch(1, 2))
-    assert len(resumed) == len(full) - 2
-    for a, b in zip(full[2:], resumed):
+    full = list(ViewLoader(groups_dataset, spec, 3, seed=6).iter_epoch(epoch))
+    resumed = list(ViewLoader(groups_dataset, spec, 3, seed=6).iter_epoch(epoch, start))
+    assert len(resumed) == len(full) - start
+    for a, b in zip(full[start:], resumed):
         assert a.keys == b.keys and torch.equal(a.view_sources, b.view_sources)
         for x, y in zip(a.views, b.views):
             assert torch.equal(x, y)
@@ -185,3 +190,46 @@ def test_three_views_extend_the_two_view_batches(groups_dataset):
     for a, b in zip(two, three):
         assert a.keys == b.keys and torch.equal(a.view_sources, b.view_sources[:, :2])
         assert torch.equal(a.views[0], b.views[0]) and torch.equal(a.views[1], b.views[1])
+
+
+@pytest.fixture(scope="module")
+def photo_groups(tmp_path_factory) -> list[list[np.ndarray]]:
+    """12 groups of 1-4 textured 400-500 px JPEGs (real decode windows, not whole 32 px photos)."""
+    from testbed.scale import write_photo_corpus
+
+    root = tmp_path_factory.mktemp("roi_photos_g")
+    write_photo_corpus(str(root), 12, (1, 4), seed=4)
+    return [[np.fromfile(f, dtype=np.uint8) for f in sorted(folder.glob("*.jpg"))]
+            for folder in sorted(p for p in root.glob("*/*") if p.is_dir())]
+
+
+def test_roi_views_equal_full_decode_views_with_three_global_views(photo_groups):
+    """The third view's own decode window gives the pixels a whole-photo decode gives."""
+    spec = ViewSpec(views=[ViewConfig(size=96, augment=Augmentation(**PLAIN))] * G
+                    + [ViewConfig(size=48, kind="local", augment=Augmentation(scale=(0.05, 0.14), **PLAIN))] * 2,
+                    **PIXELS)
+    sizes = [{k: image_info(photo.tobytes())[1:] for k, photo in enumerate(g)} for g in photo_groups]
+    draws = draw_batch(spec, seed=0, epoch=1, rows=list(range(len(photo_groups))), photo_sizes=sizes)
+    params = np.stack([d.params for d in draws])
+    enc = [[g[d.photos[v]] for g, d in zip(photo_groups, draws)] for v in range(G)]
+    same = np.array([d.photo_a == d.photo_b for d in draws])
+    assert any(d.photos[2] not in d.photos[:2] for d in draws)
+
+    def views(roi_decode: bool) -> list[np.ndarray]:
+        feed, fed = feed_arrays(spec, enc[0], enc[1], same, params, roi_decode=roi_decode, enc_more=enc[2:]), []
+
+        def source():
+            if fed:
+                raise StopIteration
+            fed.append(True)
+            return feed
+
+        pipe = build_view_pipeline(spec, source, device="cpu", batch_size=len(photo_groups), num_threads=2,
+                                   prefetch=1, roi_decode=roi_decode)
+        return [np.stack([np.array(out[i]) for i in range(len(photo_groups))]) for out in pipe.run()]
+
+    roi, full = views(True), views(False)
+    diff = np.concatenate([np.abs(a - b).ravel() for a, b in zip(roi, full)])
+    assert diff.max() <= MAX_LEVELS and diff.mean() <= MEAN_LEVELS, (diff.max(), diff.mean())
+    with pytest.raises(ValueError, match="enc_more"):
+        feed_arrays(spec, enc[0], enc[1], same, params)
