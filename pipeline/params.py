@@ -19,8 +19,10 @@ import numpy as np
 
 from pipeline.spec import MAX_GLOBAL_VIEWS, ViewSpec
 
-# Columns of the per-view parameter row. "width"/"height" are the header size of the view's photo,
-# the bounds the DALI graph clamps its decode windows to (`pipeline.decode_windows`).
+# Columns of the per-view parameter row. "photo" is the group's photo the view shows, "slot" the
+# graph input it reads (0: photo a, 1: photo b, g >= 2: global view g's own photo). "width"/"height"
+# are the header size of the view's photo, the bounds the DALI graph clamps its decode windows to
+# (`pipeline.decode_windows`).
 PARAM_COLUMNS = (
     "photo", "slot", "y0", "x0", "y1", "x1", "area", "flip", "jitter", "brightness", "contrast",
     "saturation", "hue_deg", "gray", "blur", "sigma", "window", "solarize", "width", "height",
@@ -162,11 +164,6 @@ def pick_uniforms(seed: int, epoch: int, rows: np.ndarray, num_global: int = 2) 
     """[len(rows), max(2, num_global)]: the uniforms `draw_batch` picks each sample's photos with
     (the first of its counter slots: the same numbers whatever `num_global`)."""
     return uniforms(seed, epoch, rows, max(2, num_global))
-
-
-def pair_uniforms(seed: int, epoch: int, rows: np.ndarray) -> np.ndarray:
-    """[len(rows), 2]: `pick_uniforms` of a two-global-view spec."""
-    return pick_uniforms(seed, epoch, rows, 2)
 
 
 def pick_photos(num_global: int, u: tuple[float, ...], candidates: list[int]) -> tuple[int, ...]:

@@ -70,8 +70,8 @@ class DataConfig(_Strict):
         default_factory=dict, description="arguments of the recipe (size, global_size, local_size, num_local, ...)"
     )
     natural_views: bool = Field(
-        True, description="true: a sample is a natural-view group and its two views are two different photos "
-        "of it; false: every photo is its own sample with two augmented views (single-image SSL on the same data)")
+        True, description="true: a sample is a natural-view group and its global views are different photos "
+        "of it (data.views_per_group); false: every photo is its own sample with two augmented views (single-image SSL on the same data)")
     views_per_group: int = Field(
         2, ge=2, le=MAX_GLOBAL_VIEWS, description="global views per sample: as many different photos of its group "
         "(fewer photos: further augmentations of them, cycled in draw order); above 2 only for methods that use "
