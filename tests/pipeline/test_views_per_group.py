@@ -233,3 +233,16 @@ def test_roi_views_equal_full_decode_views_with_three_global_views(photo_groups)
     assert diff.max() <= MAX_LEVELS and diff.mean() <= MEAN_LEVELS, (diff.max(), diff.mean())
     with pytest.raises(ValueError, match="enc_more"):
         feed_arrays(spec, enc[0], enc[1], same, params)
+
+
+def test_without_natural_views_every_view_augments_the_one_photo(groups_dataset):
+    counts = photo_counts(groups_dataset)
+    loader = ViewLoader(groups_dataset, ViewSpec.simclr(size=32).with_global_views(G), 5, seed=7,
+                        natural_views=False)
+    seen = []
+    for batch in loader.iter_epoch(0):
+        for i, (key, sources) in enumerate(zip(batch.keys, batch.view_sources.tolist())):
+            assert sources == [sources[0]] * G, f"{key}: several photos in one sample"
+            assert not torch.equal(batch.views[0][i], batch.views[2][i])  # another augmentation
+            seen.append((key, sources[0]))
+    assert sorted(seen) == sorted((k, p) for k, n in counts.items() for p in range(n))
