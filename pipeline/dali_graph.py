@@ -19,6 +19,10 @@ folded together), Gaussian blur (window from sigma; two 1-D `fn.filter` passes o
 flip + normalize + HWC->CHW in one crop_mirror_normalize.
 
 DALI operator arguments used here, and where they are defined:
+- ``exec_dynamic=True`` (with ``exec_async`` and ``exec_pipelined``): DALI's default execution
+  model (the installed ``Pipeline`` docstring: used by default when both are True), stated
+  because `pipeline.loader.dali_to_torch` relies on it: its outputs are handed out through
+  DLPack without a copy and are never recycled by a later run.
 - ``fn.decoders.image_slice``: schema ``decoders__ImageSlice`` in dali/operators/imgcodec/
   decoder_schema.cc (``NumInput(1, 3)``: data plus the positional ``anchor`` and ``shape``
   inputs; integer inputs are absolute pixels). Backends ``cpu`` and ``mixed``
@@ -237,6 +241,6 @@ def build_view_pipeline(spec: ViewSpec, source: Callable[[], tuple], *, device: 
 
     pipe = graph(batch_size=batch_size, num_threads=num_threads, prefetch_queue_depth=prefetch,
                  device_id=device_id if device == "cuda" else None, exec_async=True,
-                 exec_pipelined=True)
+                 exec_pipelined=True, exec_dynamic=True)
     pipe.build()
     return pipe
