@@ -6,9 +6,9 @@ CPU seconds (`time.process_time`: every thread of this process, never wall time:
 shared), the best of `--repeats` epochs, on bench_pipeline's corpus. One epoch's prepared
 batches are held in memory and replayed into graphs that keep the decoders and add the view ops
 one at a time (an op left out is replaced by the identity while the graph is built), so each
-row's increase over the previous one is that op's cost. "loader" is `ViewLoader.iter_epoch`
-end to end (reading, checking, drawing, DALI, conversion to torch): its excess over "full graph"
-is the host side.
+row's increase over the previous one is that op's cost. "+host" is `ViewLoader.iter_epoch`
+end to end (reading, sha256 checks, drawing, DALI, hand-over to torch): its excess over the
+full graph is the host side.
 """
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ from pipeline.dali_graph import build_view_pipeline  # noqa: E402
 from sharding.run import shard_dataset  # noqa: E402
 from testbed.scale import write_photo_corpus  # noqa: E402
 
-# ops added in this order; each stage keeps the ones before it
-STAGES = ["resize", "color_twist", "filter", "lookup_table",
-          "crop_mirror_normalize"]
+# stages added in this order, each with the DALI functions it covers (the blur was
+# fn.gaussian_blur before pipeline.blur), each stage keeping the ones before it
+STAGES = {"resize": ["resize"], "colour twist": ["color_twist"], "blur": ["gaussian_blur", "filter"],
+          "solarize": ["lookup_table"], "flip+normalize": ["crop_mirror_normalize"]}
 
 
 @contextlib.contextmanager
@@ -97,8 +98,10 @@ def main() -> int:
         feeds = [item.feed for item in loader.prepared_batches(0) if item.feed is not None]
         samples = sum(len(feed[0]) for feed in feeds)
         rows = [("decode", replay_cpu(spec, feeds, args, samples, decode_only=True))]
-        for k in range(len(STAGES)):
-            rows.append((f"+{STAGES[k]}", replay_cpu(spec, feeds, args, samples, skip=tuple(STAGES[k + 1:]))))
+        names = list(STAGES)
+        for k, name in enumerate(names):
+            skip = tuple(op for later in names[k + 1:] for op in STAGES[later])
+            rows.append((f"+{name}", replay_cpu(spec, feeds, args, samples, skip=skip)))
         best = float("inf")
         for epoch in range(args.repeats + 1):
             cpu = time.process_time()
@@ -106,7 +109,7 @@ def main() -> int:
                 pass
             if epoch:
                 best = min(best, time.process_time() - cpu)
-        rows.append(("loader", best / samples))
+        rows.append(("+host (ViewLoader)", best / samples))
     previous = 0.0
     print(f"{'stage':28s} {'ms/sample':>10s} {'added':>8s}   ({samples} samples, {args.spec})")
     for name, cpu in rows:

@@ -44,7 +44,8 @@ DALI operator arguments used here, and where they are defined:
 Known differences from torchvision's recipe: ColorJitter applies its four factors in a random
 order with clamping after each; DALI's colour twist applies them as one affine colour map
 (contrast around mid-grey, not the image mean). The statistics of the drawn factors are the
-recipe's; the pixels differ slightly.
+recipe's; the pixels differ slightly. The blur rounds its horizontal pass to uint8
+(`pipeline.blur`), 1 grey level from ``fn.gaussian_blur`` on ~11% of a blurred view's values.
 """
 from __future__ import annotations
 
