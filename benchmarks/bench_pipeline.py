@@ -16,6 +16,7 @@ The data is representative of product photos: `--groups` groups of 1-6 JPEGs of 
   no reading, checking, resizing or augmentation), replaying one epoch's prepared batches held
   in memory (~2 photos per sample). two_view_vs_decode_limit: two-view samples/s / that, how
   close the whole pipeline comes to what decoding alone allows (1.0 = decode-bound).
+  `benchmarks/profile_pipeline.py` splits the rest by op (CPU seconds per sample).
 The baseline decodes only the photos it uses (the pair), like viewstream, and applies the
 same recipe with torchvision.transforms.v2 on PIL images (PIL's own Gaussian blur). Numbers
 on a shared machine are noisy: the two sides of each ratio run interleaved, epoch by epoch,

@@ -14,10 +14,15 @@ reach, clamped to the image; a photo several views crop is decoded once over the
 windows when it is smaller than their sum, else once per view, chosen per sample by a DALI
 conditional). CPU and CUDA run the same graph, only the device string differs. Per view: resize the crop window, shifted by the decoded window's
 origin, to the view size (one op: crop + resize + antialias), colour twist (jitter and grayscale
-folded together), Gaussian blur (window from sigma), solarize (a 256-entry lookup table), then
+folded together), Gaussian blur (window from sigma; two 1-D `fn.filter` passes over host-built kernels,
+`pipeline.blur`), solarize (a 256-entry lookup table), then
 flip + normalize + HWC->CHW in one crop_mirror_normalize.
 
 DALI operator arguments used here, and where they are defined:
+- ``exec_dynamic=True`` (with ``exec_async`` and ``exec_pipelined``): DALI's default execution
+  model (the installed ``Pipeline`` docstring: used by default when both are True), stated
+  because `pipeline.loader.dali_to_torch` relies on it: its outputs are handed out through
+  DLPack without a copy and are never recycled by a later run.
 - ``fn.decoders.image_slice``: schema ``decoders__ImageSlice`` in dali/operators/imgcodec/
   decoder_schema.cc (``NumInput(1, 3)``: data plus the positional ``anchor`` and ``shape``
   inputs; integer inputs are absolute pixels). Backends ``cpu`` and ``mixed``
@@ -39,7 +44,8 @@ DALI operator arguments used here, and where they are defined:
 Known differences from torchvision's recipe: ColorJitter applies its four factors in a random
 order with clamping after each; DALI's colour twist applies them as one affine colour map
 (contrast around mid-grey, not the image mean). The statistics of the drawn factors are the
-recipe's; the pixels differ slightly.
+recipe's; the pixels differ slightly. The blur rounds its horizontal pass to uint8
+(`pipeline.blur`), 1 grey level from ``fn.gaussian_blur`` on ~11% of a blurred view's values.
 """
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ from typing import Callable
 
 import numpy as np
 
+from pipeline.blur import blur_kernels, separable_blur
 from pipeline.decode_windows import plan_decodes
 from pipeline.params import COL, batch_arguments
 from pipeline.spec import ViewConfig, ViewSpec
@@ -81,7 +88,7 @@ def view_argument_names(view: ViewConfig, index: int, roi_decode: bool = True) -
     if aug.jitter_p > 0 or aug.grayscale_p > 0:
         names += ["twist", "brightness", "contrast", "saturation", "hue"]
     if aug.blur_p > 0:
-        names += ["blur", "sigma", "window"]
+        names += ["blur", "blur_row", "blur_col"]
     if aug.solarize_p > 0:
         names.append("solarize")
     return names
@@ -140,6 +147,8 @@ def feed_arrays(spec: ViewSpec, enc_a: list[np.ndarray], enc_b: list[np.ndarray]
                         anchor=np.ascontiguousarray(anchors[:, v]),
                         shape=np.ascontiguousarray(shapes[:, v]))
     for v, (view, args) in enumerate(zip(spec.views, views)):
+        if view.augment.blur_p > 0:
+            args["blur_row"], args["blur_col"] = blur_kernels(args["sigma"], args["window"])
         for name in view_argument_names(view, v, roi_decode):
             out[f"{name}:{v}"] = args[name]
     return tuple(out[name] for name in input_names(spec, roi_decode))
@@ -233,7 +242,7 @@ def build_view_pipeline(spec: ViewSpec, source: Callable[[], tuple], *, device: 
                                        saturation=arg("saturation"), hue=arg("hue"))
             if augment and aug.blur_p > 0:
                 if arg("blur"):
-                    x = fn.gaussian_blur(x, sigma=arg("sigma"), window_size=arg("window"))
+                    x = separable_blur(x, arg("blur_row"), arg("blur_col"))
             if augment and aug.solarize_p > 0:
                 if arg("solarize"):
                     x = fn.lookup_table(x, keys=_SOLARIZE_KEYS, values=_SOLARIZE_VALUES,
@@ -246,6 +255,6 @@ def build_view_pipeline(spec: ViewSpec, source: Callable[[], tuple], *, device: 
 
     pipe = graph(batch_size=batch_size, num_threads=num_threads, prefetch_queue_depth=prefetch,
                  device_id=device_id if device == "cuda" else None, exec_async=True,
-                 exec_pipelined=True)
+                 exec_pipelined=True, exec_dynamic=True)
     pipe.build()
     return pipe

@@ -56,3 +56,16 @@ def test_no_labels_at_all_gives_none(uneven_dataset, tmp_path):
     rewrite_index(root, table)
     batch = next(ViewLoader(str(root), SPEC, 4).iter_epoch(0))
     assert batch.labels is None and batch.label_vocabulary == []
+
+
+def test_views_held_across_later_batches_keep_their_values(uneven_dataset):
+    """The views are DALI's own output buffers (DLPack, no copy: `loader.dali_to_torch`); a
+    batch kept while the loader runs on must not be overwritten by later runs."""
+    loader = ViewLoader(uneven_dataset, ViewSpec.simclr(size=32), 4, seed=3)
+    held = [(batch.views, [v.clone() for v in batch.views]) for batch in loader.iter_epoch(0)]
+    for _ in loader.iter_epoch(1):  # more runs of the same pipeline
+        pass
+    assert len(held) > 2
+    for views, copies in held:
+        for view, copy in zip(views, copies):
+            assert view.dtype == copy.dtype and view.equal(copy)
