@@ -41,6 +41,14 @@ print("RESULT" + json.dumps([a.node_id for a in actors]))
 """
 
 
+# A killed node is declared dead after 3 missed health checks of 1 s period and 2 s timeout
+# (~6-9 s instead of Ray's default ~30 s). The first check waits Ray's default 5 s: with no delay
+# and 0.5 s timeouts, a raylet still starting on a loaded 2-core box was declared dead and its
+# `ray start` failed ("timed out during startup").
+FAST_NODE_LOSS_DETECTION = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000",
+                            "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "5000"}
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("train-data")
@@ -128,9 +136,7 @@ def test_two_workers_one_per_node_and_the_checkpoint_resumes_on_one_node(
 def test_losing_the_second_node_resumes_from_the_last_checkpoint_on_a_replacement(
     shards: str, tmp_path: Path
 ) -> None:
-    # Detect the dead node in ~2 s instead of Ray's default ~30 s.
-    fast_detection = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
-                      "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "0"}
+    fast_detection = FAST_NODE_LOSS_DETECTION
     storage = tmp_path / "runs"
     total = 2 * STEPS_PER_EPOCH
     config = write_config(tmp_path / "train.yaml", shards, storage, "node-loss", epochs=2, run__max_failures=1)
@@ -186,8 +192,7 @@ def test_an_elastic_run_that_loses_a_node_continues_on_the_remaining_workers_wit
     from trainers.metrics import read_metrics
     from trainers.train_loop import sample_set_digest
 
-    fast_detection = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
-                      "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "0"}
+    fast_detection = FAST_NODE_LOSS_DETECTION
     storage, batch = tmp_path / "runs", 12
     config = write_config(tmp_path / "train.yaml", shards, storage, "elastic", epochs=1, batch_size=batch,
                           max_steps=8, scaling={"num_workers": [2, 3], "cpus_per_worker": 1}, run__max_failures=1)

@@ -60,7 +60,7 @@ def empty_cluster():
 @pytest.mark.integration
 def test_train_waits_for_a_node_that_joins_after_submission(empty_cluster, fmnist_shards, tmp_path):
     """`viewstream train` (its own process, as `ray job submit` runs it) on a cluster with no
-    worker resources; a node joins 4 s later; the run trains instead of failing at submit."""
+    worker resources; a node joins once the driver says it waits; the run trains instead of failing at submit."""
     config = small_config(fmnist_shards["train"], tmp_path / "runs", "autoscaled", epochs=1, max_steps=4,
                           scaling__wait_for_resources_s=300, run__checkpoint_every_steps=4)
     path = tmp_path / "train.yaml"
@@ -68,14 +68,22 @@ def test_train_waits_for_a_node_that_joins_after_submission(empty_cluster, fmnis
     driver = subprocess.Popen([sys.executable, "-m", "viewstream", "train", str(path), "--address",
                                empty_cluster.address], env=empty_cluster.env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
     try:
-        time.sleep(4)
-        assert driver.poll() is None, driver.stdout.read()[-3000:]  # still waiting, not refused
+        # The node joins only once the driver says it waits (a fixed sleep raced a slow start-up:
+        # the node was there before the driver looked, and it never waited).
+        deadline = time.monotonic() + 180
+        while not any("waiting up to 300 s for the cluster to scale up" in line for line in lines):
+            line = driver.stdout.readline()
+            assert line and time.monotonic() < deadline, "".join(lines)[-3000:]  # exited or never waited
+            lines.append(line)
+        assert driver.poll() is None, "".join(lines)[-3000:]  # still waiting, not refused
         empty_cluster.add_worker(num_cpus=3)
-        out, _ = driver.communicate(timeout=600)
+        rest, _ = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
             driver.kill()
+    out = "".join(lines) + rest
     assert driver.returncode == 0, out[-3000:]
     assert "waiting up to 300 s for the cluster to scale up" in out and "needs 2 CPUs" in out
     assert "steps            4 of 4" in out
