@@ -183,9 +183,10 @@ class LocalRayCluster:
             head = self._launch_head()
             self._wait_for_port(self.gcs_port, head)
             self._check_node_ip(head.node)
-            launches = [head] + [self._launch_worker() for _ in range(self.initial_workers)]
-            for launch in launches:
-                self._finish_launch(launch)
+            workers = [self._launch_worker() for _ in range(self.initial_workers)]
+            self._finish_launch(head)
+            for launch in workers:
+                self._finish_worker_launch(launch)
         except BaseException:
             self.stop()
             raise
@@ -209,7 +210,7 @@ class LocalRayCluster:
     ) -> RayNode:
         """Join one more node (default resources {"node_worker": 1}); also the replacement node."""
         self._require_started()
-        return self._finish_launch(self._launch_worker(name, num_cpus, resources))
+        return self._finish_worker_launch(self._launch_worker(name, num_cpus, resources))
 
     def _launch_worker(
         self, name: str | None = None, num_cpus: int | None = None, resources: dict[str, float] | None = None
@@ -274,6 +275,26 @@ class LocalRayCluster:
             tail = launch.log.read_text(errors="replace")[-3000:]
             raise RayClusterError(f"`ray start` for node {launch.node.name!r} failed ({code}):\n{tail}")
         return launch.node
+
+    def _finish_worker_launch(self, launch: "_Launch") -> RayNode:
+        """`_finish_launch`, with one fresh attempt for a worker node whose `ray start` failed.
+
+        On a loaded 2-core box a worker started beside the head can time out "during startup"
+        (the GCS answers too late); the node's processes are killed and it is started once more
+        under the same name. A second failure raises, naming both.
+        """
+        try:
+            return self._finish_launch(launch)
+        except RayClusterError as first:
+            node = launch.node
+            kill(marked_pids(node.marker), signal.SIGKILL)
+            self.nodes.pop(node.name, None)
+            retry = self._launch_node(node.name, node.resources, node.num_cpus, [f"--address={self.address}"],
+                                      free_ports(6))
+            try:
+                return self._finish_launch(retry)
+            except RayClusterError as second:
+                raise RayClusterError(f"{second}\n(a first attempt failed too: {str(first).splitlines()[0]})") from None
 
     @staticmethod
     def _raylet_node_id(node: RayNode) -> str:

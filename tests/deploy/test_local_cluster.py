@@ -74,3 +74,23 @@ def test_ray_job_submit_runs_an_entrypoint_that_sees_both_nodes(two_node_cluster
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "ALIVE 2" in proc.stdout
+
+
+class _FirstWorkerStartFails(LocalRayCluster):
+    """The first `ray start` of worker-1 gets an option that does not exist, so it exits 2."""
+
+    attempts = 0
+
+    def _launch_node(self, name, resources, num_cpus, role_args, ports):
+        if name == "worker-1":
+            self.attempts += 1
+            if self.attempts == 1:
+                role_args = [*role_args, "--no-such-option"]
+        return super()._launch_node(name, resources, num_cpus, role_args, ports)
+
+
+def test_a_worker_whose_start_fails_is_started_once_more() -> None:
+    with _FirstWorkerStartFails(head_cpus=1, worker_nodes=1) as cluster:
+        assert cluster.attempts == 2
+        assert sorted(cluster.nodes) == ["head", "worker-1"] and cluster.nodes["worker-1"].node_id
+        cluster.wait_for_nodes(2)
