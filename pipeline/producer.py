@@ -211,6 +211,5 @@ class BatchProducer:
         params = np.stack([d.params for d in draws])
         more = [[np.frombuffer(sample.photos[draw.photos[g]], dtype=np.uint8) for sample, draw in zip(samples, draws)]
                 for g in range(2, self._spec.num_global)]  # global views >= 2 read photos of their own
-        feed = self._feed(self._spec, enc_a, enc_b, same, params, enc_more=more) if more else \
-            self._feed(self._spec, enc_a, enc_b, same, params)
+        feed = self._feed(self._spec, enc_a, enc_b, same, params, enc_more=more)
         return PreparedBatch(b, [s.row for s in samples], params[:, :, 0].astype(np.int64), feed, *meta)

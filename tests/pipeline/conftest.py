@@ -1,11 +1,31 @@
 """Tiny datasets for the pipeline tests, built with the sharding stage's own API."""
 from __future__ import annotations
 
-import pytest
+import io
+import tarfile
 
+import numpy as np
+import pytest
+from PIL import Image
+
+from sharding.dataset import read_index, shard_uri
 from sharding.migrate import migrate_dataset
 from sharding.run import shard_dataset
 from sharding.synthetic import generate_view_corpus
+
+
+def decoded_photos(dataset: str) -> dict[str, dict[int, np.ndarray]]:
+    """Every photo member of `dataset`'s shards, decoded by PIL to RGB float32 in [0, 1], by
+    sample key and view index: what a view with no augmentation should show."""
+    photos: dict[str, dict[int, np.ndarray]] = {}
+    for shard in sorted(set(read_index(dataset).column("shard").to_pylist())):
+        with tarfile.open(shard_uri(dataset, shard)) as tar:
+            for info in tar:
+                key, view, ext = (info.name.split(".") + [""])[:3]
+                if ext in ("jpg", "png"):
+                    image = Image.open(io.BytesIO(tar.extractfile(info).read())).convert("RGB")
+                    photos.setdefault(key, {})[int(view)] = np.asarray(image, dtype=np.float32) / 255
+    return photos
 
 
 def build_dataset(tmp_path_factory, name: str, *, num_groups: int, shard_samples: int,

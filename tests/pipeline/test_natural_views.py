@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline import Augmentation, ViewConfig, ViewLoader, ViewSpec
 from sharding.dataset import read_index, shard_uri
 
-from tests.pipeline.conftest import build_dataset
+from tests.pipeline.conftest import build_dataset, decoded_photos
 
 
 @pytest.fixture(scope="module")
@@ -132,15 +132,8 @@ def test_without_natural_views_a_view_shows_its_own_photo(multi_photo_dataset):
     plain = Augmentation(center_crop=True, crop_fraction=1.0, flip_p=0, jitter_p=0, grayscale_p=0,
                          blur_p=0)
     spec = ViewSpec(views=[ViewConfig(size=32, augment=plain)] * 2, mean=(0, 0, 0), std=(1, 1, 1))
-    index = read_index(multi_photo_dataset)
-    photos: dict[tuple[str, int], np.ndarray] = {}
-    for shard in sorted(set(index.column("shard").to_pylist())):
-        with tarfile.open(shard_uri(multi_photo_dataset, shard)) as tar:
-            for info in tar:
-                key, view, ext = (info.name.split(".") + [""])[:3]
-                if ext in ("jpg", "png"):
-                    image = Image.open(io.BytesIO(tar.extractfile(info).read())).convert("RGB")
-                    photos[(key, int(view))] = np.asarray(image, dtype=np.float32) / 255
+    photos = {(key, view): image for key, views in decoded_photos(multi_photo_dataset).items()
+              for view, image in views.items()}
     loader = ViewLoader(multi_photo_dataset, spec, 6, seed=4, natural_views=False)
     checked = 0
     for batch in loader.iter_epoch(0):

@@ -128,15 +128,21 @@ def _png(jpeg: bytes) -> bytes:
     return out.getvalue()
 
 
-def _views(spec: ViewSpec, groups: list[list[np.ndarray]], roi_decode: bool, decode_only: bool = False):
-    """One graph's views of one batch drawn as the producer draws it, its decode plan and slots."""
+def draws_of(spec: ViewSpec, groups: list[list[np.ndarray]], epoch: int = 2) -> list:
+    """One batch of `groups` (photos as uint8 arrays) drawn as the producer draws it."""
     sizes = [{k: image_info(photo.tobytes())[1:] for k, photo in enumerate(g)} for g in groups]
-    draws = draw_batch(spec, seed=0, epoch=2, rows=list(range(len(groups))), photo_sizes=sizes)
-    enc_a = [g[d.photo_a] for g, d in zip(groups, draws)]
-    enc_b = [g[d.photo_b] for g, d in zip(groups, draws)]
+    return draw_batch(spec, seed=0, epoch=epoch, rows=list(range(len(groups))), photo_sizes=sizes)
+
+
+def views_of(spec: ViewSpec, groups: list[list[np.ndarray]], roi_decode: bool, decode_only: bool = False,
+             epoch: int = 2):
+    """One graph's views of one batch drawn as the producer draws it, its decode plan and slots
+    (global views after the second read their own photos, as the producer feeds them)."""
+    draws = draws_of(spec, groups, epoch)
+    enc = [[g[d.photos[v]] for g, d in zip(groups, draws)] for v in range(max(2, spec.num_global))]
     same = np.array([d.photo_a == d.photo_b for d in draws])
     params = np.stack([d.params for d in draws])
-    feed, fed = feed_arrays(spec, enc_a, enc_b, same, params, roi_decode=roi_decode), []
+    feed, fed = feed_arrays(spec, enc[0], enc[1], same, params, roi_decode=roi_decode, enc_more=enc[2:]), []
 
     def source():
         if fed:
@@ -152,7 +158,7 @@ def _views(spec: ViewSpec, groups: list[list[np.ndarray]], roi_decode: bool, dec
     col = lambda name: params[:, :, COL[name]]  # noqa: E731
     plan = plan_decodes(np.stack([col("y0"), col("x0")], -1), np.stack([col("y1"), col("x1")], -1),
                         np.array([v.size for v in spec.views]), np.stack([col("height"), col("width")], -1),
-                        col("slot") > 0)
+                        col("slot"))
     return views, plan, col("slot") > 0
 
 
@@ -160,8 +166,8 @@ def _views(spec: ViewSpec, groups: list[list[np.ndarray]], roi_decode: bool, dec
                          ids=["simclr", "small-pair", "multicrop"])
 def test_roi_views_equal_full_decode_views(photo_groups, global_scale, num_local):
     spec = _spec(global_scale, num_local)
-    roi, plan, slot = _views(spec, photo_groups, roi_decode=True)
-    full, _, _ = _views(spec, photo_groups, roi_decode=False)
+    roi, plan, slot = views_of(spec, photo_groups, roi_decode=True)
+    full, _, _ = views_of(spec, photo_groups, roi_decode=False)
     diff = np.concatenate([np.abs(a - b).ravel() for a, b in zip(roi, full)])
     assert diff.max() <= MAX_LEVELS and diff.mean() <= MEAN_LEVELS, (diff.max(), diff.mean())
     # the cases this spec is meant to reach actually happened
@@ -176,7 +182,7 @@ def test_roi_views_equal_full_decode_views(photo_groups, global_scale, num_local
 @pytest.mark.filterwarnings("ignore:The external source node")  # decode_only leaves resize inputs unused
 def test_each_view_is_cropped_from_the_window_its_plan_decodes(photo_groups):
     spec = _spec((0.14, 1.0), num_local=3)
-    decoded, plan, slot = _views(spec, photo_groups, roi_decode=True, decode_only=True)
+    decoded, plan, slot = views_of(spec, photo_groups, roi_decode=True, decode_only=True)
     rows = np.arange(len(photo_groups))[:, None]
     shared = plan.photo_stop - plan.photo_anchor
     expected = np.where(plan.own[..., None], plan.view_stop - plan.view_anchor,

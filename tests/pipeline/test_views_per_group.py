@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import tarfile
 from collections import Counter
 
 import numpy as np
@@ -11,16 +10,15 @@ import torch
 from PIL import Image
 
 from pipeline import Augmentation, ViewConfig, ViewLoader, ViewSpec
-from pipeline.dali_graph import build_view_pipeline, feed_arrays
+from pipeline.dali_graph import feed_arrays
 from pipeline.decode_windows import plan_decodes
-from pipeline.imageinfo import image_info
 from pipeline.params import draw_batch, pick_photos, pick_uniforms
 from pipeline.samples import ReadStats, SampleRef, check_sample
-from sharding.dataset import read_index, shard_uri
+from sharding.dataset import read_index
 from sharding.format import view_member
 
-from tests.pipeline.conftest import build_dataset
-from tests.pipeline.test_roi_decode import MAX_LEVELS, MEAN_LEVELS, PIXELS, PLAIN
+from tests.pipeline.conftest import build_dataset, decoded_photos
+from tests.pipeline.test_roi_decode import MAX_LEVELS, MEAN_LEVELS, PIXELS, PLAIN, draws_of, views_of
 
 G = 3
 
@@ -149,15 +147,7 @@ def test_every_view_shows_the_photo_the_batch_names(groups_dataset):
     """The third global view reads its own photo (not photo a or b) in the DALI graph."""
     plain = Augmentation(center_crop=True, crop_fraction=1.0, flip_p=0, jitter_p=0, grayscale_p=0, blur_p=0)
     spec = ViewSpec(views=[ViewConfig(size=32, augment=plain)] * G, mean=(0, 0, 0), std=(1, 1, 1))
-    index = read_index(groups_dataset)
-    photos: dict[str, dict[int, np.ndarray]] = {}
-    for shard in sorted(set(index.column("shard").to_pylist())):
-        with tarfile.open(shard_uri(groups_dataset, shard)) as tar:
-            for info in tar:
-                key, view, ext = (info.name.split(".") + [""])[:3]
-                if ext in ("jpg", "png"):
-                    image = Image.open(io.BytesIO(tar.extractfile(info).read())).convert("RGB")
-                    photos.setdefault(key, {})[int(view)] = np.asarray(image, dtype=np.float32) / 255
+    photos = decoded_photos(groups_dataset)
     checked = 0
     for batch in ViewLoader(groups_dataset, spec, 5, seed=4).iter_epoch(0):
         for i, key in enumerate(batch.keys):
@@ -167,7 +157,7 @@ def test_every_view_shows_the_photo_the_batch_names(groups_dataset):
                 named = int(batch.view_sources[i, v])
                 assert errors[named] == min(errors.values()) and errors[named] < 0.02
                 checked += 1
-    assert checked == G * len(index)
+    assert checked == G * len(read_index(groups_dataset))
 
 
 @pytest.mark.parametrize("epoch, start", [(0, 1), (1, 2)])
@@ -208,31 +198,16 @@ def test_roi_views_equal_full_decode_views_with_three_global_views(photo_groups)
     spec = ViewSpec(views=[ViewConfig(size=96, augment=Augmentation(**PLAIN))] * G
                     + [ViewConfig(size=48, kind="local", augment=Augmentation(scale=(0.05, 0.14), **PLAIN))] * 2,
                     **PIXELS)
-    sizes = [{k: image_info(photo.tobytes())[1:] for k, photo in enumerate(g)} for g in photo_groups]
-    draws = draw_batch(spec, seed=0, epoch=1, rows=list(range(len(photo_groups))), photo_sizes=sizes)
-    params = np.stack([d.params for d in draws])
-    enc = [[g[d.photos[v]] for g, d in zip(photo_groups, draws)] for v in range(G)]
-    same = np.array([d.photo_a == d.photo_b for d in draws])
+    draws = draws_of(spec, photo_groups, epoch=1)
     assert any(d.photos[2] not in d.photos[:2] for d in draws)
-
-    def views(roi_decode: bool) -> list[np.ndarray]:
-        feed, fed = feed_arrays(spec, enc[0], enc[1], same, params, roi_decode=roi_decode, enc_more=enc[2:]), []
-
-        def source():
-            if fed:
-                raise StopIteration
-            fed.append(True)
-            return feed
-
-        pipe = build_view_pipeline(spec, source, device="cpu", batch_size=len(photo_groups), num_threads=2,
-                                   prefetch=1, roi_decode=roi_decode)
-        return [np.stack([np.array(out[i]) for i in range(len(photo_groups))]) for out in pipe.run()]
-
-    roi, full = views(True), views(False)
+    roi, _, _ = views_of(spec, photo_groups, roi_decode=True, epoch=1)
+    full, _, _ = views_of(spec, photo_groups, roi_decode=False, epoch=1)
     diff = np.concatenate([np.abs(a - b).ravel() for a, b in zip(roi, full)])
     assert diff.max() <= MAX_LEVELS and diff.mean() <= MEAN_LEVELS, (diff.max(), diff.mean())
+    params = np.stack([d.params for d in draws])
+    enc = [[g[d.photos[v]] for g, d in zip(photo_groups, draws)] for v in range(2)]
     with pytest.raises(ValueError, match="enc_more"):
-        feed_arrays(spec, enc[0], enc[1], same, params)
+        feed_arrays(spec, enc[0], enc[1], np.array([d.photo_a == d.photo_b for d in draws]), params)
 
 
 def test_without_natural_views_every_view_augments_the_one_photo(groups_dataset):

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from pipeline import DataPosition, ViewBatch
 from tests.trainers.loss_helpers import TEMPERATURES, rand
 from tests.trainers.spawn import run_distributed
-from tests.trainers.tiny import CONVNET, GLOBAL_BATCH, local_rows, make_trainer, make_views, record
+from tests.trainers.tiny import (CONVNET, GLOBAL_BATCH, assert_ranks_ran_as_one, local_rows, make_trainer, make_views,
+                                 run_recording_gradients_before_clipping)
 from testbed.host_syncs import counting_syncs
-from testbed.numerics import default_dtype
 from trainers import distributed, losses
 from trainers.losses_multi_positive import multi_positive_moco_v3, multi_positive_nt_xent
 from trainers.methods import SampleIds, build_method, group_hashes
@@ -237,23 +237,10 @@ def test_a_multi_positive_step_makes_no_host_sync(name):
 
 # ------------------------------------------------------------------------------ 2 ranks x B == 1 rank x 2B
 def run_with_gradients_before_clipping(config: dict) -> list[dict]:
-    """Two real Trainer steps; each record also holds the (DDP-averaged) gradients as
-    `clip_gradients` receives them, before clipping rescales them."""
-    with default_dtype(torch.float64):
-        trainer = make_trainer(config, total_steps=10)
-        before_clip: list[dict] = []
-        clip = trainer.method.clip_gradients
-
-        def recording_clip(max_norm: float) -> None:
-            before_clip.append({n: p.grad.clone() for n, p in trainer.method.named_parameters() if p.grad is not None})
-            clip(max_norm)
-
-        trainer.method.clip_gradients = recording_clip
-        records = []
-        for step, views in enumerate(make_views(config, len(STEP_GROUPS))):
-            records.append({**record(trainer, trainer.train_step(grouped_view_batch(views, step))),
-                            "grads_before_clip": before_clip[-1]})
-        return records
+    """Two real Trainer steps with groups across ranks, gradients recorded before clipping."""
+    return run_recording_gradients_before_clipping(
+        config, lambda: [grouped_view_batch(views, step)
+                         for step, views in enumerate(make_views(config, len(STEP_GROUPS)))])
 
 
 def split_loss_run(z: torch.Tensor, groups: torch.Tensor, t: float) -> dict:
@@ -293,16 +280,4 @@ def test_two_ranks_train_as_one_with_groups_across_ranks(two_ranks, name):
     single = run_with_gradients_before_clipping(MP_CONFIGS[name])
     plain = run_with_gradients_before_clipping({**MP_CONFIGS[name], "multi_positive": False})
     assert not torch.allclose(single[0]["loss"], plain[0]["loss"])  # the groups really changed the loss
-    for rank, runs in enumerate(two_ranks):
-        for step, (got, ref) in enumerate(zip(runs[name], single)):
-            where = f"{name} rank {rank} step {step}"
-            assert_same(got["loss"], ref["loss"], f"{where} loss")
-            assert got["grads_before_clip"].keys() == ref["grads_before_clip"].keys() and ref["grads_before_clip"]
-            for key, grad in ref["grads_before_clip"].items():
-                assert_same(got["grads_before_clip"][key], grad, f"{where} gradient before clipping {key}")
-            assert got["state"].keys() == ref["state"].keys(), where
-            for key, value in ref["state"].items():
-                if value.is_floating_point():
-                    assert_same(got["state"][key], value, f"{where} state {key}")
-                else:
-                    assert torch.equal(got["state"][key], value), f"{where} state {key}"
+    assert_ranks_ran_as_one([runs[name] for runs in two_ranks], single, name, assert_same)

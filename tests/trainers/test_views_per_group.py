@@ -20,8 +20,8 @@ from tests.trainers.small_configs import small_config
 from tests.trainers.spawn import run_distributed
 from tests.trainers.test_losses_multi_positive import (
     MP_CONFIGS, assert_same, moco_v3_reference, nt_xent_reference, value_and_grad)
-from tests.trainers.tiny import GLOBAL_BATCH, GLOBAL_PX, local_rows, make_trainer, record, train_config
-from testbed.numerics import default_dtype
+from tests.trainers.tiny import (GLOBAL_BATCH, GLOBAL_PX, assert_ranks_ran_as_one, local_rows,
+                                 run_recording_gradients_before_clipping, train_config)
 from trainers import distributed
 from trainers.config import TrainConfig
 from trainers.losses_multi_positive import multi_positive_moco_v3_views, multi_positive_nt_xent
@@ -146,23 +146,13 @@ def grouped_batch(views: list[torch.Tensor], step: int) -> ViewBatch:
 
 def run_g_views(config: dict) -> list[dict]:
     """Two real Trainer steps on G global views, with the gradients `clip_gradients` receives."""
-    with default_dtype(torch.float64):
-        trainer = make_trainer(config, total_steps=10, data=DATA_G)
-        before_clip: list[dict] = []
-        clip = trainer.method.clip_gradients
-
-        def recording_clip(max_norm: float) -> None:
-            before_clip.append({n: p.grad.clone() for n, p in trainer.method.named_parameters() if p.grad is not None})
-            clip(max_norm)
-
-        trainer.method.clip_gradients = recording_clip
+    def batches():
         g = torch.Generator().manual_seed(0)
-        records = []
         for step in range(len(STEP_GROUPS)):
             views = [torch.randn(GLOBAL_BATCH, 3, GLOBAL_PX, GLOBAL_PX, generator=g) for _ in range(G)]
-            records.append({**record(trainer, trainer.train_step(grouped_batch(views, step))),
-                            "grads_before_clip": before_clip[-1]})
-        return records
+            yield grouped_batch(views, step)
+
+    return run_recording_gradients_before_clipping(config, batches, data=DATA_G)
 
 
 def all_g_view_runs() -> dict:
@@ -179,16 +169,4 @@ def two_ranks() -> list[dict]:
 @pytest.mark.parametrize("name", MP_CONFIGS)
 def test_two_ranks_train_as_one_on_three_views(two_ranks, name):
     single = run_g_views(MP_CONFIGS[name])
-    for rank, runs in enumerate(two_ranks):
-        for step, (got, ref) in enumerate(zip(runs[name], single)):
-            where = f"{name} rank {rank} step {step}"
-            assert_same(got["loss"], ref["loss"], f"{where} loss")
-            assert got["grads_before_clip"].keys() == ref["grads_before_clip"].keys() and ref["grads_before_clip"]
-            for key, grad in ref["grads_before_clip"].items():
-                assert_same(got["grads_before_clip"][key], grad, f"{where} gradient before clipping {key}")
-            assert got["state"].keys() == ref["state"].keys(), where
-            for key, value in ref["state"].items():
-                if value.is_floating_point():
-                    assert_same(got["state"][key], value, f"{where} state {key}")
-                else:
-                    assert torch.equal(got["state"][key], value), f"{where} state {key}"
+    assert_ranks_ran_as_one([runs[name] for runs in two_ranks], single, name, assert_same)

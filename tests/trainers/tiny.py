@@ -7,7 +7,7 @@ scheduler, optimizer, EMA updates.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -153,3 +153,41 @@ def run_method(config: dict, steps: int = 2, total_steps: int = 10, dtype: torch
 def run_all_methods(names: list[str]) -> dict[str, list[dict]]:
     torch.manual_seed(123)  # methods must not depend on the global RNG
     return {name: run_method(TINY_CONFIGS[name], steps=TINY_STEPS.get(name, 2)) for name in names}
+
+
+def run_recording_gradients_before_clipping(config: dict, batches: Callable[[], Iterable[ViewBatch]],
+                                            **fields: Any) -> list[dict]:
+    """Real Trainer steps (float64) on `batches()`, made inside the float64 context; each record
+    also holds the (DDP-averaged) gradients as `clip_gradients` receives them: compared before
+    clipping, a gradient twice too large cannot hide behind the tiny configs' clip at 5.0."""
+    with default_dtype(torch.float64):
+        trainer = make_trainer(config, total_steps=10, **fields)
+        before_clip: list[dict] = []
+        clip = trainer.method.clip_gradients
+
+        def recording_clip(max_norm: float) -> None:
+            before_clip.append({n: p.grad.clone() for n, p in trainer.method.named_parameters() if p.grad is not None})
+            clip(max_norm)
+
+        trainer.method.clip_gradients = recording_clip
+        return [{**record(trainer, trainer.train_step(batch)), "grads_before_clip": before_clip[-1]}
+                for batch in batches()]
+
+
+def assert_ranks_ran_as_one(ranks: list[list[dict]], single: list[dict], what: str,
+                            same: Callable[[torch.Tensor, torch.Tensor, str], None]) -> None:
+    """Each rank's records of `run_recording_gradients_before_clipping` equal the one-process run:
+    loss, gradients before clipping and state (floating state by `same`, the rest exactly)."""
+    for rank, runs in enumerate(ranks):
+        for step, (got, ref) in enumerate(zip(runs, single)):
+            where = f"{what} rank {rank} step {step}"
+            same(got["loss"], ref["loss"], f"{where} loss")
+            assert got["grads_before_clip"].keys() == ref["grads_before_clip"].keys() and ref["grads_before_clip"]
+            for key, grad in ref["grads_before_clip"].items():
+                same(got["grads_before_clip"][key], grad, f"{where} gradient before clipping {key}")
+            assert got["state"].keys() == ref["state"].keys(), where
+            for key, value in ref["state"].items():
+                if value.is_floating_point():
+                    same(got["state"][key], value, f"{where} state {key}")
+                else:
+                    assert torch.equal(got["state"][key], value), f"{where} state {key}"
