@@ -1,16 +1,12 @@
 """Acceptance 3 of issue 3: natural views (two different photos of a group per epoch)."""
 from __future__ import annotations
 
-import io
-import tarfile
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pipeline import Augmentation, ViewConfig, ViewLoader, ViewSpec
-from sharding.dataset import read_index, shard_uri
+from sharding.dataset import read_index
 
 from tests.pipeline.conftest import build_dataset, decoded_photos
 
@@ -64,16 +60,7 @@ def test_views_show_the_photo_the_batch_names(multi_photo_dataset):
     plain = Augmentation(center_crop=True, crop_fraction=1.0, flip_p=0, jitter_p=0, grayscale_p=0,
                          blur_p=0)
     spec = ViewSpec(views=[ViewConfig(size=32, augment=plain)] * 2, mean=(0, 0, 0), std=(1, 1, 1))
-    index = read_index(multi_photo_dataset)
-    shard_of = dict(zip(index.column("key").to_pylist(), index.column("shard").to_pylist()))
-    photos: dict[str, dict[int, np.ndarray]] = {}
-    for shard in sorted(set(shard_of.values())):
-        with tarfile.open(shard_uri(multi_photo_dataset, shard)) as tar:
-            for info in tar:
-                key, view, ext = (info.name.split(".") + [""])[:3]
-                if ext in ("jpg", "png"):
-                    image = Image.open(io.BytesIO(tar.extractfile(info).read())).convert("RGB")
-                    photos.setdefault(key, {})[int(view)] = np.asarray(image, dtype=np.float32) / 255
+    photos = decoded_photos(multi_photo_dataset)
     loader = ViewLoader(multi_photo_dataset, spec, 6, seed=4)
     checked = 0
     for batch in loader.iter_epoch(1):
@@ -84,7 +71,7 @@ def test_views_show_the_photo_the_batch_names(multi_photo_dataset):
                 named = int(batch.view_sources[i, v])
                 assert errors[named] == min(errors.values()) and errors[named] < 0.02
                 checked += 1
-    assert checked == 2 * len(index)
+    assert checked == 2 * len(read_index(multi_photo_dataset))
 
 
 # ---- data.natural_views: false (every photo its own sample) -------------------------------------
