@@ -281,7 +281,7 @@ class TrainConfig(_Strict):
         if spec.num_global > config.max_global_views():
             raise UsageError(
                 f"data.views_per_group={spec.num_global}: method {config.name!r} uses {config.max_global_views()} "
-                "global views per sample; more need simclr or moco_v3 with method.multi_positive: true")
+                "global views per sample; more need byol, simsiam, dino, or simclr / moco_v3 with method.multi_positive: true")
         if spec.num_global != 2:
             config = parse_method_config({**data, "num_global_views": spec.num_global}, where="method.")
         config.check_view_sizes([v.size for v in spec.views if v.kind == "global"])

@@ -8,7 +8,7 @@ order are public API. Forms with several positives per anchor (group ids) live i
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from trainers.precision import fp32_statistics
 
 __all__ = [
     "nt_xent", "info_nce", "moco_v3", "sinkhorn", "swav", "dino", "dino_center_update", "negative_cosine",
+    "mean_over_view_pairs",
     "barlow_twins", "vicreg", "moby", "cpc_infonce", "ibot_patch", "ibot_center_update",
     "sit_reconstruction", "sit_rotation", "uncertainty_weighted", "sit",
 ]
@@ -251,6 +252,26 @@ def negative_cosine(p: Tensor, z: Tensor, *, stop_gradient: bool = True) -> Tens
     if stop_gradient:
         z = z.detach()
     return -(F.normalize(p, dim=1) * F.normalize(z, dim=1)).sum(dim=1).mean()
+
+
+def mean_over_view_pairs(term: Callable[[Tensor, Tensor], Tensor], online: Sequence[Tensor],
+                         targets: Sequence[Tensor]) -> Tensor:
+    """The mean of term(online[a], targets[b]) over the ordered pairs (a, b) of different views.
+
+    The pair-averaged form of a two-view loss for G >= 2 views of each sample
+    (`data.views_per_group`): every view predicts every other view of its sample. Summed in the
+    order (0, 1), (0, 2), ..., (1, 0), ... and scaled by 1 / (G (G - 1)), so G = 2 gives
+    (term(0, 1) + term(1, 0)) / 2 to the last bit.
+    """
+    views = len(online)
+    if views < 2 or len(targets) != views:
+        raise ValueError(f"need >= 2 views and as many targets, got {views} and {len(targets)}")
+    total = online[0].new_zeros(())
+    for a in range(views):
+        for b in range(views):
+            if a != b:
+                total = total + term(online[a], targets[b])
+    return total / (views * (views - 1))
 
 
 def _off_diagonal(x: Tensor) -> Tensor:

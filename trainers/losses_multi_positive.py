@@ -28,13 +28,12 @@ group id strings into them). Limitations: ids hash the group id string alone, so
 multi-root dataset that use the same group id string are one group; a hash collision of two
 groups in one global batch (probability about n^2 / 2^65 for n samples) makes them positives.
 
-Other methods, in their natural pair-averaged form (not implemented here): BYOL would average
-2 - 2 cos(p_a, z'_b) over all ordered pairs (a, b) of distinct views of one group in the global
-batch (online prediction of a, EMA-target projection of b gathered without gradient with its
-group ids; 2 views give BYOL's symmetric loss / 2); DINO would average H(teacher(a), student(b))
-over the same ordered pairs, which for one sample's crops is what :func:`trainers.losses.dino`
-already does (every teacher crop against every other crop); across samples of one group it
-needs the teachers' softmax outputs of all ranks (gathered, no gradient, out_dim wide).
+BYOL, SimSiam and DINO take G views of a sample in their natural pair-averaged form instead
+(`trainers.losses.mean_over_view_pairs`, `trainers.losses.dino`): every view against every other
+view of the same sample. That equals the group form here whenever each group is one sample of the
+global batch (as natural-view samples are: a group is a sample); the cross-sample form would need
+the targets of all ranks gathered with their group ids, for DINO out_dim wide (65,536 floats per
+view), for the rare batch that holds one group twice (a group id shared by two dataset roots).
 """
 from __future__ import annotations
 

@@ -88,9 +88,10 @@ def dino_reference(student, teacher, center, tps, tpt):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("tps,tpt", [(0.1, 0.04), (0.1, 0.07), (0.2, 0.1)])
 @pytest.mark.parametrize("n_local", [0, 3])
-def test_dino(batch, tps, tpt, n_local):
-    student = [rand(batch, 7, seed=30 + i) for i in range(2 + n_local)]
-    teacher = [rand(batch, 7, seed=40 + i) for i in range(2)]
+@pytest.mark.parametrize("n_global", [2, 3])  # 3: data.views_per_group
+def test_dino(batch, tps, tpt, n_local, n_global):
+    student = [rand(batch, 7, seed=30 + i) for i in range(n_global + n_local)]
+    teacher = [rand(batch, 7, seed=40 + i) for i in range(n_global)]
     center = rand(1, 7, seed=50)
     close(losses.dino(student, teacher, center, tps, tpt), dino_reference(student, teacher, center, tps, tpt))
 

@@ -7,6 +7,8 @@ teacher copy has none, see `frozen_copy`), gradients clipped per parameter (`uti
 utils.py lines 132-141, called at main_dino.py line 332), the last layer's gradients cancelled for
 the first epoch (`cancel_gradients_last_layer`, utils.py 144-149), and weight decay on every
 weight that is not a bias or 1-D (`get_params_groups`, utils.py 632-643: pos_embed/cls_token decay).
+With `data.views_per_group` G > 2 the teacher sees all G global views and the loss stays the
+paper's pair average: every teacher view against every other crop (`trainers.losses.dino`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pydantic import Field
 from torch import Tensor
 
 from trainers.heads import DINOHead
+from pipeline.spec import MAX_GLOBAL_VIEWS
 from trainers.losses import dino, dino_center_update
 from trainers.methods.base import Method, MethodConfig, frozen_copy, register_method
 from trainers.schedules import ema_momentum, teacher_temperature
@@ -37,6 +40,9 @@ class DINOConfig(MethodConfig):
     center_momentum: float = Field(0.9, ge=0, le=1)
     ema_momentum: float = Field(0.996, ge=0, le=1, description="base of the cosine schedule to 1")
     freeze_last_layer_steps: int = Field(0, ge=0)
+
+    def max_global_views(self) -> int:
+        return MAX_GLOBAL_VIEWS  # every teacher (global) view against every other crop
 
 
 @register_method

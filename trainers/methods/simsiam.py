@@ -3,6 +3,8 @@
 As facebookresearch/simsiam simsiam/builder.py: ResNet with `zero_init_residual=True` (line 24),
 3-layer projector ending in BN(affine=False) (lines 28-36), 2-layer predictor (lines 39-42);
 main_simsiam.py `--fix-pred-lr` (lines 194-195, 363): the predictor keeps the initial LR.
+With `data.views_per_group` G > 2 the loss is its pair-averaged form: D(p_a, z_b) averaged over
+the G (G - 1) ordered pairs of different views (G = 2: the paper's symmetric loss exactly).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from trainers.heads import mlp
-from trainers.losses import negative_cosine
+from pipeline.spec import MAX_GLOBAL_VIEWS
+from trainers.losses import mean_over_view_pairs, negative_cosine
 from trainers.methods.base import Method, MethodConfig, register_method
 
 
@@ -25,6 +28,9 @@ class SimSiamConfig(MethodConfig):
     projection_output_batch_norm: bool = Field(True, description="BN (no affine) on z, as in the paper")
     stop_gradient: bool = Field(True, description="False only to reproduce the paper's collapse")
     fix_predictor_lr: bool = Field(True, description="predictor at the peak LR throughout (--fix-pred-lr)")
+
+    def max_global_views(self) -> int:
+        return MAX_GLOBAL_VIEWS  # the pair-averaged loss takes every view
 
 
 @register_method
@@ -45,8 +51,8 @@ class SimSiam(Method):
 
     def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
         self.check_views(views)
-        z1, z2 = (self.projector(self.backbone(v)) for v in views)
-        p1, p2 = self.predictor(z1), self.predictor(z2)
+        projections = [self.projector(self.backbone(v)) for v in views]
+        predictions = [self.predictor(z) for z in projections]
         sg = self.config.stop_gradient
-        loss = 0.5 * (negative_cosine(p1, z2, stop_gradient=sg) + negative_cosine(p2, z1, stop_gradient=sg))
+        loss = mean_over_view_pairs(lambda p, z: negative_cosine(p, z, stop_gradient=sg), predictions, projections)
         return loss, {"loss": loss.detach()}
