@@ -4,6 +4,13 @@
 Ray Train with 1 worker, (c) with 2 workers. Reports step time after start-up, the overhead of
 (b) over (a), Ray's start-up time, and the fraction of step time spent waiting for data. Also:
 
+- data_wait_fraction: the time (b)'s training thread waited for the next batch over the same
+  window as step_s (after `--warmup` steps; an epoch start falls inside it: 32 steps an epoch),
+  so it says whether the loader keeps the model busy. `*_from_start` counts from the first
+  batch: it adds the one-off wait for the first batch (~1 s, most of it DALI's AutoGraph
+  turning the view graph's `if`s into conditionals when the first pipeline of a process is
+  built, `pipeline.dali_graph`): start-up, which the steady window leaves out;
+
 - host_syncs_per_step: SimCLR on a ResNet-18 with SyncBatchNorm through the real step
   (`Trainer.train_step`) on 2 gloo processes, the calls that force a device->host sync on a GPU
   (`testbed.host_syncs`: value reads, data-dependent shapes, boolean-mask indexing,
@@ -16,7 +23,8 @@ Ray Train with 1 worker, (c) with 2 workers. Reports step time after start-up, t
     .venv/bin/python benchmarks/bench_train.py [--steps 60] [--images 2048]
 
 The last line is one JSON object: ray_overhead (fraction), host_syncs_per_step,
-ddp_vs_flat_step_ratio, data_wait_fraction, startup_s, step_s (plus the figures behind them).
+ddp_vs_flat_step_ratio, data_wait_fraction, startup_s, step_s (plus the figures behind them),
+and the load average at the start and the end.
 """
 from __future__ import annotations
 
@@ -63,7 +71,7 @@ def plain_loop(config: TrainConfig, warmup: int) -> dict[str, float]:
     started = time.perf_counter()
     trainer = Trainer(config, rank=0, world_size=1, device="cpu")
     startup = time.perf_counter() - started
-    timer, finished_at = StepTimer(), []
+    timer, finished_at, waited = StepTimer(), [], []
     syncs, quiet_steps = 0, 0
     epoch = 0
     while trainer.step < trainer.total_steps:
@@ -74,12 +82,15 @@ def plain_loop(config: TrainConfig, warmup: int) -> dict[str, float]:
             if trainer.step > warmup and not is_log_step(config, trainer.step, trainer.total_steps):
                 syncs, quiet_steps = syncs + counter[0], quiet_steps + 1
             finished_at.append(time.perf_counter())
+            waited.append(timer.data_wait_s)
             if trainer.step >= trainer.total_steps:
                 break
         epoch += 1
     summary = timer.summary(1, config.per_worker_batch())
-    steady = (finished_at[-1] - finished_at[warmup - 1]) / (len(finished_at) - warmup)
-    return {"startup_s": startup, "step_s": steady, "data_wait_fraction": summary["data_wait_fraction"],
+    window = finished_at[-1] - finished_at[warmup - 1]
+    return {"startup_s": startup, "step_s": window / (len(finished_at) - warmup),
+            "data_wait_fraction": (waited[-1] - waited[warmup - 1]) / window,
+            "data_wait_fraction_from_start": summary["data_wait_fraction"],
             "host_syncs_per_step": syncs / max(quiet_steps, 1), "counted_steps": quiet_steps}
 
 
@@ -157,10 +168,11 @@ def ray_run(config: TrainConfig, warmup: int) -> dict[str, float]:
     wall = time.perf_counter() - started
     records = [r for r in read_metrics(result.out_dir) if "elapsed_s" in r]  # one per log step
     base = next(r for r in records if r["step"] >= warmup)
-    steady = (records[-1]["elapsed_s"] - base["elapsed_s"]) / (records[-1]["step"] - base["step"])
-    train_s = records[-1]["elapsed_s"]
-    return {"wall_s": wall, "startup_s": wall - train_s, "step_s": steady,
-            "data_wait_fraction": records[-1]["data_wait_fraction"]}
+    last = records[-1]
+    window = last["elapsed_s"] - base["elapsed_s"]
+    waited = last["data_wait_fraction"] * last["elapsed_s"] - base["data_wait_fraction"] * base["elapsed_s"]
+    return {"wall_s": wall, "startup_s": wall - last["elapsed_s"], "step_s": window / (last["step"] - base["step"]),
+            "data_wait_fraction": waited / window, "data_wait_fraction_from_start": last["data_wait_fraction"]}
 
 
 def main() -> int:
@@ -171,6 +183,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--ddp-steps", type=int, default=4)
     args = parser.parse_args()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     ranks = two_rank_host_syncs()
     print(f"2 ranks, ResNet-18 + SyncBN, real step: {ranks['host_syncs_per_step']} host syncs per step "
           f"({ranks['syncbn_layers']} SyncBN layers; 2 ranks == 1 rank x 2B: {ranks['two_rank_ok']})")
@@ -213,14 +226,20 @@ def main() -> int:
         "ddp_step_s": sync["ddp_step_s"],
         "flat_step_s": sync["flat_step_s"],
         "data_wait_fraction": one["data_wait_fraction"],
+        "data_wait_fraction_from_start": one["data_wait_fraction_from_start"],
+        "plain_data_wait_fraction": plain["data_wait_fraction"],
+        "plain_data_wait_fraction_from_start": plain["data_wait_fraction_from_start"],
         "startup_s": one["startup_s"],
         "step_s": one["step_s"],
         "plain_step_s": plain["step_s"],
         "two_workers_step_s": two["step_s"],
         "two_workers_data_wait_fraction": two["data_wait_fraction"],
+        "two_workers_data_wait_fraction_from_start": two["data_wait_fraction_from_start"],
         "two_workers_startup_s": two["startup_s"],
         "steps": args.steps,
         "batch_per_worker": args.batch,
+        "load_average_start": load_at_start,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(figures))
     return 0
