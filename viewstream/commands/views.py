@@ -17,6 +17,9 @@ def add_command(subparsers) -> None:
     parser.add_argument("--size", type=int, default=64, help="global view size in pixels")
     parser.add_argument("--local-size", type=int, default=32, help="local crop size (multicrop)")
     parser.add_argument("--num-local", type=int, default=4, help="local crops (multicrop)")
+    parser.add_argument("--views-per-group", type=int, default=None,
+                        help="global views per sample, different photos of its group while it has them "
+                             "(data.views_per_group; default: the recipe's 2)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epoch", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
@@ -28,9 +31,11 @@ def add_command(subparsers) -> None:
 
 def run_views(args: argparse.Namespace) -> int:
     from pipeline import ViewSpec
-    from pipeline.preview import preview_views, recipe_sizes
+    from pipeline.preview import preview_views, recipe_sizes, with_views_per_group
 
     spec = ViewSpec.from_recipe(args.recipe, **recipe_sizes(args.recipe, args.size, args.local_size, args.num_local))
+    if args.views_per_group is not None:
+        spec = with_views_per_group(spec, args.views_per_group)
     result = preview_views(args.dataset, spec, args.batch_size, args.out, epoch=args.epoch, seed=args.seed,
                            endpoint_url=args.endpoint_url)
     print(json.dumps(result))
