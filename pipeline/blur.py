@@ -7,12 +7,13 @@ does a 1 x w pass in 0.2-0.35 ms. The kernels are the ones ``fn.gaussian_blur`` 
 (`gaussian_kernel` mirrors ``FillGaussian`` in dali/operators/image/convolution/
 gaussian_blur_params.h: exp(-x^2 / (2 sigma^2)) over x in [-r, r], r = (window - 1) / 2,
 normalized to sum 1), with the same border (``"reflect_101"``, the ``border`` default of both
-ops). The one difference: the horizontal pass rounds to uint8 before the vertical one (DALI's
-separable blur keeps a float intermediate), so a blurred pixel may differ by 1 grey level
-(tests/pipeline/test_blur.py measures how often).
+ops). The one difference, on uint8 input: the horizontal pass rounds to uint8 before the
+vertical one (DALI's separable blur keeps a float intermediate), so a blurred pixel may differ
+by 1 grey level (tests/pipeline/test_blur.py measures how often); the view graph feeds float
+after a colour twist (`pipeline.colour`), which nothing rounds.
 
 ``fn.filter`` arguments used (schema ``experimental__Filter`` in filter.cc, also registered as
-``fn.filter``): positional ``data`` (uint8 HWC, CPU or GPU) and ``filter`` (a float32 2-D
+``fn.filter``): positional ``data`` (uint8 or float32 HWC, CPU or GPU) and ``filter`` (a float32 2-D
 array per sample; ``InputDevice(1, 3, InputDevice::MatchBackendOrCPU)`` lets a CPU filter
 feed the GPU operator, so the external source's kernels serve both backends); ``dtype`` unset
 keeps the input type (integral outputs are clamped and rounded); ``anchor`` -1 (default)
@@ -39,7 +40,7 @@ def blur_kernels(sigma: np.ndarray, window: np.ndarray) -> tuple[list[np.ndarray
 
 
 def separable_blur(x, row, col):
-    """`x` (uint8 HWC DataNode) blurred by the per-sample kernels `row` then `col`."""
+    """`x` (uint8 or float32 HWC DataNode) blurred by the per-sample kernels `row` then `col`."""
     from nvidia.dali import fn
 
     return fn.filter(fn.filter(x, row), col)

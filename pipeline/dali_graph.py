@@ -14,8 +14,9 @@ reach, clamped to the image; a photo several views crop is decoded once over the
 windows when it is smaller than their sum, else once per view, chosen per sample by a DALI
 conditional). CPU and CUDA run the same graph, only the device string differs. Per view: resize the crop window, shifted by the decoded window's
 origin, to the view size (one op: crop + resize + antialias), colour twist (jitter and grayscale
-folded together), Gaussian blur (window from sigma; two 1-D `fn.filter` passes over host-built kernels,
-`pipeline.blur`), solarize (a 256-entry lookup table), then
+folded together; it writes float32, and the ops after it work on float: `pipeline.colour`),
+Gaussian blur (window from sigma; two 1-D `fn.filter` passes over host-built kernels,
+`pipeline.blur`), solarize (a 256-entry lookup table on uint8, arithmetic on float), then
 flip + normalize + HWC->CHW in one crop_mirror_normalize.
 
 DALI operator arguments used here, and where they are defined:
@@ -44,8 +45,9 @@ DALI operator arguments used here, and where they are defined:
 Known differences from torchvision's recipe: ColorJitter applies its four factors in a random
 order with clamping after each; DALI's colour twist applies them as one affine colour map
 (contrast around mid-grey, not the image mean). The statistics of the drawn factors are the
-recipe's; the pixels differ slightly. The blur rounds its horizontal pass to uint8
-(`pipeline.blur`), 1 grey level from ``fn.gaussian_blur`` on ~11% of a blurred view's values.
+recipe's; the pixels differ slightly. In a recipe without a colour twist the blur runs on
+uint8 and rounds its horizontal pass (`pipeline.blur`), 1 grey level from ``fn.gaussian_blur``
+on ~11% of a blurred view's values; after a twist it runs on float and does not round.
 """
 from __future__ import annotations
 
@@ -54,13 +56,11 @@ from typing import Callable
 import numpy as np
 
 from pipeline.blur import blur_kernels, separable_blur
+from pipeline.colour import as_float, solarize, twist_to_float
 from pipeline.decode_windows import plan_decodes
 from pipeline.params import COL, batch_arguments
 from pipeline.spec import ViewConfig, ViewSpec
 
-SOLARIZE_THRESHOLD = 128
-_SOLARIZE_KEYS = list(range(256))
-_SOLARIZE_VALUES = [255 - k if k >= SOLARIZE_THRESHOLD else k for k in _SOLARIZE_KEYS]
 
 
 def uses_two_photos(spec: ViewSpec) -> bool:
@@ -236,17 +236,18 @@ def build_view_pipeline(spec: ViewSpec, source: Callable[[], tuple], *, device: 
                 x = crop_view(view, photo_b, arg)
             else:
                 x = crop_view(view, photo_a, arg)
-            if augment and (aug.jitter_p > 0 or aug.grayscale_p > 0):
+            twists = augment and (aug.jitter_p > 0 or aug.grayscale_p > 0)
+            if twists:  # float from here on (pipeline.colour)
                 if arg("twist"):
-                    x = fn.color_twist(x, brightness=arg("brightness"), contrast=arg("contrast"),
-                                       saturation=arg("saturation"), hue=arg("hue"))
+                    x = twist_to_float(x, arg("brightness"), arg("contrast"), arg("saturation"), arg("hue"))
+                else:
+                    x = as_float(x)
             if augment and aug.blur_p > 0:
                 if arg("blur"):
                     x = separable_blur(x, arg("blur_row"), arg("blur_col"))
             if augment and aug.solarize_p > 0:
                 if arg("solarize"):
-                    x = fn.lookup_table(x, keys=_SOLARIZE_KEYS, values=_SOLARIZE_VALUES,
-                                        dtype=types.UINT8)
+                    x = solarize(x, twists)
             if augment:
                 x = fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout="CHW",
                                              mean=mean, std=std, mirror=arg("mirror"))
