@@ -2,11 +2,16 @@
 
     .venv/bin/python benchmarks/demo_view_experiments.py [--quick] [--seed 0] [--views-per-group 3]
         [--multi-positive] [--steps 150] [--batch-size 64] [--width 0.5] [--scale 0.5,1.0] [--no-natural-views]
+        [--temperature 0.1] [--lr 0.003] [--weight-decay 1e-4] [--warmup-steps 10] [--final-lr 0]
+        [--projection-dim 128] [--projection-hidden-dim 512] [--jitter-p 0.8] [--brightness 0.4]
+        [--contrast 0.4] [--saturation 0.4] [--hue 0.1] [--blur-p 0.5] [--flip-p 0.5]
 
 Builds (or reuses, in --out) the demo's synthetic natural-view corpus at the chosen size, trains the
 demo's `VIEW_SETTINGS` recipe with the changes given, and prints group recall@1/@5/@10 of the
-trained encoder on the 500 held-out objects (the demo's own `evaluate_retrieval`). The recall
-figures are deterministic for a setting and seed, whatever the machine's load; the minutes are not.
+trained encoder on the 500 held-out objects (the demo's own `evaluate_retrieval`). Each option
+changes one field of the config; left out, the demo's value stays (jitter strengths apply only
+with --jitter-p > 0: brightness-only jitter is `--jitter-p 0.8 --contrast 0 --saturation 0 --hue 0`).
+The recall figures are deterministic for a setting and seed, whatever the machine's load; the minutes are not.
 Each row of benchmarks/demo_experiments.md names the command line that produced it.
 
 The last line is one JSON object: the settings, recall@{1,5,10} (percent), steps, minutes.
@@ -25,6 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from viewstream.demo import FULL, QUICK, VIEW_SETTINGS, _train, prepare_view_shards, view_config  # noqa: E402
 
+# data.recipe_options fields settable from the command line (pipeline.spec.Augmentation), one option each.
+AUGMENT_FIELDS = ("jitter_p", "brightness", "contrast", "saturation", "hue", "blur_p", "flip_p")
+
 
 def settings_with(args: argparse.Namespace) -> dict:
     """The demo's natural-view settings with the command line's changes."""
@@ -37,6 +45,16 @@ def settings_with(args: argparse.Namespace) -> dict:
         settings["method"]["temperature"] = args.temperature
     if args.multi_positive:
         settings["method"]["multi_positive"] = True
+    for field in ("projection_dim", "projection_hidden_dim"):
+        if getattr(args, field) is not None:
+            settings["method"][field] = getattr(args, field)
+    for option, field in (("lr", "base_lr"), ("weight_decay", "weight_decay"), ("warmup_steps", "warmup_steps"),
+                          ("final_lr", "final_lr")):
+        if getattr(args, option) is not None:
+            settings["optimizer"][field] = getattr(args, option)
+    for field in AUGMENT_FIELDS:
+        if getattr(args, field) is not None:
+            settings["augment"][field] = getattr(args, field)
     return settings
 
 
@@ -51,11 +69,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="samples per step (default: the demo's)")
     parser.add_argument("--width", type=float, default=None, help="ConvNet width (default: the demo's)")
     parser.add_argument("--scale", default=None, help="crop scale lo,hi (default: the demo's)")
-    parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--temperature", type=float, default=None, help="method.temperature")
+    parser.add_argument("--projection-dim", type=int, default=None, help="method.projection_dim")
+    parser.add_argument("--projection-hidden-dim", type=int, default=None, help="method.projection_hidden_dim")
+    parser.add_argument("--lr", type=float, default=None, help="optimizer.base_lr (AdamW, no batch scaling)")
+    parser.add_argument("--weight-decay", type=float, default=None, help="optimizer.weight_decay")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="optimizer.warmup_steps (default: the demo's steps // 15, at least 3)")
+    parser.add_argument("--final-lr", type=float, default=None, help="optimizer.final_lr (end of the cosine)")
+    for field in AUGMENT_FIELDS:
+        parser.add_argument(f"--{field.replace('_', '-')}", type=float, default=None,
+                            help=f"data.recipe_options.{field} (pipeline.spec.Augmentation)")
     parser.add_argument("--out", default="demo_experiments", help="folder for the corpus and runs (reused)")
     args = parser.parse_args()
 
     from groundfloor.ray_connect import connect_ray
+    from pipeline.spec import Augmentation
     from trainers.config import TrainConfig
     from viewstream.demo_eval import evaluate_retrieval
 
@@ -89,6 +118,12 @@ def main() -> None:
         "multi_positive": args.multi_positive, "natural_views": not args.no_natural_views,
         "steps": size.view_steps, "batch_size": size.view_batch_size, "width": config.method["backbone"]["width"],
         "scale": list(config.data.recipe_options["scale"]), "temperature": config.method["temperature"],
+        "projection_dim": config.method["projection_dim"],
+        "projection_hidden_dim": config.method["projection_hidden_dim"],
+        "lr": config.optimizer.base_lr, "weight_decay": config.optimizer.weight_decay,
+        "warmup_steps": config.optimizer.warmup_steps, "final_lr": config.optimizer.final_lr,
+        **{field: config.data.recipe_options.get(field, Augmentation.model_fields[field].default)
+           for field in AUGMENT_FIELDS},
         **{f"recall@{k}": round(100 * v, 1) for k, v in trained.items()},
         "train_minutes": round(minutes, 2),
     }))
