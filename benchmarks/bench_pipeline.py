@@ -29,6 +29,7 @@ users' load, it also reports `*_cpu_ratio`: the same ratios in samples per CPU s
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -271,6 +272,10 @@ def main() -> int:
             results[f"{name}_cpu_ratio"] = rates["viewstream"][1] / rates["baseline"][1]
             if "decode_limit" in rates:
                 results["decode_limit_samples_per_s"] = rates["decode_limit"][0]
+            # DALI pipelines left in reference cycles must die here: a forked DataLoader worker of
+            # the next baseline that collects one aborts in Pipeline.__del__ (no DALI threads there)
+            del contenders
+            gc.collect()
 
         server, url = start_s3_server()
         try:
