@@ -62,7 +62,6 @@ from pipeline.params import COL, batch_arguments
 from pipeline.spec import ViewConfig, ViewSpec
 
 
-
 def uses_two_photos(spec: ViewSpec) -> bool:
     """Whether the graph decodes a second photo (the natural-view partner)."""
     return spec.num_global >= 2
