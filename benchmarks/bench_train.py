@@ -7,9 +7,10 @@ Ray Train with 1 worker, (c) with 2 workers. Reports step time after start-up, t
 - data_wait_fraction: the time (b)'s training thread waited for the next batch over the same
   window as step_s (after `--warmup` steps; an epoch start falls inside it: 32 steps an epoch),
   so it says whether the loader keeps the model busy. `*_from_start` counts from the first
-  batch: it adds the one-off wait for the first batch (~1 s, most of it DALI's AutoGraph
-  turning the view graph's `if`s into conditionals when the first pipeline of a process is
-  built, `pipeline.dali_graph`): start-up, which the steady window leaves out;
+  batch: it adds the one-off wait for the first batch (1.3-2.1 s, of which ~1.1 s is the
+  process's first build of the view graph, mostly DALI's AutoGraph turning its `if`s into
+  conditionals, `pipeline.dali_graph`; later builds take ~0.04 s): start-up, which the steady
+  window leaves out;
 
 - host_syncs_per_step: SimCLR on a ResNet-18 with SyncBatchNorm through the real step
   (`Trainer.train_step`) on 2 gloo processes, the calls that force a device->host sync on a GPU

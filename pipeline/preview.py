@@ -17,11 +17,10 @@ def recipe_sizes(recipe: str, size: int, local_size: int, num_local: int) -> dic
 
 def with_views_per_group(spec, count: int):
     """`spec` with `count` global views (`--views-per-group`); a bad count is one line."""
-    from pipeline.spec import MAX_GLOBAL_VIEWS
-
-    if not 1 <= count <= MAX_GLOBAL_VIEWS:
-        raise UsageError(f"--views-per-group {count}: expected 1 to {MAX_GLOBAL_VIEWS}")
-    return spec.with_global_views(count)
+    try:
+        return spec.with_global_views(count)
+    except ValueError as err:
+        raise UsageError(f"--views-per-group {count}: {err}") from None
 
 
 def preview_views(dataset: str, spec, batch_size: int, out: str, *, epoch: int = 0, seed: int = 0,
