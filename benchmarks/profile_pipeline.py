@@ -24,7 +24,7 @@ ms of CPU per sample, best of 3 epochs on a shared 2-core box (load 4-5: +-0.3 m
 
 What is left is DALI's own CPU kernels: decode, the antialiased resize (~1.1 ms per 224 px
 view) and the colour map. The colour twist cost ~1.5 ms per view in the tables above, most of it
-its float -> uint8 store (1.3 ms with a uint8 output, 0.4 ms with float, one view, this box);
+its float -> uint8 store (1.6 ms with a uint8 output, 0.44 ms with float, one view, quiet box);
 it now writes float and the ops after it work on float (`pipeline.colour`).
 """
 from __future__ import annotations

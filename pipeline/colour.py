@@ -2,8 +2,8 @@
 
 Why float after the twist: DALI's CPU kernels store float -> uint8 value by value through
 ``ConvertSat`` (round and clamp), and for the 3 x 3 colour map that store costs more than the
-map: ``fn.color_twist`` takes ~1.3 ms of CPU per 224 px RGB view with a uint8 output and ~0.4 ms
-with a float one (DALI 2.4, this box; ``fn.cast`` float -> uint8 alone ~0.8 ms). So the twist
+map: ``fn.color_twist`` takes ~1.6 ms of CPU per 224 px RGB view with a uint8 output and ~0.44 ms
+with a float one (DALI 2.4, one thread, quiet box; ``fn.cast`` float -> uint8 alone ~0.6 ms). So the twist
 reads the uint8 resize output and writes float32 clamped to [0, 255] (the range the uint8 store
 clamps to, without its rounding); a view the twist skips is cast to float, since both branches
 of a DALI conditional must have one type; the blur (``fn.filter``: float in, float out) and
