@@ -1,8 +1,10 @@
 """Sharding speed against the work it cannot avoid: reading and decode-validating every image.
 
-    .venv/bin/python benchmarks/bench_shard.py [--groups 200] [--size 320,640] [--repeats 3]
+    .venv/bin/python benchmarks/bench_shard.py [--groups 1000] [--size 320,640] [--repeats 3]
 
-Per image size (default 320 and 640 px; 200 groups, 723 images, half JPEG, half PNG):
+Per image size (default 320 and 640 px; 1,000 groups, 3,499 images, half JPEG, half PNG; 200
+groups, 723 images, make runs of about a second, where the start and end of a run, the same on
+every corpus, weigh several times more than on a catalogue):
 * vs_validate_ratio_{size}: images/s of `viewstream shard --workers CORES` / images/s of a loop
   that only reads and decode-validates the same files (PIL, JPEG draft mode as the sharder uses
   for kept JPEGs, full decode otherwise) in a pool of CORES spawned processes, both measured in
@@ -168,7 +170,7 @@ def measure_size(size: int, args, cores: int, tmp: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--groups", type=int, default=200, help="natural-view groups in the corpus")
+    parser.add_argument("--groups", type=int, default=1000, help="natural-view groups in the corpus")
     parser.add_argument("--size", default="320,640",
                         help="image sides in pixels, comma separated (640: PLAN.md's M1; at 320 the images "
                              "are ~7 KB and the sharder's fixed per-image cost weighs more)")

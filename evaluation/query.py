@@ -55,7 +55,7 @@ def image_query_vectors(paths: Sequence[str], source: dict[str, Any], checkpoint
     if not size:
         raise UsageError("the index does not record its image size; rebuild it from `viewstream embed` output")
     images = [load_query_image(p, int(size), float(source.get("crop_fraction", 0.875))) for p in paths]
-    backbone, info = load_checkpoint_backbone(checkpoint, endpoint_url)
+    backbone, info = load_checkpoint_backbone(checkpoint, endpoint_url, source.get("embedding", "backbone"))
     backbone = backbone.to(device)
     check_same_producer(source, info.producer(), "the index", f"checkpoint {checkpoint!r}")
     feats = extract_features(backbone, [torch.cat([x for x, _ in images])]).features.numpy()

@@ -34,13 +34,20 @@ class CheckpointInfo:
     step: Optional[int]
     image_size: Optional[int]
     crop_fraction: Optional[float]
+    embedding: str = "backbone"   # or "projection" (trainers.methods.base.EMBEDDINGS)
 
     def producer(self) -> dict[str, Any]:
-        """Metadata stored with embeddings, indexes and exports made from this checkpoint."""
-        return {k: v for k, v in asdict(self).items() if v is not None} | {"checkpoint": self.path}
+        """Metadata stored with embeddings, indexes and exports made from this checkpoint.
+
+        `embedding` is recorded only when it is not the backbone, so that artefacts written before
+        projection embeddings existed keep their identity (a missing field reads as "backbone")."""
+        fields = {k: v for k, v in asdict(self).items() if v is not None}
+        if fields.get("embedding") == "backbone":
+            del fields["embedding"]
+        return fields | {"checkpoint": self.path}
 
 
-def describe_checkpoint(path: str, meta: dict[str, Any]) -> CheckpointInfo:
+def describe_checkpoint(path: str, meta: dict[str, Any], embedding: str = "backbone") -> CheckpointInfo:
     """Method, backbone, step and eval image size from a checkpoint's meta.json contents."""
     config = meta.get("config") or {}
     method = config.get("method") or {}
@@ -49,24 +56,31 @@ def describe_checkpoint(path: str, meta: dict[str, Any]) -> CheckpointInfo:
     options = (config.get("data") or {}).get("recipe_options") or {}
     size = monitor.get("image_size") or options.get("size") or options.get("global_size")
     return CheckpointInfo(str(path), method.get("name"), backbone.get("name") if isinstance(backbone, dict) else None,
-                          (meta.get("progress") or {}).get("step"), size, monitor.get("crop_fraction"))
+                          (meta.get("progress") or {}).get("step"), size, monitor.get("crop_fraction"), embedding)
 
 
-def load_checkpoint_backbone(path: str, endpoint_url: Optional[str] = None) -> tuple[nn.Module, CheckpointInfo]:
-    """The evaluation backbone of a checkpoint (eval mode) and what it is."""
+def load_checkpoint_backbone(path: str, endpoint_url: Optional[str] = None,
+                             embedding: str = "backbone") -> tuple[nn.Module, CheckpointInfo]:
+    """The evaluation model of a checkpoint (eval mode: its backbone, or backbone + projection
+    head for `embedding="projection"`) and what it is."""
     from trainers.checkpoint import load_backbone  # training side: imported only when needed
 
-    backbone, meta = load_backbone(path, endpoint_url)
-    return backbone.eval(), describe_checkpoint(path, meta)
+    backbone, meta = load_backbone(path, endpoint_url, embedding)
+    return backbone.eval(), describe_checkpoint(path, meta, embedding)
 
 
 def check_same_producer(expected: dict[str, Any], actual: dict[str, Any], expected_what: str, actual_what: str) -> None:
-    """UsageError when two artefacts name different methods or backbones (features would not compare)."""
+    """UsageError when two artefacts name different methods, backbones or embeddings (features
+    would not compare)."""
     for field in ("method", "backbone"):
         a, b = expected.get(field), actual.get(field)
         if a and b and a != b:
             raise UsageError(f"{actual_what} is from {field} {b!r} but {expected_what} is from {field} {a!r}; "
                              f"use a checkpoint of {field} {a!r} (or rebuild {expected_what})")
+    a, b = expected.get("embedding", "backbone"), actual.get("embedding", "backbone")
+    if a != b:
+        raise UsageError(f"{actual_what} embeds with its {b} but {expected_what} was made with the {a}; "
+                         f"use --embedding {a} (or rebuild {expected_what})")
 
 
 def eval_spec(image_size: int, crop_fraction: float = DEFAULT_CROP_FRACTION, views: int = 1):

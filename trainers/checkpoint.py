@@ -338,7 +338,8 @@ def load_method(path: str, endpoint_url: str | None = None):
     return method.eval(), meta
 
 
-def load_backbone(path: str, endpoint_url: str | None = None):
-    """(backbone to evaluate or export, meta) of a checkpoint; DINO gives its teacher."""
+def load_backbone(path: str, endpoint_url: str | None = None, embedding: str = "backbone"):
+    """(model to evaluate or export, meta) of a checkpoint: its backbone (DINO: the teacher's),
+    or with `embedding="projection"` the backbone then the projection head (Method.embedding_model)."""
     method, meta = load_method(path, endpoint_url)
-    return method.eval_backbone.eval(), meta
+    return method.embedding_model(embedding).eval(), meta

@@ -174,3 +174,46 @@ def test_embeddings_of_splits_with_different_label_sets_are_aligned(tmp_path):
     test = FeatureSet(torch.zeros(3, 2), torch.tensor([0, 1, 1]))
     align_labels(train, ["circle", "square", "star"], test, ["square", "star"])
     assert test.labels.tolist() == [1, 2, 2]
+
+
+def test_projection_embeddings_go_through_the_head_everywhere(tmp_path, capsys, ckpt, embedded, labelled_groups):
+    """--embedding projection: vectors are the head's output (equal to a direct backbone-then-
+    projector pass), the metadata says so, an image query of their index goes through the head
+    too (its own sample first), and they never mix with backbone embeddings."""
+    from evaluation.embeddings import read_embeddings_metadata
+    from evaluation.sources import read_sample_image
+    from pipeline import ViewLoader, ViewSpec
+    from trainers.checkpoint import load_method
+
+    out = tmp_path / "proj.parquet"
+    assert main(["embed", "--checkpoint", ckpt, "--dataset", labelled_groups, "--out", str(out),
+                 "--embedding", "projection"]) == 0
+    table = pq.read_table(out)
+    assert read_embeddings_metadata(out)["embedding"] == "projection"
+    assert "embedding" not in read_embeddings_metadata(embedded["train"])  # backbone files keep their identity
+    method, _ = load_method(ckpt)
+    loader = ViewLoader(labelled_groups, ViewSpec.eval(size=32, crop_fraction=1.0), 20, num_threads=1)
+    batch = next(iter(loader.iter_epoch(0)))
+    with torch.no_grad():
+        direct = torch.nn.functional.normalize(method.projector(method.backbone(batch.views[0])), dim=1).numpy()
+    assert direct.shape[1] == method.config.projection_dim != method.feature_dim
+    stored = dict(zip(table.column("key").to_pylist(), table.column("vector").to_pylist()))
+    for key, vec in zip(batch.keys, direct):
+        np.testing.assert_allclose(stored[key], vec, atol=1e-5)
+
+    index_dir = tmp_path / "index"
+    assert main(["search", "build", str(out), str(index_dir)]) == 0
+    key = table.column("key")[0].as_py()
+    image_file = tmp_path / "query.png"
+    Image.fromarray(read_sample_image(labelled_groups, key)).save(image_file)
+    answer = tmp_path / "q.json"
+    assert main(["search", "query", str(index_dir), "--image", str(image_file), "--k", "2", "--json", str(answer)]) == 0
+    hit = json.loads(answer.read_text())["queries"][0]["results"][0]
+    assert hit["key"] == key and hit["score"] > 0.99
+    capsys.readouterr()
+    _one_line_error(capsys, ["eval", "knn", "--train-embeddings", embedded["train"], "--test-embeddings", str(out)],
+                    "use --embedding backbone")
+    r = tmp_path / "r.json"
+    assert main(["eval", "retrieval", "--checkpoint", ckpt, "--dataset", labelled_groups, "--embedding", "projection",
+                 "--json", str(r)]) == 0
+    assert json.loads(r.read_text())["source"]["embedding"] == "projection"

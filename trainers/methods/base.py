@@ -57,7 +57,11 @@ __all__ = [
     "ema_update",
     "frozen_copy",
     "stochastic_layers",
+    "EMBEDDINGS",
 ]
+
+# What a trained method can embed images with (Method.embedding_model).
+EMBEDDINGS = ("backbone", "projection")
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,27 @@ class Method(nn.Module):
     def eval_backbone(self) -> nn.Module:
         """The feature extractor to evaluate and export (DINO overrides: its teacher)."""
         return self.backbone
+
+    @property
+    def projection_head(self) -> Optional[nn.Module]:
+        """The projector that maps `eval_backbone`'s features into the space the loss compares
+        (`self.projector` on `self.backbone`), or None where there is none to follow the evaluated
+        backbone: DINO evaluates its teacher and its head ends in prototype logits; CPC, iBOT and
+        SiT have no such projector."""
+        projector = getattr(self, "projector", None)
+        return projector if isinstance(projector, nn.Module) and self.eval_backbone is self.backbone else None
+
+    def embedding_model(self, embedding: str = "backbone") -> nn.Module:
+        """What `embedding` embeds with: "backbone" (`eval_backbone`, for transfer: kNN, probes,
+        export) or "projection" (`eval_backbone` then `projection_head`: the space the loss made
+        invariant to the differences between views, for retrieval of the same object)."""
+        if embedding == "backbone":
+            return self.eval_backbone
+        if embedding != "projection":
+            raise UsageError(f"embedding {embedding!r}: expected one of {', '.join(EMBEDDINGS)}")
+        if self.projection_head is None:
+            raise UsageError(f"method {self.name!r} has no projection head to embed with; use --embedding backbone")
+        return nn.Sequential(self.eval_backbone, self.projection_head)
 
     def training_step(self, views: list[Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
         """Loss (this rank's local mean, to backpropagate) and scalars to log for one step.

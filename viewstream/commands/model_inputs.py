@@ -9,6 +9,9 @@ from groundfloor.errors import UsageError
 from viewstream.argtypes import positive_int
 from viewstream.cliflags import add_device, add_endpoint_url, add_json, resolve_device, write_json
 
+# trainers.methods.base.EMBEDDINGS, spelt out: parsing a command line imports no torch (a test keeps them equal).
+EMBEDDINGS = ("backbone", "projection")
+
 
 def add_model_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder, run folder (newest checkpoint) or s3:// URI")
@@ -16,6 +19,10 @@ def add_model_inputs(p: argparse.ArgumentParser) -> None:
                    help="eval crop size (default: the checkpoint's monitor/recipe size)")
     p.add_argument("--crop-fraction", type=float, default=None, help="center-crop fraction (default 0.875)")
     p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--embedding", choices=EMBEDDINGS, default="backbone",
+                   help="backbone features (default; transfer: kNN, probes), or the backbone then the method's "
+                        "projection head (the space its loss compared views in: retrieval of the same object "
+                        "across photos)")
     add_device(p)
     add_endpoint_url(p)
     add_json(p)
@@ -62,7 +69,7 @@ def model_from_args(args: argparse.Namespace):
 
     if not args.checkpoint:
         raise UsageError("--checkpoint is required (or pass embeddings files instead)")
-    backbone, info = load_checkpoint_backbone(args.checkpoint, args.endpoint_url)
+    backbone, info = load_checkpoint_backbone(args.checkpoint, args.endpoint_url, args.embedding)
     backbone = backbone.to(resolve_device(args.device))
     size = args.image_size or info.image_size
     if not size:
