@@ -200,5 +200,6 @@ def print_report_table(report: dict[str, Any]) -> None:
     print(f"\nnatural views ({report['view_method']}, group retrieval)  " + "  ".join(f"recall@{k}" for k in ks))
     for name in ("natural_views", "natural_views_backbone", "augment_only", "random_init", "raw_pixels"):
         if f"recall@{ks[0]}_{name}" in report:
-            print(f"  {name.replace('_', ' '):36s}" + "".join(f"{100 * report[f'recall@{k}_{name}']:9.2f}%" for k in ks))
+            label = "natural views, backbone features" if name == "natural_views_backbone" else name.replace("_", " ")
+            print(f"  {label:36s}" + "".join(f"{100 * report[f'recall@{k}_{name}']:9.2f}%" for k in ks))
     print()

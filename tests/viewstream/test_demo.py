@@ -13,11 +13,12 @@ from groundfloor.errors import UsageError
 
 SHARDS = {"train": "/data/train", "test": "/data/test"}
 
-# What the quick demo holds on seeds 0, 1, 2 (measured with whole-photo views,
-# benchmarks/demo_experiments.md): kNN trained - random init +2.1 / +3.5 / +2.8 points, linear
-# probe +1.4 / +1.3 / +0.9; recall@1 natural views 4.7 / 4.7 / 6.0 % against augmentation only
-# 0.8 / 1.1 / 0.8 % and raw pixels 0.8 % (1,000 held-out photos: one hit is 0.1 point).
-RECALL1_RATIO = 2.0
+# What the quick demo holds on seeds 0, 1, 2 (whole-photo views, retrieval through the projection
+# head; benchmarks/demo_experiments.md): kNN trained - random init +2.6 / +2.2 / +3.2 points,
+# linear probe +1.3 / +1.7 / +1.5; recall@1 natural views 9.9 / 8.3 / 11.2 % against augmentation
+# only 0.9 / 0.6 / 0.9 %, raw pixels 0.8 % and the natural-view backbone's own features 6.0 / 4.5 /
+# 6.1 % (1,000 held-out photos: one hit is 0.1 point). The ratio keeps 2x slack on every seed.
+RECALL1_RATIO = 5.0
 
 
 @pytest.mark.parametrize("method", ["barlow_twins", "vicreg", "simclr", "byol"])
@@ -76,6 +77,7 @@ def test_quick_demo_writes_report_and_plots_and_training_helps(tmp_path):
     assert report["linear_top1_trained"] > report["linear_top1_random_init"], report
     assert report["recall@1_natural_views"] > RECALL1_RATIO * report["recall@1_augment_only"], report
     assert report["recall@1_natural_views"] > RECALL1_RATIO * report["recall@1_raw_pixels"], report
+    assert report["recall@1_natural_views"] > report["recall@1_natural_views_backbone"], report  # the head retrieves
     assert 0.5 < report["knn_top1_raw_pixels"] < 1.0
     for name in ("loss_lr.png", "knn_over_training.png", "augmented_views.png", "retrieval.png", "summary.png"):
         png = out / "plots" / name
