@@ -213,7 +213,7 @@ class TrainConfig(_Strict):
     gradient_accumulation_steps: PositiveInt = Field(
         1, description="micro-batches per optimizer step (each rank's batch is split); exact for per-sample "
         "losses without BatchNorm. BN and contrastive losses see micro-batches: statistics and negatives shrink")
-    channels_last: Literal["auto", "on", "off"] = Field("auto", description="NHWC memory format; auto: on CUDA for conv nets")
+    channels_last: Literal["auto", "on", "off"] = Field("auto", description="NHWC memory format; auto: on for conv nets (CPU and CUDA)")
     compile: bool = Field(False, description="torch.compile the backbone (in place: checkpoint keys unchanged)")
     tf32: bool = Field(True, description="CUDA: TF32 for fp32 matmuls and cuDNN convolutions (no effect on CPU)")
     cudnn_benchmark: Literal["auto", "on", "off"] = Field(

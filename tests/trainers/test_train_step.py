@@ -130,6 +130,17 @@ def test_bf16_and_channels_last_train_on_cpu():
         assert torch.isfinite(trainer.train_step(view_batch(v, s))["loss"])
 
 
+@pytest.mark.parametrize("name, expected", [("simclr", True), ("moco_v3_vit", False)])
+def test_channels_last_auto_is_the_same_on_cpu_as_on_cuda(name, expected):
+    """auto: conv nets train NHWC on the CPU too (the layout GPUs train in; faster on oneDNN)."""
+    trainer = make_trainer(TINY_CONFIGS[name], 10)
+    assert trainer.channels_last is expected
+    conv = next(m for m in trainer.method.backbone.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[-1] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is expected
+    off = make_trainer(TINY_CONFIGS[name], 10, channels_last="off")
+    assert not off.channels_last
+
+
 def test_channels_last_by_default_follows_the_backbone_family_not_its_modules():
     """auto: NHWC for the conv families; decided by `family`, not by the modules' class names."""
     from trainers.backbones import BackboneConfig, build_backbone
