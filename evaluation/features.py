@@ -99,6 +99,7 @@ def iter_features(
     `precision`: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32".
     """
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
+    memory_format = input_memory_format(backbone)
     was_training = backbone.training
     backbone.eval()
     bar = tqdm(batches, total=total, desc=progress if isinstance(progress, str) else "features",
@@ -110,7 +111,7 @@ def iter_features(
                 if images.shape[0] == 0:  # a rank that ran out of samples yields empty batches
                     continue
                 with eval_autocast(device, precision):
-                    out = backbone(images.to(device, non_blocking=True))
+                    out = backbone(images.to(device, non_blocking=True).contiguous(memory_format=memory_format))
                 out = out.flatten(1).float()
                 if normalize:
                     out = F.normalize(out, dim=1)
@@ -118,6 +119,17 @@ def iter_features(
     finally:
         bar.close()
         backbone.train(was_training)
+
+
+def input_memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last when the model's convolutions hold NHWC weights (conv nets, as the Trainer
+    and `load_backbone` lay them out): an NCHW batch would be converted by every convolution."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.weight.shape[1] > 1 and module.weight.shape[-1] > 1:
+            weight = module.weight
+            nhwc = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+            return torch.channels_last if nhwc else torch.contiguous_format
+    return torch.contiguous_format
 
 
 def collect_features(batches: Iterable[FeatureBatch]) -> FeatureSet:

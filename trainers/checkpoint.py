@@ -342,4 +342,16 @@ def load_backbone(path: str, endpoint_url: str | None = None, embedding: str = "
     """(model to evaluate or export, meta) of a checkpoint: its backbone (DINO: the teacher's),
     or with `embedding="projection"` the backbone then the projection head (Method.embedding_model)."""
     method, meta = load_method(path, endpoint_url)
-    return method.embedding_model(embedding).eval(), meta
+    return evaluation_model(method, embedding), meta
+
+
+def evaluation_model(method, embedding: str = "backbone") -> torch.nn.Module:
+    """`method.embedding_model(embedding)` in eval mode, laid out as the Trainer trains it
+    (channels_last for conv nets, `wants_channels_last`; `evaluation.features` then feeds NHWC).
+    The method's own modules are converted in place."""
+    from trainers.backbones.base import wants_channels_last
+
+    model = method.embedding_model(embedding).eval()
+    if wants_channels_last(method.backbone):
+        model = model.to(memory_format=torch.channels_last)
+    return model

@@ -18,7 +18,7 @@ from typing import Any, Optional, Protocol, Sequence
 import torch
 
 from pipeline import DataPosition, ViewBatch, ViewLoader
-from trainers.backbones.base import Backbone
+from trainers.backbones.base import CONV_FAMILIES, Backbone, wants_channels_last
 from trainers.checkpoint import CheckpointManager, GradScalerState, Progress, TorchRNG
 from trainers.config import TrainConfig, dataset_arg
 from trainers.distributed.data_parallel import data_parallel, unused_parameter_steps
@@ -43,14 +43,6 @@ class NonFiniteLoss(RuntimeError):
     """A NaN/inf loss under ``nonfinite_loss: stop``: the run stops before checkpointing it."""
 
 
-CONV_FAMILIES = ("resnet", "convnet")
-
-
-def wants_channels_last(backbone: Backbone) -> bool:
-    """channels_last helps convolutions (cuDNN's NHWC kernels on GPUs, oneDNN's on CPUs: the
-    demo's ConvNet step, forward and backward, one thread, is 15-20% faster, ResNet-18 no slower);
-    transformers gain nothing. The same on every device, so CI runs the layout GPUs train in."""
-    return backbone.family in CONV_FAMILIES
 
 
 def cuda_flags(config: TrainConfig, backbone: Backbone) -> dict[str, object]:

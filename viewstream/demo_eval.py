@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pipeline import ViewLoader, ViewSpec
-from trainers.checkpoint import load_backbone
+from trainers.checkpoint import evaluation_model, load_backbone
 from trainers.config import TrainConfig
 from evaluation.features import iter_features
 from evaluation.linear import LinearProbeConfig, linear_probe_evaluate
@@ -81,7 +81,7 @@ def evaluate_encoders(config: TrainConfig, checkpoint: str, shards: dict[str, st
     train, test = demo_loader(shards["train"], config), demo_loader(shards["test"], config)
     trained, _ = load_backbone(checkpoint)
     encoders = {"trained": trained,
-                "random_init": build_method(config.method_config(), seed=config.seed).eval_backbone,
+                "random_init": evaluation_model(build_method(config.method_config(), seed=config.seed)),
                 "raw_pixels": _RawPixels(train.spec)}
     out: dict[str, dict[str, float]] = {"knn_top1": {}, "linear_top1": {}}
     for name, encoder in encoders.items():
@@ -128,7 +128,7 @@ def evaluate_retrieval(config: TrainConfig, checkpoints: dict[str, str], test_da
     first = next(iter(checkpoints))
     if embedding != "backbone":
         encoders[f"{first}_backbone"] = load_backbone(checkpoints[first])[0].eval()
-    encoders["random_init"] = build_method(config.method_config(), seed=config.seed).embedding_model(embedding).eval()
+    encoders["random_init"] = evaluation_model(build_method(config.method_config(), seed=config.seed), embedding)
     encoders["raw_pixels"] = _RawPixels(loader.spec, grey=False)
     vectors, groups, images = natural_view_rows(encoders, loader)
     recalls = {name: group_recall_at_k(v, groups, ks).recall for name, v in vectors.items()}

@@ -48,3 +48,19 @@ def test_the_command_line_offers_exactly_the_methods_embeddings():
     from viewstream.commands.model_inputs import EMBEDDINGS as CLI_EMBEDDINGS
 
     assert CLI_EMBEDDINGS == EMBEDDINGS
+
+
+@pytest.mark.parametrize("name, nhwc", [("simclr", True), ("moco_v3_vit", False)])
+def test_evaluation_models_are_laid_out_as_trained_and_fed_to_match(name, nhwc):
+    """Conv nets evaluate NHWC, as the Trainer trains them (`wants_channels_last`), and feature
+    extraction feeds them NHWC; the features equal the NCHW model's."""
+    from evaluation.features import extract_features, input_memory_format
+    from trainers.checkpoint import evaluation_model
+
+    reference = build_method(TINY_CONFIGS[name], seed=0).eval_backbone.eval()
+    model = evaluation_model(build_method(TINY_CONFIGS[name], seed=0))
+    expected = torch.channels_last if nhwc else torch.contiguous_format
+    assert input_memory_format(model) == expected and input_memory_format(reference) == torch.contiguous_format
+    images = torch.randn(5, 3, GLOBAL_PX, GLOBAL_PX, generator=torch.Generator().manual_seed(2))
+    got = extract_features(model, [images]).features
+    torch.testing.assert_close(got, extract_features(reference, [images]).features, rtol=1e-5, atol=1e-6)
