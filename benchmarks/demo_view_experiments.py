@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from viewstream.demo import FULL, QUICK, VIEW_SETTINGS, _train, prepare_view_shards, view_config  # noqa: E402
+from viewstream.commands.model_inputs import EMBEDDINGS  # noqa: E402
 from viewstream.demo_eval import RETRIEVAL_EMBEDDING  # noqa: E402
 
 # data.recipe_options fields settable from the command line (pipeline.spec.Augmentation), one option each.
@@ -82,7 +83,7 @@ def main() -> None:
     for field in AUGMENT_FIELDS:
         parser.add_argument(f"--{field.replace('_', '-')}", type=float, default=None,
                             help=f"data.recipe_options.{field} (pipeline.spec.Augmentation)")
-    parser.add_argument("--embedding", choices=("backbone", "projection"), default=RETRIEVAL_EMBEDDING,
+    parser.add_argument("--embedding", choices=EMBEDDINGS, default=RETRIEVAL_EMBEDDING,
                         help="what recall@k embeds with (default: the demo's); backbone recall is printed too")
     parser.add_argument("--out", default="demo_experiments", help="folder for the corpus and runs (reused)")
     args = parser.parse_args()

@@ -50,7 +50,6 @@ class EmbedJob:
     label_vocabulary: tuple[str, ...] = ()
     endpoint_url: Optional[str] = None
     num_threads: int = 1
-    embedding: str = "backbone"   # Method.embedding_model: "backbone" or "projection"
 
 
 @dataclass
@@ -147,7 +146,8 @@ class ShardEmbedWorker:
         torch.set_num_threads(max(1, job.num_threads))
         self.job, self.device = job, device
         self.storage = Storage(job.endpoint_url)
-        backbone, _ = load_checkpoint_backbone(job.checkpoint, embedding=job.embedding)
+        # the model the identity names: backbone, or backbone + head (`CheckpointInfo.producer`)
+        backbone, _ = load_checkpoint_backbone(job.checkpoint, embedding=job.identity.get("embedding", "backbone"))
         self.backbone = backbone.to(device)
         self.reader = ShardReader(eval_spec(job.image_size, job.crop_fraction), job.batch_size, device=device,
                                   num_threads=max(1, job.num_threads), storage=self.storage)

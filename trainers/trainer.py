@@ -43,8 +43,6 @@ class NonFiniteLoss(RuntimeError):
     """A NaN/inf loss under ``nonfinite_loss: stop``: the run stops before checkpointing it."""
 
 
-
-
 def cuda_flags(config: TrainConfig, backbone: Backbone) -> dict[str, object]:
     """The process-wide CUDA math settings a run asks for (applied only on CUDA)."""
     benchmark = config.cudnn_benchmark == "on" or (config.cudnn_benchmark == "auto" and backbone.family in CONV_FAMILIES)

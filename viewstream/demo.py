@@ -84,9 +84,10 @@ NOT_IN_DEMO = {"moby": f"Swin-based, {_TOO_BIG}", "dino": f"multi-crop ViT, {_TO
 # away the colours and print that identify the object while the natural views already vary the
 # viewpoint, so both are off: each view is the whole photo (scale 1-1: full-size backbone
 # recall@1 10.5 / 8.7 / 12.4% on seeds 0 / 1 / 2 against 7.9 / 6.8 / 7.6% with crops of half to
-# all of it, at the same cost). Retrieval embeds with the projection head (demo_eval). A half-width ConvNet (4x fewer FLOPs) buys steps. AdamW at 3e-3 and temperature
-# 0.1 learn in the 150 quick steps where LARS at the Fashion-MNIST settings barely moves. The
-# numbers tried are in benchmarks/demo_experiments.md.
+# all of it, at the same cost). Retrieval embeds with the projection head (demo_eval). A
+# half-width ConvNet (4x fewer FLOPs) buys steps. AdamW at 3e-3 and temperature 0.1 learn in the
+# 150 quick steps where LARS at the Fashion-MNIST settings barely moves. The numbers tried are in
+# benchmarks/demo_experiments.md.
 VIEW_SETTINGS: dict[str, Any] = {
     "image_size": 32,
     "method": {"name": "simclr", "backbone": {"name": "convnet", "width": 0.5, "small_images": True},

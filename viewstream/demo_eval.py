@@ -8,8 +8,8 @@ trained encoder, the same architecture at random init, and the raw pixels.
 Natural views (part 2): group retrieval recall@k (`evaluation.retrieval`) over two photos of
 every held-out object, for natural-view training, augmentation-only training, random init and
 raw RGB pixels; the encoders embed with their projection head (`RETRIEVAL_EMBEDDING`), and the
-natural-view encoder's backbone features are scored beside it. The retrieval grid is drawn from the same rows: green is another photo of the
-query's object, not "same label".
+natural-view encoder's backbone features are scored beside it. The retrieval grid is drawn from
+the same rows: green is another photo of the query's object, not "same label".
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pipeline import ViewLoader, ViewSpec
-from trainers.checkpoint import evaluation_model, load_backbone
+from trainers.checkpoint import evaluation_model, load_backbone, load_method
 from trainers.config import TrainConfig
 from evaluation.features import iter_features
 from evaluation.linear import LinearProbeConfig, linear_probe_evaluate
@@ -124,10 +124,11 @@ def evaluate_retrieval(config: TrainConfig, checkpoints: dict[str, str], test_da
     checkpoint's backbone features are scored too, as "{name}_backbone"."""
     size = int(config.data.recipe_options.get("size", 32))
     loader = eval_loader(test_dataset, size, 256, crop_fraction=1.0, views=2, endpoint_url=config.data.endpoint_url)
-    encoders = {name: load_backbone(path, embedding=embedding)[0].eval() for name, path in checkpoints.items()}
+    methods = {name: load_method(path)[0] for name, path in checkpoints.items()}  # each checkpoint read once
+    encoders = {name: evaluation_model(method, embedding) for name, method in methods.items()}
     first = next(iter(checkpoints))
     if embedding != "backbone":
-        encoders[f"{first}_backbone"] = load_backbone(checkpoints[first])[0].eval()
+        encoders[f"{first}_backbone"] = evaluation_model(methods[first])
     encoders["random_init"] = evaluation_model(build_method(config.method_config(), seed=config.seed), embedding)
     encoders["raw_pixels"] = _RawPixels(loader.spec, grey=False)
     vectors, groups, images = natural_view_rows(encoders, loader)

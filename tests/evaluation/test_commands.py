@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -217,3 +218,16 @@ def test_projection_embeddings_go_through_the_head_everywhere(tmp_path, capsys, 
     assert main(["eval", "retrieval", "--checkpoint", ckpt, "--dataset", labelled_groups, "--embedding", "projection",
                  "--json", str(r)]) == 0
     assert json.loads(r.read_text())["source"]["embedding"] == "projection"
+
+
+def test_a_ray_embed_actor_loads_the_model_its_identity_names(ckpt):
+    """`embed --ray` actors load backbone + head when the run's identity says projection."""
+    from evaluation.batch_embed import EmbedJob, ShardEmbedWorker
+
+    dims = {}
+    for identity in ({}, {"embedding": "projection"}):
+        worker = ShardEmbedWorker(EmbedJob(ckpt, 32, 1.0, 4, "unused", identity))
+        with torch.no_grad():
+            dims[identity.get("embedding", "backbone")] = worker.backbone(torch.zeros(1, 3, 32, 32)).shape[1]
+    method_config = json.loads((Path(ckpt) / "meta.json").read_text())["config"]["method"]
+    assert dims["projection"] == method_config.get("projection_dim", 128) != dims["backbone"]

@@ -40,8 +40,7 @@ def run_embed(args: argparse.Namespace) -> int:
     vocab = union_vocabulary(roots, Storage(args.endpoint_url))
     identity = embed_identity(info, backbone, size, crop, vocab, roots)
     if args.ray:
-        job = EmbedJob(args.checkpoint, size, crop, args.batch_size, args.out, identity, tuple(vocab), args.endpoint_url,
-                       embedding=args.embedding)
+        job = EmbedJob(args.checkpoint, size, crop, args.batch_size, args.out, identity, tuple(vocab), args.endpoint_url)
         report = embed_on_ray(job, roots, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                               device=args.device, address=args.address)  # auto: the cluster's GPUs decide
         return emit(report.as_dict() | {"out": args.out}, args.json_out,
