@@ -136,11 +136,15 @@ def test_killed_run_resumes_without_recomputing_finished_shards(cluster, ckpt, t
             break
         time.sleep(0.01)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    assert _embed_actor_pids(cluster)  # the wait below is not vacuous: the actor runs in the cluster
+    actors = _embed_actor_pids(cluster)
+    assert actors  # the wait below is not vacuous: the actor runs in the cluster
+    # The actor lives in the cluster, not in the driver's process group. Stopped first, it cannot
+    # finish the rest of the shards in the moments before the GCS learns that its owner died;
+    # Ray must still kill it, stopped, and a write it was in leaves a temporary file behind.
+    for pid in actors:
+        os.kill(pid, signal.SIGSTOP)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    # The actor lives in the cluster, not in the driver's process group: Ray kills it once the GCS
-    # learns that its owner died, and until then it may finish one more shard (atomically).
     deadline = time.monotonic() + 60
     while _embed_actor_pids(cluster) and time.monotonic() < deadline:
         time.sleep(0.1)
