@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -135,7 +136,7 @@ def prepare_shards(out: Path, size: DemoSize, source: Path) -> dict[str, str]:
     for split, limit in (("train", size.train_images), ("test", size.test_images)):
         dataset = out / "shards" / split
         if not _sharded(dataset):
-            export_fashion_mnist(out / "png", split, limit_per_split=limit, source_dir=source)
+            export_fashion_mnist(out / "png", split, limit_per_split=limit, source_dir=source, workers=2)
             shard_dataset(str(out / "png" / split), str(dataset), label_from="parent",
                           shard_samples=2048, workers=2, progress=True)
             migrate_dataset(str(dataset), progress=False)  # a no-op once the sharder writes v2
@@ -180,7 +181,7 @@ def demo_config(method: str, shards: dict[str, str], out: Path, size: DemoSize, 
                 "log_every_steps": 5 if size is FULL else 1, "max_failures": 1},
         "monitor": {"train_dataset": shards["train"], "test_dataset": shards["test"], "every_epochs": 1,
                     "image_size": 28, "crop_fraction": 1.0, "batch_size": 512,
-                    "max_train_samples": 10240, "max_test_samples": 2048},
+                    "max_train_samples": 5120, "max_test_samples": 1024},
     }
 
 
@@ -238,6 +239,9 @@ def run_demo(method: str, out: Path, quick: bool, *, address: Optional[str] = No
     config = TrainConfig.model_validate(demo_config(method, shards, out, size, seed))
     natural = TrainConfig.model_validate(view_config(view_shards, out, size, True, seed=seed))
     augment = TrainConfig.model_validate(view_config(view_shards, out, size, False, seed=seed))
+    # Ray Train's controller sees a run's end up to one poll late (2 s by default), three times
+    # here; a local cluster's processes inherit this.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     started_ray = connect_ray(address, log_file=None if verbose else out / "ray.log")
     try:
         print(f"[demo] 1/3 training {method} on Fashion-MNIST with {config.scaling.num_workers} Ray workers")
