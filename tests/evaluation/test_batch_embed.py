@@ -1,11 +1,14 @@
 """`embed --ray` on a real 127.0.0.1 Ray cluster: equal to single-process `embed`, resumable."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import psutil
@@ -48,13 +51,13 @@ def s3_endpoint():
 
 @pytest.fixture(scope="module")
 def cluster(s3_endpoint):
-    """An existing 2-CPU Ray cluster on 127.0.0.1 (no auth: this process joins it too)."""
-    import ray
+    """An existing 2-CPU Ray cluster on 127.0.0.1 that `viewstream embed --ray --address` joins.
 
+    Each run's driver is its own process, as a user's is: the test process never joins the
+    cluster, so no Ray state of earlier test files in this process can reach these runs.
+    """
     with LocalRayCluster(head_cpus=2, worker_nodes=0, auth=False) as c:
-        ray.init(address=c.address, configure_logging=False)
         yield c
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +65,21 @@ def single(tmp_path_factory, ckpt, two_roots) -> str:
     out = str(tmp_path_factory.mktemp("single") / "emb.parquet")
     assert main(["embed", "--checkpoint", ckpt, "--dataset", *two_roots, "--out", out, "--batch-size", "5"]) == 0
     return out
+
+
+def _embed_argv(cluster, ckpt: str, datasets: list[str], out: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "viewstream", "embed", "--ray", "--address", cluster.address,
+            "--checkpoint", ckpt, "--dataset", *datasets, "--out", out, *options]
+
+
+def _driver_env(cluster) -> dict[str, str]:
+    return cluster.env | {"PYTHONPATH": os.getcwd()}
+
+
+def _run_embed(cluster, ckpt: str, datasets: list[str], out: str, *options: str,
+               report: Optional[Path] = None) -> subprocess.CompletedProcess:
+    argv = _embed_argv(cluster, ckpt, datasets, out, *options) + (["--json", str(report)] if report else [])
+    return subprocess.run(argv, env=_driver_env(cluster), capture_output=True, text=True, timeout=300)
 
 
 def _by_row(path: str) -> dict:
@@ -73,8 +91,10 @@ def _by_row(path: str) -> dict:
 
 def test_ray_two_workers_equals_single_process(cluster, ckpt, two_roots, single, tmp_path):
     out = str(tmp_path / "ray_out")
-    assert main(["embed", "--ray", "--workers", "2", "--checkpoint", ckpt, "--dataset", *two_roots,
-                 "--out", out, "--batch-size", "3"]) == 0
+    done = _run_embed(cluster, ckpt, two_roots, out, "--workers", "2", "--batch-size", "3",
+                      report=tmp_path / "first.json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "first.json").read_text())["workers"] == 2
     files = embedding_files(out)
     assert len(files) == 2 + 2  # 14 groups -> 2 shards of 8, 10 groups -> 2 shards
     ray_rows, single_rows = _by_row(out), _by_row(single)
@@ -91,23 +111,22 @@ def test_ray_two_workers_equals_single_process(cluster, ckpt, two_roots, single,
 
     # A rerun skips every finished shard and rewrites nothing.
     mtimes = {f: os.stat(f).st_mtime_ns for f in files}
-    from evaluation.batch_embed import EmbedJob, embed_on_ray
-    job_meta = read_embeddings_metadata(files[0])
-    identity = {k: v for k, v in job_meta.items() if k not in ("shard", "dataset", "dim", "format")}
-    report = embed_on_ray(EmbedJob(ckpt, 32, 1.0, 3, out, identity, tuple(identity["label_vocabulary"])),
-                          two_roots, workers=2, progress=False)
-    assert (report.embedded_shards, report.skipped_shards) == (0, 4)
+    again = _run_embed(cluster, ckpt, two_roots, out, "--workers", "2", "--batch-size", "3",
+                       report=tmp_path / "again.json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    report = json.loads((tmp_path / "again.json").read_text())
+    assert (report["embedded_shards"], report["skipped_shards"]) == (0, 4)
     assert {f: os.stat(f).st_mtime_ns for f in embedding_files(out)} == mtimes
 
 
-def test_ray_refuses_to_mix_checkpoints_in_one_folder(cluster, ckpt, two_roots, tmp_path, capsys):
-    out = str(tmp_path / "mixed")
-    (tmp_path / "mixed").mkdir()
-    (tmp_path / "mixed" / "_embed.json").write_text('{"weights_sha256": "0000"}')
-    assert main(["embed", "--ray", "--workers", "1", "--checkpoint", ckpt, "--dataset", two_roots[0],
-                 "--out", out]) == 2
-    err = capsys.readouterr().err
-    assert "made differently" in err and "weights_sha256" in err
+def test_ray_refuses_to_mix_checkpoints_in_one_folder(cluster, ckpt, two_roots, tmp_path):
+    out = tmp_path / "mixed"
+    out.mkdir()
+    (out / "_embed.json").write_text('{"weights_sha256": "0000"}')
+    refused = _run_embed(cluster, ckpt, two_roots[:1], str(out), "--workers", "1")
+    assert refused.returncode == 2
+    assert "made differently" in refused.stderr and "weights_sha256" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def _embed_actor_pids(cluster) -> list[int]:
@@ -122,22 +141,29 @@ def _embed_actor_pids(cluster) -> list[int]:
     return found
 
 
+def _finished(out: Path) -> list[Path]:
+    return [p for p in out.glob("*.parquet") if not p.name.startswith(".")]
+
+
 def test_killed_run_resumes_without_recomputing_finished_shards(cluster, ckpt, tmp_path_factory, tmp_path):
-    many = build_dataset(tmp_path_factory.mktemp("many"), num_groups=48, labelled=False, min_views=1,
-                         max_views=1, seed=7)  # 6 shards
+    shards = 12
+    many = build_dataset(tmp_path_factory.mktemp("many"), num_groups=8 * shards, labelled=False, min_views=1,
+                         max_views=1, seed=7)
     out = tmp_path / "killed"
-    argv = [sys.executable, "-m", "viewstream", "embed", "--ray", "--workers", "1", "--address", cluster.address,
-            "--checkpoint", ckpt, "--dataset", many, "--out", str(out), "--batch-size", "2"]
-    env = cluster.env | {"PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    argv = _embed_argv(cluster, ckpt, [many], str(out), "--workers", "1", "--batch-size", "2")
+    proc = subprocess.Popen(argv, env=_driver_env(cluster), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    # The actor's PID first (a scan of the cluster's processes is slow), then a tight wait for two
+    # finished shards, so that the actor is stopped with most of its shards still to do.
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.is_dir() and len([p for p in out.glob("*.parquet") if not p.name.startswith(".")]) >= 2:
-            break
-        time.sleep(0.01)
+    actors: list[int] = []
+    while time.monotonic() < deadline and proc.poll() is None and not actors:
+        actors = _embed_actor_pids(cluster)
+        time.sleep(0.05)
+    assert actors, proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no embed actor in 240 s"
+    while time.monotonic() < deadline and proc.poll() is None and not (out.is_dir() and len(_finished(out)) >= 2):
+        time.sleep(0.002)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    actors = _embed_actor_pids(cluster)
-    assert actors  # the wait below is not vacuous: the actor runs in the cluster
     # The actor lives in the cluster, not in the driver's process group. Stopped first, it cannot
     # finish the rest of the shards in the moments before the GCS learns that its owner died;
     # Ray must still kill it, stopped, and a write it was in leaves a temporary file behind.
@@ -149,19 +175,17 @@ def test_killed_run_resumes_without_recomputing_finished_shards(cluster, ckpt, t
     while _embed_actor_pids(cluster) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _embed_actor_pids(cluster), "the killed driver's actor outlived it by 60 s"
-    finished = {p: p.stat().st_mtime_ns for p in out.glob("*.parquet") if not p.name.startswith(".")}
-    assert 2 <= len(finished) < 6
-    result = subprocess.run(argv + ["--json", str(tmp_path / "report.json")], env=env, capture_output=True,
-                            timeout=300)
+    finished = {p: p.stat().st_mtime_ns for p in _finished(out)}
+    assert 2 <= len(finished) < shards
+    result = subprocess.run(argv + ["--json", str(tmp_path / "report.json")], env=_driver_env(cluster),
+                            capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
-    import json
-
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["skipped_shards"] == len(finished)
-    assert report["embedded_shards"] == 6 - len(finished)
+    assert report["embedded_shards"] == shards - len(finished)
     for p, mtime in finished.items():
         assert p.stat().st_mtime_ns == mtime  # not recomputed
-    assert len(embedding_files(str(out))) == 6 and len(read_embeddings(str(out))) == 48
+    assert len(embedding_files(str(out))) == shards and len(read_embeddings(str(out))) == 8 * shards
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
 
@@ -173,8 +197,9 @@ def test_ray_reads_an_s3_root_and_writes_s3_output_equal_to_local(cluster, s3_en
     for entry in storage.list_files(two_roots[1]):
         storage.s3.upload_file(entry.uri, "cat", f"b/{entry.relpath}")
     out = "s3://cat/emb"
-    assert main(["embed", "--ray", "--workers", "2", "--checkpoint", ckpt, "--dataset", two_roots[0], "s3://cat/b",
-                 "--out", out, "--endpoint-url", s3_endpoint, "--batch-size", "4"]) == 0
+    done = _run_embed(cluster, ckpt, [two_roots[0], "s3://cat/b"], out, "--workers", "2",
+                      "--endpoint-url", s3_endpoint, "--batch-size", "4")
+    assert done.returncode == 0, done.stderr[-2000:]
     files = [e.relpath for e in storage.list_files(out)]
     assert "_embed.json" in files and len([f for f in files if f.endswith(".parquet")]) == 4
     local = tmp_path / "copy"
