@@ -142,6 +142,7 @@ def _embed_actor_pids(cluster) -> list[int]:
 
 
 def _finished(out: Path) -> list[Path]:
+    """The run's finished embeddings files so far; unlike `embedding_files`, none is no error."""
     return [p for p in out.glob("*.parquet") if not p.name.startswith(".")]
 
 
@@ -177,9 +178,9 @@ def test_killed_run_resumes_without_recomputing_finished_shards(cluster, ckpt, t
     assert not _embed_actor_pids(cluster), "the killed driver's actor outlived it by 60 s"
     finished = {p: p.stat().st_mtime_ns for p in _finished(out)}
     assert 2 <= len(finished) < shards
-    result = subprocess.run(argv + ["--json", str(tmp_path / "report.json")], env=_driver_env(cluster),
-                            capture_output=True, timeout=300)
-    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    result = _run_embed(cluster, ckpt, [many], str(out), "--workers", "1", "--batch-size", "2",
+                        report=tmp_path / "report.json")
+    assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["skipped_shards"] == len(finished)
     assert report["embedded_shards"] == shards - len(finished)
