@@ -87,6 +87,7 @@ def plain_loop(config: TrainConfig, warmup: int) -> dict[str, float]:
             if trainer.step >= trainer.total_steps:
                 break
         epoch += 1
+    trainer.loader.close()
     summary = timer.summary(1, config.per_worker_batch())
     window = finished_at[-1] - finished_at[warmup - 1]
     return {"startup_s": startup, "step_s": window / (len(finished_at) - warmup),

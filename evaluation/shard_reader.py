@@ -71,9 +71,11 @@ class ShardReader:
         producer = BatchProducer(plan, 0, self.spec, seed=0, epoch=0, read=read,
                                  feed=feed_arrays, stats=self.stats, depth=self.prefetch + 2,
                                  fill_holes=False)  # an embeddings row per readable sample, once
-        for item, outputs in self._driver.run(producer):
-            if outputs is not None:  # None: every sample of the batch was bad (counted in stats)
-                yield self._batch(item, outputs, keys, groups, labels)
+        convert = lambda item, outputs: (None if outputs is None  # noqa: E731
+                                          else self._batch(item, outputs, keys, groups, labels))
+        for batch in self._driver.run(producer, convert):
+            if batch is not None:  # None: every sample of the batch was bad (counted in stats)
+                yield batch
 
     def _batch(self, item: PreparedBatch, outputs, keys, groups, labels) -> ViewBatch:
         views = [dali_to_torch(out, self.device) for out in outputs]

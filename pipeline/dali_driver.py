@@ -8,20 +8,27 @@ still aborts on a photo the pre-checks let through, the batches in flight are re
 undecodable samples dropped, the pipeline rebuilt and the batches replayed (`pipeline.recovery`).
 The pipeline is kept across epochs (or shards) and rebuilt only after an abort or an iterator
 closed early, since DALI then holds batches of the old stream.
+
+The loop runs in a thread of its own, one batch ahead of the consumer (`pipeline.run_ahead`):
+``pipe.run()`` spends ~2-3 ms of its calling thread per batch, which the training step would
+otherwise wait for. While a `run` is open only that thread uses the pipeline (it is built there
+too), and a later `run` starts after the earlier one's thread has ended: one thread at a time.
 """
 from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 from pipeline.dali_graph import build_view_pipeline
 from pipeline.producer import BatchProducer, PreparedBatch
 from pipeline.recovery import recheck_batch
+from pipeline.run_ahead import run_ahead
 from pipeline.samples import ReadStats
 from pipeline.spec import ViewSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class DaliDriver:
@@ -42,11 +49,19 @@ class DaliDriver:
         """True while a `run` iterator is open (one producer at a time)."""
         return self._producer is not None
 
-    def run(self, producer: BatchProducer) -> Iterator[tuple[PreparedBatch, Optional[list]]]:
-        """Every prepared batch of `producer`, in order, with its DALI outputs (None: empty).
+    def run(self, producer: BatchProducer, convert: Callable[[PreparedBatch, Optional[list]], T]) -> Iterator[T]:
+        """`convert(item, outputs)` for every prepared batch of `producer`, in order (outputs None:
+        an empty batch, which DALI never sees).
 
-        The outputs are DALI's buffers: convert them before asking for the next item.
+        ``pipe.run()`` runs in a background thread one batch ahead; `convert` runs in the
+        caller's thread (where torch's current CUDA stream is the one the batch is used on,
+        `pipeline.loader.dali_to_torch`) before the next batch is made.
         """
+        if self._producer is not None:
+            raise RuntimeError("DaliDriver.run: another run is still open")
+        return run_ahead(lambda: self._run(producer), lambda pair: convert(*pair), name="viewstream-dali")
+
+    def _run(self, producer: BatchProducer) -> Iterator[tuple[PreparedBatch, Optional[list]]]:
         self._producer, self._pending, self._replay = producer, deque(), deque()
         finished = False
         try:

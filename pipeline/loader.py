@@ -58,6 +58,12 @@ class ViewLoader:
     `natural_views=False` makes every photo its own sample (the usual single-image SSL setting,
     to compare with natural views on the same data): the plan counts photos per shard, each
     epoch sees every photo once, and both views are augmentations of that one photo.
+    `read_ahead=True` (training, which goes on from one epoch to the next): once the last batch
+    of an epoch is prepared, the next epoch's reading and preparing starts in the background, so
+    `iter_epoch(epoch + 1)` finds its first batches ready instead of waiting for the first shuffle
+    block to be read (held until a call with other arguments or `close()`; its memory, one block's
+    share and `prefetch + 2` batches, overlaps only the epoch's last batches). Evaluation leaves
+    it off: it reads one epoch.
 
     Construction reads only shard-level metadata (manifest.json, shards.parquet); the index
     part of a shard is read when this rank reads that shard (memory O(shards + own samples)).
@@ -68,7 +74,8 @@ class ViewLoader:
                  drop_last: bool = False, shuffle_block: int = 1024, prefetch: int = 2,
                  endpoint_url: Optional[str] = None, device_id: Optional[int] = None,
                  epoch_size: Optional[int] = None, streams: Optional[int] = None,
-                 verify: str = "sha256", natural_views: bool = True, fill_holes: bool = True):
+                 verify: str = "sha256", natural_views: bool = True, fill_holes: bool = True,
+                 read_ahead: bool = False):
         if device not in DEVICES:
             raise UsageError(f"device={device!r}: expected one of {list(DEVICES)}")
         if num_threads < 1:
@@ -85,7 +92,10 @@ class ViewLoader:
         self.device, self.num_threads, self.drop_last = device, num_threads, drop_last
         self.shuffle_block, self.prefetch = shuffle_block, prefetch
         self.verify, self.natural_views = verify, natural_views
-        self.fill_holes = fill_holes
+        self.fill_holes, self.read_ahead = fill_holes, read_ahead
+        self._ahead: Optional[tuple[int, BatchProducer]] = None  # (epoch, its producer from batch 0)
+        self._ahead_lock = threading.Lock()
+        self._closed = False
         self.device_id = device_id if device_id is not None else (
             torch.cuda.current_device() if device == "cuda" else 0)
         self.storage = Storage(endpoint_url)
@@ -128,25 +138,59 @@ class ViewLoader:
         if self._driver.busy:
             raise UsageError("another iter_epoch of this ViewLoader is still open; exhaust or "
                              "close() it first (a loader runs one epoch iterator at a time)")
-        for item, outputs in self._driver.run(self._producer(epoch, start_batch)):
-            yield self._empty_batch(item, epoch) if outputs is None else self._batch(item, outputs, epoch)
+        producer = self._take_ahead(epoch, start_batch) or self._producer(epoch, start_batch, self.read_ahead)
+        convert = lambda item, outputs: (self._empty_batch(item, epoch) if outputs is None  # noqa: E731
+                                          else self._batch(item, outputs, epoch))
+        yield from self._driver.run(producer, convert)
 
     def prepared_batches(self, epoch: int) -> Iterator[PreparedBatch]:
         """`epoch`'s batches as the DALI graph is fed them (`PreparedBatch.feed`: photos, decode
         windows, drawn parameters; None for an empty batch), without running DALI: what a
         benchmark replays to time the decoding alone."""
-        producer = self._producer(epoch, 0)
+        producer = self._producer(epoch, 0, ahead=False)
         try:
             while (item := producer.get()) is not None:
                 yield item
         finally:
             producer.close()
 
-    def _producer(self, epoch: int, start_batch: int) -> BatchProducer:
+    def close(self) -> None:
+        """Stop a read-ahead producer (an open `iter_epoch` iterator closes its own)."""
+        with self._ahead_lock:
+            self._closed = True
+            ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[1].close()
+
+    def _producer(self, epoch: int, start_batch: int, ahead: bool) -> BatchProducer:
+        """`epoch`'s producer from `start_batch`; with `ahead`, it starts epoch + 1's when done."""
         plan = self.plan(epoch)
         return BatchProducer(plan, start_batch, self.spec, seed=self.seed, epoch=epoch,
                              read=lambda start: self._read(plan, start), feed=feed_arrays,
-                             stats=self.stats, depth=self.prefetch + 2, fill_holes=self.fill_holes)
+                             stats=self.stats, depth=self.prefetch + 2, fill_holes=self.fill_holes,
+                             then=(lambda: self._start_ahead(epoch + 1)) if ahead else None)
+
+    def _start_ahead(self, epoch: int) -> None:
+        """Start `epoch`'s producer from batch 0 for the next `iter_epoch` (in a preparer thread)."""
+        producer = self._producer(epoch, 0, ahead=True)
+        with self._ahead_lock:
+            closed = self._closed
+            old, self._ahead = self._ahead, (None if closed else (epoch, producer))
+        for stale in (old[1] if old else None, producer if closed else None):
+            if stale is not None:
+                stale.close()
+
+    def _take_ahead(self, epoch: int, start_batch: int) -> Optional[BatchProducer]:
+        """The read-ahead producer if it is the one asked for; any other is stopped."""
+        with self._ahead_lock:
+            self._closed = False
+            ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        if ahead[0] == epoch and start_batch == 0:
+            return ahead[1]
+        ahead[1].close()
+        return None
 
     # ---- internals -------------------------------------------------------------------------
     def _runs(self, plan: RankEpoch, start: int) -> Iterator:

@@ -79,12 +79,18 @@ class _Handoff:
 
 
 class BatchProducer:
-    """Prepares batches `start_batch..` of `plan`, `depth` batches ahead of the consumer."""
+    """Prepares batches `start_batch..` of `plan`, `depth` batches ahead of the consumer.
+
+    `then`, if given, runs in the preparer thread after the last batch is queued and before the
+    end is signalled, unless the producer was closed: a consumer that sees the end knows it ran.
+    """
 
     def __init__(self, plan: RankEpoch, start_batch: int, spec: ViewSpec, *, seed: int, epoch: int,
                  read: Callable[[int], Iterator[tuple[SampleRef, Optional[LoadedSample]]]],
-                 feed: Callable[..., tuple], stats: ReadStats, depth: int = 4, fill_holes: bool = True):
+                 feed: Callable[..., tuple], stats: ReadStats, depth: int = 4, fill_holes: bool = True,
+                 then: Optional[Callable[[], None]] = None):
         self._plan, self._start, self._spec = plan, start_batch, spec
+        self._then = then  # called once the last batch is prepared (the next epoch's read-ahead)
         self.fill_holes = fill_holes  # training: keep batch sizes; evaluation: every sample once
         self._seed, self._epoch = seed, epoch
         self._read, self._feed = read, feed
@@ -185,6 +191,8 @@ class BatchProducer:
                 return
             for r in rows:
                 loaded.pop(r, None)
+        if self._then is not None and not self._stop.is_set():
+            self._then()
 
     def _prepare(self, b: int, rows: list[int], loaded: dict) -> PreparedBatch:
         got = [loaded.get(r) for r in rows]

@@ -146,6 +146,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                 logged = hook(trainer.method, trainer.position.epoch, trainer.step >= trainer.total_steps)
                 if logged and rank == 0:
                     logger.log({"step": trainer.step, "epoch": trainer.position.epoch, **logged})
+    trainer.loader.close()  # the read-ahead of an epoch this run does not reach
     logger.close()
 
 

@@ -122,7 +122,7 @@ class Trainer:
                 num_threads=config.data.num_threads, prefetch=config.data.prefetch, drop_last=True,
                 endpoint_url=config.data.endpoint_url, epoch_size=config.data.epoch_size,
                 streams=config.data.streams, verify=config.data.verify,
-                natural_views=config.data.natural_views,
+                natural_views=config.data.natural_views, read_ahead=True,
             )
             steps_per_epoch = self.loader.batches_per_epoch
             if steps_per_epoch == 0:

@@ -1,0 +1,89 @@
+"""ViewLoader(read_ahead=True): the next epoch is read while this one ends, and changes nothing.
+
+The promises: the batches are bit-identical to a loader without read-ahead (the producer of
+epoch e + 1 is the same pure function of (seed, epoch, sample)); epoch e + 1's reading has
+started before `iter_epoch(e + 1)` is called (what removes the epoch-boundary wait); a call
+for another epoch or batch gets its own batches, not the read-ahead ones; `close()` leaves no
+reader or preparer thread behind.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from pipeline import ViewLoader, ViewSpec
+
+SPEC = ViewSpec.simclr(size=32)
+PRODUCER_THREADS = ("viewstream-reader", "viewstream-preparer")
+
+
+def _batches(loader: ViewLoader, epoch: int, start: int = 0) -> list:
+    return [(b.rows.tolist(), [v.clone() for v in b.views]) for b in loader.iter_epoch(epoch, start)]
+
+
+def _same(got: list, want: list) -> None:
+    assert [rows for rows, _ in got] == [rows for rows, _ in want]
+    for (_, views), (_, expected) in zip(got, want):
+        assert all(torch.equal(v, e) for v, e in zip(views, expected))
+
+
+def _wait_for(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def _producer_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name in PRODUCER_THREADS}
+
+
+def test_read_ahead_starts_the_next_epoch_early_and_gives_the_same_batches(uneven_dataset):
+    earlier = _producer_threads()  # another test's, if any: not this test's to judge
+    plain = ViewLoader(uneven_dataset, SPEC, 4, seed=3)
+    ahead = ViewLoader(uneven_dataset, SPEC, 4, seed=3, read_ahead=True)
+    started: list[int] = []  # epochs whose shard reading started, in order
+    read = ahead._read
+    ahead._read = lambda plan, start: (started.append(plan.epoch), read(plan, start))[1]
+    try:
+        for epoch in range(3):
+            _same(_batches(ahead, epoch), _batches(plain, epoch))
+            # before anyone asks for epoch + 1, its reading is under way
+            assert _wait_for(lambda: started[-1:] == [epoch + 1]), started
+        assert started == [0, 1, 2, 3]
+        # a call for another epoch or a later batch: its own batches, the read-ahead dropped
+        _same(_batches(ahead, 5), _batches(plain, 5))
+        _same(_batches(ahead, 6, 2), _batches(plain, 6, 2))
+    finally:
+        ahead.close()
+    assert _wait_for(lambda: not _producer_threads() - earlier), _producer_threads() - earlier
+
+
+def test_without_read_ahead_nothing_is_read_past_the_epoch(uneven_dataset):
+    earlier = _producer_threads()
+    loader = ViewLoader(uneven_dataset, SPEC, 4, seed=3)
+    started: list[int] = []
+    read = loader._read
+    loader._read = lambda plan, start: (started.append(plan.epoch), read(plan, start))[1]
+    _batches(loader, 0)
+    time.sleep(0.2)
+    assert started == [0] and not _producer_threads() - earlier
+
+
+def test_dali_runs_its_batches_off_the_consumer_thread(uneven_dataset):
+    """pipe.run() (~2-3 ms of its caller's thread a batch) overlaps the training step."""
+    loader = ViewLoader(uneven_dataset, SPEC, 4, seed=3)
+    driver, runs_on = loader._driver, set()
+    build = driver._pipeline
+
+    def pipeline():
+        pipe = build()
+        run = pipe.run
+        pipe.run = lambda: (runs_on.add(threading.get_ident()), run())[1]
+        return pipe
+
+    driver._pipeline = pipeline
+    assert len(_batches(loader, 0)) == loader.batches_per_epoch
+    assert runs_on and threading.get_ident() not in runs_on
