@@ -13,6 +13,13 @@ The loop runs in a thread of its own, one batch ahead of the consumer (`pipeline
 ``pipe.run()`` spends ~2-3 ms of its calling thread per batch, which the training step would
 otherwise wait for. While a `run` is open only that thread uses the pipeline (it is built there
 too), and a later `run` starts after the earlier one's thread has ended: one thread at a time.
+On a GPU (argued from the DALI sources, not run here): the pipeline's dynamic executor
+(``exec_dynamic``; dali/pipeline/executor/executor2/exec2.cc, ``Executor2::Impl``) builds under
+a ``DeviceGuard`` for the pipeline's ``device_id`` and runs the graph on its own worker threads,
+so the calling thread needs no CUDA state of its own; its ``PopOutputs`` waits on the
+iteration's CUDA event on the host (``cudaEventSynchronize``) before ``pipe.run()`` returns,
+a wait that now falls on this thread instead of the training step. No torch call is made in
+this thread: outputs become tensors in the consumer's thread (`run`'s `convert`).
 """
 from __future__ import annotations
 
