@@ -136,7 +136,11 @@ def test_two_workers_one_per_node_and_the_checkpoint_resumes_on_one_node(
 def test_losing_the_second_node_resumes_from_the_last_checkpoint_on_a_replacement(
     shards: str, tmp_path: Path
 ) -> None:
-    fast_detection = FAST_NODE_LOSS_DETECTION
+    # When a rank's collective fails at the kill, the dead node is not declared dead yet, so Ray
+    # Train's elastic policy first tries 3 workers again and waits its worker-group start timeout
+    # (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by default; a controller error it retries
+    # without limit) before it counts 2; 30 s still leaves a 3-worker start (~11 s quiet) room.
+    fast_detection = {**FAST_NODE_LOSS_DETECTION, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"}
     storage = tmp_path / "runs"
     total = 2 * STEPS_PER_EPOCH
     config = write_config(tmp_path / "train.yaml", shards, storage, "node-loss", epochs=2, run__max_failures=1)
@@ -192,7 +196,11 @@ def test_an_elastic_run_that_loses_a_node_continues_on_the_remaining_workers_wit
     from trainers.metrics import read_metrics
     from trainers.train_loop import sample_set_digest
 
-    fast_detection = FAST_NODE_LOSS_DETECTION
+    # When a rank's collective fails at the kill, the dead node is not declared dead yet, so Ray
+    # Train's elastic policy first tries 3 workers again and waits its worker-group start timeout
+    # (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by default; a controller error it retries
+    # without limit) before it counts 2; 30 s still leaves a 3-worker start (~11 s quiet) room.
+    fast_detection = {**FAST_NODE_LOSS_DETECTION, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"}
     storage, batch = tmp_path / "runs", 12
     config = write_config(tmp_path / "train.yaml", shards, storage, "elastic", epochs=1, batch_size=batch,
                           max_steps=8, scaling={"num_workers": [2, 3], "cpus_per_worker": 1}, run__max_failures=1)
