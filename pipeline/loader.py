@@ -94,6 +94,7 @@ class ViewLoader:
         self.verify, self.natural_views = verify, natural_views
         self.fill_holes, self.read_ahead = fill_holes, read_ahead
         self._ahead: Optional[tuple[int, BatchProducer]] = None  # (epoch, its producer from batch 0)
+        self._due: Optional[int] = None  # the epoch to start once the parked producer is taken
         self._ahead_lock = threading.Lock()
         self._closed = False
         self.device_id = device_id if device_id is not None else (
@@ -157,7 +158,7 @@ class ViewLoader:
     def close(self) -> None:
         """Stop a read-ahead producer (an open `iter_epoch` iterator closes its own)."""
         with self._ahead_lock:
-            self._closed = True
+            self._closed, self._due = True, None
             ahead, self._ahead = self._ahead, None
         if ahead is not None:
             ahead[1].close()
@@ -171,23 +172,33 @@ class ViewLoader:
                              then=(lambda: self._start_ahead(epoch + 1)) if ahead else None)
 
     def _start_ahead(self, epoch: int) -> None:
-        """Start `epoch`'s producer from batch 0 for the next `iter_epoch` (in a preparer thread)."""
+        """Start `epoch`'s producer from batch 0 for the next `iter_epoch`; called in the preparer
+        thread of epoch - 1's producer once its last batch is prepared. When that producer is itself
+        still parked here (an epoch shorter than its queue), the start waits until it is taken:
+        one epoch ahead, never a chain of them."""
+        with self._ahead_lock:
+            if self._ahead is not None:
+                self._due = epoch
+                return
         producer = self._producer(epoch, 0, ahead=True)
         with self._ahead_lock:
             closed = self._closed
-            old, self._ahead = self._ahead, (None if closed else (epoch, producer))
-        for stale in (old[1] if old else None, producer if closed else None):
-            if stale is not None:
-                stale.close()
+            if not closed:
+                self._ahead = (epoch, producer)
+        if closed:
+            producer.close()
 
     def _take_ahead(self, epoch: int, start_batch: int) -> Optional[BatchProducer]:
         """The read-ahead producer if it is the one asked for; any other is stopped."""
         with self._ahead_lock:
             self._closed = False
             ahead, self._ahead = self._ahead, None
+            due, self._due = self._due, None
         if ahead is None:
             return None
         if ahead[0] == epoch and start_batch == 0:
+            if due is not None:  # it was prepared whole while parked
+                self._start_ahead(due)
             return ahead[1]
         ahead[1].close()
         return None

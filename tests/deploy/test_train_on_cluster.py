@@ -136,11 +136,7 @@ def test_two_workers_one_per_node_and_the_checkpoint_resumes_on_one_node(
 def test_losing_the_second_node_resumes_from_the_last_checkpoint_on_a_replacement(
     shards: str, tmp_path: Path
 ) -> None:
-    # When a rank's collective fails at the kill, the dead node is not declared dead yet, so Ray
-    # Train's elastic policy first tries 3 workers again and waits its worker-group start timeout
-    # (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by default; a controller error it retries
-    # without limit) before it counts 2; 30 s still leaves a 3-worker start (~11 s quiet) room.
-    fast_detection = {**FAST_NODE_LOSS_DETECTION, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"}
+    fast_detection = FAST_NODE_LOSS_DETECTION
     storage = tmp_path / "runs"
     total = 2 * STEPS_PER_EPOCH
     config = write_config(tmp_path / "train.yaml", shards, storage, "node-loss", epochs=2, run__max_failures=1)

@@ -87,3 +87,23 @@ def test_dali_runs_its_batches_off_the_consumer_thread(uneven_dataset):
     driver._pipeline = pipeline
     assert len(_batches(loader, 0)) == loader.batches_per_epoch
     assert runs_on and threading.get_ident() not in runs_on
+
+
+def test_a_short_epoch_reads_one_epoch_ahead_not_more(uneven_dataset):
+    """An epoch of fewer batches than the producer queues is prepared whole while it waits to be
+    taken; that must not start the epoch after it (and that one the next, without end)."""
+    earlier = _producer_threads()
+    loader = ViewLoader(uneven_dataset, SPEC, 8, seed=3, read_ahead=True)  # 23 groups: 3 batches
+    started: list[int] = []
+    read = loader._read
+    loader._read = lambda plan, start: (started.append(plan.epoch), read(plan, start))[1]
+    try:
+        _batches(loader, 0)
+        assert _wait_for(lambda: started[-1:] == [1]), started
+        time.sleep(0.5)  # epoch 1 is prepared whole by now
+        assert started == [0, 1]
+        assert len(_batches(loader, 1)) == loader.batches_per_epoch
+        assert started[:3] == [0, 1, 2]
+    finally:
+        loader.close()
+    assert _wait_for(lambda: not _producer_threads() - earlier), _producer_threads() - earlier
