@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from testbed.rank_exit import leave_rank_process  # noqa: E402
 from trainers import distributed  # noqa: E402
 from trainers.methods import METHODS, SampleIds, build_method  # noqa: E402
 
@@ -90,6 +91,8 @@ def _entry(rank: int, world: int, port: int, out: str, args: tuple) -> None:
     finally:
         if world > 1:
             dist.destroy_process_group()
+    if world > 1:
+        leave_rank_process()  # gloo's threads may still hold Python objects: testbed/rank_exit.py
 
 
 def run(world: int, *args) -> dict:

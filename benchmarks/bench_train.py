@@ -51,6 +51,7 @@ from trainers.runner import run_training  # noqa: E402
 from trainers.train_loop import StepTimer, is_log_step, step_and_log  # noqa: E402
 from trainers.trainer import Trainer  # noqa: E402
 from testbed.host_syncs import counting_host_syncs  # noqa: E402
+from testbed.rank_exit import leave_rank_process  # noqa: E402
 
 
 def make_config(dataset: str, storage: str, name: str, workers: int, steps: int, batch: int) -> TrainConfig:
@@ -131,6 +132,7 @@ def _ddp_vs_flat_worker(rank: int, world: int, port: int, steps: int, warmup: in
     if rank == 0:
         Path(out).write_text(json.dumps({m: min(v) for m, v in times.items()}))
     dist.destroy_process_group()
+    leave_rank_process()  # gloo's threads may still hold Python objects: testbed/rank_exit.py
 
 
 def ddp_vs_flat(steps: int = 4, warmup: int = 1, batch: int = 16) -> dict[str, float]:

@@ -49,6 +49,7 @@ from gpu_check_configs import method_config, train_config
 from pipeline import DataPosition, ViewBatch
 from testbed.host_syncs import counting_syncs
 from testbed.numerics import default_dtype
+from testbed.rank_exit import leave_rank_process
 from trainers import distributed
 from trainers.distributed import SyncBatchNorm
 from trainers.trainer import Trainer
@@ -181,6 +182,7 @@ def _rank_main(rank: int, port: int, device: str, tmp: str, methods: dict[str, d
         torch.save(out, Path(tmp) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    leave_rank_process()  # gloo's threads may still hold Python objects: testbed/rank_exit.py
 
 
 def _free_port() -> int:

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from testbed.rank_exit import leave_rank_process
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -32,6 +34,7 @@ def _entry(rank: int, fn: Callable, world_size: int, port: int, out_dir: str, ar
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    leave_rank_process()  # gloo's threads may still hold Python objects: testbed/rank_exit.py
 
 
 def run_distributed(fn: Callable, *args: Any, world_size: int = 2) -> list[Any]:
