@@ -42,6 +42,9 @@ class ViewLoader:
     list of roots read as one, each optionally ``{"root": ..., "repeat" | "choose" |
     "proportion": ...}`` (`pipeline.roots`; `epoch_size` for proportions).
     `device` "cpu" runs DALI without a GPU; "cuda" decodes on the GPU (nvJPEG, ``mixed``).
+    `num_threads` DALI threads in all, split among `pipelines` DALI pipelines fed in turn
+    (default: one single-threaded pipeline per thread on the CPU, one on a GPU:
+    `pipeline.dali_driver`); the batches do not depend on either.
     `batch_size` is per rank; the global batch (batch_size x world_size) is what the plan
     shuffles and cuts, so global batches do not depend on world_size (`pipeline.epochs`).
     `shuffle_block` is the global block of stream positions shuffled together (rounded up to
@@ -75,13 +78,15 @@ class ViewLoader:
                  endpoint_url: Optional[str] = None, device_id: Optional[int] = None,
                  epoch_size: Optional[int] = None, streams: Optional[int] = None,
                  verify: str = "sha256", natural_views: bool = True, fill_holes: bool = True,
-                 read_ahead: bool = False):
+                 read_ahead: bool = False, pipelines: Optional[int] = None):
         if device not in DEVICES:
             raise UsageError(f"device={device!r}: expected one of {list(DEVICES)}")
         if num_threads < 1:
             raise UsageError(f"num_threads={num_threads}: expected an integer >= 1")
         if prefetch < 1:
             raise UsageError(f"prefetch={prefetch}: expected an integer >= 1")
+        if pipelines is not None and pipelines < 1:
+            raise UsageError(f"pipelines={pipelines}: expected an integer >= 1")
         if streams is not None and streams < 1:
             raise UsageError(f"streams={streams}: expected an integer >= 1")
         if verify not in VERIFY:
@@ -112,7 +117,8 @@ class ViewLoader:
         self._parts: OrderedDict = OrderedDict()  # recent index parts (see _index_part)
         self._parts_lock = threading.Lock()
         self._driver = DaliDriver(spec, self.stats, device=device, batch_size=batch_size,
-                                  num_threads=num_threads, prefetch=prefetch, device_id=self.device_id)
+                                  num_threads=num_threads, prefetch=prefetch, device_id=self.device_id,
+                                  pipelines=pipelines)
 
     @property
     def num_samples(self) -> int:

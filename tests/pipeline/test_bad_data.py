@@ -145,9 +145,11 @@ def test_truncated_images_without_a_recorded_sha256_are_caught(tmp_path_factory)
     assert reasons["truncated"] >= 4
 
 
-def test_a_photo_only_dali_chokes_on_is_dropped_and_the_epoch_goes_on(tmp_path_factory):
+@pytest.mark.parametrize("pipelines", [1, 2])
+def test_a_photo_only_dali_chokes_on_is_dropped_and_the_epoch_goes_on(tmp_path_factory, pipelines):
     """A PNG with damaged compressed data, its sha256 recorded after the damage, passes the
-    cheap checks; DALI aborts the batch; the loader drops that sample and carries on."""
+    cheap checks; DALI aborts the batch; the loader drops that sample and carries on. With two
+    pipelines, the batches in flight in both are rechecked and replayed in order."""
     root = build_dataset(tmp_path_factory, "damaged_png", num_groups=8, shard_samples=8,
                          seed=9, min_views=1, max_views=1, formats=("png",))
     index = read_index(root)
@@ -172,7 +174,7 @@ def test_a_photo_only_dali_chokes_on_is_dropped_and_the_epoch_goes_on(tmp_path_f
         return data
 
     rewrite_shard(shard_uri(root, shard), edit)
-    loader = ViewLoader(root, SPEC, 3, seed=0)
+    loader = ViewLoader(root, SPEC, 3, seed=0, pipelines=pipelines)
     batches = list(loader.iter_epoch(0))
     assert len(batches) == loader.batches_per_epoch
     seen = [k for b in batches for k in b.keys]

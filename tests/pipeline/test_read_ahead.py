@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from pipeline import ViewLoader, ViewSpec
+from pipeline import ViewLoader, ViewSpec, dali_driver
 
 SPEC = ViewSpec.simclr(size=32)
 PRODUCER_THREADS = ("viewstream-reader", "viewstream-preparer")
@@ -72,19 +72,22 @@ def test_without_read_ahead_nothing_is_read_past_the_epoch(uneven_dataset):
     assert started == [0] and not _producer_threads() - earlier
 
 
-def test_dali_runs_its_batches_off_the_consumer_thread(uneven_dataset):
-    """pipe.run() (~2-3 ms of its caller's thread a batch) overlaps the training step."""
-    loader = ViewLoader(uneven_dataset, SPEC, 4, seed=3)
-    driver, runs_on = loader._driver, set()
-    build = driver._pipeline
+def test_dali_runs_its_batches_off_the_consumer_thread(uneven_dataset, monkeypatch):
+    """The pipelines' schedule_run()/outputs() (~2-3 ms of the caller's thread a batch) overlap
+    the training step."""
+    runs_on: set[int] = set()
+    build = dali_driver.build_view_pipeline
 
-    def pipeline():
-        pipe = build()
-        run = pipe.run
-        pipe.run = lambda: (runs_on.add(threading.get_ident()), run())[1]
+    def noted(method):
+        return lambda *args: (runs_on.add(threading.get_ident()), method(*args))[1]
+
+    def pipeline(*args, **kwargs):
+        pipe = build(*args, **kwargs)
+        pipe.schedule_run, pipe.outputs = noted(pipe.schedule_run), noted(pipe.outputs)
         return pipe
 
-    driver._pipeline = pipeline
+    monkeypatch.setattr(dali_driver, "build_view_pipeline", pipeline)
+    loader = ViewLoader(uneven_dataset, SPEC, 4, seed=3)
     assert len(_batches(loader, 0)) == loader.batches_per_epoch
     assert runs_on and threading.get_ident() not in runs_on
 
