@@ -189,24 +189,28 @@ class _Replay:
 
 
 def decode_limit_epochs(dataset: str, spec: ViewSpec, args):
-    """Epochs of the view pipeline's decode ops alone on epoch 0's photos and windows."""
+    """Epochs of the view pipeline's decode ops alone on epoch 0's photos and windows, on as
+    many pipelines and threads as the loader uses (batches dealt to them in turn)."""
+    from pipeline.dali_driver import default_pipelines
     from pipeline.dali_graph import build_view_pipeline
 
     loader = ViewLoader(dataset, spec, args.batch_size, num_threads=args.threads, seed=0)
     feeds = [item.feed for item in loader.prepared_batches(0) if item.feed is not None]
+    count = default_pipelines("cpu", args.threads)
     with warnings.catch_warnings():  # the feed's resize and augmentation inputs go unused here
         warnings.filterwarnings("ignore", message="The external source node")
-        pipe = build_view_pipeline(spec, _Replay(feeds), device="cpu", batch_size=args.batch_size,
-                                   num_threads=args.threads, prefetch=loader.prefetch, decode_only=True)
+        pipes = [build_view_pipeline(spec, _Replay(feeds[i::count]), device="cpu", batch_size=args.batch_size,
+                                     num_threads=max(1, args.threads // count), prefetch=loader.prefetch,
+                                     decode_only=True) for i in range(count)]
 
     def epoch(e: int):
-        while True:
+        for i in range(len(feeds)):
+            yield pipes[i % count].run()
+        for pipe in pipes:  # each source ends its epoch on the call after its last batch
             try:
-                outputs = pipe.run()
+                pipe.run()
             except StopIteration:
                 pipe.reset()
-                return
-            yield outputs
 
     return epoch
 

@@ -1,23 +1,26 @@
 """Drive the DALI view graph over a `BatchProducer`'s prepared batches, surviving decode aborts.
 
 The one loop that both the training loader (`pipeline.loader.ViewLoader`) and the per-shard
-embedding reader (`evaluation.shard_reader.ShardReader`) run: the DALI source callback pulls the
-next non-empty prepared batch, `pipe.run()` makes its views, and each prepared batch is handed
-back in order with its DALI outputs (None for an empty batch, which DALI never sees). When DALI
+embedding reader (`evaluation.shard_reader.ShardReader`) run: a pipeline's DALI source callback
+pulls the next non-empty prepared batch when ``pipe.schedule_run()`` asks for one,
+``pipe.outputs()`` returns its views, and each prepared batch is handed back in order with its
+DALI outputs (None for an empty batch, which DALI never sees). When DALI
 still aborts on a photo the pre-checks let through, the batches in flight are re-checked, the
 undecodable samples dropped, the pipeline rebuilt and the batches replayed (`pipeline.recovery`).
-The pipeline is kept across epochs (or shards) and rebuilt only after an abort or an iterator
+The pipelines are kept across epochs (or shards) and rebuilt only after an abort or an iterator
 closed early, since DALI then holds batches of the old stream.
 
 The loop runs in a thread of its own, one batch ahead of the consumer (`pipeline.run_ahead`):
-``pipe.run()`` spends ~2-3 ms of its calling thread per batch, which the training step would
-otherwise wait for. While a `run` is open only that thread uses the pipeline (it is built there
-too), and a later `run` starts after the earlier one's thread has ended: one thread at a time.
+scheduling and taking a batch spends ~2-3 ms of the calling thread, which the training step
+would otherwise wait for. While a `run` is open only that thread uses the pipelines (they are
+built there too), and a later `run` starts after the earlier one's thread has ended: one thread
+at a time. ``schedule_run``/``outputs`` are what ``pipe.run()`` calls, in that order (the
+installed DALI 2.4 ``Pipeline.run``), split so that several pipelines can be fed in turn.
 On a GPU (argued from the DALI sources, not run here): the pipeline's dynamic executor
 (``exec_dynamic``; dali/pipeline/executor/executor2/exec2.cc, ``Executor2::Impl``) builds under
 a ``DeviceGuard`` for the pipeline's ``device_id`` and runs the graph on its own worker threads,
 so the calling thread needs no CUDA state of its own; its ``PopOutputs`` waits on the
-iteration's CUDA event on the host (``cudaEventSynchronize``) before ``pipe.run()`` returns,
+iteration's CUDA event on the host (``cudaEventSynchronize``) before ``pipe.outputs()`` returns,
 a wait that now falls on this thread instead of the training step. No torch call is made in
 this thread: outputs become tensors in the consumer's thread (`run`'s `convert`).
 """
