@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline import ViewLoader, ViewSpec  # noqa: E402
+from pipeline.dali_driver import default_pipelines  # noqa: E402
 from pipeline.spec import IMAGENET_MEAN, IMAGENET_STD, Augmentation  # noqa: E402
 from testbed.scale import write_photo_corpus  # noqa: E402
 from sharding.dataset import load_manifest, shard_uris  # noqa: E402
@@ -170,7 +171,8 @@ def compare(contenders: dict, num_epochs: int, label: str, exclude: set[int] = f
 
 
 def viewstream_epochs(dataset: str, spec: ViewSpec, args, **kw):
-    loader = ViewLoader(dataset, spec, args.batch_size, num_threads=args.threads, seed=0, **kw)
+    loader = ViewLoader(dataset, spec, args.batch_size, num_threads=args.threads, seed=0,
+                        pipelines=args.pipelines, **kw)
     return lambda e: (b.views for b in loader.iter_epoch(e))
 
 
@@ -191,12 +193,11 @@ class _Replay:
 def decode_limit_epochs(dataset: str, spec: ViewSpec, args):
     """Epochs of the view pipeline's decode ops alone on epoch 0's photos and windows, on as
     many pipelines and threads as the loader uses (batches dealt to them in turn)."""
-    from pipeline.dali_driver import default_pipelines
     from pipeline.dali_graph import build_view_pipeline
 
     loader = ViewLoader(dataset, spec, args.batch_size, num_threads=args.threads, seed=0)
     feeds = [item.feed for item in loader.prepared_batches(0) if item.feed is not None]
-    count = default_pipelines("cpu", args.threads)
+    count = args.pipelines or default_pipelines("cpu", args.threads)
     with warnings.catch_warnings():  # the feed's resize and augmentation inputs go unused here
         warnings.filterwarnings("ignore", message="The external source node")
         pipes = [build_view_pipeline(spec, _Replay(feeds[i::count]), device="cpu", batch_size=args.batch_size,
@@ -248,6 +249,8 @@ def main() -> int:
     parser.add_argument("--views", type=int, nargs=2, default=[1, 6], help="photos per group (lo hi)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="DALI threads")
+    parser.add_argument("--pipelines", type=int, default=None,
+                        help="DALI pipelines the threads are split among (default: the loader's)")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement")
     args = parser.parse_args()
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
@@ -305,7 +308,8 @@ def main() -> int:
         **results,
         "samples": num_samples, "photos": photos, "mean_photo_kb": photo_bytes / photos / 1e3,
         "batch_size": args.batch_size,
-        "dali_threads": args.threads, "cpu_count": os.cpu_count(),
+        "dali_threads": args.threads, "dali_pipelines": args.pipelines or default_pipelines("cpu", args.threads),
+        "cpu_count": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0], "load_average": list(os.getloadavg()),
     }
     for key, value in figures.items():
