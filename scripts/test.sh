@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
 bash scripts/get_fashion_mnist.sh || echo "warning: Fashion-MNIST is not installed; tests that need it will fail"
 export RAY_USAGE_STATS_ENABLED=0 RAY_DISABLE_DOCKER_CPU_WARNING=1 TQDM_MININTERVAL=5
+# A crash after pytest's own fault handler is gone (the interpreter's teardown, once seen in CI
+# as a bare "Segmentation fault" after all tests passed) prints every thread's Python stack.
+export PYTHONFAULTHANDLER=1
 WORKERS="${VIEWSTREAM_TEST_WORKERS:-$(nproc)}"
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
 if unshare -n true 2>/dev/null && command -v ip >/dev/null; then
