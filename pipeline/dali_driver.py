@@ -62,13 +62,14 @@ class DaliDriver:
     """
 
     def __init__(self, spec: ViewSpec, stats: ReadStats, *, device: str, batch_size: int,
-                 num_threads: int, prefetch: int, device_id: int, pipelines: Optional[int] = None) -> None:
+                 num_threads: int, prefetch: int, device_id: int,
+                 pipelines: Optional[int] = None) -> None:
         pipelines = default_pipelines(device, num_threads) if pipelines is None else pipelines
         if pipelines < 1:
             raise ValueError(f"pipelines={pipelines}: expected an integer >= 1")
         self.spec, self.stats = spec, stats
-        self._build = dict(device=device, batch_size=batch_size, num_threads=max(1, num_threads // pipelines),
-                           prefetch=prefetch, device_id=device_id)
+        self._build = dict(device=device, batch_size=batch_size,
+                           num_threads=max(1, num_threads // pipelines), prefetch=prefetch, device_id=device_id)
         self.pipelines = pipelines
         self._pipes: Optional[list] = None
         self._producer: Optional[BatchProducer] = None
@@ -105,8 +106,8 @@ class DaliDriver:
                     break
                 i = min(waiting, key=lambda i: self._fifos[i][0][0])  # the oldest batch pulled
                 try:
-                    outputs = pipes[i].outputs()
-                    pipes[i].schedule_run()  # pulls the next batch, if any
+                    pipes[i].schedule_run()  # pulls the next batch, if any (as pipe.run() does, first)
+                    outputs = pipes[i].outputs()  # the oldest batch of pipeline i: its FIFO's head
                 except Exception:
                     if not self._recover():
                         raise
