@@ -197,7 +197,7 @@ def decode_limit_epochs(dataset: str, spec: ViewSpec, args):
 
     loader = ViewLoader(dataset, spec, args.batch_size, num_threads=args.threads, seed=0)
     feeds = [item.feed for item in loader.prepared_batches(0) if item.feed is not None]
-    count = args.pipelines or default_pipelines("cpu", args.threads)
+    count = args.pipelines
     with warnings.catch_warnings():  # the feed's resize and augmentation inputs go unused here
         warnings.filterwarnings("ignore", message="The external source node")
         pipes = [build_view_pipeline(spec, _Replay(feeds[i::count]), device="cpu", batch_size=args.batch_size,
@@ -253,6 +253,7 @@ def main() -> int:
                         help="DALI pipelines the threads are split among (default: the loader's)")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement")
     args = parser.parse_args()
+    args.pipelines = args.pipelines or default_pipelines("cpu", args.threads)
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                       AWS_DEFAULT_REGION="us-east-1")
 
@@ -308,8 +309,7 @@ def main() -> int:
         **results,
         "samples": num_samples, "photos": photos, "mean_photo_kb": photo_bytes / photos / 1e3,
         "batch_size": args.batch_size,
-        "dali_threads": args.threads, "dali_pipelines": args.pipelines or default_pipelines("cpu", args.threads),
-        "cpu_count": os.cpu_count(),
+        "dali_threads": args.threads, "dali_pipelines": args.pipelines, "cpu_count": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0], "load_average": list(os.getloadavg()),
     }
     for key, value in figures.items():

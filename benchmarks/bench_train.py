@@ -2,7 +2,8 @@
 
 (a) a plain single-process loop (the loop's own `step_and_log`, no Ray), (b) `viewstream train` on
 Ray Train with 1 worker, (c) with 2 workers. Reports step time after start-up, the overhead of
-(b) over (a) (each the fastest of `--repeats` alternating runs), Ray's start-up time, and the fraction of step time spent waiting for data. Also:
+(b) over (a) (each the fastest of `--repeats` alternating runs), Ray's start-up time, and the
+fraction of step time spent waiting for data. Also:
 
 - data_wait_fraction: the time (b)'s training thread waited for the next batch over the same
   window as step_s (after `--warmup` steps; an epoch start falls inside it: 32 steps an epoch),

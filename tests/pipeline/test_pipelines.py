@@ -7,16 +7,12 @@ position, and over epochs (the pipelines are kept and reset between them).
 from __future__ import annotations
 
 import pytest
-import torch
 
-from pipeline import ViewLoader, ViewSpec
 from groundfloor.errors import UsageError
+from pipeline import ViewLoader, ViewSpec
+from tests.pipeline.epoch_batches import assert_same_batches, epoch_batches
 
 SPEC = ViewSpec.simclr(size=32)
-
-
-def _batches(loader: ViewLoader, epoch: int, start: int = 0) -> list:
-    return [(b.rows.tolist(), [v.clone() for v in b.views]) for b in loader.iter_epoch(epoch, start)]
 
 
 @pytest.mark.parametrize("pipelines", [2, 3])
@@ -24,11 +20,9 @@ def test_several_pipelines_give_one_pipelines_batches_in_order(uneven_dataset, p
     one = ViewLoader(uneven_dataset, SPEC, 2, seed=3, pipelines=1)
     many = ViewLoader(uneven_dataset, SPEC, 2, seed=3, pipelines=pipelines)
     for epoch, start in ((0, 0), (1, 0), (1, 3)):
-        want, got = _batches(one, epoch, start), _batches(many, epoch, start)
+        want, got = epoch_batches(one, epoch, start), epoch_batches(many, epoch, start)
         assert len(want) == one.batches_per_epoch - start
-        assert [rows for rows, _ in got] == [rows for rows, _ in want]
-        for (_, views), (_, expected) in zip(got, want):
-            assert all(torch.equal(v, e) for v, e in zip(views, expected))
+        assert_same_batches(got, want)
 
 
 def test_pipelines_below_one_is_a_usage_error(uneven_dataset):

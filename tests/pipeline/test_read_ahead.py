@@ -11,22 +11,11 @@ from __future__ import annotations
 import threading
 import time
 
-import torch
-
 from pipeline import ViewLoader, ViewSpec, dali_driver
+from tests.pipeline.epoch_batches import assert_same_batches, epoch_batches
 
 SPEC = ViewSpec.simclr(size=32)
 PRODUCER_THREADS = ("viewstream-reader", "viewstream-preparer")
-
-
-def _batches(loader: ViewLoader, epoch: int, start: int = 0) -> list:
-    return [(b.rows.tolist(), [v.clone() for v in b.views]) for b in loader.iter_epoch(epoch, start)]
-
-
-def _same(got: list, want: list) -> None:
-    assert [rows for rows, _ in got] == [rows for rows, _ in want]
-    for (_, views), (_, expected) in zip(got, want):
-        assert all(torch.equal(v, e) for v, e in zip(views, expected))
 
 
 def _wait_for(condition, timeout_s: float = 10.0) -> bool:
@@ -49,13 +38,13 @@ def test_read_ahead_starts_the_next_epoch_early_and_gives_the_same_batches(uneve
     ahead._read = lambda plan, start: (started.append(plan.epoch), read(plan, start))[1]
     try:
         for epoch in range(3):
-            _same(_batches(ahead, epoch), _batches(plain, epoch))
+            assert_same_batches(epoch_batches(ahead, epoch), epoch_batches(plain, epoch))
             # before anyone asks for epoch + 1, its reading is under way
             assert _wait_for(lambda: started[-1:] == [epoch + 1]), started
         assert started == [0, 1, 2, 3]
         # a call for another epoch or a later batch: its own batches, the read-ahead dropped
-        _same(_batches(ahead, 5), _batches(plain, 5))
-        _same(_batches(ahead, 6, 2), _batches(plain, 6, 2))
+        assert_same_batches(epoch_batches(ahead, 5), epoch_batches(plain, 5))
+        assert_same_batches(epoch_batches(ahead, 6, 2), epoch_batches(plain, 6, 2))
     finally:
         ahead.close()
     assert _wait_for(lambda: not _producer_threads() - earlier), _producer_threads() - earlier
@@ -67,7 +56,7 @@ def test_without_read_ahead_nothing_is_read_past_the_epoch(uneven_dataset):
     started: list[int] = []
     read = loader._read
     loader._read = lambda plan, start: (started.append(plan.epoch), read(plan, start))[1]
-    _batches(loader, 0)
+    epoch_batches(loader, 0)
     time.sleep(0.2)
     assert started == [0] and not _producer_threads() - earlier
 
@@ -88,7 +77,7 @@ def test_dali_runs_its_batches_off_the_consumer_thread(uneven_dataset, monkeypat
 
     monkeypatch.setattr(dali_driver, "build_view_pipeline", pipeline)
     loader = ViewLoader(uneven_dataset, SPEC, 4, seed=3)
-    assert len(_batches(loader, 0)) == loader.batches_per_epoch
+    assert len(epoch_batches(loader, 0)) == loader.batches_per_epoch
     assert runs_on and threading.get_ident() not in runs_on
 
 
@@ -101,11 +90,11 @@ def test_a_short_epoch_reads_one_epoch_ahead_not_more(uneven_dataset):
     read = loader._read
     loader._read = lambda plan, start: (started.append(plan.epoch), read(plan, start))[1]
     try:
-        _batches(loader, 0)
+        epoch_batches(loader, 0)
         assert _wait_for(lambda: started[-1:] == [1]), started
         time.sleep(0.5)  # epoch 1 is prepared whole by now
         assert started == [0, 1]
-        assert len(_batches(loader, 1)) == loader.batches_per_epoch
+        assert len(epoch_batches(loader, 1)) == loader.batches_per_epoch
         assert started[:3] == [0, 1, 2]
     finally:
         loader.close()

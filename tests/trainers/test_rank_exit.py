@@ -67,8 +67,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("leave, exitcode", [(True, 0), (False, -signal.SIGABRT)], ids=["leaves", "returns"])
-def test_a_rank_whose_gloo_work_outlives_it_exits_cleanly_only_when_it_leaves(leave: bool, exitcode: int) -> None:
+@pytest.mark.parametrize("leave, exitcode", [(True, 0), (False, -signal.SIGABRT)],
+                         ids=["leaves", "returns"])
+def test_a_rank_whose_gloo_work_outlives_it_exits_cleanly_only_when_it_leaves(leave: bool,
+                                                                             exitcode: int) -> None:
     context = mp.start_processes(_rank, args=(_free_port(), leave), nprocs=2, join=False, start_method="spawn")
     for process in context.processes:
         process.join(timeout=60)
